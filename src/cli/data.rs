@@ -1,0 +1,451 @@
+//! `trainyard data …`: the dataset store commands. They work in-process, with
+//! no daemon, like git and DVC.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+use trainyard::store::{
+    AddOptions, Change, ChangeKind, CheckoutOptions, DatasetRef, Kind, LinkMode, Store,
+};
+
+use super::output::{self, Bar};
+use super::Ctx;
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Snapshot a directory or file as a new version of a dataset.
+    ///
+    /// Unchanged files are recognised from the stat cache and not read again;
+    /// content already in the store (from any dataset) is not stored twice.
+    Add {
+        /// The directory or file to snapshot.
+        path: PathBuf,
+        /// Dataset name [default: the path's file name].
+        #[arg(long)]
+        name: Option<String>,
+        /// A message describing this version.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Tag the new version (like `git tag`); moves the tag if it exists.
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Show what changed in a directory since the dataset's latest version.
+    Status {
+        /// The directory or file.
+        path: PathBuf,
+        /// Dataset name [default: the path's file name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Compare with this version (tag, id prefix or `latest`) instead.
+        #[arg(long, value_name = "REF")]
+        against: Option<String>,
+    },
+    /// List datasets.
+    List,
+    /// Show a dataset's versions, newest first.
+    Log {
+        /// The dataset.
+        name: String,
+    },
+    /// List the files of a version.
+    Ls {
+        /// NAME or NAME@REF (REF: tag, version id prefix, or `latest`).
+        target: String,
+        /// Only this directory or file of the version.
+        subpath: Option<String>,
+        /// List everything below, not just one level.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// Show the differences between two versions (NAME@REF NAME@REF).
+    Diff {
+        /// The older side.
+        a: String,
+        /// The newer side.
+        b: String,
+    },
+    /// Name a version with a tag (NAME@REF TAG).
+    Tag {
+        /// NAME@REF of the version to tag.
+        target: String,
+        /// The tag name.
+        tag: String,
+        /// Move the tag if it already names another version.
+        #[arg(long)]
+        force: bool,
+        /// Delete the tag instead (TARGET is then just the dataset name).
+        #[arg(long, conflicts_with = "force")]
+        delete: bool,
+    },
+    /// Materialize a version into a directory.
+    ///
+    /// Never overwrites or deletes files the version does not own (use
+    /// --force); re-checking out into the same directory only touches what
+    /// differs, and removes files of the previous checkout that the new
+    /// version no longer has.
+    Checkout(CheckoutArgs),
+    /// Rehash every object and check every version; exits non-zero on problems.
+    Fsck,
+    /// Delete objects that no version or tag references.
+    Gc {
+        /// Only report what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckoutArgs {
+    /// NAME or NAME@REF.
+    target: String,
+    /// The directory to write (created if missing).
+    dir: PathBuf,
+    /// How files are materialized: auto tries reflink, then hardlink
+    /// (read-only files sharing the store's inode), then copy.
+    #[arg(long, value_enum, default_value_t = Link::Auto)]
+    link: Link,
+    /// Replace or delete files the version does not own.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Link {
+    Auto,
+    Reflink,
+    Hardlink,
+    Copy,
+}
+
+fn parse_ref(s: &str) -> anyhow::Result<DatasetRef> {
+    Ok(s.parse::<DatasetRef>()?)
+}
+
+pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&ctx.home)
+        .with_context(|| format!("opening the store under {}", ctx.home.root().display()))?;
+    match cmd {
+        DataCommand::Add {
+            path,
+            name,
+            message,
+            tag,
+        } => {
+            let r = store.add(
+                &path,
+                &AddOptions {
+                    name,
+                    message,
+                    tag,
+                    author: None,
+                },
+                &Bar::new(),
+            )?;
+            if ctx.json {
+                output::json(&r)?;
+            } else if r.created {
+                println!("{}@{}  new version", r.dataset, r.version);
+                println!(
+                    "  {} files, {}, {} newly stored ({} files read)",
+                    r.files,
+                    output::bytes(r.bytes),
+                    output::bytes(r.new_bytes),
+                    r.hashed_files
+                );
+            } else {
+                println!(
+                    "{}@{}  unchanged (same as the latest version)",
+                    r.dataset, r.version
+                );
+            }
+            if let (Some(t), false) = (&r.tag, ctx.json) {
+                println!("  tagged {t}");
+            }
+        }
+        DataCommand::Status {
+            path,
+            name,
+            against,
+        } => {
+            let r = store.status(&path, name.as_deref(), against.as_deref(), &Bar::new())?;
+            if ctx.json {
+                output::json(&r)?;
+            } else {
+                match r.against {
+                    None => println!("{}: not yet versioned; everything is new", r.dataset),
+                    Some(v) => println!("{} against {}:", r.dataset, v.short()),
+                }
+                print_changes(&r.changes);
+                if r.changes.is_empty() {
+                    println!("  up to date ({} files)", r.files);
+                }
+            }
+        }
+        DataCommand::List => {
+            let ds = store.datasets()?;
+            if ctx.json {
+                output::json(&ds)?;
+            } else if ds.is_empty() {
+                println!("no datasets yet: `trainyard data add PATH` makes one");
+            } else {
+                println!(
+                    "{:<24} {:>8} {:>10} {:>10}  LATEST",
+                    "NAME", "VERSIONS", "FILES", "SIZE"
+                );
+                for d in ds {
+                    println!(
+                        "{:<24} {:>8} {:>10} {:>10}  {}",
+                        d.name,
+                        d.versions,
+                        d.files,
+                        output::bytes(d.bytes),
+                        d.latest.map(|v| v.short()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        DataCommand::Log { name } => {
+            let vs = store.log(&name)?;
+            if ctx.json {
+                output::json(&vs)?;
+            } else {
+                for v in vs {
+                    let tags = if v.tags.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", v.tags.join(", "))
+                    };
+                    println!("version {}{tags}", v.id);
+                    println!(
+                        "  date:    {}   author: {}",
+                        output::time(v.created_ns),
+                        v.author
+                    );
+                    println!(
+                        "  content: {} files, {} ({} new)",
+                        v.files,
+                        output::bytes(v.bytes),
+                        output::bytes(v.new_bytes)
+                    );
+                    if let Some(s) = &v.source {
+                        println!("  from:    {s}");
+                    }
+                    if !v.message.is_empty() {
+                        println!("\n    {}", v.message);
+                    }
+                    println!();
+                }
+            }
+        }
+        DataCommand::Ls {
+            target,
+            subpath,
+            recursive,
+        } => {
+            let r = parse_ref(&target)?;
+            let v = store.resolve(&r)?;
+            let m = store.manifest(&v.id)?;
+            let sub = subpath
+                .as_deref()
+                .map(|s| s.trim_matches('/'))
+                .unwrap_or("");
+            let prefix = if sub.is_empty() {
+                String::new()
+            } else {
+                format!("{sub}/")
+            };
+            if !sub.is_empty() && m.get(sub).is_none() {
+                anyhow::bail!("{}@{} has no path {sub:?}", r.dataset, v.id.short());
+            }
+            let depth = |p: &str| p.matches('/').count();
+            let base_depth = if sub.is_empty() { 0 } else { depth(sub) + 1 };
+            let shown: Vec<_> = m
+                .entries
+                .iter()
+                .filter(|e| e.path == sub || e.path.starts_with(&prefix))
+                .filter(|e| e.path != sub || m.get(sub).is_some_and(|x| x.kind != Kind::Dir))
+                .filter(|e| recursive || depth(&e.path) == base_depth || e.path == sub)
+                .map(|e| {
+                    let size = if e.kind == Kind::Dir {
+                        let p = format!("{}/", e.path);
+                        m.entries
+                            .iter()
+                            .filter(|x| x.kind == Kind::File && x.path.starts_with(&p))
+                            .map(|x| x.size)
+                            .sum()
+                    } else {
+                        e.size
+                    };
+                    (e, size)
+                })
+                .collect();
+            if ctx.json {
+                let v: Vec<_> = shown
+                    .iter()
+                    .map(|(e, size)| json!({"path": e.path, "kind": e.kind, "exec": e.exec, "size": size, "id": if e.kind == Kind::Dir { None } else { Some(e.id) }}))
+                    .collect();
+                output::json(&v)?;
+            } else {
+                for (e, size) in shown {
+                    let id = if e.kind == Kind::Dir {
+                        "-".to_string()
+                    } else {
+                        e.id.short()
+                    };
+                    let name = if e.kind == Kind::Dir {
+                        format!("{}/", e.path)
+                    } else {
+                        e.path.clone()
+                    };
+                    println!(
+                        "{:<7} {:>10}  {:<12}  {}",
+                        e.kind.as_str(),
+                        output::bytes(size),
+                        id,
+                        name
+                    );
+                }
+            }
+        }
+        DataCommand::Diff { a, b } => {
+            let (ra, rb) = (parse_ref(&a)?, parse_ref(&b)?);
+            let (ia, ib, changes) = store.diff(&ra, &rb)?;
+            if ctx.json {
+                output::json(&json!({"a": ia, "b": ib, "changes": changes}))?;
+            } else {
+                println!("{} ({}) → {} ({})", ra, ia.short(), rb, ib.short());
+                print_changes(&changes);
+                if changes.is_empty() {
+                    println!("  identical");
+                }
+            }
+        }
+        DataCommand::Tag {
+            target,
+            tag,
+            force,
+            delete,
+        } => {
+            let r = parse_ref(&target)?;
+            if delete {
+                store.untag(&r.dataset, &tag)?;
+                if ctx.json {
+                    output::json(&json!({"dataset": r.dataset, "tag": tag, "deleted": true}))?;
+                } else {
+                    println!("deleted tag {tag} of {}", r.dataset);
+                }
+            } else {
+                let v = store.tag(&r, &tag, force)?;
+                if ctx.json {
+                    output::json(&json!({"dataset": r.dataset, "tag": tag, "version": v.id}))?;
+                } else {
+                    println!("{}@{tag} → {}", r.dataset, v.id);
+                }
+            }
+        }
+        DataCommand::Checkout(a) => {
+            let r = parse_ref(&a.target)?;
+            let link = match a.link {
+                Link::Auto => LinkMode::Auto,
+                Link::Reflink => LinkMode::Reflink,
+                Link::Hardlink => LinkMode::Hardlink,
+                Link::Copy => LinkMode::Copy,
+            };
+            let rep = store.checkout(
+                &r,
+                &a.dir,
+                CheckoutOptions {
+                    link,
+                    force: a.force,
+                },
+                &Bar::new(),
+            )?;
+            if ctx.json {
+                output::json(&rep)?;
+            } else {
+                println!(
+                    "{}@{} → {}",
+                    rep.dataset,
+                    rep.version.short(),
+                    rep.dir.display()
+                );
+                println!(
+                    "  {} written ({}, {}), {} unchanged, {} removed",
+                    rep.written,
+                    output::bytes(rep.bytes),
+                    rep.link.as_str(),
+                    rep.unchanged,
+                    rep.removed
+                );
+            }
+        }
+        DataCommand::Fsck => {
+            let r = store.fsck(&Bar::new())?;
+            if ctx.json {
+                output::json(&r)?;
+            } else {
+                for p in &r.problems {
+                    println!("{p}");
+                }
+                println!(
+                    "checked {} objects ({}) and {} versions: {}",
+                    r.objects,
+                    output::bytes(r.bytes),
+                    r.manifests,
+                    if r.problems.is_empty() {
+                        "no problems".to_string()
+                    } else {
+                        format!("{} problem(s)", r.problems.len())
+                    }
+                );
+            }
+            if !r.problems.is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        DataCommand::Gc { dry_run } => {
+            let r = store.gc(dry_run, &Bar::new())?;
+            if ctx.json {
+                output::json(&r)?;
+            } else {
+                println!(
+                    "{} {} unreferenced objects ({}), kept {}; {} leftover temp files",
+                    if dry_run { "would delete" } else { "deleted" },
+                    r.deleted,
+                    output::bytes(r.deleted_bytes),
+                    r.kept,
+                    r.temp_files
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_changes(changes: &[Change]) {
+    for c in changes {
+        let (mark, size) = match c.change {
+            ChangeKind::Added => ("added:   ", c.new.as_ref().map(|e| e.size)),
+            ChangeKind::Deleted => ("deleted: ", c.old.as_ref().map(|e| e.size)),
+            ChangeKind::Modified => ("modified:", c.new.as_ref().map(|e| e.size)),
+        };
+        println!(
+            "  {mark} {}  ({})",
+            c.path,
+            output::bytes(size.unwrap_or(0))
+        );
+    }
+    if !changes.is_empty() {
+        let n = |k| changes.iter().filter(|c| c.change == k).count();
+        println!(
+            "  {} added, {} modified, {} deleted",
+            n(ChangeKind::Added),
+            n(ChangeKind::Modified),
+            n(ChangeKind::Deleted)
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! Argument parsing (clap derive; the doc comments are the help text),
+//! logging set-up, and dispatch to one handler per command family.
+
+mod data;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+use trainyard::Home;
+
+/// Trainyard: datasets, GPU jobs and experiment tracking for ML workstations
+/// and small labs.
+///
+/// Data lives under the Trainyard home: --home, else $TRAINYARD_HOME, else
+/// the XDG data directory (~/.local/share/trainyard).
+#[derive(Debug, Parser)]
+#[command(
+    name = "trainyard",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The Trainyard home directory [env: TRAINYARD_HOME] [default: ~/.local/share/trainyard]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Print results as JSON on stdout (one document per command), for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Version datasets: snapshot, compare, tag and check out directories.
+    #[command(subcommand)]
+    Data(data::DataCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Global settings every handler needs.
+pub struct Ctx {
+    pub home: Home,
+    pub json: bool,
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Run the CLI; errors are printed once, readably, with a non-zero exit.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut src = e.source();
+            while let Some(s) = src {
+                eprintln!("  caused by: {s}");
+                src = s.source();
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Completions { shell } = cli.command {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "trainyard",
+            &mut std::io::stdout(),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let home = Home::resolve(cli.home.as_deref())?;
+    home.ensure()?;
+    let ctx = Ctx {
+        home,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Data(cmd) => data::run(&ctx, cmd),
+        Command::Completions { .. } => unreachable!("handled above"),
+    }
+}

@@ -1,0 +1,11 @@
+//! Trainyard's core library: every behaviour lives here.
+//!
+//! The `trainyard` binary (CLI), the HTTP daemon and the desktop shell are thin
+//! layers that translate user input into calls on these modules and print the
+//! results. See `ARCHITECTURE.md` for the map and its invariants.
+
+pub mod home;
+pub mod progress;
+pub mod store;
+
+pub use home::Home;

@@ -1,0 +1,509 @@
+//! The catalog: datasets, versions, tags and checkouts in SQLite (WAL).
+//!
+//! One transaction per state change. Rows only ever refer to manifests that
+//! are already durable in the object directory (the snapshot code flushes
+//! objects before it calls [`Catalog::add_version`]).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{Error, ObjectId, Result};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` counts them.
+const MIGRATIONS: &[&str] = &[
+    // 1: datasets, versions, tags, checkouts
+    "CREATE TABLE datasets (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_ns INTEGER NOT NULL
+    );
+    CREATE TABLE versions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        manifest BLOB NOT NULL CHECK (length(manifest) = 32),
+        parent BLOB CHECK (parent IS NULL OR length(parent) = 32),
+        message TEXT NOT NULL,
+        author TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        new_bytes INTEGER NOT NULL,
+        source TEXT
+    );
+    CREATE INDEX versions_by_dataset ON versions(dataset_id, seq);
+    CREATE INDEX versions_by_manifest ON versions(manifest);
+    CREATE TABLE tags (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        name TEXT NOT NULL,
+        manifest BLOB NOT NULL CHECK (length(manifest) = 32),
+        created_ns INTEGER NOT NULL,
+        PRIMARY KEY (dataset_id, name)
+    );
+    CREATE TABLE checkouts (
+        dir TEXT PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id),
+        manifest BLOB NOT NULL CHECK (length(manifest) = 32),
+        created_ns INTEGER NOT NULL
+    );",
+];
+
+/// Open a SQLite file with the house settings (WAL, busy timeout, foreign keys).
+pub(crate) fn open_db(path: &Path) -> Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+    }
+    let conn = Connection::open(path).map_err(Error::sqlite(path))?;
+    conn.busy_timeout(Duration::from_secs(30))
+        .map_err(Error::sqlite(path))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(Error::sqlite(path))?;
+    Ok(conn)
+}
+
+/// Apply pending migrations; refuse a database from a newer Trainyard.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(Error::sqlite(path))?;
+    let have: usize = tx
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        .map_err(Error::sqlite(path))? as usize;
+    if have > migrations.len() {
+        return Err(Error::UnsupportedFormat {
+            path: path.to_path_buf(),
+            found: format!("schema version {have}, newer than {}", migrations.len()),
+        });
+    }
+    for (i, m) in migrations.iter().enumerate().skip(have) {
+        tx.execute_batch(m).map_err(Error::sqlite(path))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(Error::sqlite(path))?;
+    }
+    tx.commit().map_err(Error::sqlite(path))
+}
+
+/// Nanoseconds since the Unix epoch.
+pub(crate) fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A dataset.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DatasetInfo {
+    #[serde(skip)]
+    pub(crate) id: i64,
+    /// Its name.
+    pub name: String,
+    /// Number of versions.
+    pub versions: u64,
+    /// The newest version's id.
+    pub latest: Option<ObjectId>,
+    /// Files in the newest version.
+    pub files: u64,
+    /// Bytes in the newest version.
+    pub bytes: u64,
+}
+
+/// One version of a dataset.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionInfo {
+    /// The dataset.
+    pub dataset: String,
+    /// The version id (its manifest's object id).
+    pub id: ObjectId,
+    /// The previous version of the dataset, if any.
+    pub parent: Option<ObjectId>,
+    /// The message given at `data add`.
+    pub message: String,
+    /// Who added it.
+    pub author: String,
+    /// When, in nanoseconds since the Unix epoch.
+    pub created_ns: i64,
+    /// Number of files.
+    pub files: u64,
+    /// Total file bytes.
+    pub bytes: u64,
+    /// Bytes that were new to the store when it was added.
+    pub new_bytes: u64,
+    /// Where it was snapshotted from.
+    pub source: Option<String>,
+    /// Tags pointing at it.
+    pub tags: Vec<String>,
+}
+
+/// A tag.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TagInfo {
+    /// Tag name.
+    pub name: String,
+    /// The version it names.
+    pub version: ObjectId,
+    /// When it was set.
+    pub created_ns: i64,
+}
+
+/// What `add_version` records.
+pub(crate) struct NewVersion<'a> {
+    pub dataset: &'a str,
+    pub manifest: ObjectId,
+    pub message: &'a str,
+    pub author: &'a str,
+    pub files: u64,
+    pub bytes: u64,
+    pub new_bytes: u64,
+    pub source: Option<&'a str>,
+    pub tag: Option<&'a str>,
+}
+
+/// The catalog database.
+#[derive(Debug)]
+pub(crate) struct Catalog {
+    path: PathBuf,
+}
+
+fn id_of(b: Vec<u8>) -> ObjectId {
+    let mut a = [0u8; 32];
+    if b.len() == 32 {
+        a.copy_from_slice(&b);
+    }
+    ObjectId(a)
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Catalog> {
+        let mut conn = open_db(path)?;
+        migrate(&mut conn, path, MIGRATIONS)?;
+        Ok(Catalog {
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn conn(&self) -> Result<Connection> {
+        open_db(&self.path)
+    }
+
+    fn err(&self) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+        Error::sqlite(&self.path)
+    }
+
+    pub fn datasets(&self) -> Result<Vec<DatasetInfo>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare(
+                "SELECT d.id, d.name,
+                        (SELECT count(*) FROM versions v WHERE v.dataset_id = d.id),
+                        v.manifest, v.files, v.bytes
+                 FROM datasets d
+                 LEFT JOIN versions v ON v.seq = (SELECT max(seq) FROM versions WHERE dataset_id = d.id)
+                 ORDER BY d.name",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(DatasetInfo {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    versions: r.get::<_, i64>(2)? as u64,
+                    latest: r.get::<_, Option<Vec<u8>>>(3)?.map(id_of),
+                    files: r.get::<_, Option<i64>>(4)?.unwrap_or(0) as u64,
+                    bytes: r.get::<_, Option<i64>>(5)?.unwrap_or(0) as u64,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    pub fn dataset(&self, name: &str) -> Result<DatasetInfo> {
+        self.datasets()?
+            .into_iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| Error::UnknownDataset(name.to_string()))
+    }
+
+    /// Like [`Catalog::dataset`] but `None` when absent.
+    pub fn find_dataset(&self, name: &str) -> Result<Option<DatasetInfo>> {
+        match self.dataset(name) {
+            Ok(d) => Ok(Some(d)),
+            Err(Error::UnknownDataset(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn versions(&self, dataset_id: i64) -> Result<Vec<VersionInfo>> {
+        let conn = self.conn()?;
+        let mut tags = conn
+            .prepare("SELECT manifest, name FROM tags WHERE dataset_id = ?1 ORDER BY name")
+            .map_err(self.err())?;
+        let tag_rows: Vec<(ObjectId, String)> = tags
+            .query_map([dataset_id], |r| Ok((id_of(r.get(0)?), r.get(1)?)))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())?;
+        let mut st = conn
+            .prepare(
+                "SELECT d.name, v.manifest, v.parent, v.message, v.author, v.created_ns,
+                        v.files, v.bytes, v.new_bytes, v.source
+                 FROM versions v JOIN datasets d ON d.id = v.dataset_id
+                 WHERE v.dataset_id = ?1 ORDER BY v.seq DESC",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([dataset_id], |r| {
+                let id = id_of(r.get(1)?);
+                Ok(VersionInfo {
+                    dataset: r.get(0)?,
+                    id,
+                    parent: r.get::<_, Option<Vec<u8>>>(2)?.map(id_of),
+                    message: r.get(3)?,
+                    author: r.get(4)?,
+                    created_ns: r.get(5)?,
+                    files: r.get::<_, i64>(6)? as u64,
+                    bytes: r.get::<_, i64>(7)? as u64,
+                    new_bytes: r.get::<_, i64>(8)? as u64,
+                    source: r.get(9)?,
+                    tags: Vec::new(),
+                })
+            })
+            .map_err(self.err())?;
+        let mut out: Vec<VersionInfo> =
+            rows.collect::<rusqlite::Result<_>>().map_err(self.err())?;
+        // A tag names a version id; show it on the newest row with that id.
+        for (id, name) in tag_rows {
+            if let Some(v) = out.iter_mut().find(|v| v.id == id) {
+                v.tags.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolve a reference within a dataset.
+    pub fn resolve(&self, ds: &DatasetInfo, reference: Option<&str>) -> Result<VersionInfo> {
+        let versions = self.versions(ds.id)?;
+        let reference = reference.unwrap_or("latest");
+        if versions.is_empty() {
+            return Err(Error::NoVersions(ds.name.clone()));
+        }
+        if reference == "latest" {
+            return Ok(versions.into_iter().next().expect("not empty"));
+        }
+        if let Some(v) = versions
+            .iter()
+            .find(|v| v.tags.iter().any(|t| t == reference))
+        {
+            return Ok(v.clone());
+        }
+        let lower = reference.to_ascii_lowercase();
+        if lower.len() >= 4 && lower.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut matches: Vec<&VersionInfo> = Vec::new();
+            for v in &versions {
+                if v.id.to_hex().starts_with(&lower) && !matches.iter().any(|m| m.id == v.id) {
+                    matches.push(v);
+                }
+            }
+            match matches.len() {
+                1 => return Ok(matches[0].clone()),
+                0 => {}
+                _ => {
+                    return Err(Error::AmbiguousRef {
+                        dataset: ds.name.clone(),
+                        reference: reference.to_string(),
+                        candidates: matches.iter().map(|v| v.id.to_hex()).collect(),
+                    })
+                }
+            }
+        }
+        Err(Error::UnknownRef {
+            dataset: ds.name.clone(),
+            reference: reference.to_string(),
+        })
+    }
+
+    /// Record a version (and optionally a tag) in one transaction. Returns
+    /// `false` when the manifest equals the dataset's latest version, in which
+    /// case no version row is added (the tag, if any, is still set).
+    pub fn add_version(&self, v: &NewVersion<'_>) -> Result<(bool, Option<ObjectId>)> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let now = now_ns();
+        tx.execute(
+            "INSERT OR IGNORE INTO datasets (name, created_ns) VALUES (?1, ?2)",
+            params![v.dataset, now],
+        )
+        .map_err(self.err())?;
+        let ds_id: i64 = tx
+            .query_row(
+                "SELECT id FROM datasets WHERE name = ?1",
+                [v.dataset],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        let parent: Option<ObjectId> = tx
+            .query_row(
+                "SELECT manifest FROM versions WHERE dataset_id = ?1 ORDER BY seq DESC LIMIT 1",
+                [ds_id],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+            .map_err(self.err())?
+            .map(id_of);
+        let created = parent != Some(v.manifest);
+        if created {
+            tx.execute(
+                "INSERT INTO versions (dataset_id, manifest, parent, message, author, created_ns,
+                                       files, bytes, new_bytes, source)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    ds_id,
+                    &v.manifest.0[..],
+                    parent.as_ref().map(|p| p.0.to_vec()),
+                    v.message,
+                    v.author,
+                    now,
+                    v.files as i64,
+                    v.bytes as i64,
+                    v.new_bytes as i64,
+                    v.source,
+                ],
+            )
+            .map_err(self.err())?;
+        }
+        if let Some(tag) = v.tag {
+            tx.execute(
+                "INSERT INTO tags (dataset_id, name, manifest, created_ns) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (dataset_id, name) DO UPDATE SET manifest = excluded.manifest,
+                                                              created_ns = excluded.created_ns",
+                params![ds_id, tag, &v.manifest.0[..], now],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())?;
+        Ok((created, parent))
+    }
+
+    pub fn set_tag(&self, ds: &DatasetInfo, tag: &str, id: &ObjectId, force: bool) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let current: Option<Vec<u8>> = tx
+            .query_row(
+                "SELECT manifest FROM tags WHERE dataset_id = ?1 AND name = ?2",
+                params![ds.id, tag],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        if let Some(cur) = current {
+            let cur = id_of(cur);
+            if cur != *id && !force {
+                return Err(Error::TagExists {
+                    dataset: ds.name.clone(),
+                    tag: tag.to_string(),
+                    current: cur.to_hex(),
+                });
+            }
+        }
+        tx.execute(
+            "INSERT INTO tags (dataset_id, name, manifest, created_ns) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (dataset_id, name) DO UPDATE SET manifest = excluded.manifest,
+                                                          created_ns = excluded.created_ns",
+            params![ds.id, tag, &id.0[..], now_ns()],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())
+    }
+
+    pub fn delete_tag(&self, ds: &DatasetInfo, tag: &str) -> Result<()> {
+        let conn = self.conn()?;
+        let n = conn
+            .execute(
+                "DELETE FROM tags WHERE dataset_id = ?1 AND name = ?2",
+                params![ds.id, tag],
+            )
+            .map_err(self.err())?;
+        if n == 0 {
+            return Err(Error::UnknownTag {
+                dataset: ds.name.clone(),
+                tag: tag.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn tags(&self, dataset_id: i64) -> Result<Vec<TagInfo>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare(
+                "SELECT name, manifest, created_ns FROM tags WHERE dataset_id = ?1 ORDER BY name",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([dataset_id], |r| {
+                Ok(TagInfo {
+                    name: r.get(0)?,
+                    version: id_of(r.get(1)?),
+                    created_ns: r.get(2)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    /// Every manifest any version or tag refers to (the roots for gc and fsck),
+    /// with one `dataset@id` label each for reports.
+    pub fn all_manifests(&self) -> Result<Vec<(ObjectId, String)>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare(
+                "SELECT v.manifest, d.name FROM versions v JOIN datasets d ON d.id = v.dataset_id
+                 UNION SELECT t.manifest, d.name FROM tags t JOIN datasets d ON d.id = t.dataset_id",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| {
+                let id = id_of(r.get(0)?);
+                let name: String = r.get(1)?;
+                Ok((id, format!("{name}@{}", id.short())))
+            })
+            .map_err(self.err())?;
+        let mut v: Vec<(ObjectId, String)> =
+            rows.collect::<rusqlite::Result<_>>().map_err(self.err())?;
+        v.sort();
+        v.dedup_by(|a, b| a.0 == b.0);
+        Ok(v)
+    }
+
+    /// The version last checked out into `dir`, if Trainyard did it.
+    pub fn checkout_of(&self, dir: &str) -> Result<Option<ObjectId>> {
+        let conn = self.conn()?;
+        conn.query_row(
+            "SELECT manifest FROM checkouts WHERE dir = ?1",
+            [dir],
+            |r| r.get::<_, Vec<u8>>(0),
+        )
+        .optional()
+        .map_err(self.err())
+        .map(|o| o.map(id_of))
+    }
+
+    pub fn record_checkout(&self, dir: &str, ds: &DatasetInfo, id: &ObjectId) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "INSERT INTO checkouts (dir, dataset_id, manifest, created_ns) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (dir) DO UPDATE SET dataset_id = excluded.dataset_id,
+                 manifest = excluded.manifest, created_ns = excluded.created_ns",
+            params![dir, ds.id, &id.0[..], now_ns()],
+        )
+        .map_err(self.err())?;
+        Ok(())
+    }
+}

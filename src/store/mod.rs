@@ -1,0 +1,160 @@
+//! The local dataset store: content-addressed objects, version manifests, the
+//! SQLite catalog of datasets/versions/tags, and the stat cache.
+//!
+//! The store knows nothing about jobs, runs or remotes. Everything it writes is
+//! either immutable and named by its content (objects, manifests) or a row in
+//! one of two SQLite files (the catalog and the rebuildable stat cache).
+//! On-disk layout: `docs/store-format.md`.
+
+mod catalog;
+mod checkout;
+mod error;
+mod id;
+mod maint;
+mod manifest;
+mod objects;
+mod refs;
+mod snapshot;
+mod statcache;
+mod walk;
+
+pub use catalog::{DatasetInfo, TagInfo, VersionInfo};
+pub use checkout::{CheckoutOptions, CheckoutReport, LinkMode};
+pub use error::{Error, Result};
+pub use id::{ObjectId, ParseIdError};
+pub use maint::{FsckProblem, FsckReport, GcReport};
+pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Manifest};
+pub use refs::{validate_dataset_name, DatasetRef};
+pub use snapshot::{AddOptions, AddReport, StatusReport};
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::home::Home;
+
+/// The on-disk format version this code reads and writes (`store/config.json`).
+pub const FORMAT_VERSION: u32 = 1;
+
+/// An open store. Cheap to share across threads (`&Store`); every method opens
+/// what it needs, and several processes may use one store at once.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    objects: objects::Objects,
+    catalog: catalog::Catalog,
+    statcache: statcache::StatCache,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoreConfig {
+    format: u32,
+    hash: String,
+}
+
+impl Store {
+    /// Open the store under `home`, creating it on first use. Refuses a store
+    /// written by a newer, unknown format version.
+    pub fn open(home: &Home) -> Result<Store> {
+        let dir = home.store_dir();
+        let config_path = dir.join("config.json");
+        match std::fs::read(&config_path) {
+            Ok(bytes) => {
+                let cfg: StoreConfig =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::BadConfig {
+                        path: config_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if cfg.format != FORMAT_VERSION || cfg.hash != "blake3-256" {
+                    return Err(Error::UnsupportedFormat {
+                        path: config_path,
+                        found: format!("format {} with hash {}", cfg.format, cfg.hash),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+                let cfg = StoreConfig {
+                    format: FORMAT_VERSION,
+                    hash: "blake3-256".into(),
+                };
+                let body = serde_json::to_vec_pretty(&cfg).expect("config serializes");
+                objects::write_atomic(&dir.join("tmp"), &config_path, &body)?;
+            }
+            Err(e) => return Err(Error::io("read", &config_path, e)),
+        }
+        let objects = objects::Objects::open(&dir)?;
+        let catalog = catalog::Catalog::open(&home.catalog_path())?;
+        let statcache = statcache::StatCache::open(&dir.join("statcache.db"))?;
+        Ok(Store {
+            dir,
+            objects,
+            catalog,
+            statcache,
+        })
+    }
+
+    /// The store's directory (`$TRAINYARD_HOME/store`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Take the store lock: shared for writers of new objects and readers
+    /// (add, checkout), exclusive for gc. Held until the returned file drops.
+    fn lock(&self, exclusive: bool) -> Result<File> {
+        let path = self.dir.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io("open", &path, e))?;
+        let r = if exclusive { f.lock() } else { f.lock_shared() };
+        r.map_err(|e| Error::io("lock", &path, e))?;
+        Ok(f)
+    }
+
+    /// All datasets, by name.
+    pub fn datasets(&self) -> Result<Vec<DatasetInfo>> {
+        self.catalog.datasets()
+    }
+
+    /// The versions of a dataset, newest first.
+    pub fn log(&self, dataset: &str) -> Result<Vec<VersionInfo>> {
+        let ds = self.catalog.dataset(dataset)?;
+        self.catalog.versions(ds.id)
+    }
+
+    /// Resolve `NAME@REF` to a version.
+    pub fn resolve(&self, r: &DatasetRef) -> Result<VersionInfo> {
+        let ds = self.catalog.dataset(&r.dataset)?;
+        self.catalog.resolve(&ds, r.reference.as_deref())
+    }
+
+    /// Read and verify a version's manifest.
+    pub fn manifest(&self, id: &ObjectId) -> Result<Manifest> {
+        let bytes = self.objects.read_verified(id)?;
+        Manifest::decode(&bytes).map_err(|reason| Error::BadManifest { id: *id, reason })
+    }
+
+    /// Point tag `tag` of the version's dataset at `r`. An existing tag is
+    /// moved only with `force`.
+    pub fn tag(&self, r: &DatasetRef, tag: &str, force: bool) -> Result<VersionInfo> {
+        refs::validate_tag_name(tag)?;
+        let ds = self.catalog.dataset(&r.dataset)?;
+        let v = self.catalog.resolve(&ds, r.reference.as_deref())?;
+        self.catalog.set_tag(&ds, tag, &v.id, force)?;
+        Ok(v)
+    }
+
+    /// Remove a tag.
+    pub fn untag(&self, dataset: &str, tag: &str) -> Result<()> {
+        let ds = self.catalog.dataset(dataset)?;
+        self.catalog.delete_tag(&ds, tag)
+    }
+
+    /// Tags of a dataset.
+    pub fn tags(&self, dataset: &str) -> Result<Vec<TagInfo>> {
+        let ds = self.catalog.dataset(dataset)?;
+        self.catalog.tags(ds.id)
+    }
+}

@@ -1,0 +1,350 @@
+//! Snapshotting (`data add`) and comparing a directory with a version
+//! (`data status`).
+//!
+//! Write order for `add`, which is what makes it crash-safe: objects (temp
+//! file + rename) → manifest object → one filesystem flush → the version row
+//! in one catalog transaction → stat cache. A kill at any point leaves either
+//! no new version or a complete one; stray objects are reclaimed by `gc`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+
+use super::catalog::NewVersion;
+use super::manifest::{diff, Change, Entry, Kind, Manifest};
+use super::objects::{hash_file, Stored};
+use super::walk::{walk, WalkEntry};
+use super::{refs, DatasetRef, Error, ObjectId, Result, Store};
+use crate::progress::Progress;
+
+/// Options for [`Store::add`].
+#[derive(Debug, Default, Clone)]
+pub struct AddOptions {
+    /// Dataset name; defaults to the snapshotted path's file name.
+    pub name: Option<String>,
+    /// Version message.
+    pub message: Option<String>,
+    /// Tag to set on the new version.
+    pub tag: Option<String>,
+    /// Author; defaults to `$USER`.
+    pub author: Option<String>,
+}
+
+/// What [`Store::add`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AddReport {
+    /// The dataset.
+    pub dataset: String,
+    /// The version id.
+    pub version: ObjectId,
+    /// `false` when the content equals the latest version (no new version).
+    pub created: bool,
+    /// The previous latest version.
+    pub parent: Option<ObjectId>,
+    /// Files in the version.
+    pub files: u64,
+    /// Total file bytes.
+    pub bytes: u64,
+    /// Bytes written to the store that it did not already have.
+    pub new_bytes: u64,
+    /// Files whose content was read (the rest came from the stat cache).
+    pub hashed_files: u64,
+    /// The tag set, if any.
+    pub tag: Option<String>,
+}
+
+/// What [`Store::status`] found.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    /// The dataset compared against.
+    pub dataset: String,
+    /// The version compared against (`None`: the dataset has no versions).
+    pub against: Option<ObjectId>,
+    /// Changes from that version to the directory, in path order.
+    pub changes: Vec<Change>,
+    /// Files in the directory.
+    pub files: u64,
+    /// Files that had to be read because the stat cache could not vouch for them.
+    pub hashed_files: u64,
+}
+
+/// The OS user, for version authors.
+pub(crate) fn current_user() -> String {
+    ["TRAINYARD_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+        .or_else(user_from_passwd)
+        .unwrap_or_else(|| format!("uid{}", rustix::process::getuid().as_raw()))
+}
+
+/// The login name of the current uid from `/etc/passwd` (no NSS lookup).
+fn user_from_passwd() -> Option<String> {
+    let uid = rustix::process::getuid().as_raw().to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)? == uid).then(|| name.to_string())
+    })
+}
+
+/// Canonical absolute path (symlinks in the path itself resolved) as UTF-8.
+pub(crate) fn canonical(path: &Path) -> Result<(PathBuf, String)> {
+    let abs = std::fs::canonicalize(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(path.to_path_buf())
+        } else {
+            Error::io("resolve", path, e)
+        }
+    })?;
+    let s = abs
+        .to_str()
+        .ok_or_else(|| Error::NonUtf8Path(abs.clone()))?
+        .to_string();
+    Ok((abs, s))
+}
+
+/// The dataset name a path snapshots to by default: its file name.
+pub(crate) fn default_name(abs: &Path) -> Result<String> {
+    let name = abs
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::NonUtf8Path(abs.to_path_buf()))?;
+    refs::validate_dataset_name(name).map_err(|_| Error::InvalidName {
+        what: "dataset",
+        name: name.to_string(),
+        reason: "it is the default taken from the path; pass --name with letters, digits, '.', '_', '-'",
+    })?;
+    Ok(name.to_string())
+}
+
+impl Store {
+    /// Walk `abs`, take ids from the stat cache, and return the entries plus
+    /// the cache's vanished paths.
+    pub(super) fn scan(
+        &self,
+        abs: &Path,
+        root_key: &str,
+        skip_temp: bool,
+    ) -> Result<(Vec<WalkEntry>, Vec<String>)> {
+        let mut entries = walk(abs, skip_temp)?;
+        let lookup = self.statcache.lookup(root_key, &mut entries)?;
+        Ok((entries, lookup.gone))
+    }
+
+    /// Path of an entry on disk.
+    fn on_disk(abs: &Path, is_dir: bool, rel: &str) -> PathBuf {
+        if is_dir {
+            abs.join(rel)
+        } else {
+            abs.to_path_buf()
+        }
+    }
+
+    /// Snapshot a directory or file into a new version of a dataset.
+    pub fn add(
+        &self,
+        path: &Path,
+        opts: &AddOptions,
+        progress: &dyn Progress,
+    ) -> Result<AddReport> {
+        let (abs, root_key) = canonical(path)?;
+        let name = match &opts.name {
+            Some(n) => {
+                refs::validate_dataset_name(n)?;
+                n.clone()
+            }
+            None => default_name(&abs)?,
+        };
+        if let Some(t) = &opts.tag {
+            refs::validate_tag_name(t)?;
+        }
+        let _lock = self.lock(false)?;
+        let is_dir = abs.is_dir();
+        progress.phase("scanning", None);
+        let (mut entries, gone) = self.scan(&abs, &root_key, false)?;
+
+        let total_bytes: u64 = entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| e.stamp.size)
+            .sum();
+        progress.phase("storing", Some(total_bytes));
+        let new_bytes = AtomicU64::new(0);
+        let hashed = AtomicU64::new(0);
+        entries.par_iter_mut().try_for_each(|e| -> Result<()> {
+            let p = Self::on_disk(&abs, is_dir, &e.rel);
+            match e.kind {
+                Kind::Dir => {}
+                Kind::Symlink => {
+                    let target =
+                        std::fs::read_link(&p).map_err(|err| Error::io("read link", &p, err))?;
+                    let bytes = target.as_os_str().as_encoded_bytes();
+                    let (id, new) = self.objects.put_bytes(bytes)?;
+                    if new {
+                        new_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    }
+                    e.stamp.size = bytes.len() as u64;
+                    e.id = Some(id);
+                }
+                Kind::File => {
+                    let have =
+                        e.id.is_some_and(|id| self.objects.contains(&id, e.stamp.size));
+                    if !have {
+                        let Stored {
+                            id,
+                            stamp,
+                            new_bytes: n,
+                        } = self.objects.put_file(&p)?;
+                        new_bytes.fetch_add(n, Ordering::Relaxed);
+                        hashed.fetch_add(1, Ordering::Relaxed);
+                        e.id = Some(id);
+                        e.stamp = stamp;
+                        e.fresh = true;
+                    }
+                    progress.inc(e.stamp.size);
+                }
+            }
+            Ok(())
+        })?;
+
+        let manifest: Vec<Entry> = entries.iter().map(WalkEntry::to_entry).collect();
+        let encoded = Manifest::encode(&manifest);
+        drop(manifest);
+        let (version, _) = self.objects.put_bytes(&encoded)?;
+        drop(encoded);
+        progress.phase("flushing", None);
+        self.objects.flush()?;
+
+        let files = entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
+        let bytes: u64 = entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| e.stamp.size)
+            .sum();
+        let author = opts.author.clone().unwrap_or_else(current_user);
+        let new_bytes = new_bytes.into_inner();
+        let (created, parent) = self.catalog.add_version(&NewVersion {
+            dataset: &name,
+            manifest: version,
+            message: opts.message.as_deref().unwrap_or(""),
+            author: &author,
+            files,
+            bytes,
+            new_bytes,
+            source: Some(&root_key),
+            tag: opts.tag.as_deref(),
+        })?;
+        if let Err(e) = self.statcache.update(&root_key, &entries, &gone) {
+            tracing::warn!(error = %e, "could not update the stat cache; the next status will rehash");
+        }
+        progress.finish();
+        tracing::info!(dataset = %name, version = %version, files, bytes, new_bytes, created, "snapshot recorded");
+        Ok(AddReport {
+            dataset: name,
+            version,
+            created,
+            parent,
+            files,
+            bytes,
+            new_bytes,
+            hashed_files: hashed.into_inner(),
+            tag: opts.tag.clone(),
+        })
+    }
+
+    /// Compare a directory (or file) with the dataset's latest version, or
+    /// with `against` (a REF of that dataset). Reads only files the stat
+    /// cache cannot vouch for, and teaches the cache what it read.
+    pub fn status(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        against: Option<&str>,
+        progress: &dyn Progress,
+    ) -> Result<StatusReport> {
+        let (abs, root_key) = canonical(path)?;
+        let name = match name {
+            Some(n) => {
+                refs::validate_dataset_name(n)?;
+                n.to_string()
+            }
+            None => default_name(&abs)?,
+        };
+        let base = match (self.catalog.find_dataset(&name)?, against) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(Error::UnknownDataset(name)),
+            (Some(ds), r) => match self.catalog.resolve(&ds, r) {
+                Ok(v) => Some(v.id),
+                Err(Error::NoVersions(_)) if r.is_none() => None,
+                Err(e) => return Err(e),
+            },
+        };
+        let base_manifest = match &base {
+            Some(id) => self.manifest(id)?,
+            None => Manifest::default(),
+        };
+        let is_dir = abs.is_dir();
+        progress.phase("scanning", None);
+        let (mut entries, gone) = self.scan(&abs, &root_key, false)?;
+        let todo: u64 = entries
+            .iter()
+            .filter(|e| e.kind == Kind::File && e.id.is_none())
+            .map(|e| e.stamp.size)
+            .sum();
+        progress.phase("hashing", Some(todo));
+        entries.par_iter_mut().try_for_each(|e| -> Result<()> {
+            let p = Self::on_disk(&abs, is_dir, &e.rel);
+            match e.kind {
+                Kind::Dir => {}
+                Kind::Symlink => {
+                    let t =
+                        std::fs::read_link(&p).map_err(|err| Error::io("read link", &p, err))?;
+                    let b = t.as_os_str().as_encoded_bytes();
+                    e.stamp.size = b.len() as u64;
+                    e.id = Some(ObjectId::of_bytes(b));
+                }
+                Kind::File if e.id.is_none() => {
+                    let (id, stamp, _) = hash_file(&p, false)?;
+                    e.id = Some(id);
+                    e.stamp = stamp;
+                    e.fresh = true;
+                    progress.inc(stamp.size);
+                }
+                Kind::File => {}
+            }
+            Ok(())
+        })?;
+        let hashed = entries.iter().filter(|e| e.fresh).count() as u64;
+        let files = entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
+        let current: Vec<Entry> = entries.iter().map(WalkEntry::to_entry).collect();
+        let changes = diff(&base_manifest.entries, &current);
+        if hashed > 0 || !gone.is_empty() {
+            if let Err(e) = self.statcache.update(&root_key, &entries, &gone) {
+                tracing::warn!(error = %e, "could not update the stat cache");
+            }
+        }
+        progress.finish();
+        Ok(StatusReport {
+            dataset: name,
+            against: base,
+            changes,
+            files,
+            hashed_files: hashed,
+        })
+    }
+
+    /// Differences between two versions (possibly of different datasets).
+    pub fn diff(
+        &self,
+        a: &DatasetRef,
+        b: &DatasetRef,
+    ) -> Result<(ObjectId, ObjectId, Vec<Change>)> {
+        let va = self.resolve(a)?;
+        let vb = self.resolve(b)?;
+        let ma = self.manifest(&va.id)?;
+        let mb = self.manifest(&vb.id)?;
+        Ok((va.id, vb.id, diff(&ma.entries, &mb.entries)))
+    }
+}
