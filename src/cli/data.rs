@@ -88,6 +88,11 @@ pub enum DataCommand {
     /// differs, and removes files of the previous checkout that the new
     /// version no longer has.
     Checkout(CheckoutArgs),
+    /// Forget a dataset and all its versions and tags (objects are reclaimed by `gc`).
+    Rm {
+        /// The dataset.
+        name: String,
+    },
     /// Rehash every object and check every version; exits non-zero on problems.
     Fsck,
     /// Delete objects that no version or tag references.
@@ -380,6 +385,16 @@ pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
                     rep.link.as_str(),
                     rep.unchanged,
                     rep.removed
+                );
+            }
+        }
+        DataCommand::Rm { name } => {
+            let n = store.remove_dataset(&name)?;
+            if ctx.json {
+                output::json(&json!({"dataset": name, "removed_versions": n}))?;
+            } else {
+                println!(
+                    "removed dataset {name} ({n} versions); `trainyard data gc` reclaims its space"
                 );
             }
         }

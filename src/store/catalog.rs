@@ -57,11 +57,23 @@ pub(crate) fn open_db(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path).map_err(Error::sqlite(path))?;
     conn.busy_timeout(Duration::from_secs(30))
         .map_err(Error::sqlite(path))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-    )
-    .map_err(Error::sqlite(path))?;
-    Ok(conn)
+    // Switching a new database to WAL takes a lock that the busy handler does
+    // not wait for, so several processes creating the store at once retry here.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        ) {
+            Ok(()) => return Ok(conn),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(Error::sqlite(path)(e)),
+        }
+    }
 }
 
 /// Apply pending migrations; refuse a database from a newer Trainyard.
@@ -437,6 +449,25 @@ impl Catalog {
             });
         }
         Ok(())
+    }
+
+    /// Forget a dataset with all its versions, tags and checkout records.
+    /// Its objects stay until `gc`.
+    pub fn delete_dataset(&self, ds: &DatasetInfo) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        for table in ["tags", "checkouts", "versions"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE dataset_id = ?1"),
+                [ds.id],
+            )
+            .map_err(self.err())?;
+        }
+        tx.execute("DELETE FROM datasets WHERE id = ?1", [ds.id])
+            .map_err(self.err())?;
+        tx.commit().map_err(self.err())
     }
 
     pub fn tags(&self, dataset_id: i64) -> Result<Vec<TagInfo>> {

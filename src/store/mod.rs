@@ -152,6 +152,14 @@ impl Store {
         self.catalog.delete_tag(&ds, tag)
     }
 
+    /// Forget a dataset: its versions, tags and checkout records. Returns how
+    /// many versions it had. The objects stay until [`Store::gc`].
+    pub fn remove_dataset(&self, dataset: &str) -> Result<u64> {
+        let ds = self.catalog.dataset(dataset)?;
+        self.catalog.delete_dataset(&ds)?;
+        Ok(ds.versions)
+    }
+
     /// Tags of a dataset.
     pub fn tags(&self, dataset: &str) -> Result<Vec<TagInfo>> {
         let ds = self.catalog.dataset(dataset)?;

@@ -1,0 +1,9 @@
+//! Trainyard's integration tests: one test binary, real processes, real
+//! SQLite files, temp dirs. `support` builds the isolated environment.
+
+mod support;
+
+mod store_cli;
+mod store_crash;
+mod store_golden;
+mod store_safety;
