@@ -8,8 +8,11 @@
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 
 use super::{Error, ObjectId, Result};
 
@@ -18,6 +21,21 @@ use super::{Error, ObjectId, Result};
 pub(crate) const LARGE_FILE: u64 = 1 << 20;
 /// Read size for streaming large files.
 const CHUNK: usize = 8 << 20;
+
+/// An object being written, not yet visible under its name.
+enum Pending {
+    Anonymous(File),
+    Named(tempfile::NamedTempFile),
+}
+
+impl Pending {
+    fn file(&mut self) -> &mut File {
+        match self {
+            Pending::Anonymous(f) => f,
+            Pending::Named(t) => t.as_file_mut(),
+        }
+    }
+}
 
 /// The object directory of a store.
 #[derive(Debug)]
@@ -109,21 +127,68 @@ impl Objects {
         fs::symlink_metadata(self.path(id)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
-    fn temp(&self) -> Result<tempfile::NamedTempFile> {
+    /// A new, still invisible object file in the object's own fan-out
+    /// directory: an anonymous `O_TMPFILE` inode where the filesystem has them
+    /// (one directory operation per object: the final link), else a named
+    /// temp file (two: create and rename). Spreading over 256 directories
+    /// avoids contending on one directory lock.
+    fn create(&self, id: &ObjectId) -> Result<Pending> {
+        let dir = self.root.join(&id.to_hex()[..2]);
+        let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+        if let Ok(fd) = rustix::fs::openat(CWD, &dir, flags, Mode::from_raw_mode(0o444)) {
+            return Ok(Pending::Anonymous(File::from(fd)));
+        }
         tempfile::Builder::new()
             .prefix(".tmp-")
-            .tempfile_in(&self.tmp)
-            .map_err(|e| Error::io("create a temporary file in", &self.tmp, e))
+            .tempfile_in(&dir)
+            .map(Pending::Named)
+            .map_err(|e| Error::io("create a temporary file in", &dir, e))
     }
 
-    fn publish(&self, t: tempfile::NamedTempFile, id: &ObjectId) -> Result<()> {
-        t.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o444))
-            .map_err(|e| Error::io("chmod", t.path(), e))?;
+    /// Give a complete object its name. Until this returns, no reader can see it.
+    fn publish(&self, p: Pending, id: &ObjectId, size: u64) -> Result<()> {
         let dest = self.path(id);
-        t.persist(&dest)
-            .map_err(|e| Error::io("rename into place", &dest, e.error))?;
-        Ok(())
+        match p {
+            Pending::Named(t) => {
+                t.as_file()
+                    .set_permissions(fs::Permissions::from_mode(0o444))
+                    .map_err(|e| Error::io("chmod", t.path(), e))?;
+                t.persist(&dest)
+                    .map_err(|e| Error::io("rename into place", &dest, e.error))?;
+                Ok(())
+            }
+            Pending::Anonymous(f) => {
+                for attempt in 0..2 {
+                    // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd works for anyone.
+                    let r =
+                        rustix::fs::linkat(&f, "", CWD, &dest, AtFlags::EMPTY_PATH).or_else(|_| {
+                            let proc = format!("/proc/self/fd/{}", f.as_raw_fd());
+                            rustix::fs::linkat(
+                                CWD,
+                                proc.as_str(),
+                                CWD,
+                                &dest,
+                                AtFlags::SYMLINK_FOLLOW,
+                            )
+                        });
+                    match r {
+                        Ok(()) => return Ok(()),
+                        // Another writer stored the same content first: fine, if it is whole.
+                        Err(rustix::io::Errno::EXIST) if self.contains(id, size) => return Ok(()),
+                        Err(rustix::io::Errno::EXIST) if attempt == 0 => {
+                            // A damaged object of the wrong size: replace it.
+                            let _ = fs::remove_file(&dest);
+                        }
+                        Err(e) => return Err(Error::io("link into place", &dest, e.into())),
+                    }
+                }
+                Err(Error::io(
+                    "link into place",
+                    &dest,
+                    std::io::Error::other("it keeps reappearing with the wrong size"),
+                ))
+            }
+        }
     }
 
     /// Store `bytes` as an object; returns its id and whether it was new.
@@ -132,10 +197,11 @@ impl Objects {
         if self.contains(&id, bytes.len() as u64) {
             return Ok((id, false));
         }
-        let mut t = self.temp()?;
-        t.write_all(bytes)
-            .map_err(|e| Error::io("write", t.path(), e))?;
-        self.publish(t, &id)?;
+        let mut p = self.create(&id)?;
+        p.file()
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", &self.path(&id), e))?;
+        self.publish(p, &id, bytes.len() as u64)?;
         Ok((id, true))
     }
 
@@ -150,14 +216,15 @@ impl Objects {
                 new_bytes: 0,
             });
         }
-        let mut t = self.temp()?;
+        let mut p = self.create(&id)?;
         match small {
-            Some(bytes) => t
+            Some(bytes) => p
+                .file()
                 .write_all(&bytes)
-                .map_err(|e| Error::io("write", t.path(), e))?,
+                .map_err(|e| Error::io("write", &self.path(&id), e))?,
             None => {
                 let mut src = File::open(path).map_err(|e| Error::io("open", path, e))?;
-                copy_or_reflink(&mut src, t.as_file_mut())
+                copy_or_reflink(&mut src, p.file())
                     .map_err(|e| Error::io("copy into the store", path, e))?;
                 // The copy must be of the bytes we hashed.
                 let after = src.metadata().map_err(|e| Error::io("stat", path, e))?;
@@ -166,7 +233,7 @@ impl Objects {
                 }
             }
         }
-        self.publish(t, &id)?;
+        self.publish(p, &id, stamp.size)?;
         Ok(Stored {
             id,
             stamp,

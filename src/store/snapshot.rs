@@ -162,8 +162,10 @@ impl Store {
         }
         let _lock = self.lock(false)?;
         let is_dir = abs.is_dir();
+        let t0 = std::time::Instant::now();
         progress.phase("scanning", None);
         let (mut entries, gone) = self.scan(&abs, &root_key, false)?;
+        tracing::debug!(entries = entries.len(), elapsed = ?t0.elapsed(), "scanned");
 
         let total_bytes: u64 = entries
             .iter()
@@ -214,8 +216,10 @@ impl Store {
         drop(manifest);
         let (version, _) = self.objects.put_bytes(&encoded)?;
         drop(encoded);
+        tracing::debug!(elapsed = ?t0.elapsed(), "objects and manifest written");
         progress.phase("flushing", None);
         self.objects.flush()?;
+        tracing::debug!(elapsed = ?t0.elapsed(), "flushed");
 
         let files = entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
         let bytes: u64 = entries
@@ -236,9 +240,11 @@ impl Store {
             source: Some(&root_key),
             tag: opts.tag.as_deref(),
         })?;
+        tracing::debug!(elapsed = ?t0.elapsed(), "version committed");
         if let Err(e) = self.statcache.update(&root_key, &entries, &gone) {
             tracing::warn!(error = %e, "could not update the stat cache; the next status will rehash");
         }
+        tracing::debug!(elapsed = ?t0.elapsed(), "stat cache updated");
         progress.finish();
         tracing::info!(dataset = %name, version = %version, files, bytes, new_bytes, created, "snapshot recorded");
         Ok(AddReport {
