@@ -407,8 +407,10 @@ pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
                     println!("{p}");
                 }
                 println!(
-                    "checked {} objects ({}) and {} versions: {}",
+                    "checked {} loose objects, {} packs ({} objects), {} in all, and {} versions: {}",
                     r.objects,
+                    r.packs,
+                    r.packed_objects,
                     output::bytes(r.bytes),
                     r.manifests,
                     if r.problems.is_empty() {

@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use std::sync::Mutex;
+
+use super::pack::{Location, PackRecord};
 use super::{Error, ObjectId, Result};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` counts them.
@@ -47,6 +50,20 @@ const MIGRATIONS: &[&str] = &[
         manifest BLOB NOT NULL CHECK (length(manifest) = 32),
         created_ns INTEGER NOT NULL
     );",
+    // 2: pack files of small objects and where each packed object is
+    "CREATE TABLE packs (
+        id BLOB PRIMARY KEY CHECK (length(id) = 32),
+        size INTEGER NOT NULL,
+        objects INTEGER NOT NULL,
+        created_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE packed (
+        id BLOB PRIMARY KEY CHECK (length(id) = 32),
+        pack BLOB NOT NULL REFERENCES packs(id),
+        offset INTEGER NOT NULL,
+        len INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX packed_by_pack ON packed(pack);",
 ];
 
 /// Open a SQLite file with the house settings (WAL, busy timeout, foreign keys).
@@ -172,6 +189,63 @@ pub(crate) struct NewVersion<'a> {
     pub new_bytes: u64,
     pub source: Option<&'a str>,
     pub tag: Option<&'a str>,
+    /// Packs written for this version, indexed in the same transaction.
+    pub packs: &'a [PackRecord],
+}
+
+/// Insert packs and their objects' locations (objects already packed
+/// elsewhere keep their first location).
+fn insert_packs(tx: &rusqlite::Transaction<'_>, packs: &[PackRecord]) -> rusqlite::Result<()> {
+    let now = now_ns();
+    let mut p = tx.prepare_cached(
+        "INSERT OR IGNORE INTO packs (id, size, objects, created_ns) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    let mut o = tx.prepare_cached(
+        "INSERT OR IGNORE INTO packed (id, pack, offset, len) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for pack in packs {
+        p.execute(params![
+            &pack.id.0[..],
+            pack.size as i64,
+            pack.entries.len() as i64,
+            now
+        ])?;
+        for (id, off, len) in &pack.entries {
+            o.execute(params![&id.0[..], &pack.id.0[..], *off as i64, *len as i64])?;
+        }
+    }
+    Ok(())
+}
+
+/// Looks up where packed objects are; one connection shared by worker threads.
+pub(crate) struct PackIndex {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl PackIndex {
+    /// Where `id` is packed, if it is.
+    pub fn lookup(&self, id: &ObjectId) -> Result<Option<Location>> {
+        let conn = self.conn.lock().map_err(|_| {
+            Error::io(
+                "use",
+                &self.path,
+                std::io::Error::other("a thread panicked while holding the pack index"),
+            )
+        })?;
+        let mut st = conn
+            .prepare_cached("SELECT pack, offset, len FROM packed WHERE id = ?1")
+            .map_err(Error::sqlite(&self.path))?;
+        st.query_row([&id.0[..]], |r| {
+            Ok(Location {
+                pack: id_of(r.get(0)?),
+                offset: r.get::<_, i64>(1)? as u64,
+                len: r.get::<_, i64>(2)? as u64,
+            })
+        })
+        .optional()
+        .map_err(Error::sqlite(&self.path))
+    }
 }
 
 /// The catalog database.
@@ -388,6 +462,7 @@ impl Catalog {
             )
             .map_err(self.err())?;
         }
+        insert_packs(&tx, v.packs).map_err(self.err())?;
         if let Some(tag) = v.tag {
             tx.execute(
                 "INSERT INTO tags (dataset_id, name, manifest, created_ns) VALUES (?1, ?2, ?3, ?4)
@@ -399,6 +474,61 @@ impl Catalog {
         }
         tx.commit().map_err(self.err())?;
         Ok((created, parent))
+    }
+
+    /// A handle for pack lookups from many threads.
+    pub fn pack_index(&self) -> Result<PackIndex> {
+        Ok(PackIndex {
+            path: self.path.clone(),
+            conn: Mutex::new(self.conn()?),
+        })
+    }
+
+    /// Every pack: (id, size).
+    pub fn packs(&self) -> Result<Vec<(ObjectId, u64)>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare("SELECT id, size FROM packs ORDER BY id")
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| Ok((id_of(r.get(0)?), r.get::<_, i64>(1)? as u64)))
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    /// The indexed objects of one pack: (id, offset, length), by offset.
+    pub fn pack_entries(&self, pack: &ObjectId) -> Result<Vec<(ObjectId, u64, u64)>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare("SELECT id, offset, len FROM packed WHERE pack = ?1 ORDER BY offset")
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([&pack.0[..]], |r| {
+                Ok((
+                    id_of(r.get(0)?),
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    /// Swap packs in one transaction (gc): index `added`, then drop `removed`
+    /// and every location still pointing into them.
+    pub fn replace_packs(&self, removed: &[ObjectId], added: &[PackRecord]) -> Result<()> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        for p in removed {
+            tx.execute("DELETE FROM packed WHERE pack = ?1", [&p.0[..]])
+                .map_err(self.err())?;
+            tx.execute("DELETE FROM packs WHERE id = ?1", [&p.0[..]])
+                .map_err(self.err())?;
+        }
+        insert_packs(&tx, added).map_err(self.err())?;
+        tx.commit().map_err(self.err())
     }
 
     pub fn set_tag(&self, ds: &DatasetInfo, tag: &str, id: &ObjectId, force: bool) -> Result<()> {

@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
+use super::catalog::PackIndex;
 use super::manifest::{Entry, Kind, Manifest};
 use super::objects::{hash_file, read_full};
 use super::snapshot::canonical;
 use super::walk::{WalkEntry, TEMP_PREFIX};
-use super::{DatasetRef, Error, ObjectId, Result, Store};
+use super::{DatasetRef, Error, Found, ObjectId, Result, Store};
 use crate::progress::Progress;
 
 /// How files get from the store into the checkout.
@@ -219,6 +220,7 @@ impl Store {
         }
 
         // Files and symlinks, in parallel.
+        let index = self.catalog.pack_index()?;
         let chosen = AtomicU8::new(opts.link.as_u8());
         let bytes = AtomicU64::new(0);
         let work: Vec<&(&Entry, Action)> =
@@ -239,8 +241,8 @@ impl Store {
                         }
                     }
                     match t.kind {
-                        Kind::Symlink => self.write_symlink(t, &dest)?,
-                        _ => self.write_file(t, &dest, &chosen)?,
+                        Kind::Symlink => self.write_symlink(&index, t, &dest)?,
+                        _ => self.write_file(&index, t, &dest, &chosen)?,
                     }
                     bytes.fetch_add(t.size, Ordering::Relaxed);
                 }
@@ -309,17 +311,36 @@ impl Store {
         })
     }
 
-    fn write_symlink(&self, t: &Entry, dest: &Path) -> Result<()> {
-        let target = self.objects.read_verified(&t.id)?;
+    fn write_symlink(&self, index: &PackIndex, t: &Entry, dest: &Path) -> Result<()> {
+        let target = self.read_object(index, &t.id)?;
         let tmp = temp_name(dest);
         let os = std::ffi::OsStr::from_bytes(&target);
         std::os::unix::fs::symlink(os, &tmp).map_err(|e| Error::io("create symlink", &tmp, e))?;
         rename(&tmp, dest)
     }
 
-    fn write_file(&self, t: &Entry, dest: &Path, chosen: &AtomicU8) -> Result<()> {
-        let src = self.objects.path(&t.id);
+    fn write_file(
+        &self,
+        index: &PackIndex,
+        t: &Entry,
+        dest: &Path,
+        chosen: &AtomicU8,
+    ) -> Result<()> {
         let tmp = temp_name(dest);
+        let src = match self.find_object(index, &t.id)? {
+            None => return Err(Error::MissingObject(t.id)),
+            Some(Found::Loose(src)) => src,
+            Some(Found::Packed(_)) => {
+                // Packed objects are small: read (verified), write, rename.
+                let bytes = self.read_object(index, &t.id)?;
+                let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+                f.write_all(&bytes)
+                    .map_err(|e| Error::io("write", &tmp, e))?;
+                drop(f);
+                set_mode(&tmp, t.exec)?;
+                return rename(&tmp, dest);
+            }
+        };
         let mut mode = LinkMode::from_u8(chosen.load(Ordering::Relaxed));
         // An object is read-only and has no exec bit: executables are never hardlinked.
         if t.exec && mode == LinkMode::Hardlink {

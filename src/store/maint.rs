@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::manifest::{Kind, Manifest};
 use super::objects::hash_file;
+use super::pack;
 use super::{Error, ObjectId, Result, Store};
 use crate::progress::Progress;
 
@@ -40,6 +41,15 @@ pub enum FsckProblem {
         /// Why.
         reason: String,
     },
+    /// A pack that cannot be read, is damaged, or lacks objects its index names.
+    BadPack {
+        /// The pack id.
+        id: ObjectId,
+        /// Its file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file in the objects directory whose name is not an object id.
     Stray {
         /// The file.
@@ -65,6 +75,9 @@ impl std::fmt::Display for FsckProblem {
                 referenced_by,
                 reason,
             } => write!(f, "bad manifest {id} ({referenced_by}): {reason}"),
+            FsckProblem::BadPack { id, path, reason } => {
+                write!(f, "bad pack {id} ({}): {reason}", path.display())
+            }
             FsckProblem::Stray { path } => write!(f, "stray file {}", path.display()),
         }
     }
@@ -73,8 +86,12 @@ impl std::fmt::Display for FsckProblem {
 /// What `fsck` checked and found.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FsckReport {
-    /// Objects rehashed.
+    /// Loose objects rehashed.
     pub objects: u64,
+    /// Packs verified.
+    pub packs: u64,
+    /// Objects inside those packs.
+    pub packed_objects: u64,
     /// Bytes rehashed.
     pub bytes: u64,
     /// Manifests (versions and tags) checked.
@@ -92,7 +109,9 @@ pub struct GcReport {
     pub deleted: u64,
     /// Their bytes.
     pub deleted_bytes: u64,
-    /// Leftover temporary files removed (from interrupted writers).
+    /// Live packed objects copied into new packs (packs that had dead objects).
+    pub repacked: u64,
+    /// Leftover temporary files and unindexed packs removed (from interrupted writers).
     pub temp_files: u64,
     /// Nothing was deleted.
     pub dry_run: bool,
@@ -138,6 +157,7 @@ impl Store {
             .par_iter()
             .filter_map(|(id, path, size)| {
                 let r = match id {
+                    None if is_temp(path) => None,
                     None => Some(FsckProblem::Stray { path: path.clone() }),
                     Some(id) => match hash_file(path, false) {
                         Ok((got, _, _)) if got == *id => None,
@@ -159,7 +179,11 @@ impl Store {
                 _ => None,
             })
             .collect();
-        let present: HashSet<ObjectId> = objects.iter().filter_map(|o| o.0).collect();
+        let mut present: HashSet<ObjectId> = objects.iter().filter_map(|o| o.0).collect();
+        let (pack_problems, packed, packs) = self.fsck_packs(progress)?;
+        problems.extend(pack_problems);
+        let packed_objects = packed.len() as u64;
+        present.extend(packed);
         let roots = self.catalog.all_manifests()?;
         progress.phase("checking versions", Some(roots.len() as u64));
         let mut reported: HashSet<ObjectId> = HashSet::new();
@@ -202,10 +226,63 @@ impl Store {
         progress.finish();
         Ok(FsckReport {
             objects: objects.len() as u64,
+            packs,
+            packed_objects,
             bytes: bytes.into_inner(),
             manifests: roots.len() as u64,
             problems,
         })
+    }
+
+    /// Verify every pack against its bytes and its index; returns the
+    /// problems and every object id the index says is packed.
+    fn fsck_packs(
+        &self,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<FsckProblem>, Vec<ObjectId>, u64)> {
+        let packs = self.catalog.packs()?;
+        progress.phase("verifying packs", Some(packs.iter().map(|p| p.1).sum()));
+        let indexed: Vec<Vec<(ObjectId, u64, u64)>> = packs
+            .iter()
+            .map(|(id, _)| self.catalog.pack_entries(id))
+            .collect::<Result<_>>()?;
+        let problems: Vec<FsckProblem> = packs
+            .par_iter()
+            .zip(indexed.par_iter())
+            .filter_map(|((id, size), index)| {
+                progress.inc(*size);
+                let path = pack::pack_path(&self.packs_dir, id);
+                let bad = |reason: String| {
+                    Some(FsckProblem::BadPack {
+                        id: *id,
+                        path: path.clone(),
+                        reason,
+                    })
+                };
+                let bytes = match fs::read(&path) {
+                    Ok(b) => b,
+                    Err(e) => return bad(format!("cannot read it: {e}")),
+                };
+                match pack::scan(&bytes) {
+                    Err(reason) => bad(reason),
+                    Ok(found) => {
+                        let found: HashSet<_> = found.into_iter().collect();
+                        index
+                            .iter()
+                            .find(|e| !found.contains(e))
+                            .and_then(|(oid, off, _)| {
+                                bad(format!("its index names object {oid} at offset {off}, which the pack does not hold intact"))
+                            })
+                    }
+                }
+            })
+            .collect();
+        let n = packs.len() as u64;
+        Ok((
+            problems,
+            indexed.into_iter().flatten().map(|e| e.0).collect(),
+            n,
+        ))
     }
 
     /// Delete objects that no version or tag reaches, and leftover temp
@@ -228,6 +305,7 @@ impl Store {
         let objects = self.list_objects()?;
         progress.phase("collecting", Some(objects.len() as u64));
         let (mut kept, mut deleted, mut deleted_bytes) = (0u64, 0u64, 0u64);
+        let mut temp_files = 0;
         for (id, path, size) in objects {
             progress.inc(1);
             match id {
@@ -239,10 +317,71 @@ impl Store {
                     deleted += 1;
                     deleted_bytes += size;
                 }
+                None if is_temp(&path) => {
+                    if !dry_run {
+                        let _ = fs::remove_file(&path);
+                    }
+                    temp_files += 1;
+                }
                 None => {}
             }
         }
-        let mut temp_files = 0;
+        let (mut repacked, mut dead_packed) = (0u64, 0u64);
+        let mut removed = Vec::new();
+        let mut writer = pack::PackWriter::new(&self.packs_dir, self.objects.tmp());
+        let index = self.catalog.pack_index()?;
+        for (pid, _) in self.catalog.packs()? {
+            let entries = self.catalog.pack_entries(&pid)?;
+            let live: Vec<_> = entries
+                .iter()
+                .filter(|e| reachable.contains(&e.0))
+                .collect();
+            kept += live.len() as u64;
+            if live.len() == entries.len() {
+                continue;
+            }
+            for e in entries.iter().filter(|e| !reachable.contains(&e.0)) {
+                dead_packed += 1;
+                deleted_bytes += e.2;
+            }
+            if !dry_run {
+                for e in &live {
+                    let bytes = self.read_object(&index, &e.0)?;
+                    writer.add(e.0, &bytes)?;
+                    repacked += 1;
+                }
+            }
+            removed.push(pid);
+        }
+        deleted += dead_packed;
+        let new_packs = writer.finish()?;
+        if !dry_run && !removed.is_empty() {
+            // New packs durable before the index points at them; old ones
+            // deleted only after it no longer does.
+            self.objects.flush()?;
+            self.catalog.replace_packs(&removed, &new_packs)?;
+            for pid in &removed {
+                let path = pack::pack_path(&self.packs_dir, pid);
+                fs::remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+            }
+        }
+        // Pack files no index row names: left by interrupted adds.
+        let indexed: HashSet<ObjectId> = self.catalog.packs()?.into_iter().map(|p| p.0).collect();
+        if let Ok(rd) = fs::read_dir(&self.packs_dir) {
+            for de in rd.flatten() {
+                let name = de.file_name();
+                let id = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".pack"))
+                    .and_then(|h| h.parse::<ObjectId>().ok());
+                if id.is_none_or(|id| !indexed.contains(&id)) {
+                    if !dry_run {
+                        let _ = fs::remove_file(de.path());
+                    }
+                    temp_files += 1;
+                }
+            }
+        }
         let tmp = self.objects.tmp();
         if let Ok(rd) = fs::read_dir(tmp) {
             for de in rd.flatten() {
@@ -257,8 +396,16 @@ impl Store {
             kept,
             deleted,
             deleted_bytes,
+            repacked,
             temp_files,
             dry_run,
         })
     }
+}
+
+/// Whether a path in the objects directory is an interrupted writer's temp file.
+fn is_temp(p: &std::path::Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".tmp-"))
 }

@@ -13,6 +13,7 @@ mod id;
 mod maint;
 mod manifest;
 mod objects;
+mod pack;
 mod refs;
 mod snapshot;
 mod statcache;
@@ -40,9 +41,18 @@ pub const FORMAT_VERSION: u32 = 1;
 #[derive(Debug)]
 pub struct Store {
     dir: PathBuf,
+    packs_dir: PathBuf,
     objects: objects::Objects,
     catalog: catalog::Catalog,
     statcache: statcache::StatCache,
+}
+
+/// Where an object lives.
+pub(crate) enum Found {
+    /// Its own file.
+    Loose(PathBuf),
+    /// Inside a pack.
+    Packed(pack::Location),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -83,10 +93,13 @@ impl Store {
             Err(e) => return Err(Error::io("read", &config_path, e)),
         }
         let objects = objects::Objects::open(&dir)?;
+        let packs_dir = dir.join("packs");
+        std::fs::create_dir_all(&packs_dir).map_err(|e| Error::io("create", &packs_dir, e))?;
         let catalog = catalog::Catalog::open(&home.catalog_path())?;
         let statcache = statcache::StatCache::open(&dir.join("statcache.db"))?;
         Ok(Store {
             dir,
+            packs_dir,
             objects,
             catalog,
             statcache,
@@ -128,6 +141,47 @@ impl Store {
     pub fn resolve(&self, r: &DatasetRef) -> Result<VersionInfo> {
         let ds = self.catalog.dataset(&r.dataset)?;
         self.catalog.resolve(&ds, r.reference.as_deref())
+    }
+
+    /// Whether the store holds object `id` of `size` bytes, loose or packed.
+    pub(crate) fn has_object(
+        &self,
+        index: &catalog::PackIndex,
+        id: &ObjectId,
+        size: u64,
+    ) -> Result<bool> {
+        Ok(self.objects.contains(id, size) || index.lookup(id)?.is_some_and(|l| l.len == size))
+    }
+
+    /// Where object `id` is.
+    pub(crate) fn find_object(
+        &self,
+        index: &catalog::PackIndex,
+        id: &ObjectId,
+    ) -> Result<Option<Found>> {
+        let path = self.objects.path(id);
+        if path.is_file() {
+            return Ok(Some(Found::Loose(path)));
+        }
+        Ok(index.lookup(id)?.map(Found::Packed))
+    }
+
+    /// Read a whole object, loose or packed, verified against its id.
+    pub(crate) fn read_object(&self, index: &catalog::PackIndex, id: &ObjectId) -> Result<Vec<u8>> {
+        match self.find_object(index, id)? {
+            None => Err(Error::MissingObject(*id)),
+            Some(Found::Loose(_)) => self.objects.read_verified(id),
+            Some(Found::Packed(loc)) => {
+                let bytes = pack::read_at(&self.packs_dir, &loc)?;
+                if ObjectId::of_bytes(&bytes) != *id {
+                    return Err(Error::CorruptObject {
+                        id: *id,
+                        path: pack::pack_path(&self.packs_dir, &loc.pack),
+                    });
+                }
+                Ok(bytes)
+            }
+        }
     }
 
     /// Read and verify a version's manifest.

@@ -286,7 +286,7 @@ impl Objects {
 /// Ask the kernel to start writing this file's data to disk now, without
 /// waiting (git's "batch" fsync mode): the one `syncfs` before the catalog
 /// commit then finds most data already written. Purely a hint.
-fn start_writeback(f: &File) {
+pub(crate) fn start_writeback(f: &File) {
     // SAFETY: sync_file_range only reads its integer arguments; the fd is
     // valid for the duration of the call because `f` is borrowed.
     let _ = unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };

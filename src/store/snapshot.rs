@@ -8,12 +8,14 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use rayon::prelude::*;
 
 use super::catalog::NewVersion;
 use super::manifest::{diff, Change, Entry, Kind, Manifest};
 use super::objects::{hash_file, Stored};
+use super::pack::{PackWriter, PACK_THRESHOLD};
 use super::walk::{walk, WalkEntry};
 use super::{refs, DatasetRef, Error, ObjectId, Result, Store};
 use crate::progress::Progress;
@@ -67,6 +69,16 @@ pub struct StatusReport {
     pub files: u64,
     /// Files that had to be read because the stat cache could not vouch for them.
     pub hashed_files: u64,
+}
+
+fn lock(m: &Mutex<PackWriter>) -> Result<MutexGuard<'_, PackWriter>> {
+    m.lock().map_err(|_| {
+        Error::io(
+            "write a pack",
+            Path::new("store/tmp"),
+            std::io::Error::other("another writer thread panicked"),
+        )
+    })
 }
 
 /// The OS user, for version authors.
@@ -175,6 +187,18 @@ impl Store {
         progress.phase("storing", Some(total_bytes));
         let new_bytes = AtomicU64::new(0);
         let hashed = AtomicU64::new(0);
+        let index = self.catalog.pack_index()?;
+        let packer = Mutex::new(PackWriter::new(&self.packs_dir, self.objects.tmp()));
+        // Store `bytes` in a pack unless the store has it already; true if new.
+        let pack = |id: ObjectId, bytes: &[u8]| -> Result<bool> {
+            if self.has_object(&index, &id, bytes.len() as u64)? {
+                return Ok(false);
+            }
+            lock(&packer)?.add(id, bytes)
+        };
+        let has = |id: &ObjectId, size: u64| -> Result<bool> {
+            Ok(lock(&packer)?.contains(id) || self.has_object(&index, id, size)?)
+        };
         entries.par_iter_mut().try_for_each(|e| -> Result<()> {
             let p = Self::on_disk(&abs, is_dir, &e.rel);
             match e.kind {
@@ -183,22 +207,43 @@ impl Store {
                     let target =
                         std::fs::read_link(&p).map_err(|err| Error::io("read link", &p, err))?;
                     let bytes = target.as_os_str().as_encoded_bytes();
-                    let (id, new) = self.objects.put_bytes(bytes)?;
-                    if new {
+                    let id = ObjectId::of_bytes(bytes);
+                    if pack(id, bytes)? {
                         new_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     }
                     e.stamp.size = bytes.len() as u64;
                     e.id = Some(id);
                 }
                 Kind::File => {
-                    let have =
-                        e.id.is_some_and(|id| self.objects.contains(&id, e.stamp.size));
-                    if !have {
-                        let Stored {
-                            id,
-                            stamp,
-                            new_bytes: n,
-                        } = self.objects.put_file(&p)?;
+                    let cached = match e.id {
+                        Some(id) => has(&id, e.stamp.size)?,
+                        None => false,
+                    };
+                    if !cached {
+                        let (id, stamp, n) = if e.stamp.size < PACK_THRESHOLD {
+                            match hash_file(&p, true)? {
+                                (id, stamp, Some(bytes)) => {
+                                    let n = if pack(id, &bytes)? {
+                                        bytes.len() as u64
+                                    } else {
+                                        0
+                                    };
+                                    (id, stamp, n)
+                                }
+                                // grew past the small-file size meanwhile: store it loose
+                                _ => {
+                                    let s = self.objects.put_file(&p)?;
+                                    (s.id, s.stamp, s.new_bytes)
+                                }
+                            }
+                        } else {
+                            let Stored {
+                                id,
+                                stamp,
+                                new_bytes: n,
+                            } = self.objects.put_file(&p)?;
+                            (id, stamp, n)
+                        };
                         new_bytes.fetch_add(n, Ordering::Relaxed);
                         hashed.fetch_add(1, Ordering::Relaxed);
                         e.id = Some(id);
@@ -210,6 +255,17 @@ impl Store {
             }
             Ok(())
         })?;
+        let packs = packer
+            .into_inner()
+            .map_err(|_| {
+                Error::io(
+                    "write packs in",
+                    self.objects.tmp(),
+                    std::io::Error::other("a writer thread panicked"),
+                )
+            })?
+            .finish()?;
+        drop(index);
 
         let manifest: Vec<Entry> = entries.iter().map(WalkEntry::to_entry).collect();
         let encoded = Manifest::encode(&manifest);
@@ -239,6 +295,7 @@ impl Store {
             new_bytes,
             source: Some(&root_key),
             tag: opts.tag.as_deref(),
+            packs: &packs,
         })?;
         tracing::debug!(elapsed = ?t0.elapsed(), "version committed");
         if let Err(e) = self.statcache.update(&root_key, &entries, &gone) {

@@ -325,3 +325,25 @@ fn single_file_snapshot() {
     env.ok(&["data", "checkout", "weights", out.to_str().unwrap()]);
     assert_eq!(fs::read(out.join("weights.pt")).unwrap(), b"tensor bytes");
 }
+
+#[test]
+fn gc_repacks_packs_holding_live_and_dead_objects() {
+    let env = Env::new();
+    // `drop` is added first, so the shared object lives in drop's pack.
+    write(&env.path("drop/shared.bin"), b"shared content");
+    write(&env.path("drop/d.bin"), b"only in drop");
+    write(&env.path("keep/shared.bin"), b"shared content");
+    write(&env.path("keep/k.bin"), b"only in keep");
+    env.ok(&["data", "add", "drop"]);
+    env.ok(&["data", "add", "keep"]);
+    env.ok(&["data", "rm", "drop"]);
+    let gc = env.json(&["data", "gc"]);
+    assert_eq!(gc["repacked"], 1, "{gc}");
+    assert_eq!(gc["deleted"], 2, "{gc}"); // d.bin and drop's manifest
+    let f = env.json(&["data", "fsck"]);
+    assert_eq!(f["packed_objects"], 2, "{f}"); // shared (repacked) and k
+    let out = env.path("out");
+    env.ok(&["data", "checkout", "keep", out.to_str().unwrap()]);
+    assert_eq!(fs::read(out.join("shared.bin")).unwrap(), b"shared content");
+    assert_eq!(env.json(&["data", "gc", "--dry-run"])["deleted"], 0);
+}

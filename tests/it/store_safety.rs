@@ -141,18 +141,35 @@ fn a_file_changing_while_hashed_is_detected_not_recorded() {
     env.ok(&["data", "fsck"]);
 }
 
+/// The one pack file of a fresh store.
+fn only_pack(home: &Path) -> std::path::PathBuf {
+    let packs: Vec<_> = fs::read_dir(home.join("store/packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    packs[0].clone()
+}
+
 #[test]
-fn corrupt_object_is_never_checked_out_and_fsck_names_it() {
+fn corrupt_packed_object_is_never_checked_out_and_fsck_names_it() {
     let env = Env::new();
     let src = env.path("ds");
     write(&src.join("good.txt"), b"good");
     write(&src.join("bad.txt"), b"this will rot");
     env.ok(&["data", "add", "ds"]);
     let id = blake3::hash(b"this will rot").to_hex().to_string();
-    let obj = object_path(&env.home, &id);
+    // Flip one byte of the object inside its pack (same size, different bytes).
+    let pack = only_pack(&env.home);
+    let mut bytes = fs::read(&pack).unwrap();
+    let at = bytes
+        .windows(13)
+        .position(|w| w == b"this will rot")
+        .unwrap();
+    bytes[at + 11] = b'0';
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
-    fs::write(&obj, b"this will r0t").unwrap(); // same size, different bytes
+    fs::set_permissions(&pack, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&pack, &bytes).unwrap();
 
     for link in ["copy", "hardlink"] {
         let out = env.path(&format!("out-{link}"));
@@ -173,7 +190,51 @@ fn corrupt_object_is_never_checked_out_and_fsck_names_it() {
     let o = env.run(&["data", "fsck"]);
     assert!(!o.status.success(), "fsck must exit non-zero");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains(&format!("corrupt object {id}")), "{out}");
+    assert!(out.contains("bad pack") && out.contains(&id), "{out}");
+    // gc refuses to repack from a damaged pack rather than propagate it:
+    // a second dataset shares the rotten object, the first is removed, so
+    // the pack holds live and dead objects and would be rewritten.
+    write(&env.path("ds2/copy.txt"), b"this will rot");
+    env.ok(&["data", "add", "ds2"]);
+    env.ok(&["data", "rm", "ds"]);
+    let err = env.fail(&["data", "gc"]);
+    assert!(err.contains(&id) && err.contains("corrupt"), "{err}");
+}
+
+#[test]
+fn corrupt_or_missing_loose_object_is_reported_and_re_add_restores_it() {
+    let env = Env::new();
+    let src = env.path("ds");
+    write(&src.join("small.txt"), b"small");
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    write(&src.join("big.bin"), &big);
+    env.ok(&["data", "add", "ds"]);
+    let id = blake3::hash(&big).to_hex().to_string();
+    let obj = object_path(&env.home, &id);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&obj, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut rotten = big.clone();
+    rotten[1234] ^= 0xff;
+    fs::write(&obj, &rotten).unwrap();
+    for link in ["copy", "hardlink"] {
+        let out = env.path(&format!("out-{link}"));
+        let err = env.fail(&[
+            "data",
+            "checkout",
+            "ds",
+            out.to_str().unwrap(),
+            "--link",
+            link,
+        ]);
+        assert!(err.contains(&id) && err.contains("corrupt"), "{err}");
+        assert!(
+            !out.join("big.bin").exists(),
+            "a corrupt object was materialized"
+        );
+    }
+    let o = env.run(&["data", "fsck"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("corrupt object {id}")));
 
     // Missing objects are reported with who needs them.
     fs::remove_file(&obj).unwrap();
@@ -183,7 +244,7 @@ fn corrupt_object_is_never_checked_out_and_fsck_names_it() {
     let p = &v["problems"][0];
     assert_eq!(p["problem"], "missing");
     assert!(
-        p["referenced_by"].as_str().unwrap().ends_with(":bad.txt"),
+        p["referenced_by"].as_str().unwrap().ends_with(":big.bin"),
         "{p}"
     );
     // Re-adding the data restores the object.
@@ -300,5 +361,6 @@ fn sample_dataset_fsck_clean() {
     env.ok(&["data", "add", "s"]);
     let f = env.json(&["data", "fsck"]);
     assert_eq!(f["problems"].as_array().unwrap().len(), 0);
-    assert!(f["objects"].as_u64().unwrap() >= 40);
+    assert!(f["packed_objects"].as_u64().unwrap() >= 40, "{f}");
+    assert_eq!(f["packs"], 1);
 }
