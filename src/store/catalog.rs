@@ -64,6 +64,9 @@ const MIGRATIONS: &[&str] = &[
         len INTEGER NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX packed_by_pack ON packed(pack);",
+    // 3: counters; gc_generation changes whenever gc may delete objects
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('gc_generation', 0);",
 ];
 
 /// Open a SQLite file with the house settings (WAL, busy timeout, foreign keys).
@@ -474,6 +477,29 @@ impl Catalog {
         }
         tx.commit().map_err(self.err())?;
         Ok((created, parent))
+    }
+
+    /// The gc generation: objects known present at this generation are still
+    /// present while it is unchanged (only gc deletes objects).
+    pub fn gc_generation(&self) -> Result<i64> {
+        let conn = self.conn()?;
+        conn.query_row(
+            "SELECT value FROM meta WHERE key = 'gc_generation'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(self.err())
+    }
+
+    /// Start a new gc generation (before gc deletes anything).
+    pub fn bump_gc_generation(&self) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE meta SET value = value + 1 WHERE key = 'gc_generation'",
+            [],
+        )
+        .map_err(self.err())?;
+        Ok(())
     }
 
     /// A handle for pack lookups from many threads.

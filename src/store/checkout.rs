@@ -137,7 +137,8 @@ impl Store {
         };
 
         progress.phase("scanning", None);
-        let (mut current, gone) = self.scan(&abs, &key, true)?;
+        let gen = self.catalog.gc_generation()?;
+        let (mut current, gone) = self.scan(&abs, &key, true, gen)?;
         // Hash only what matters: paths the target or the previous checkout name.
         current
             .par_iter_mut()
@@ -287,11 +288,13 @@ impl Store {
                     stamp: super::objects::FileStamp::of(&m),
                     id: Some(t.id),
                     fresh: true,
+                    present: false,
                 });
             }
         }
         fresh.extend(current.iter().filter(|e| e.fresh).cloned());
-        if let Err(e) = self.statcache.update(&key, &fresh, &gone) {
+        // Written from verified objects, so they were present at `gen`.
+        if let Err(e) = self.statcache.update(&key, &fresh, &gone, Some(gen)) {
             tracing::warn!(error = %e, "could not update the stat cache");
         }
         progress.finish();

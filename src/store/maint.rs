@@ -291,6 +291,10 @@ impl Store {
     /// tell what that version needs).
     pub fn gc(&self, dry_run: bool, progress: &dyn Progress) -> Result<GcReport> {
         let _lock = self.lock(true)?;
+        if !dry_run {
+            // Before anything is deleted: stat cache entries stop vouching for objects.
+            self.catalog.bump_gc_generation()?;
+        }
         let mut reachable: HashSet<ObjectId> = HashSet::new();
         for (mid, _) in self.catalog.all_manifests()? {
             let m = self.manifest(&mid)?;

@@ -139,9 +139,10 @@ impl Store {
         abs: &Path,
         root_key: &str,
         skip_temp: bool,
+        gen: i64,
     ) -> Result<(Vec<WalkEntry>, Vec<String>)> {
         let mut entries = walk(abs, skip_temp)?;
-        let lookup = self.statcache.lookup(root_key, &mut entries)?;
+        let lookup = self.statcache.lookup(root_key, &mut entries, gen)?;
         Ok((entries, lookup.gone))
     }
 
@@ -176,7 +177,8 @@ impl Store {
         let is_dir = abs.is_dir();
         let t0 = std::time::Instant::now();
         progress.phase("scanning", None);
-        let (mut entries, gone) = self.scan(&abs, &root_key, false)?;
+        let gen = self.catalog.gc_generation()?;
+        let (mut entries, gone) = self.scan(&abs, &root_key, false, gen)?;
         tracing::debug!(entries = entries.len(), elapsed = ?t0.elapsed(), "scanned");
 
         let total_bytes: u64 = entries
@@ -216,7 +218,13 @@ impl Store {
                 }
                 Kind::File => {
                     let cached = match e.id {
-                        Some(id) => has(&id, e.stamp.size)?,
+                        Some(_) if e.present => true,
+                        Some(id) => {
+                            // Known content, but gc ran since: is the object still there?
+                            let h = has(&id, e.stamp.size)?;
+                            e.fresh = h;
+                            h
+                        }
                         None => false,
                     };
                     if !cached {
@@ -298,7 +306,7 @@ impl Store {
             packs: &packs,
         })?;
         tracing::debug!(elapsed = ?t0.elapsed(), "version committed");
-        if let Err(e) = self.statcache.update(&root_key, &entries, &gone) {
+        if let Err(e) = self.statcache.update(&root_key, &entries, &gone, Some(gen)) {
             tracing::warn!(error = %e, "could not update the stat cache; the next status will rehash");
         }
         tracing::debug!(elapsed = ?t0.elapsed(), "stat cache updated");
@@ -350,7 +358,7 @@ impl Store {
         };
         let is_dir = abs.is_dir();
         progress.phase("scanning", None);
-        let (mut entries, gone) = self.scan(&abs, &root_key, false)?;
+        let (mut entries, gone) = self.scan(&abs, &root_key, false, -2)?;
         let todo: u64 = entries
             .iter()
             .filter(|e| e.kind == Kind::File && e.id.is_none())
@@ -384,7 +392,7 @@ impl Store {
         let current: Vec<Entry> = entries.iter().map(WalkEntry::to_entry).collect();
         let changes = diff(&base_manifest.entries, &current);
         if hashed > 0 || !gone.is_empty() {
-            if let Err(e) = self.statcache.update(&root_key, &entries, &gone) {
+            if let Err(e) = self.statcache.update(&root_key, &entries, &gone, None) {
                 tracing::warn!(error = %e, "could not update the stat cache");
             }
         }

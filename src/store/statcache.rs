@@ -19,7 +19,8 @@ use super::{manifest::Kind, Error, ObjectId, Result};
 /// How much older than its hashing time a file's mtime must be to be trusted.
 pub(crate) const RACY_NS: i64 = 2_000_000_000;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE stat (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE stat (
         root TEXT NOT NULL,
         rel TEXT NOT NULL,
         dev INTEGER NOT NULL,
@@ -30,7 +31,10 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE stat (
         oid BLOB NOT NULL,
         hashed_ns INTEGER NOT NULL,
         PRIMARY KEY (root, rel)
-    ) WITHOUT ROWID;"];
+    ) WITHOUT ROWID;",
+    // 2: the store's gc generation at which the object was known present (-1: not known)
+    "ALTER TABLE stat ADD COLUMN gen INTEGER NOT NULL DEFAULT -1;",
+];
 
 /// The stat cache database.
 #[derive(Debug)]
@@ -61,12 +65,13 @@ impl StatCache {
     }
 
     /// Fill in `id` for the files in `entries` (sorted by `rel`) whose cached
-    /// stat still matches, by one ordered scan merged with the walk.
-    pub fn lookup(&self, root: &str, entries: &mut [WalkEntry]) -> Result<Lookup> {
+    /// stat still matches, by one ordered scan merged with the walk; set
+    /// `present` where the object was known present at gc generation `gen`.
+    pub fn lookup(&self, root: &str, entries: &mut [WalkEntry], gen: i64) -> Result<Lookup> {
         let conn = self.conn()?;
         let mut st = conn
             .prepare_cached(
-                "SELECT rel, dev, ino, size, mtime_ns, ctime_ns, oid, hashed_ns
+                "SELECT rel, dev, ino, size, mtime_ns, ctime_ns, oid, hashed_ns, gen
                  FROM stat WHERE root = ?1 ORDER BY rel",
             )
             .map_err(Error::sqlite(&self.path))?;
@@ -108,14 +113,23 @@ impl StatCache {
                 let mut a = [0u8; 32];
                 a.copy_from_slice(&oid);
                 e.id = Some(ObjectId(a));
+                e.present = get(8) == gen;
                 out.hits += 1;
             }
         }
         Ok(out)
     }
 
-    /// Record freshly hashed files and forget vanished ones, in one transaction.
-    pub fn update(&self, root: &str, entries: &[WalkEntry], gone: &[String]) -> Result<()> {
+    /// Record freshly hashed files and forget vanished ones, in one
+    /// transaction. `gen`: the gc generation at which the objects of the
+    /// fresh entries are known present (`None` if they were only hashed).
+    pub fn update(
+        &self,
+        root: &str,
+        entries: &[WalkEntry],
+        gone: &[String],
+        gen: Option<i64>,
+    ) -> Result<()> {
         let mut conn = self.conn()?;
         let err = Error::sqlite(&self.path);
         let hashed_ns = now_ns();
@@ -123,8 +137,8 @@ impl StatCache {
         {
             let mut put = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO stat (root, rel, dev, ino, size, mtime_ns, ctime_ns, oid, hashed_ns)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    "INSERT OR REPLACE INTO stat (root, rel, dev, ino, size, mtime_ns, ctime_ns, oid, hashed_ns, gen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(Error::sqlite(&self.path))?;
             for e in entries.iter().filter(|e| e.fresh && e.kind == Kind::File) {
@@ -138,7 +152,8 @@ impl StatCache {
                     e.stamp.mtime_ns,
                     e.stamp.ctime_ns,
                     &id.0[..],
-                    hashed_ns
+                    hashed_ns,
+                    gen.unwrap_or(-1)
                 ])
                 .map_err(Error::sqlite(&self.path))?;
             }

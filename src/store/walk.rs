@@ -24,8 +24,11 @@ pub(crate) struct WalkEntry {
     pub stamp: FileStamp,
     /// The content id, once known (from the stat cache or by hashing).
     pub id: Option<ObjectId>,
-    /// Hashed during this operation (so the stat cache should learn it).
+    /// Hashed or checked during this operation (so the stat cache should learn it).
     pub fresh: bool,
+    /// The stat cache vouches that the object was in the store at the
+    /// current gc generation.
+    pub present: bool,
 }
 
 impl WalkEntry {
@@ -84,6 +87,7 @@ fn entry(path: &Path, rel: String, meta: &fs::Metadata) -> Result<WalkEntry> {
         stamp,
         id: None,
         fresh: false,
+        present: false,
     })
 }
 

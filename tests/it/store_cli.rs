@@ -347,3 +347,23 @@ fn gc_repacks_packs_holding_live_and_dead_objects() {
     assert_eq!(fs::read(out.join("shared.bin")).unwrap(), b"shared content");
     assert_eq!(env.json(&["data", "gc", "--dry-run"])["deleted"], 0);
 }
+
+#[test]
+fn re_add_after_gc_restores_objects_the_stat_cache_remembers() {
+    let env = Env::new();
+    let src = env.path("ds");
+    sample_dataset(&src);
+    age(&src);
+    env.ok(&["data", "add", "ds"]);
+    env.ok(&["data", "rm", "ds"]);
+    env.ok(&["data", "gc"]); // every object goes; the stat cache still knows the ids
+    let r = env.json(&["data", "add", "ds"]);
+    assert_eq!(r["new_bytes"].as_u64().unwrap() > 3_000_000, true, "{r}");
+    env.ok(&["data", "fsck"]);
+    let out = env.path("out");
+    env.ok(&["data", "checkout", "ds", out.to_str().unwrap()]);
+    assert_eq!(snapshot_tree(&out), snapshot_tree(&src));
+    // And with no gc in between, a re-add reads nothing at all.
+    let again = env.json(&["data", "add", "ds", "--name", "ds2"]);
+    assert_eq!(again["hashed_files"], 0, "{again}");
+}
