@@ -227,6 +227,47 @@ pub(crate) struct PackIndex {
 }
 
 impl PackIndex {
+    /// Where each of `ids` is packed (absent ids are left out).
+    pub fn lookup_many(
+        &self,
+        ids: &[ObjectId],
+    ) -> Result<std::collections::HashMap<ObjectId, Location>> {
+        let mut out = std::collections::HashMap::with_capacity(ids.len());
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let conn = self.conn.lock().map_err(|_| {
+            Error::io(
+                "use",
+                &self.path,
+                std::io::Error::other("a thread panicked while holding the pack index"),
+            )
+        })?;
+        for batch in ids.chunks(500) {
+            let sql = format!(
+                "SELECT id, pack, offset, len FROM packed WHERE id IN ({})",
+                vec!["?"; batch.len()].join(",")
+            );
+            let mut st = conn
+                .prepare_cached(&sql)
+                .map_err(Error::sqlite(&self.path))?;
+            let params = rusqlite::params_from_iter(batch.iter().map(|id| id.0.to_vec()));
+            let mut rows = st.query(params).map_err(Error::sqlite(&self.path))?;
+            while let Some(r) = rows.next().map_err(Error::sqlite(&self.path))? {
+                let get = |k| r.get::<_, i64>(k).map_err(Error::sqlite(&self.path));
+                out.insert(
+                    id_of(r.get(0).map_err(Error::sqlite(&self.path))?),
+                    Location {
+                        pack: id_of(r.get(1).map_err(Error::sqlite(&self.path))?),
+                        offset: get(2)? as u64,
+                        len: get(3)? as u64,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
     /// Where `id` is packed, if it is.
     pub fn lookup(&self, id: &ObjectId) -> Result<Option<Location>> {
         let conn = self.conn.lock().map_err(|_| {
@@ -419,6 +460,11 @@ impl Catalog {
     /// case no version row is added (the tag, if any, is still set).
     pub fn add_version(&self, v: &NewVersion<'_>) -> Result<(bool, Option<ObjectId>)> {
         let mut conn = self.conn()?;
+        if !v.packs.is_empty() {
+            // Room for the index pages a large pack insert touches.
+            conn.execute_batch("PRAGMA cache_size = -32768")
+                .map_err(self.err())?;
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.err())?;

@@ -121,19 +121,12 @@ impl Manifest {
 
     /// The canonical encoding. `entries` must already be sorted and valid.
     pub fn encode(entries: &[Entry]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + entries.len() * 80);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
-        for e in entries {
-            out.push(e.kind.code());
-            out.push(u8::from(e.exec));
-            out.extend_from_slice(&(e.path.len() as u32).to_le_bytes());
-            out.extend_from_slice(e.path.as_bytes());
-            out.extend_from_slice(&e.size.to_le_bytes());
-            out.extend_from_slice(&e.id.0);
-        }
-        out
+        encode_parts(
+            entries.len(),
+            entries
+                .iter()
+                .map(|e| (e.path.as_str(), e.kind, e.exec, e.size, e.id)),
+        )
     }
 
     /// Decode and validate. Never panics on any input.
@@ -206,6 +199,27 @@ impl Manifest {
         }
         Ok(Manifest { entries })
     }
+}
+
+/// Encode `n` entries given as (path, kind, exec, size, id), already sorted
+/// and valid, without materializing [`Entry`] values.
+pub(crate) fn encode_parts<'a>(
+    n: usize,
+    entries: impl Iterator<Item = (&'a str, Kind, bool, u64, ObjectId)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + n * 64);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+    for (path, kind, exec, size, id) in entries {
+        out.push(kind.code());
+        out.push(u8::from(exec));
+        out.extend_from_slice(&(path.len() as u32).to_le_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(&size.to_le_bytes());
+        out.extend_from_slice(&id.0);
+    }
+    out
 }
 
 struct Reader<'a> {

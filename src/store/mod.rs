@@ -153,6 +153,24 @@ impl Store {
         Ok(self.objects.contains(id, size) || index.lookup(id)?.is_some_and(|l| l.len == size))
     }
 
+    /// Which of `wanted` (id, size) the store holds, loose or packed: one
+    /// index query for the lot.
+    pub(crate) fn held_objects(
+        &self,
+        index: &catalog::PackIndex,
+        wanted: &[(ObjectId, u64)],
+    ) -> Result<std::collections::HashSet<ObjectId>> {
+        let ids: Vec<ObjectId> = wanted.iter().map(|w| w.0).collect();
+        let packed = index.lookup_many(&ids)?;
+        Ok(wanted
+            .iter()
+            .filter(|(id, size)| {
+                packed.get(id).is_some_and(|l| l.len == *size) || self.objects.contains(id, *size)
+            })
+            .map(|w| w.0)
+            .collect())
+    }
+
     /// Where object `id` is.
     pub(crate) fn find_object(
         &self,

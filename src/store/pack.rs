@@ -124,11 +124,6 @@ impl PackWriter {
         }
     }
 
-    /// Whether this writer already holds `id`.
-    pub fn contains(&self, id: &ObjectId) -> bool {
-        self.ids.contains(id)
-    }
-
     /// Append an object (no-op if this writer already has it). Returns
     /// whether it was new.
     pub fn add(&mut self, id: ObjectId, bytes: &[u8]) -> Result<bool> {
@@ -170,6 +165,9 @@ impl PackWriter {
             return Ok(());
         };
         let id = ObjectId::from(o.hasher.finalize());
+        let mut entries = o.entries;
+        // Sorted by id, the catalog inserts them almost in key order.
+        entries.sort_unstable_by_key(|e| e.0);
         let t = o
             .file
             .into_inner()
@@ -184,7 +182,7 @@ impl PackWriter {
         self.done.push(PackRecord {
             id,
             size: o.size,
-            entries: o.entries,
+            entries,
         });
         Ok(())
     }
@@ -228,7 +226,9 @@ mod tests {
         let p = &packs[0];
         let bytes = fs::read(pack_path(d.path(), &p.id)).unwrap();
         assert_eq!(ObjectId::of_bytes(&bytes), p.id);
-        assert_eq!(scan(&bytes).unwrap(), p.entries);
+        let mut scanned = scan(&bytes).unwrap();
+        scanned.sort_unstable_by_key(|e| e.0);
+        assert_eq!(scanned, p.entries);
         for (id, off, len) in &p.entries {
             let b = read_at(
                 d.path(),

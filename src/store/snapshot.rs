@@ -13,7 +13,7 @@ use std::sync::{Mutex, MutexGuard};
 use rayon::prelude::*;
 
 use super::catalog::NewVersion;
-use super::manifest::{diff, Change, Entry, Kind, Manifest};
+use super::manifest::{diff, encode_parts, Change, Entry, Kind, Manifest};
 use super::objects::{hash_file, Stored};
 use super::pack::{PackWriter, PACK_THRESHOLD};
 use super::walk::{walk, WalkEntry};
@@ -191,78 +191,93 @@ impl Store {
         let hashed = AtomicU64::new(0);
         let index = self.catalog.pack_index()?;
         let packer = Mutex::new(PackWriter::new(&self.packs_dir, self.objects.tmp()));
-        // Store `bytes` in a pack unless the store has it already; true if new.
-        let pack = |id: ObjectId, bytes: &[u8]| -> Result<bool> {
-            if self.has_object(&index, &id, bytes.len() as u64)? {
-                return Ok(false);
-            }
-            lock(&packer)?.add(id, bytes)
-        };
-        let has = |id: &ObjectId, size: u64| -> Result<bool> {
-            Ok(lock(&packer)?.contains(id) || self.has_object(&index, id, size)?)
-        };
-        entries.par_iter_mut().try_for_each(|e| -> Result<()> {
-            let p = Self::on_disk(&abs, is_dir, &e.rel);
-            match e.kind {
-                Kind::Dir => {}
-                Kind::Symlink => {
-                    let target =
-                        std::fs::read_link(&p).map_err(|err| Error::io("read link", &p, err))?;
-                    let bytes = target.as_os_str().as_encoded_bytes();
-                    let id = ObjectId::of_bytes(bytes);
-                    if pack(id, bytes)? {
-                        new_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                    }
-                    e.stamp.size = bytes.len() as u64;
+        // Read (hash, and for large files store) one file whose content the
+        // stat cache could not vouch for. Small contents are returned for packing.
+        let read = |e: &mut WalkEntry, p: &Path| -> Result<Option<Vec<u8>>> {
+            hashed.fetch_add(1, Ordering::Relaxed);
+            e.fresh = true;
+            if e.stamp.size < PACK_THRESHOLD {
+                if let (id, stamp, Some(bytes)) = hash_file(p, true)? {
                     e.id = Some(id);
+                    e.stamp = stamp;
+                    return Ok(Some(bytes));
                 }
-                Kind::File => {
-                    let cached = match e.id {
-                        Some(_) if e.present => true,
-                        Some(id) => {
-                            // Known content, but gc ran since: is the object still there?
-                            let h = has(&id, e.stamp.size)?;
-                            e.fresh = h;
-                            h
+                // grew past the small-file size meanwhile: store it loose
+            }
+            let Stored {
+                id,
+                stamp,
+                new_bytes: n,
+            } = self.objects.put_file(p)?;
+            new_bytes.fetch_add(n, Ordering::Relaxed);
+            e.id = Some(id);
+            e.stamp = stamp;
+            Ok(None)
+        };
+        // Work in chunks so that "does the store have these?" is one query per
+        // chunk and the pack writer is locked once per chunk, not per file.
+        entries
+            .par_chunks_mut(256)
+            .try_for_each(|chunk| -> Result<()> {
+                let mut small: Vec<(usize, Vec<u8>)> = Vec::new();
+                let mut confirm: Vec<usize> = Vec::new();
+                for (i, e) in chunk.iter_mut().enumerate() {
+                    let p = Self::on_disk(&abs, is_dir, &e.rel);
+                    match e.kind {
+                        Kind::Dir => {}
+                        Kind::Symlink => {
+                            let target = std::fs::read_link(&p)
+                                .map_err(|err| Error::io("read link", &p, err))?;
+                            let bytes = target.as_os_str().as_encoded_bytes().to_vec();
+                            e.stamp.size = bytes.len() as u64;
+                            e.id = Some(ObjectId::of_bytes(&bytes));
+                            small.push((i, bytes));
                         }
-                        None => false,
-                    };
-                    if !cached {
-                        let (id, stamp, n) = if e.stamp.size < PACK_THRESHOLD {
-                            match hash_file(&p, true)? {
-                                (id, stamp, Some(bytes)) => {
-                                    let n = if pack(id, &bytes)? {
-                                        bytes.len() as u64
-                                    } else {
-                                        0
-                                    };
-                                    (id, stamp, n)
-                                }
-                                // grew past the small-file size meanwhile: store it loose
-                                _ => {
-                                    let s = self.objects.put_file(&p)?;
-                                    (s.id, s.stamp, s.new_bytes)
-                                }
+                        Kind::File if e.id.is_some() && e.present => progress.inc(e.stamp.size),
+                        // Known content, but gc ran since: is the object still there?
+                        Kind::File if e.id.is_some() => confirm.push(i),
+                        Kind::File => {
+                            if let Some(bytes) = read(e, &p)? {
+                                small.push((i, bytes));
                             }
-                        } else {
-                            let Stored {
-                                id,
-                                stamp,
-                                new_bytes: n,
-                            } = self.objects.put_file(&p)?;
-                            (id, stamp, n)
-                        };
-                        new_bytes.fetch_add(n, Ordering::Relaxed);
-                        hashed.fetch_add(1, Ordering::Relaxed);
-                        e.id = Some(id);
-                        e.stamp = stamp;
-                        e.fresh = true;
+                            progress.inc(e.stamp.size);
+                        }
+                    }
+                }
+                let wanted: Vec<(ObjectId, u64)> = small
+                    .iter()
+                    .map(|(i, b)| (chunk[*i].id.unwrap_or(ObjectId::ZERO), b.len() as u64))
+                    .chain(
+                        confirm
+                            .iter()
+                            .map(|&i| (chunk[i].id.unwrap_or(ObjectId::ZERO), chunk[i].stamp.size)),
+                    )
+                    .collect();
+                let held = self.held_objects(&index, &wanted)?;
+                for i in confirm {
+                    let e = &mut chunk[i];
+                    if e.id.is_some_and(|id| held.contains(&id)) {
+                        e.fresh = true; // re-vouch at this generation
+                    } else {
+                        let p = Self::on_disk(&abs, is_dir, &e.rel);
+                        if let Some(bytes) = read(e, &p)? {
+                            let id = e.id.unwrap_or(ObjectId::ZERO);
+                            if !self.has_object(&index, &id, bytes.len() as u64)? {
+                                small.push((i, bytes));
+                            }
+                        }
                     }
                     progress.inc(e.stamp.size);
                 }
-            }
-            Ok(())
-        })?;
+                let mut w = lock(&packer)?;
+                for (i, bytes) in small {
+                    let id = chunk[i].id.unwrap_or(ObjectId::ZERO);
+                    if !held.contains(&id) && w.add(id, &bytes)? {
+                        new_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })?;
         let packs = packer
             .into_inner()
             .map_err(|_| {
@@ -275,9 +290,7 @@ impl Store {
             .finish()?;
         drop(index);
 
-        let manifest: Vec<Entry> = entries.iter().map(WalkEntry::to_entry).collect();
-        let encoded = Manifest::encode(&manifest);
-        drop(manifest);
+        let encoded = encode_parts(entries.len(), entries.iter().map(WalkEntry::parts));
         let (version, _) = self.objects.put_bytes(&encoded)?;
         drop(encoded);
         tracing::debug!(elapsed = ?t0.elapsed(), "objects and manifest written");
@@ -389,13 +402,13 @@ impl Store {
         })?;
         let hashed = entries.iter().filter(|e| e.fresh).count() as u64;
         let files = entries.iter().filter(|e| e.kind == Kind::File).count() as u64;
-        let current: Vec<Entry> = entries.iter().map(WalkEntry::to_entry).collect();
-        let changes = diff(&base_manifest.entries, &current);
         if hashed > 0 || !gone.is_empty() {
             if let Err(e) = self.statcache.update(&root_key, &entries, &gone, None) {
                 tracing::warn!(error = %e, "could not update the stat cache");
             }
         }
+        let current: Vec<Entry> = entries.into_iter().map(WalkEntry::into_entry).collect();
+        let changes = diff(&base_manifest.entries, &current);
         progress.finish();
         Ok(StatusReport {
             dataset: name,
