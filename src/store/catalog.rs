@@ -270,25 +270,7 @@ impl PackIndex {
 
     /// Where `id` is packed, if it is.
     pub fn lookup(&self, id: &ObjectId) -> Result<Option<Location>> {
-        let conn = self.conn.lock().map_err(|_| {
-            Error::io(
-                "use",
-                &self.path,
-                std::io::Error::other("a thread panicked while holding the pack index"),
-            )
-        })?;
-        let mut st = conn
-            .prepare_cached("SELECT pack, offset, len FROM packed WHERE id = ?1")
-            .map_err(Error::sqlite(&self.path))?;
-        st.query_row([&id.0[..]], |r| {
-            Ok(Location {
-                pack: id_of(r.get(0)?),
-                offset: r.get::<_, i64>(1)? as u64,
-                len: r.get::<_, i64>(2)? as u64,
-            })
-        })
-        .optional()
-        .map_err(Error::sqlite(&self.path))
+        Ok(self.lookup_many(std::slice::from_ref(id))?.remove(id))
     }
 }
 

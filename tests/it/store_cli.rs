@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::support::{age, sample_dataset, snapshot_tree, write, Env};
+use crate::support::{age, changes, sample_dataset, snapshot_tree, write, Env};
 
 #[test]
 fn add_checkout_round_trip_is_bit_for_bit() {
@@ -95,17 +95,7 @@ fn status_uses_the_stat_cache_and_reports_changes() {
     fs::remove_file(src.join("shard2/f002.txt")).unwrap();
     write(&src.join("new/file.txt"), b"new");
     let st = env.json(&["data", "status", "ds"]);
-    let changes: Vec<(String, String)> = st["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["change"].as_str().unwrap().into(),
-                c["path"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let changes = changes(&st);
     assert_eq!(
         changes,
         vec![
@@ -161,17 +151,7 @@ fn refs_tags_log_ls_and_diff() {
     assert_eq!(ls[0]["path"], "sub/b.txt");
 
     let d = env.json(&["data", "diff", "ds@first", "ds@latest"]);
-    let changes: Vec<(String, String)> = d["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| {
-            (
-                c["change"].as_str().unwrap().into(),
-                c["path"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let changes = changes(&d);
     assert_eq!(
         changes,
         vec![

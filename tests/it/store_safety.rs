@@ -141,6 +141,27 @@ fn a_file_changing_while_hashed_is_detected_not_recorded() {
     env.ok(&["data", "fsck"]);
 }
 
+/// Checking out `ds` in every link mode fails naming the corrupt object, and
+/// `file` is not materialized.
+fn checkout_refuses_corrupt(env: &Env, id: &str, file: &str) {
+    for link in ["copy", "hardlink"] {
+        let out = env.path(&format!("out-{link}"));
+        let err = env.fail(&[
+            "data",
+            "checkout",
+            "ds",
+            out.to_str().unwrap(),
+            "--link",
+            link,
+        ]);
+        assert!(err.contains(id) && err.contains("corrupt"), "{err}");
+        assert!(
+            !out.join(file).exists(),
+            "a corrupt object was materialized"
+        );
+    }
+}
+
 /// The one pack file of a fresh store.
 fn only_pack(home: &Path) -> std::path::PathBuf {
     let packs: Vec<_> = fs::read_dir(home.join("store/packs"))
@@ -171,22 +192,7 @@ fn corrupt_packed_object_is_never_checked_out_and_fsck_names_it() {
     fs::set_permissions(&pack, fs::Permissions::from_mode(0o644)).unwrap();
     fs::write(&pack, &bytes).unwrap();
 
-    for link in ["copy", "hardlink"] {
-        let out = env.path(&format!("out-{link}"));
-        let err = env.fail(&[
-            "data",
-            "checkout",
-            "ds",
-            out.to_str().unwrap(),
-            "--link",
-            link,
-        ]);
-        assert!(err.contains(&id) && err.contains("corrupt"), "{err}");
-        assert!(
-            !out.join("bad.txt").exists(),
-            "a corrupt object was materialized"
-        );
-    }
+    checkout_refuses_corrupt(&env, &id, "bad.txt");
     let o = env.run(&["data", "fsck"]);
     assert!(!o.status.success(), "fsck must exit non-zero");
     let out = String::from_utf8_lossy(&o.stdout);
@@ -216,22 +222,7 @@ fn corrupt_or_missing_loose_object_is_reported_and_re_add_restores_it() {
     let mut rotten = big.clone();
     rotten[1234] ^= 0xff;
     fs::write(&obj, &rotten).unwrap();
-    for link in ["copy", "hardlink"] {
-        let out = env.path(&format!("out-{link}"));
-        let err = env.fail(&[
-            "data",
-            "checkout",
-            "ds",
-            out.to_str().unwrap(),
-            "--link",
-            link,
-        ]);
-        assert!(err.contains(&id) && err.contains("corrupt"), "{err}");
-        assert!(
-            !out.join("big.bin").exists(),
-            "a corrupt object was materialized"
-        );
-    }
+    checkout_refuses_corrupt(&env, &id, "big.bin");
     let o = env.run(&["data", "fsck"]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("corrupt object {id}")));

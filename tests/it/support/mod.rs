@@ -151,3 +151,18 @@ pub fn sample_dataset(root: &Path) {
     let big: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     write(&root.join("big/blob.bin"), &big);
 }
+
+/// The (change, path) pairs of a `status` or `diff` JSON report.
+pub fn changes(report: &serde_json::Value) -> Vec<(String, String)> {
+    report["changes"]
+        .as_array()
+        .expect("changes array")
+        .iter()
+        .map(|c| {
+            (
+                c["change"].as_str().expect("change").to_string(),
+                c["path"].as_str().expect("path").to_string(),
+            )
+        })
+        .collect()
+}
