@@ -77,10 +77,16 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            let mut shown = e.to_string();
+            eprintln!("error: {shown}");
             let mut src = e.source();
             while let Some(s) = src {
-                eprintln!("  caused by: {s}");
+                // Library errors often include their cause's text already.
+                let text = s.to_string();
+                if !shown.contains(&text) {
+                    eprintln!("  caused by: {text}");
+                    shown = text;
+                }
                 src = s.source();
             }
             ExitCode::FAILURE

@@ -28,6 +28,13 @@ pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Manifest};
 pub use refs::{validate_dataset_name, DatasetRef};
 pub use snapshot::{AddOptions, AddReport, StatusReport};
 
+/// Parse a pack file's bytes into (object id, offset, length) triples, each
+/// object checked against its id. Exposed for the fuzz targets and for
+/// tools that inspect packs; the store itself reads packs through its index.
+pub fn scan_pack(bytes: &[u8]) -> std::result::Result<Vec<(ObjectId, u64, u64)>, String> {
+    pack::scan(bytes)
+}
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
