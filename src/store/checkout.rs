@@ -17,12 +17,12 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use rayon::prelude::*;
 
-use super::catalog::PackIndex;
 use super::manifest::{Entry, Kind, Manifest};
 use super::objects::{hash_file, read_full};
+use super::pack::Location;
 use super::snapshot::canonical;
 use super::walk::{WalkEntry, TEMP_PREFIX};
-use super::{DatasetRef, Error, Found, ObjectId, Result, Store};
+use super::{DatasetRef, Error, ObjectId, Result, Store};
 use crate::progress::Progress;
 
 /// How files get from the store into the checkout.
@@ -228,27 +228,33 @@ impl Store {
             plan.iter().filter(|(t, _)| t.kind != Kind::Dir).collect();
         let total: u64 = work.iter().map(|(t, _)| t.size).sum();
         progress.phase("checking out", Some(total));
-        work.par_iter().try_for_each(|(t, action)| -> Result<()> {
-            let dest = abs.join(&t.path);
-            check_parents(&abs, &t.path)?;
-            match action {
-                Action::FixMode => set_mode(&dest, t.exec)?,
-                Action::Replace | Action::Write => {
-                    if matches!(action, Action::Replace) {
-                        if let Ok(m) = fs::symlink_metadata(&dest) {
-                            if m.is_dir() {
-                                remove_any(&dest)?;
+        // In chunks: one pack-index query per 256 files, not one per file.
+        work.par_chunks(256).try_for_each(|chunk| -> Result<()> {
+            let ids: Vec<ObjectId> = chunk.iter().map(|(t, _)| t.id).collect();
+            let packed = index.lookup_many(&ids)?;
+            for (t, action) in chunk {
+                let dest = abs.join(&t.path);
+                check_parents(&abs, &t.path)?;
+                match action {
+                    Action::FixMode => set_mode(&dest, t.exec)?,
+                    Action::Replace | Action::Write => {
+                        if matches!(action, Action::Replace) {
+                            if let Ok(m) = fs::symlink_metadata(&dest) {
+                                if m.is_dir() {
+                                    remove_any(&dest)?;
+                                }
                             }
                         }
+                        let loc = packed.get(&t.id);
+                        match t.kind {
+                            Kind::Symlink => self.write_symlink(t, &dest, loc)?,
+                            _ => self.write_file(t, &dest, &chosen, loc)?,
+                        }
+                        bytes.fetch_add(t.size, Ordering::Relaxed);
                     }
-                    match t.kind {
-                        Kind::Symlink => self.write_symlink(&index, t, &dest)?,
-                        _ => self.write_file(&index, t, &dest, &chosen)?,
-                    }
-                    bytes.fetch_add(t.size, Ordering::Relaxed);
                 }
+                progress.inc(t.size);
             }
-            progress.inc(t.size);
             Ok(())
         })?;
 
@@ -314,8 +320,17 @@ impl Store {
         })
     }
 
-    fn write_symlink(&self, index: &PackIndex, t: &Entry, dest: &Path) -> Result<()> {
-        let target = self.read_object(index, &t.id)?;
+    /// The bytes of a small object: loose if there is such a file, else at
+    /// its pack location; verified either way.
+    fn read_small(&self, t: &Entry, packed: Option<&Location>) -> Result<Vec<u8>> {
+        match packed {
+            Some(loc) if !self.objects.path(&t.id).is_file() => self.read_packed(&t.id, loc),
+            _ => self.objects.read_verified(&t.id),
+        }
+    }
+
+    fn write_symlink(&self, t: &Entry, dest: &Path, packed: Option<&Location>) -> Result<()> {
+        let target = self.read_small(t, packed)?;
         let tmp = temp_name(dest);
         let os = std::ffi::OsStr::from_bytes(&target);
         std::os::unix::fs::symlink(os, &tmp).map_err(|e| Error::io("create symlink", &tmp, e))?;
@@ -324,26 +339,23 @@ impl Store {
 
     fn write_file(
         &self,
-        index: &PackIndex,
         t: &Entry,
         dest: &Path,
         chosen: &AtomicU8,
+        packed: Option<&Location>,
     ) -> Result<()> {
         let tmp = temp_name(dest);
-        let src = match self.find_object(index, &t.id)? {
-            None => return Err(Error::MissingObject(t.id)),
-            Some(Found::Loose(src)) => src,
-            Some(Found::Packed(_)) => {
-                // Packed objects are small: read (verified), write, rename.
-                let bytes = self.read_object(index, &t.id)?;
-                let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-                f.write_all(&bytes)
-                    .map_err(|e| Error::io("write", &tmp, e))?;
-                drop(f);
-                set_mode(&tmp, t.exec)?;
-                return rename(&tmp, dest);
-            }
-        };
+        let src = self.objects.path(&t.id);
+        if !src.is_file() {
+            // Packed objects are small: read (verified), write, rename.
+            let bytes = self.read_small(t, packed)?;
+            let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+            f.write_all(&bytes)
+                .map_err(|e| Error::io("write", &tmp, e))?;
+            drop(f);
+            set_mode(&tmp, t.exec)?;
+            return rename(&tmp, dest);
+        }
         let mut mode = LinkMode::from_u8(chosen.load(Ordering::Relaxed));
         // An object is read-only and has no exec bit: executables are never hardlinked.
         if t.exec && mode == LinkMode::Hardlink {

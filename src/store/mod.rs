@@ -56,8 +56,8 @@ pub struct Store {
 
 /// Where an object lives.
 pub(crate) enum Found {
-    /// Its own file.
-    Loose(PathBuf),
+    /// Its own file (at `Objects::path`).
+    Loose,
     /// Inside a pack.
     Packed(pack::Location),
 }
@@ -184,9 +184,8 @@ impl Store {
         index: &catalog::PackIndex,
         id: &ObjectId,
     ) -> Result<Option<Found>> {
-        let path = self.objects.path(id);
-        if path.is_file() {
-            return Ok(Some(Found::Loose(path)));
+        if self.objects.path(id).is_file() {
+            return Ok(Some(Found::Loose));
         }
         Ok(index.lookup(id)?.map(Found::Packed))
     }
@@ -195,18 +194,21 @@ impl Store {
     pub(crate) fn read_object(&self, index: &catalog::PackIndex, id: &ObjectId) -> Result<Vec<u8>> {
         match self.find_object(index, id)? {
             None => Err(Error::MissingObject(*id)),
-            Some(Found::Loose(_)) => self.objects.read_verified(id),
-            Some(Found::Packed(loc)) => {
-                let bytes = pack::read_at(&self.packs_dir, &loc)?;
-                if ObjectId::of_bytes(&bytes) != *id {
-                    return Err(Error::CorruptObject {
-                        id: *id,
-                        path: pack::pack_path(&self.packs_dir, &loc.pack),
-                    });
-                }
-                Ok(bytes)
-            }
+            Some(Found::Loose) => self.objects.read_verified(id),
+            Some(Found::Packed(loc)) => self.read_packed(id, &loc),
         }
+    }
+
+    /// Read a packed object at `loc`, verified against its id.
+    pub(crate) fn read_packed(&self, id: &ObjectId, loc: &pack::Location) -> Result<Vec<u8>> {
+        let bytes = pack::read_at(&self.packs_dir, loc)?;
+        if ObjectId::of_bytes(&bytes) != *id {
+            return Err(Error::CorruptObject {
+                id: *id,
+                path: pack::pack_path(&self.packs_dir, &loc.pack),
+            });
+        }
+        Ok(bytes)
     }
 
     /// Read and verify a version's manifest.
