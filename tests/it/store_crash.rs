@@ -72,3 +72,64 @@ fn sigkill_during_add_never_corrupts_the_store() {
     env.ok(&["data", "fsck"]);
     assert_eq!(fs::read_dir(env.home.join("store/tmp")).unwrap().count(), 0);
 }
+
+/// Two datasets sharing most objects; the first is removed, so gc must
+/// rewrite packs that hold live and dead objects.
+fn gc_setup() -> Env {
+    let env = Env::new();
+    for i in 0..6_000u32 {
+        let body = format!("{i:08}").repeat(512); // 4 KiB, distinct per i
+        if i < 4_000 {
+            write(
+                &env.path(&format!("drop/d{:02}/f{i:05}", i % 40)),
+                body.as_bytes(),
+            );
+        }
+        if i >= 2_000 {
+            write(
+                &env.path(&format!("keep/d{:02}/f{i:05}", i % 40)),
+                body.as_bytes(),
+            );
+        }
+    }
+    env.ok(&["data", "add", "drop"]);
+    env.ok(&["data", "add", "keep"]);
+    env.ok(&["data", "rm", "drop"]);
+    env
+}
+
+#[test]
+fn sigkill_during_gc_never_loses_a_live_object() {
+    let env = gc_setup();
+    let t0 = Instant::now();
+    let r = env.json(&["data", "gc"]);
+    let full = t0.elapsed();
+    assert_eq!(r["repacked"], 2_000, "{r}");
+    let mut rng = fastrand::Rng::with_seed(0x6c_6c);
+    let mut killed = 0;
+    for round in 0..5 {
+        let env = gc_setup();
+        let delay = Duration::from_micros(rng.u64(0..(full.as_micros() as u64).max(1)));
+        let mut child = env.cmd().args(["data", "gc"]).spawn().unwrap();
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            killed += 1;
+        }
+        child.wait().unwrap();
+        let f = env.run(&["--json", "data", "fsck"]);
+        assert!(
+            f.status.success(),
+            "round {round} (killed after {delay:?}): {}",
+            String::from_utf8_lossy(&f.stdout)
+        );
+        let out = env.path("out");
+        env.ok(&["data", "checkout", "keep", out.to_str().unwrap()]);
+        assert_eq!(snapshot_tree(&out), snapshot_tree(&env.path("keep")));
+        // A second gc finishes the job.
+        env.ok(&["data", "gc"]);
+        assert_eq!(env.json(&["data", "gc", "--dry-run"])["deleted"], 0);
+        env.ok(&["data", "fsck"]);
+    }
+    assert!(killed >= 2, "only {killed} of 5 gc runs were interrupted");
+}
