@@ -6,6 +6,7 @@
 
 pub mod home;
 pub mod progress;
+pub mod queue;
 pub mod store;
 
 pub use home::Home;

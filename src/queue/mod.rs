@@ -1,0 +1,705 @@
+//! The job queue: jobs, their attempts and leases, in SQLite (WAL), one
+//! transaction per state change.
+//!
+//! States: queued → assigned → running → succeeded | failed | cancelled |
+//! lost. A failed or lost attempt with attempts left puts the job back to
+//! queued. Every call about an attempt (heartbeat, start, finish) presents the
+//! attempt's token, so an agent that was cut off and comes back cannot finish
+//! or overwrite an attempt that was reassigned. The queue knows datasets by
+//! name only and knows nothing about GPUs beyond the ids it is told to record.
+
+mod spec;
+
+pub use spec::{Command, GitSource, GpuRequest, JobSpec, SpecError};
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::Serialize;
+
+use crate::store::{migrate_db, now_ns, open_db};
+
+/// A job's id.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for the scheduler.
+    Queued,
+    /// Given to an agent, not yet started.
+    Assigned,
+    /// Its process runs.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Failed with no attempts left.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+    /// Its agent vanished with no attempts left.
+    Lost,
+}
+
+impl JobState {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Assigned => "assigned",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Lost => "lost",
+        }
+    }
+    fn parse(s: &str) -> JobState {
+        match s {
+            "assigned" => JobState::Assigned,
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            "lost" => JobState::Lost,
+            _ => JobState::Queued,
+        }
+    }
+    /// Whether the job will never run again (unless retried).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Lost
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Queue errors; each names the job or attempt at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The database failed.
+    #[error("queue database {path}: {source}")]
+    Db {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: crate::store::Error,
+    },
+    /// The spec was rejected.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// No such job.
+    #[error("no job {0}")]
+    UnknownJob(JobId),
+    /// `depends_on` names a job that does not exist.
+    #[error("invalid job spec: depends_on: no job {0}")]
+    UnknownDependency(JobId),
+    /// The action does not apply in the job's state.
+    #[error("job {job} is {state}; cannot {action}")]
+    BadState {
+        /// The job.
+        job: JobId,
+        /// Its state.
+        state: JobState,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// The token does not name the job's current attempt (it was reassigned,
+    /// cancelled or expired).
+    #[error(
+        "attempt token is not current (the attempt was reassigned, cancelled or its lease expired)"
+    )]
+    StaleAttempt,
+}
+
+type Result<T> = std::result::Result<T, QueueError>;
+
+/// A job as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// What was submitted.
+    pub spec: JobSpec,
+    /// Its state.
+    pub state: JobState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Why it waits, failed or was lost, for humans.
+    pub reason: Option<String>,
+    /// Submission time (ns since the epoch).
+    pub submitted_ns: i64,
+    /// The exit code of the last finished attempt.
+    pub exit_code: Option<i32>,
+    /// The current attempt's agent and GPUs, while assigned or running.
+    pub agent: Option<String>,
+    /// GPU UUIDs held by the current attempt.
+    pub gpus: Vec<String>,
+}
+
+/// What an agent receives for one attempt.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Assignment {
+    /// The job.
+    pub job: JobId,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Secret naming this attempt; required for heartbeat/start/finish.
+    pub token: String,
+    /// The agent it is given to.
+    pub agent: String,
+    /// GPU UUIDs it may use.
+    pub gpus: Vec<String>,
+    /// The lease end (ns since the epoch): renew before it with heartbeats.
+    pub lease_until_ns: i64,
+}
+
+const MIGRATIONS: &[&str] = &["CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        spec TEXT NOT NULL,
+        project TEXT NOT NULL,
+        user TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        submitted_ns INTEGER NOT NULL,
+        finished_ns INTEGER,
+        exit_code INTEGER
+    );
+    CREATE INDEX jobs_by_state ON jobs(state, priority DESC, id);
+    CREATE TABLE deps (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        depends_on INTEGER NOT NULL REFERENCES jobs(id),
+        PRIMARY KEY (job_id, depends_on)
+    );
+    CREATE TABLE attempts (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        n INTEGER NOT NULL,
+        token TEXT NOT NULL UNIQUE,
+        agent TEXT NOT NULL,
+        gpus TEXT NOT NULL,
+        state TEXT NOT NULL,
+        lease_until_ns INTEGER NOT NULL,
+        assigned_ns INTEGER NOT NULL,
+        started_ns INTEGER,
+        finished_ns INTEGER,
+        exit_code INTEGER,
+        error TEXT,
+        PRIMARY KEY (job_id, n)
+    );"];
+
+/// The queue database.
+#[derive(Debug)]
+pub struct Queue {
+    path: PathBuf,
+}
+
+fn new_token() -> String {
+    let mut b = [0u8; 16];
+    // The OS RNG failing is not recoverable in any useful way.
+    getrandom::fill(&mut b).expect("the OS random number generator works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Queue {
+    /// Open (creating and migrating) the queue at `path`.
+    pub fn open(path: &Path) -> Result<Queue> {
+        let q = Queue {
+            path: path.to_path_buf(),
+        };
+        let mut conn = open_db(path).map_err(|e| q.db(e))?;
+        migrate_db(&mut conn, path, MIGRATIONS).map_err(|e| q.db(e))?;
+        Ok(q)
+    }
+
+    fn db(&self, source: crate::store::Error) -> QueueError {
+        QueueError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> QueueError + '_ {
+        move |e| self.db(crate::store::Error::sqlite(&self.path)(e))
+    }
+
+    fn conn(&self) -> Result<Connection> {
+        open_db(&self.path).map_err(|e| self.db(e))
+    }
+
+    /// Validate and enqueue a job.
+    pub fn submit(&self, spec: &JobSpec) -> Result<JobId> {
+        spec.validate()?;
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        for d in &spec.depends_on {
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM jobs WHERE id = ?1", [d], |_| Ok(true))
+                .optional()
+                .map_err(self.sql())?
+                .unwrap_or(false);
+            if !exists {
+                return Err(QueueError::UnknownDependency(JobId(*d)));
+            }
+        }
+        let user = spec.user.clone().unwrap_or_else(|| "unknown".into());
+        tx.execute(
+            "INSERT INTO jobs (spec, project, user, priority, state, max_attempts, submitted_ns)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6)",
+            params![
+                serde_json::to_string(spec).expect("specs serialize"),
+                spec.project,
+                user,
+                spec.priority,
+                spec.max_attempts,
+                now_ns()
+            ],
+        )
+        .map_err(self.sql())?;
+        let id = tx.last_insert_rowid();
+        for d in &spec.depends_on {
+            tx.execute(
+                "INSERT OR IGNORE INTO deps (job_id, depends_on) VALUES (?1, ?2)",
+                [id, *d],
+            )
+            .map_err(self.sql())?;
+        }
+        tx.commit().map_err(self.sql())?;
+        tracing::info!(job = id, "job submitted");
+        Ok(JobId(id))
+    }
+
+    fn read_job(&self, conn: &Connection, id: JobId) -> Result<Job> {
+        let row = conn
+            .query_row(
+                "SELECT spec, state, attempts, reason, submitted_ns, exit_code FROM jobs WHERE id = ?1",
+                [id.0],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i32>>(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.sql())?
+            .ok_or(QueueError::UnknownJob(id))?;
+        let state = JobState::parse(&row.1);
+        let (agent, gpus) = if matches!(state, JobState::Assigned | JobState::Running) {
+            conn.query_row(
+                "SELECT agent, gpus FROM attempts WHERE job_id = ?1 AND n = ?2",
+                [id.0, row.2],
+                |r| Ok((Some(r.get::<_, String>(0)?), r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(self.sql())?
+            .map(|(a, g)| (a, serde_json::from_str(&g).unwrap_or_default()))
+            .unwrap_or((None, Vec::new()))
+        } else {
+            (None, Vec::new())
+        };
+        Ok(Job {
+            id,
+            spec: serde_json::from_str(&row.0).map_err(|e| {
+                QueueError::Spec(SpecError {
+                    field: "(stored spec)".into(),
+                    reason: e.to_string(),
+                })
+            })?,
+            state,
+            attempts: row.2 as u32,
+            reason: row.3,
+            submitted_ns: row.4,
+            exit_code: row.5,
+            agent,
+            gpus,
+        })
+    }
+
+    /// One job.
+    pub fn get(&self, id: JobId) -> Result<Job> {
+        self.read_job(&self.conn()?, id)
+    }
+
+    /// Jobs in any of `states` (all when empty), in scheduling order:
+    /// priority, then submission.
+    pub fn list(&self, states: &[JobState]) -> Result<Vec<Job>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare("SELECT id, state FROM jobs ORDER BY priority DESC, id")
+            .map_err(self.sql())?;
+        let ids: Vec<(i64, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sql())?;
+        ids.into_iter()
+            .filter(|(_, s)| states.is_empty() || states.contains(&JobState::parse(s)))
+            .map(|(id, _)| self.read_job(&conn, JobId(id)))
+            .collect()
+    }
+
+    /// Queued jobs whose dependencies have all succeeded, in scheduling order.
+    /// Jobs whose dependency ended without success are failed here, with the
+    /// reason, since they can never run.
+    pub fn runnable(&self) -> Result<Vec<Job>> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        tx.execute(
+            "UPDATE jobs SET state = 'failed', finished_ns = ?1,
+                 reason = 'dependency ' || (SELECT d.depends_on FROM deps d JOIN jobs j ON j.id = d.depends_on
+                                            WHERE d.job_id = jobs.id AND j.state IN ('failed', 'cancelled', 'lost')
+                                            LIMIT 1) || ' did not succeed'
+             WHERE state = 'queued' AND EXISTS (
+                 SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
+                 WHERE d.job_id = jobs.id AND j.state IN ('failed', 'cancelled', 'lost'))",
+            [now_ns()],
+        )
+        .map_err(self.sql())?;
+        tx.commit().map_err(self.sql())?;
+        let mut st = conn
+            .prepare(
+                "SELECT id FROM jobs WHERE state = 'queued' AND NOT EXISTS (
+                     SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
+                     WHERE d.job_id = jobs.id AND j.state != 'succeeded')
+                 ORDER BY priority DESC, id",
+            )
+            .map_err(self.sql())?;
+        let ids: Vec<i64> = st
+            .query_map([], |r| r.get(0))
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sql())?;
+        ids.into_iter()
+            .map(|id| self.read_job(&conn, JobId(id)))
+            .collect()
+    }
+
+    /// Record why a queued job waits (shown by `ps`).
+    pub fn set_reason(&self, id: JobId, reason: &str) -> Result<()> {
+        let conn = self.conn()?;
+        conn.execute(
+            "UPDATE jobs SET reason = ?2 WHERE id = ?1 AND state = 'queued'",
+            params![id.0, reason],
+        )
+        .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Give a queued job to `agent` with `gpus`, leased for `lease_ns`.
+    pub fn assign(
+        &self,
+        id: JobId,
+        agent: &str,
+        gpus: &[String],
+        lease_ns: i64,
+    ) -> Result<Assignment> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let (state, attempts): (String, i64) = tx
+            .query_row(
+                "SELECT state, attempts FROM jobs WHERE id = ?1",
+                [id.0],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.sql())?
+            .ok_or(QueueError::UnknownJob(id))?;
+        let state = JobState::parse(&state);
+        if state != JobState::Queued {
+            return Err(QueueError::BadState {
+                job: id,
+                state,
+                action: "assign it",
+            });
+        }
+        let n = attempts + 1;
+        let now = now_ns();
+        let a = Assignment {
+            job: id,
+            attempt: n as u32,
+            token: new_token(),
+            agent: agent.to_string(),
+            gpus: gpus.to_vec(),
+            lease_until_ns: now + lease_ns,
+        };
+        tx.execute(
+            "INSERT INTO attempts (job_id, n, token, agent, gpus, state, lease_until_ns, assigned_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'assigned', ?6, ?7)",
+            params![id.0, n, a.token, agent, serde_json::to_string(gpus).expect("strings"), a.lease_until_ns, now],
+        )
+        .map_err(self.sql())?;
+        tx.execute(
+            "UPDATE jobs SET state = 'assigned', attempts = ?2, reason = NULL WHERE id = ?1",
+            params![id.0, n],
+        )
+        .map_err(self.sql())?;
+        tx.commit().map_err(self.sql())?;
+        Ok(a)
+    }
+
+    /// The current attempt for `token`, inside a transaction: (job, n).
+    fn current(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        token: &str,
+    ) -> Result<(JobId, i64, JobState)> {
+        let row: Option<(i64, i64, String, i64)> = tx
+            .query_row(
+                "SELECT a.job_id, a.n, j.state, j.attempts FROM attempts a JOIN jobs j ON j.id = a.job_id
+                 WHERE a.token = ?1 AND a.state IN ('assigned', 'running')",
+                [token],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        match row {
+            Some((job, n, state, attempts)) if n == attempts => {
+                Ok((JobId(job), n, JobState::parse(&state)))
+            }
+            _ => Err(QueueError::StaleAttempt),
+        }
+    }
+
+    /// Renew an attempt's lease.
+    pub fn heartbeat(&self, token: &str, lease_ns: i64) -> Result<i64> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let (job, n, _) = self.current(&tx, token)?;
+        let until = now_ns() + lease_ns;
+        tx.execute(
+            "UPDATE attempts SET lease_until_ns = ?3 WHERE job_id = ?1 AND n = ?2",
+            params![job.0, n, until],
+        )
+        .map_err(self.sql())?;
+        tx.commit().map_err(self.sql())?;
+        Ok(until)
+    }
+
+    /// The attempt's process started.
+    pub fn started(&self, token: &str) -> Result<JobId> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let (job, n, _) = self.current(&tx, token)?;
+        let now = now_ns();
+        tx.execute(
+            "UPDATE attempts SET state = 'running', started_ns = ?3 WHERE job_id = ?1 AND n = ?2",
+            params![job.0, n, now],
+        )
+        .map_err(self.sql())?;
+        tx.execute("UPDATE jobs SET state = 'running' WHERE id = ?1", [job.0])
+            .map_err(self.sql())?;
+        tx.commit().map_err(self.sql())?;
+        Ok(job)
+    }
+
+    /// End an attempt (with its exit code, or an error that prevented a
+    /// start). Returns the job's new state: succeeded, queued again (attempts
+    /// left), or failed.
+    pub fn finish(
+        &self,
+        token: &str,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+    ) -> Result<JobState> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let (job, n, _) = self.current(&tx, token)?;
+        let ok = exit_code == Some(0) && error.is_none();
+        let now = now_ns();
+        tx.execute(
+            "UPDATE attempts SET state = ?3, finished_ns = ?4, exit_code = ?5, error = ?6
+             WHERE job_id = ?1 AND n = ?2",
+            params![
+                job.0,
+                n,
+                if ok { "succeeded" } else { "failed" },
+                now,
+                exit_code,
+                error
+            ],
+        )
+        .map_err(self.sql())?;
+        let max: i64 = tx
+            .query_row(
+                "SELECT max_attempts FROM jobs WHERE id = ?1",
+                [job.0],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())?;
+        let reason = error.map(str::to_string).or_else(|| match exit_code {
+            Some(0) => None,
+            Some(c) => Some(format!("attempt {n} exited with code {c}")),
+            None => Some(format!("attempt {n} was killed by a signal")),
+        });
+        let new_state = if ok {
+            JobState::Succeeded
+        } else if n < max {
+            JobState::Queued
+        } else {
+            JobState::Failed
+        };
+        tx.execute(
+            "UPDATE jobs SET state = ?2, reason = ?3, exit_code = ?4,
+                 finished_ns = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?5 END
+             WHERE id = ?1",
+            params![job.0, new_state.as_str(), reason, exit_code, now],
+        )
+        .map_err(self.sql())?;
+        tx.commit().map_err(self.sql())?;
+        tracing::info!(job = job.0, attempt = n, state = %new_state, "attempt finished");
+        Ok(new_state)
+    }
+
+    /// Cancel a job. Returns the token of the attempt in flight, if any, so
+    /// the caller can tell its agent to kill it.
+    pub fn cancel(&self, id: JobId) -> Result<Option<String>> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let job = self.read_job(&tx, id)?;
+        if job.state.is_terminal() {
+            return Err(QueueError::BadState {
+                job: id,
+                state: job.state,
+                action: "cancel it",
+            });
+        }
+        let token: Option<String> = tx
+            .query_row(
+                "SELECT token FROM attempts WHERE job_id = ?1 AND n = ?2 AND state IN ('assigned', 'running')",
+                [id.0, job.attempts as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        let now = now_ns();
+        tx.execute(
+            "UPDATE attempts SET state = 'cancelled', finished_ns = ?2
+             WHERE job_id = ?1 AND state IN ('assigned', 'running')",
+            params![id.0, now],
+        )
+        .map_err(self.sql())?;
+        tx.execute(
+            "UPDATE jobs SET state = 'cancelled', reason = 'cancelled by user', finished_ns = ?2 WHERE id = ?1",
+            params![id.0, now],
+        )
+        .map_err(self.sql())?;
+        tx.commit().map_err(self.sql())?;
+        Ok(token)
+    }
+
+    /// Put a failed, lost or cancelled job back in the queue with one more attempt.
+    pub fn retry(&self, id: JobId) -> Result<()> {
+        let conn = self.conn()?;
+        let job = self.read_job(&conn, id)?;
+        if !matches!(
+            job.state,
+            JobState::Failed | JobState::Lost | JobState::Cancelled
+        ) {
+            return Err(QueueError::BadState {
+                job: id,
+                state: job.state,
+                action: "retry it",
+            });
+        }
+        conn.execute(
+            "UPDATE jobs SET state = 'queued', reason = 'retried', finished_ns = NULL,
+                 max_attempts = max(max_attempts, attempts + 1) WHERE id = ?1",
+            [id.0],
+        )
+        .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Mark attempts whose lease ended before `now_ns` as lost; their jobs go
+    /// back to the queue if attempts are left, else become lost. Returns the
+    /// affected jobs.
+    pub fn expire_leases(&self, now_ns: i64) -> Result<Vec<(JobId, JobState)>> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let expired: Vec<(i64, i64, i64, String)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT a.job_id, a.n, j.max_attempts, a.agent FROM attempts a JOIN jobs j ON j.id = a.job_id
+                     WHERE a.state IN ('assigned', 'running') AND a.lease_until_ns < ?1",
+                )
+                .map_err(self.sql())?;
+            let rows = st
+                .query_map([now_ns], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .map_err(self.sql())?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.sql())?;
+            rows
+        };
+        let mut out = Vec::new();
+        for (job, n, max, agent) in expired {
+            tx.execute(
+                "UPDATE attempts SET state = 'lost', finished_ns = ?3, error = 'lease expired'
+                 WHERE job_id = ?1 AND n = ?2",
+                params![job, n, now_ns],
+            )
+            .map_err(self.sql())?;
+            let state = if n < max {
+                JobState::Queued
+            } else {
+                JobState::Lost
+            };
+            tx.execute(
+                "UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1",
+                params![
+                    job,
+                    state.as_str(),
+                    format!("attempt {n} lost: agent {agent} stopped renewing its lease")
+                ],
+            )
+            .map_err(self.sql())?;
+            out.push((JobId(job), state));
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests;
