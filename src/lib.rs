@@ -4,9 +4,11 @@
 //! layers that translate user input into calls on these modules and print the
 //! results. See `ARCHITECTURE.md` for the map and its invariants.
 
+pub mod gpu;
 pub mod home;
 pub mod progress;
 pub mod queue;
+pub mod sched;
 pub mod store;
 
 pub use home::Home;

@@ -1,0 +1,177 @@
+//! Placement: which host and which GPUs a job gets. A pure function of the
+//! request and what each host has free, so it is tested without processes.
+//!
+//! Rules: all GPUs of a job on one host; a GPU is eligible when no attempt
+//! holds it (whatever NVML shows: a fresh process allocates seconds later),
+//! no foreign process uses it, its model matches and it has the free memory
+//! asked for; among hosts that fit, best fit: the set of GPUs with the least
+//! free memory that still suffices, to keep big GPUs for big jobs.
+
+use serde::Serialize;
+
+use crate::gpu::Gpu;
+use crate::queue::GpuRequest;
+
+/// One host as the scheduler sees it.
+#[derive(Debug, Clone)]
+pub struct HostView {
+    /// The agent's name.
+    pub agent: String,
+    /// Its GPUs.
+    pub gpus: Vec<Gpu>,
+    /// UUIDs held by Trainyard attempts on this host.
+    pub held: Vec<String>,
+    /// PIDs of Trainyard's own processes (their GPU use is not foreign).
+    pub own_pids: Vec<u32>,
+}
+
+/// Where a job goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Placement {
+    /// The agent.
+    pub agent: String,
+    /// GPU UUIDs, in index order.
+    pub gpus: Vec<String>,
+}
+
+fn eligible<'a>(req: &GpuRequest, h: &'a HostView) -> Vec<&'a Gpu> {
+    h.gpus
+        .iter()
+        .filter(|g| !h.held.contains(&g.uuid))
+        .filter(|g| g.processes.iter().all(|p| h.own_pids.contains(&p.pid)))
+        .filter(|g| req.matches_model(&g.name))
+        .filter(|g| g.memory_free_mib() >= req.min_memory_mib)
+        .collect()
+}
+
+fn describe(req: &GpuRequest) -> String {
+    let mut s = format!(
+        "{} free GPU{}",
+        req.count,
+        if req.count == 1 { "" } else { "s" }
+    );
+    if req.min_memory_mib > 0 {
+        s.push_str(&format!(
+            " with ≥ {} GiB free",
+            req.min_memory_mib.div_ceil(1024)
+        ));
+    }
+    if let Some(m) = &req.model {
+        s.push_str(&format!(" matching {m}"));
+    }
+    s
+}
+
+/// Choose a host and GPUs, or say why none fits (for `ps`). A CPU job
+/// (count 0) goes to the first host.
+pub fn place(req: &GpuRequest, hosts: &[HostView]) -> Result<Placement, String> {
+    if hosts.is_empty() {
+        return Err("no agent is connected".into());
+    }
+    if req.count == 0 {
+        return Ok(Placement {
+            agent: hosts[0].agent.clone(),
+            gpus: Vec::new(),
+        });
+    }
+    let need = req.count as usize;
+    let mut best: Option<(u64, Placement)> = None;
+    let mut most = (0usize, "");
+    for h in hosts {
+        let mut e = eligible(req, h);
+        if e.len() > most.0 {
+            most = (e.len(), &h.agent);
+        }
+        if e.len() < need {
+            continue;
+        }
+        e.sort_by_key(|g| (g.memory_free_mib(), g.index));
+        let chosen = &e[..need];
+        let score: u64 = chosen.iter().map(|g| g.memory_free_mib()).sum();
+        if best.as_ref().is_none_or(|(s, _)| score < *s) {
+            let mut picked: Vec<&Gpu> = chosen.to_vec();
+            picked.sort_by_key(|g| g.index);
+            best = Some((
+                score,
+                Placement {
+                    agent: h.agent.clone(),
+                    gpus: picked.iter().map(|g| g.uuid.clone()).collect(),
+                },
+            ));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| {
+        let mut r = format!("no host has {}", describe(req));
+        if most.0 > 0 {
+            r.push_str(&format!(" (at most {} on {})", most.0, most.1));
+        }
+        r
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::{FakeGpus, GpuProcess, GpuSource};
+
+    fn host(agent: &str, spec: &str) -> HostView {
+        HostView {
+            agent: agent.into(),
+            gpus: FakeGpus::parse(spec, agent).unwrap().snapshot().unwrap(),
+            held: Vec::new(),
+            own_pids: Vec::new(),
+        }
+    }
+
+    fn req(count: u32, gib: u64, model: Option<&str>) -> GpuRequest {
+        GpuRequest {
+            count,
+            min_memory_mib: gib * 1024,
+            model: model.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn best_fit_keeps_big_gpus_for_big_jobs() {
+        let hosts = [host("big", "2xA100-80GB"), host("small", "2xRTX4090-24GB")];
+        assert_eq!(place(&req(1, 16, None), &hosts).unwrap().agent, "small");
+        assert_eq!(place(&req(1, 40, None), &hosts).unwrap().agent, "big");
+        assert_eq!(
+            place(&req(2, 0, Some("a100")), &hosts).unwrap().gpus.len(),
+            2
+        );
+    }
+
+    #[test]
+    fn held_and_foreign_gpus_are_not_free_and_the_reason_says_so() {
+        let mut h = host("a", "2xA100-80GB");
+        h.held.push("GPU-fake-a-0".into());
+        h.gpus[1].processes.push(GpuProcess {
+            pid: 4242,
+            used_mib: Some(1000),
+        });
+        let err = place(&req(1, 0, None), &[h.clone()]).unwrap_err();
+        assert_eq!(err, "no host has 1 free GPU");
+        h.own_pids.push(4242);
+        assert_eq!(
+            place(&req(1, 0, None), &[h.clone()]).unwrap().gpus,
+            ["GPU-fake-a-1"]
+        );
+        let err = place(&req(4, 40, Some("A100|H100")), &[h]).unwrap_err();
+        assert_eq!(
+            err,
+            "no host has 4 free GPUs with ≥ 40 GiB free matching A100|H100 (at most 1 on a)"
+        );
+        assert_eq!(
+            place(&req(1, 0, None), &[]).unwrap_err(),
+            "no agent is connected"
+        );
+    }
+
+    #[test]
+    fn all_gpus_of_a_job_are_on_one_host() {
+        let hosts = [host("a", "2xA100-80GB"), host("b", "2xA100-80GB")];
+        let err = place(&req(3, 0, None), &hosts).unwrap_err();
+        assert!(err.starts_with("no host has 3 free GPUs"), "{err}");
+    }
+}
