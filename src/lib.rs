@@ -4,6 +4,7 @@
 //! layers that translate user input into calls on these modules and print the
 //! results. See `ARCHITECTURE.md` for the map and its invariants.
 
+pub mod agent;
 pub mod gpu;
 pub mod home;
 pub mod progress;
