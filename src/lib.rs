@@ -5,6 +5,7 @@
 //! results. See `ARCHITECTURE.md` for the map and its invariants.
 
 pub mod agent;
+pub mod db;
 pub mod gpu;
 pub mod home;
 pub mod progress;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
-use crate::store::{migrate_db, now_ns, open_db};
+use crate::db::{self, now_ns, DbError};
 
 /// A job's id.
 #[derive(
@@ -94,14 +94,8 @@ impl fmt::Display for JobState {
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
     /// The database failed.
-    #[error("queue database {path}: {source}")]
-    Db {
-        /// The database file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: crate::store::Error,
-    },
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// The spec was rejected.
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -226,24 +220,17 @@ impl Queue {
         let q = Queue {
             path: path.to_path_buf(),
         };
-        let mut conn = open_db(path).map_err(|e| q.db(e))?;
-        migrate_db(&mut conn, path, MIGRATIONS).map_err(|e| q.db(e))?;
+        let mut conn = db::open(path)?;
+        db::migrate(&mut conn, path, MIGRATIONS)?;
         Ok(q)
     }
 
-    fn db(&self, source: crate::store::Error) -> QueueError {
-        QueueError::Db {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
     fn sql(&self) -> impl Fn(rusqlite::Error) -> QueueError + '_ {
-        move |e| self.db(crate::store::Error::sqlite(&self.path)(e))
+        move |e| QueueError::Db(db::err(&self.path)(e))
     }
 
     fn conn(&self) -> Result<Connection> {
-        open_db(&self.path).map_err(|e| self.db(e))
+        Ok(db::open(&self.path)?)
     }
 
     /// Validate and enqueue a job.

@@ -5,9 +5,10 @@
 //! objects before it calls [`Catalog::add_version`]).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::db;
 
 use std::sync::Mutex;
 
@@ -69,62 +70,12 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO meta (key, value) VALUES ('gc_generation', 0);",
 ];
 
-/// Open a SQLite file with the house settings (WAL, busy timeout, foreign keys).
+/// Open a store database (see [`crate::db::open`]).
 pub(crate) fn open_db(path: &Path) -> Result<Connection> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
-    }
-    let conn = Connection::open(path).map_err(Error::sqlite(path))?;
-    conn.busy_timeout(Duration::from_secs(30))
-        .map_err(Error::sqlite(path))?;
-    // Switching a new database to WAL takes a lock that the busy handler does
-    // not wait for, so several processes creating the store at once retry here.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-        ) {
-            Ok(()) => return Ok(conn),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(Error::sqlite(path)(e)),
-        }
-    }
+    Ok(db::open(path)?)
 }
 
-/// Apply pending migrations; refuse a database from a newer Trainyard.
-pub(crate) fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(Error::sqlite(path))?;
-    let have: usize = tx
-        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
-        .map_err(Error::sqlite(path))? as usize;
-    if have > migrations.len() {
-        return Err(Error::UnsupportedFormat {
-            path: path.to_path_buf(),
-            found: format!("schema version {have}, newer than {}", migrations.len()),
-        });
-    }
-    for (i, m) in migrations.iter().enumerate().skip(have) {
-        tx.execute_batch(m).map_err(Error::sqlite(path))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)
-            .map_err(Error::sqlite(path))?;
-    }
-    tx.commit().map_err(Error::sqlite(path))
-}
-
-/// Nanoseconds since the Unix epoch.
-pub(crate) fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
+pub(crate) use db::now_ns;
 
 /// A dataset.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -291,7 +242,7 @@ fn id_of(b: Vec<u8>) -> ObjectId {
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog> {
         let mut conn = open_db(path)?;
-        migrate(&mut conn, path, MIGRATIONS)?;
+        db::migrate(&mut conn, path, MIGRATIONS)?;
         Ok(Catalog {
             path: path.to_path_buf(),
         })

@@ -46,6 +46,9 @@ pub enum Error {
         /// The SQLite error.
         source: rusqlite::Error,
     },
+    /// A database could not be opened or migrated.
+    #[error(transparent)]
+    Db(#[from] crate::db::DbError),
     /// The store's config file cannot be parsed.
     #[error("{path}: invalid store config: {reason}")]
     BadConfig {

@@ -20,8 +20,6 @@ mod statcache;
 mod walk;
 
 pub use catalog::{DatasetInfo, TagInfo, VersionInfo};
-// The SQLite conventions (WAL, busy timeout, numbered migrations) shared with the queue.
-pub(crate) use catalog::{migrate as migrate_db, now_ns, open_db};
 pub use checkout::{CheckoutOptions, CheckoutReport, LinkMode};
 pub use error::{Error, Result};
 pub use id::{ObjectId, ParseIdError};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection};
 
-use super::catalog::{migrate, now_ns, open_db};
+use super::catalog::{now_ns, open_db};
 use super::objects::FileStamp;
 use super::walk::WalkEntry;
 use super::{manifest::Kind, Error, ObjectId, Result};
@@ -54,7 +54,7 @@ pub(crate) struct Lookup {
 impl StatCache {
     pub fn open(path: &Path) -> Result<StatCache> {
         let mut conn = open_db(path)?;
-        migrate(&mut conn, path, MIGRATIONS)?;
+        crate::db::migrate(&mut conn, path, MIGRATIONS)?;
         Ok(StatCache {
             path: path.to_path_buf(),
         })
