@@ -69,7 +69,7 @@ pub enum RunError {
     /// The program could not be started (missing, not executable, bad workdir).
     #[error("cannot start {program:?} in {workdir}: {source}")]
     Spawn {
-        /// argv[0].
+        /// The program (`argv[0]`).
         program: String,
         /// The working directory.
         workdir: PathBuf,
