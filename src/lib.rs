@@ -12,5 +12,6 @@ pub mod progress;
 pub mod queue;
 pub mod sched;
 pub mod store;
+pub mod wandb;
 
 pub use home::Home;

@@ -1,0 +1,869 @@
+//! Folding decoded records into a [`Run`]: identity, config, summary, history,
+//! system metrics, console output and files, the way wandb-core rebuilds a
+//! run when it syncs one.
+//!
+//! A [`Run`] carries all the state needed to apply more records, so a
+//! [`RunReader`] (or a caller keeping a `Run` and a resume offset) can read a
+//! growing file incrementally. This module reads run directories but never
+//! writes to them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::proto::{self, RecordType};
+use super::record::{Diagnostic, DiagnosticKind};
+use super::value::Value;
+use super::{read_file, Error, LogRecord, Result};
+
+/// Where a run stands, as far as its `.wandb` file tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// No exit record (yet). The writer may still be running; if it is known
+    /// to be gone, the run was killed (see [`Run::assume_writer_gone`]).
+    #[default]
+    Running,
+    /// Exit record with exit code 0.
+    Finished,
+    /// Exit record with a non-zero exit code (the script failed or raised).
+    Crashed,
+    /// No exit record and the writer is gone (SIGKILL, OOM, power loss).
+    Killed,
+}
+
+/// Console stream of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One line of console output.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConsoleLine {
+    /// Which stream it came from.
+    pub stream: Stream,
+    /// When its first fragment was written (Unix seconds).
+    pub timestamp: Option<f64>,
+    /// The text, without the line ending. A carriage return restarts the line,
+    /// so a progress bar leaves only its final state.
+    pub text: String,
+}
+
+/// One history row (`wandb.log` call).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryRow {
+    /// The step (`_step`).
+    pub step: i64,
+    /// Seconds since the run started (`_runtime`), if logged.
+    pub runtime: Option<f64>,
+    /// Unix time of the row (`_timestamp`), if logged.
+    pub timestamp: Option<f64>,
+    /// All values, `_step`/`_runtime`/`_timestamp` included. Nested keys
+    /// (`{"grp": {"sub": 1}}` logged, or key path `["grp","sub"]`) are nested objects.
+    pub values: BTreeMap<String, Value>,
+}
+
+impl HistoryRow {
+    /// The value at a key path, e.g. `&["grp", "sub"]`.
+    pub fn get<S: AsRef<str>>(&self, path: &[S]) -> Option<&Value> {
+        let (first, rest) = path.split_first()?;
+        self.values.get(first.as_ref())?.pointer(rest)
+    }
+
+    /// Leaf values with dotted keys (`grp.sub`), as the W&B UI names metrics.
+    /// Objects with a `_type` key (media, tables) are leaves.
+    pub fn flat(&self) -> Vec<(String, &Value)> {
+        let mut out = Vec::new();
+        for (k, v) in &self.values {
+            flatten(k.clone(), v, &mut out);
+        }
+        out
+    }
+}
+
+fn flatten<'a>(prefix: String, v: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+    match v {
+        Value::Object(m) if !m.is_empty() && !m.contains_key("_type") => {
+            for (k, inner) in m {
+                flatten(format!("{prefix}.{k}"), inner, out);
+            }
+        }
+        _ => out.push((prefix, v)),
+    }
+}
+
+/// One system-metrics sample (StatsRecord). The W&B UI shows the keys with
+/// a `system.` prefix.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SystemSample {
+    /// When it was sampled (Unix seconds).
+    pub timestamp: Option<f64>,
+    /// Metrics by bare key: `cpu`, `memory_percent`, `disk./.usagePercent`, …
+    pub values: BTreeMap<String, Value>,
+}
+
+/// Upload policy of a file named in a FilesRecord.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FilePolicy {
+    /// Upload now.
+    Now,
+    /// Upload at the end of the run.
+    End,
+    /// Upload whenever it changes.
+    Live,
+    /// A value this reader does not know.
+    Other(i32),
+}
+
+/// Kind of a file named in a FilesRecord.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// A user file.
+    Other,
+    /// A file wandb itself writes (`requirements.txt`, …).
+    Wandb,
+    /// Media.
+    Media,
+    /// Artifact content.
+    Artifact,
+    /// A value this reader does not know.
+    Unknown(i32),
+}
+
+/// A file the run asked to upload, relative to the run's `files/` directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunFile {
+    /// Path relative to `files/`, `/`-separated.
+    pub path: String,
+    /// When to upload it.
+    pub policy: FilePolicy,
+    /// What it is.
+    pub kind: FileKind,
+}
+
+/// A file found under a run directory's `files/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DirFile {
+    /// Path relative to `files/`, `/`-separated.
+    pub path: String,
+    /// Size in bytes (of the target, for a symlink); `None` for a dangling symlink.
+    pub size: Option<u64>,
+    /// `wandb.save()` leaves symlinks to the original file.
+    pub symlink: bool,
+}
+
+/// System metadata (EnvironmentRecords merged).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Environment {
+    /// Operating system.
+    pub os: String,
+    /// Python version.
+    pub python: String,
+    /// Program (script) path.
+    pub program: String,
+    /// Command-line arguments.
+    pub args: Vec<String>,
+    /// Host name.
+    pub host: String,
+    /// User name.
+    pub username: String,
+    /// Python executable.
+    pub executable: String,
+    /// Physical CPU count.
+    pub cpu_count: u32,
+    /// Logical CPU count.
+    pub cpu_count_logical: u32,
+    /// GPU model.
+    pub gpu_type: String,
+    /// GPU count.
+    pub gpu_count: u32,
+    /// CUDA version.
+    pub cuda_version: String,
+    /// When the process started (Unix seconds).
+    pub started_at: Option<f64>,
+}
+
+/// A run as read from its `.wandb` file.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Run {
+    /// Run id.
+    pub id: String,
+    /// Entity; empty when not given offline.
+    pub entity: String,
+    /// Project.
+    pub project: String,
+    /// Display name.
+    pub display_name: String,
+    /// Group.
+    pub group: String,
+    /// Job type.
+    pub job_type: String,
+    /// Notes.
+    pub notes: String,
+    /// Host name.
+    pub host: String,
+    /// Sweep id.
+    pub sweep_id: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Start time (Unix seconds).
+    pub start_time: Option<f64>,
+    /// Config, with updates and removals applied; nested key paths become
+    /// nested objects. Includes wandb's own `_wandb` key.
+    pub config: BTreeMap<String, Value>,
+    /// Summary, all updates and removals applied in order.
+    pub summary: BTreeMap<String, Value>,
+    /// State.
+    pub state: RunState,
+    /// Exit code from the exit record.
+    pub exit_code: Option<i32>,
+    /// Runtime in seconds: the largest of the exit record's, the last
+    /// `_runtime` seen in history or summary, and a resumed run's earlier runtime.
+    pub runtime: Option<f64>,
+    /// History rows in file order.
+    pub history: Vec<HistoryRow>,
+    /// System-metrics samples in file order.
+    pub system: Vec<SystemSample>,
+    /// Complete console lines, stdout and stderr interleaved in file order.
+    pub console: Vec<ConsoleLine>,
+    /// Files the run named in FilesRecords (last entry per path wins).
+    pub files: Vec<RunFile>,
+    /// Files under `files/` on disk (filled by [`read_run_dir`] / [`RunDir`]).
+    pub files_on_disk: Vec<DirFile>,
+    /// System metadata.
+    pub environment: Environment,
+    /// The client that wrote the file (HeaderRecord producer).
+    pub producer: String,
+    /// The client's `wandb` version (telemetry).
+    pub cli_version: String,
+    /// The run is being preempted (a preempting record was seen).
+    pub preempting: bool,
+    /// Records seen, by type name (`history`, `summary`, …, `unknown`).
+    pub record_counts: BTreeMap<String, u64>,
+    /// Problems stepped over, in file order (an incomplete tail is reported
+    /// in [`Run::incomplete_tail`] instead, since it changes as the file grows).
+    pub diagnostics: Vec<Diagnostic>,
+    /// Offset of an incomplete record at the end of the file at the last read.
+    pub incomplete_tail: Option<u64>,
+    /// Console text after the last line ending, per stream.
+    #[serde(skip)]
+    partial: [Option<ConsoleLine>; 2],
+    /// A `\r` ended the last fragment of a stream (it may start a `\r\n`).
+    #[serde(skip)]
+    pending_cr: [bool; 2],
+}
+
+impl Run {
+    /// Marks a run without an exit record as killed: call this when the
+    /// writer is known to be gone (its process died, the file stopped
+    /// growing long ago).
+    pub fn assume_writer_gone(&mut self) {
+        if self.state == RunState::Running {
+            self.state = RunState::Killed;
+        }
+    }
+
+    /// Console text not yet ended by a newline (a live run's last line, or
+    /// the end of a progress bar), per stream.
+    pub fn console_tail(&self) -> impl Iterator<Item = &ConsoleLine> {
+        self.partial.iter().flatten()
+    }
+
+    /// Metric keys logged in history, dotted, sorted, without the `_`-prefixed
+    /// internal ones.
+    pub fn history_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .history
+            .iter()
+            .flat_map(|r| r.flat().into_iter().map(|(k, _)| k))
+            .filter(|k| !k.starts_with('_'))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, rec: &LogRecord) {
+        let Some(rt) = &rec.record.record_type else {
+            *self.record_counts.entry("unknown".into()).or_default() += 1;
+            return;
+        };
+        *self.record_counts.entry(rt.name().into()).or_default() += 1;
+        let offset = rec.offset;
+        match rt {
+            RecordType::Run(r) => self.apply_run(r, offset),
+            RecordType::Config(c) => self.apply_config(c, offset),
+            RecordType::Summary(s) => self.apply_summary(s, offset),
+            RecordType::History(h) => self.apply_history(h, offset),
+            RecordType::Stats(s) => self.apply_stats(s, offset),
+            RecordType::OutputRaw(o) => self.apply_output(o.output_type, o.timestamp, &o.line),
+            RecordType::Output(o) => self.apply_output(o.output_type, o.timestamp, &o.line),
+            RecordType::Files(f) => self.apply_files(f),
+            RecordType::Exit(e) => {
+                self.exit_code = Some(e.exit_code);
+                self.state = if e.exit_code == 0 {
+                    RunState::Finished
+                } else {
+                    RunState::Crashed
+                };
+                self.bump_runtime(f64::from(e.runtime));
+            }
+            RecordType::Header(h) => {
+                if let Some(v) = &h.version_info {
+                    self.producer.clone_from(&v.producer);
+                }
+            }
+            RecordType::Telemetry(t) => {
+                if !t.cli_version.is_empty() {
+                    self.cli_version.clone_from(&t.cli_version);
+                }
+            }
+            RecordType::Environment(e) => self.apply_environment(e),
+            RecordType::Preempting(_) => self.preempting = true,
+            RecordType::Final(_) | RecordType::Footer(_) | RecordType::OutputLogger(_) => {}
+        }
+    }
+
+    fn bump_runtime(&mut self, secs: f64) {
+        if secs.is_finite() && self.runtime.is_none_or(|r| secs > r) {
+            self.runtime = Some(secs);
+        }
+    }
+
+    fn apply_run(&mut self, r: &proto::RunRecord, offset: u64) {
+        let set = |dst: &mut String, src: &String| {
+            if !src.is_empty() {
+                dst.clone_from(src);
+            }
+        };
+        set(&mut self.id, &r.run_id);
+        set(&mut self.entity, &r.entity);
+        set(&mut self.project, &r.project);
+        set(&mut self.display_name, &r.display_name);
+        set(&mut self.group, &r.run_group);
+        set(&mut self.job_type, &r.job_type);
+        set(&mut self.notes, &r.notes);
+        set(&mut self.host, &r.host);
+        set(&mut self.sweep_id, &r.sweep_id);
+        if !r.tags.is_empty() {
+            self.tags.clone_from(&r.tags);
+        }
+        if let Some(t) = r.start_time {
+            self.start_time = Some(t.as_secs_f64());
+        }
+        if r.runtime > 0 {
+            self.bump_runtime(f64::from(r.runtime));
+        }
+        if let Some(c) = &r.config {
+            self.apply_config(c, offset);
+        }
+        if let Some(s) = &r.summary {
+            self.apply_summary(s, offset);
+        }
+    }
+
+    fn apply_config(&mut self, c: &proto::ConfigRecord, offset: u64) {
+        for item in &c.update {
+            let path = key_path(&item.key, &item.nested_key);
+            if let Some(v) = self.parse_value(&path, &item.value_json, offset) {
+                set_path(&mut self.config, &path, v);
+            }
+        }
+        for item in &c.remove {
+            remove_path(&mut self.config, &key_path(&item.key, &item.nested_key));
+        }
+    }
+
+    fn apply_summary(&mut self, s: &proto::SummaryRecord, offset: u64) {
+        for item in &s.update {
+            let path = key_path(&item.key, &item.nested_key);
+            if let Some(v) = self.parse_value(&path, &item.value_json, offset) {
+                if path == ["_runtime"] {
+                    if let Some(x) = v.as_f64() {
+                        self.bump_runtime(x);
+                    }
+                }
+                set_path(&mut self.summary, &path, v);
+            }
+        }
+        for item in &s.remove {
+            remove_path(&mut self.summary, &key_path(&item.key, &item.nested_key));
+        }
+    }
+
+    fn apply_history(&mut self, h: &proto::HistoryRecord, offset: u64) {
+        let mut values = BTreeMap::new();
+        for item in &h.item {
+            let path = key_path(&item.key, &item.nested_key);
+            let v = if !item.value_json.is_empty() || item.value.is_none() {
+                self.parse_value(&path, &item.value_json, offset)
+            } else {
+                self.typed_value(&path, item.value.as_ref(), offset)
+            };
+            if let Some(v) = v {
+                set_path(&mut values, &path, v);
+            }
+        }
+        let number = |k: &str| values.get(k).and_then(Value::as_f64);
+        let runtime = number("_runtime");
+        let timestamp = number("_timestamp");
+        let step = values
+            .get("_step")
+            .and_then(Value::as_i64)
+            .unwrap_or_else(|| h.step.map_or(0, |s| s.num));
+        if let Some(r) = runtime {
+            self.bump_runtime(r);
+        }
+        self.history.push(HistoryRow {
+            step,
+            runtime,
+            timestamp,
+            values,
+        });
+    }
+
+    fn typed_value(
+        &mut self,
+        path: &[String],
+        v: Option<&proto::HistoryValue>,
+        offset: u64,
+    ) -> Option<Value> {
+        use proto::HistoryValue as H;
+        match v? {
+            H::None(_) => Some(Value::Null),
+            H::Boolean(b) => Some(Value::Bool(*b)),
+            H::Integer(i) => Some(Value::Int(*i)),
+            H::Number(x) => Some(Value::Float(*x)),
+            H::Text(s) => Some(Value::String(s.clone())),
+            H::Json(j) => self.parse_value(path, j, offset),
+        }
+    }
+
+    fn apply_stats(&mut self, s: &proto::StatsRecord, offset: u64) {
+        let mut values = BTreeMap::new();
+        for item in &s.item {
+            let path = [item.key.clone()];
+            if let Some(v) = self.parse_value(&path, &item.value_json, offset) {
+                values.insert(item.key.clone(), v);
+            }
+        }
+        self.system.push(SystemSample {
+            timestamp: s.timestamp.map(|t| t.as_secs_f64()),
+            values,
+        });
+    }
+
+    fn apply_output(&mut self, output_type: i32, ts: Option<proto::Timestamp>, text: &str) {
+        let stream = if output_type == 0 {
+            Stream::Stderr
+        } else {
+            Stream::Stdout
+        };
+        let i = stream as usize;
+        let timestamp = ts.map(|t| t.as_secs_f64());
+        for c in text.chars() {
+            if std::mem::take(&mut self.pending_cr[i]) && c != '\n' {
+                // a lone carriage return: the line starts over
+                if let Some(p) = self.partial[i].as_mut() {
+                    p.text.clear();
+                }
+            }
+            match c {
+                '\n' => {
+                    let line = self.partial[i].take().unwrap_or(ConsoleLine {
+                        stream,
+                        timestamp,
+                        text: String::new(),
+                    });
+                    self.console.push(line);
+                }
+                '\r' => self.pending_cr[i] = true,
+                c => self.partial[i]
+                    .get_or_insert_with(|| ConsoleLine {
+                        stream,
+                        timestamp,
+                        text: String::new(),
+                    })
+                    .text
+                    .push(c),
+            }
+        }
+    }
+
+    fn apply_files(&mut self, f: &proto::FilesRecord) {
+        for item in &f.files {
+            let policy = match item.policy {
+                0 => FilePolicy::Now,
+                1 => FilePolicy::End,
+                2 => FilePolicy::Live,
+                n => FilePolicy::Other(n),
+            };
+            let kind = match item.r#type {
+                0 => FileKind::Other,
+                1 => FileKind::Wandb,
+                2 => FileKind::Media,
+                3 => FileKind::Artifact,
+                n => FileKind::Unknown(n),
+            };
+            let entry = RunFile {
+                path: item.path.clone(),
+                policy,
+                kind,
+            };
+            match self.files.iter_mut().find(|e| e.path == item.path) {
+                Some(e) => *e = entry,
+                None => self.files.push(entry),
+            }
+        }
+    }
+
+    fn apply_environment(&mut self, e: &proto::EnvironmentRecord) {
+        let env = &mut self.environment;
+        for (dst, src) in [
+            (&mut env.os, &e.os),
+            (&mut env.python, &e.python),
+            (&mut env.program, &e.program),
+            (&mut env.host, &e.host),
+            (&mut env.username, &e.username),
+            (&mut env.executable, &e.executable),
+            (&mut env.gpu_type, &e.gpu_type),
+            (&mut env.cuda_version, &e.cuda_version),
+        ] {
+            if !src.is_empty() {
+                dst.clone_from(src);
+            }
+        }
+        if !e.args.is_empty() {
+            env.args.clone_from(&e.args);
+        }
+        for (dst, src) in [
+            (&mut env.cpu_count, e.cpu_count),
+            (&mut env.cpu_count_logical, e.cpu_count_logical),
+            (&mut env.gpu_count, e.gpu_count),
+        ] {
+            if src != 0 {
+                *dst = src;
+            }
+        }
+        if let Some(t) = e.started_at {
+            env.started_at = Some(t.as_secs_f64());
+        }
+    }
+
+    fn parse_value(&mut self, path: &[String], json: &str, offset: u64) -> Option<Value> {
+        if path.len() > MAX_KEY_DEPTH {
+            let mut key = path[..8].join(".");
+            key.push_str(".…");
+            self.diagnostics.push(Diagnostic {
+                offset,
+                kind: DiagnosticKind::BadValue {
+                    key,
+                    error: format!(
+                        "key path has {} parts, more than the {MAX_KEY_DEPTH} accepted",
+                        path.len()
+                    ),
+                },
+            });
+            return None;
+        }
+        match Value::parse(json) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.diagnostics.push(Diagnostic {
+                    offset,
+                    kind: DiagnosticKind::BadValue {
+                        key: path.join("."),
+                        error: e.to_string(),
+                    },
+                });
+                None
+            }
+        }
+    }
+}
+
+/// Key paths longer than this are refused (with a diagnostic), so that
+/// hostile input cannot build values nested deeply enough to overflow the
+/// stack when dropped or printed. wandb's own paths have a few parts.
+const MAX_KEY_DEPTH: usize = 64;
+
+/// The key path of an item: `nested_key` when set, else `[key]` (what
+/// wandb-core does).
+fn key_path(key: &str, nested: &[String]) -> Vec<String> {
+    if nested.is_empty() {
+        vec![key.to_owned()]
+    } else {
+        nested.to_vec()
+    }
+}
+
+/// Sets `path` in a tree of objects, replacing non-objects on the way.
+fn set_path(map: &mut BTreeMap<String, Value>, path: &[String], v: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = map;
+    for key in parents {
+        let slot = cur
+            .entry(key.clone())
+            .or_insert_with(|| Value::Object(BTreeMap::new()));
+        if !matches!(slot, Value::Object(_)) {
+            *slot = Value::Object(BTreeMap::new());
+        }
+        let Value::Object(next) = slot else {
+            return; // made an object just above
+        };
+        cur = next;
+    }
+    cur.insert(last.clone(), v);
+}
+
+/// Removes `path` from a tree of objects, if present.
+fn remove_path(map: &mut BTreeMap<String, Value>, path: &[String]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = map;
+    for key in parents {
+        match cur.get_mut(key) {
+            Some(Value::Object(next)) => cur = next,
+            _ => return,
+        }
+    }
+    cur.remove(last);
+}
+
+/// What one [`RunReader::read_more`] call found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Update {
+    /// Records applied.
+    pub records: usize,
+    /// History rows added.
+    pub history_rows: usize,
+    /// New diagnostics (the incomplete tail excluded; see [`Run::incomplete_tail`]).
+    pub diagnostics: Vec<Diagnostic>,
+    /// The resume offset after this read.
+    pub offset: u64,
+    /// The file had shrunk below the resume offset, so it was read again
+    /// from the start into a fresh [`Run`].
+    pub restarted: bool,
+}
+
+/// Reads a `.wandb` file into a [`Run`], incrementally: each
+/// [`read_more`](RunReader::read_more) reads only what was appended since
+/// the last call.
+#[derive(Debug, Clone)]
+pub struct RunReader {
+    path: PathBuf,
+    offset: u64,
+    run: Run,
+}
+
+impl RunReader {
+    /// A reader of the file at `path`; nothing is read yet.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RunReader {
+            path: path.into(),
+            offset: 0,
+            run: Run::default(),
+        }
+    }
+
+    /// Continues from an earlier reader's state: `run` as it was after the
+    /// read that returned resume offset `offset`.
+    pub fn resume(path: impl Into<PathBuf>, offset: u64, run: Run) -> Self {
+        RunReader {
+            path: path.into(),
+            offset,
+            run,
+        }
+    }
+
+    /// Reads what was appended since the last call and applies it.
+    pub fn read_more(&mut self) -> Result<Update> {
+        let mut restarted = false;
+        let len = std::fs::metadata(&self.path)
+            .map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?
+            .len();
+        if len < self.offset {
+            tracing::warn!(path = %self.path.display(), len, offset = self.offset,
+                "wandb run file shrank below the resume offset; reading it again from the start");
+            self.offset = 0;
+            self.run = Run::default();
+            restarted = true;
+        }
+        let batch = read_file(&self.path, self.offset)?;
+        let before_rows = self.run.history.len();
+        let mut update = Update {
+            records: batch.records.len(),
+            offset: batch.resume_offset,
+            restarted,
+            ..Update::default()
+        };
+        for rec in &batch.records {
+            self.run.apply(rec);
+        }
+        if batch.unknown_records > 0 {
+            *self.run.record_counts.entry("unknown".into()).or_default() += batch.unknown_records;
+        }
+        self.run.incomplete_tail = None;
+        for d in batch.diagnostics {
+            if d.kind == DiagnosticKind::IncompleteTail {
+                self.run.incomplete_tail = Some(d.offset);
+                continue;
+            }
+            tracing::debug!(path = %self.path.display(), offset = d.offset, "{d}");
+            update.diagnostics.push(d.clone());
+            self.run.diagnostics.push(d);
+        }
+        update.history_rows = self.run.history.len() - before_rows;
+        self.offset = batch.resume_offset;
+        Ok(update)
+    }
+
+    /// The run as read so far.
+    pub fn run(&self) -> &Run {
+        &self.run
+    }
+
+    /// The run as read so far, taking it out of the reader.
+    pub fn into_run(self) -> Run {
+        self.run
+    }
+
+    /// The offset the next [`read_more`](RunReader::read_more) starts from.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads a whole `.wandb` file into a [`Run`].
+pub fn read_run(path: &Path) -> Result<Run> {
+    let mut reader = RunReader::new(path);
+    reader.read_more()?;
+    Ok(reader.into_run())
+}
+
+/// A wandb run directory (`offline-run-<time>-<id>` or `run-<time>-<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its `run-<id>.wandb` file.
+    pub wandb_file: PathBuf,
+    /// The directory name starts with `offline-`.
+    pub offline: bool,
+}
+
+impl RunDir {
+    /// Finds the `.wandb` file of a run directory.
+    pub fn open(dir: &Path) -> Result<RunDir> {
+        let io = |source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("run-") && name.ends_with(".wandb") {
+                found.push(entry.path());
+            }
+        }
+        found.sort();
+        let wandb_file = match found.len() {
+            0 => return Err(Error::NoRunFile { dir: dir.into() }),
+            1 => found.remove(0),
+            _ => {
+                let names: Vec<String> = found
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect();
+                return Err(Error::SeveralRunFiles {
+                    dir: dir.into(),
+                    names: names.join(", "),
+                });
+            }
+        };
+        let offline = dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("offline-"));
+        Ok(RunDir {
+            dir: dir.into(),
+            wandb_file,
+            offline,
+        })
+    }
+
+    /// A reader of the run's `.wandb` file.
+    pub fn reader(&self) -> RunReader {
+        RunReader::new(&self.wandb_file)
+    }
+
+    /// Files under `files/`, sorted by path; empty when there is no `files/`.
+    /// Symlinks are reported, not followed into directories.
+    pub fn files(&self) -> Result<Vec<DirFile>> {
+        let root = self.dir.join("files");
+        let mut out = Vec::new();
+        if root.is_dir() {
+            walk(&root, "", &mut out)?;
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
+    }
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<DirFile>) -> Result<()> {
+    let io = |source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let ft = entry.file_type().map_err(io)?;
+        if ft.is_dir() {
+            walk(&entry.path(), &rel, out)?;
+        } else {
+            let size = std::fs::metadata(entry.path()).ok().map(|m| m.len());
+            out.push(DirFile {
+                path: rel,
+                size,
+                symlink: ft.is_symlink(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a run directory: its `.wandb` file and the list of files under `files/`.
+pub fn read_run_dir(dir: &Path) -> Result<Run> {
+    let rd = RunDir::open(dir)?;
+    let mut run = read_run(&rd.wandb_file)?;
+    run.files_on_disk = rd.files()?;
+    Ok(run)
+}
