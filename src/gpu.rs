@@ -84,6 +84,10 @@ pub trait GpuSource: Send {
     fn snapshot(&mut self) -> Result<Vec<Gpu>, GpuError>;
     /// `"nvml"`, `"fake"` or `"none"`, for display.
     fn kind(&self) -> &'static str;
+    /// Why the host reports no GPUs, when that is the case.
+    fn note(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A fixed, explicitly requested fake inventory.
@@ -227,6 +231,9 @@ impl GpuSource for NoGpus {
     }
     fn kind(&self) -> &'static str {
         "none"
+    }
+    fn note(&self) -> Option<String> {
+        Some(self.reason.clone())
     }
 }
 

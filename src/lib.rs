@@ -5,12 +5,15 @@
 //! results. See `ARCHITECTURE.md` for the map and its invariants.
 
 pub mod agent;
+pub mod api;
+pub mod client;
 pub mod db;
 pub mod gpu;
 pub mod home;
 pub mod progress;
 pub mod queue;
 pub mod sched;
+pub mod server;
 pub mod store;
 pub mod wandb;
 

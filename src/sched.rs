@@ -5,7 +5,13 @@
 //! holds it (whatever NVML shows: a fresh process allocates seconds later),
 //! no foreign process uses it, its model matches and it has the free memory
 //! asked for; among hosts that fit, best fit: the set of GPUs with the least
-//! free memory that still suffices, to keep big GPUs for big jobs.
+//! free memory that still suffices, to keep big GPUs for big jobs. CPU-only
+//! jobs take a CPU slot on the least loaded host.
+//!
+//! Starvation: a job that fits no host now but would fit one once Trainyard's
+//! own attempts there end gets a *reservation* ([`reserve`]): the free GPUs it
+//! would use are withheld from jobs behind it, so a 4-GPU job is not starved
+//! by a stream of 1-GPU jobs.
 
 use serde::Serialize;
 
@@ -23,6 +29,8 @@ pub struct HostView {
     pub held: Vec<String>,
     /// PIDs of Trainyard's own processes (their GPU use is not foreign).
     pub own_pids: Vec<u32>,
+    /// CPU-only job slots left.
+    pub cpu_free: u32,
 }
 
 /// Where a job goes.
@@ -63,16 +71,21 @@ fn describe(req: &GpuRequest) -> String {
 }
 
 /// Choose a host and GPUs, or say why none fits (for `ps`). A CPU job
-/// (count 0) goes to the first host.
+/// (count 0) goes to the host with the most free CPU slots.
 pub fn place(req: &GpuRequest, hosts: &[HostView]) -> Result<Placement, String> {
     if hosts.is_empty() {
         return Err("no agent is connected".into());
     }
     if req.count == 0 {
-        return Ok(Placement {
-            agent: hosts[0].agent.clone(),
-            gpus: Vec::new(),
-        });
+        return hosts
+            .iter()
+            .filter(|h| h.cpu_free > 0)
+            .max_by_key(|h| (h.cpu_free, std::cmp::Reverse(&h.agent)))
+            .map(|h| Placement {
+                agent: h.agent.clone(),
+                gpus: Vec::new(),
+            })
+            .ok_or_else(|| "every agent's CPU job slots are busy".into());
     }
     let need = req.count as usize;
     let mut best: Option<(u64, Placement)> = None;
@@ -109,6 +122,33 @@ pub fn place(req: &GpuRequest, hosts: &[HostView]) -> Result<Placement, String> 
     })
 }
 
+/// For a job that [`place`] could not fit: the host where it would fit once
+/// Trainyard's own attempts end (GPUs of the right model and total memory,
+/// free of foreign processes), and the currently free GPUs there to withhold
+/// from later jobs. `None` when no host could ever fit it.
+pub fn reserve(req: &GpuRequest, hosts: &[HostView]) -> Option<Placement> {
+    if req.count == 0 {
+        return None;
+    }
+    let need = req.count as usize;
+    hosts
+        .iter()
+        .filter(|h| {
+            h.gpus
+                .iter()
+                .filter(|g| req.matches_model(&g.name) && g.memory_total_mib >= req.min_memory_mib)
+                .filter(|g| g.processes.iter().all(|p| h.own_pids.contains(&p.pid)) || h.held.contains(&g.uuid))
+                .count()
+                >= need
+        })
+        .map(|h| (eligible(req, h), h))
+        .max_by_key(|(e, h)| (e.len(), std::cmp::Reverse(&h.agent)))
+        .map(|(e, h)| Placement {
+            agent: h.agent.clone(),
+            gpus: e.iter().take(need).map(|g| g.uuid.clone()).collect(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +160,7 @@ mod tests {
             gpus: FakeGpus::parse(spec, agent).unwrap().snapshot().unwrap(),
             held: Vec::new(),
             own_pids: Vec::new(),
+            cpu_free: 2,
         }
     }
 
@@ -173,5 +214,34 @@ mod tests {
         let hosts = [host("a", "2xA100-80GB"), host("b", "2xA100-80GB")];
         let err = place(&req(3, 0, None), &hosts).unwrap_err();
         assert!(err.starts_with("no host has 3 free GPUs"), "{err}");
+    }
+
+    #[test]
+    fn cpu_jobs_take_slots_on_the_least_loaded_host() {
+        let mut a = host("a", "1xA100-80GB");
+        let mut b = host("b", "1xA100-80GB");
+        b.cpu_free = 3;
+        assert_eq!(place(&req(0, 0, None), &[a.clone(), b.clone()]).unwrap().agent, "b");
+        a.cpu_free = 0;
+        b.cpu_free = 0;
+        assert_eq!(
+            place(&req(0, 0, None), &[a, b]).unwrap_err(),
+            "every agent's CPU job slots are busy"
+        );
+    }
+
+    #[test]
+    fn a_blocked_big_job_reserves_free_gpus_on_the_host_it_waits_for() {
+        let mut h = host("a", "4xA100-80GB");
+        h.held.push("GPU-fake-a-0".into());
+        let big = req(4, 0, None);
+        assert!(place(&big, &[h.clone()]).is_err());
+        let r = reserve(&big, &[h.clone()]).unwrap();
+        assert_eq!(r.gpus.len(), 3);
+        // With the reservation applied, a 1-GPU job behind it does not fit.
+        h.held.extend(r.gpus);
+        assert!(place(&req(1, 0, None), &[h.clone()]).is_err());
+        // A job no host could ever fit reserves nothing.
+        assert!(reserve(&req(8, 0, None), &[h]).is_none());
     }
 }

@@ -1,7 +1,9 @@
 //! Argument parsing (clap derive; the doc comments are the help text),
 //! logging set-up, and dispatch to one handler per command family.
 
+mod daemon;
 mod data;
+mod jobs;
 mod output;
 
 use std::path::PathBuf;
@@ -41,6 +43,60 @@ enum Command {
     /// Version datasets: snapshot, compare, tag and check out directories.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Start the daemon: the job queue, the scheduler, the HTTP API and a
+    /// local agent for this host's GPUs.
+    Up(daemon::UpArgs),
+    /// Run a headless agent that runs jobs on this host's GPUs for a daemon
+    /// elsewhere on the LAN.
+    Agent(daemon::AgentCmdArgs),
+    /// Submit a job (or a sweep of jobs) to the queue.
+    ///
+    /// Example: trainyard submit --gpus 2 --gpu-mem 40GB --arg lr=1e-3 -- python train.py
+    Submit {
+        #[command(flatten)]
+        args: jobs::SubmitArgs,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// List jobs: queued (with the reason they wait), running, recently finished.
+    Ps {
+        #[command(flatten)]
+        args: jobs::PsArgs,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// Print a job's output (-f follows it).
+    Logs {
+        #[command(flatten)]
+        args: jobs::LogsArgs,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// Cancel jobs; running ones get SIGTERM, then SIGKILL after the grace period.
+    Cancel {
+        #[command(flatten)]
+        args: jobs::JobsArgs,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// Queue failed, lost or cancelled jobs again.
+    Retry {
+        #[command(flatten)]
+        args: jobs::JobsArgs,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// Every GPU of every agent in one table: memory, utilization, which job
+    /// holds it, foreign processes.
+    Gpus {
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// The agents the daemon knows, with their GPUs and last heartbeat.
+    Agents {
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -112,6 +168,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Data(cmd) => data::run(&ctx, cmd),
+        Command::Up(args) => daemon::up(&ctx, args),
+        Command::Agent(args) => daemon::agent(&ctx, args),
+        Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, args),
+        Command::Ps { args, daemon } => jobs::ps(&ctx, &daemon, args),
+        Command::Logs { args, daemon } => jobs::logs(&ctx, &daemon, args),
+        Command::Cancel { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, false),
+        Command::Retry { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, true),
+        Command::Gpus { daemon } => jobs::gpus(&ctx, &daemon),
+        Command::Agents { daemon } => jobs::agents(&ctx, &daemon),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

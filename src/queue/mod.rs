@@ -14,6 +14,7 @@ pub use spec::{Command, GitSource, GpuRequest, JobSpec, SpecError};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
@@ -33,7 +34,7 @@ impl fmt::Display for JobId {
 }
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for the scheduler.
@@ -53,7 +54,8 @@ pub enum JobState {
 }
 
 impl JobState {
-    fn as_str(self) -> &'static str {
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
         match self {
             JobState::Queued => "queued",
             JobState::Assigned => "assigned",
@@ -63,6 +65,19 @@ impl JobState {
             JobState::Cancelled => "cancelled",
             JobState::Lost => "lost",
         }
+    }
+    /// Parse a state name (`queued`, `running`, ...); unknown names are `None`.
+    pub fn from_name(s: &str) -> Option<JobState> {
+        const ALL: [JobState; 7] = [
+            JobState::Queued,
+            JobState::Assigned,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Lost,
+        ];
+        ALL.into_iter().find(|st| st.as_str() == s)
     }
     fn parse(s: &str) -> JobState {
         match s {
@@ -126,7 +141,7 @@ pub enum QueueError {
 type Result<T> = std::result::Result<T, QueueError>;
 
 /// A job as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Job {
     /// Its id.
     pub id: JobId,
@@ -142,10 +157,54 @@ pub struct Job {
     pub submitted_ns: i64,
     /// The exit code of the last finished attempt.
     pub exit_code: Option<i32>,
-    /// The current attempt's agent and GPUs, while assigned or running.
+    /// The latest attempt's agent (the host it runs or ran on).
     pub agent: Option<String>,
-    /// GPU UUIDs held by the current attempt.
+    /// GPU UUIDs of the latest attempt.
     pub gpus: Vec<String>,
+    /// When the latest attempt's process started (ns since the epoch).
+    pub started_ns: Option<i64>,
+    /// When the job reached a final state (ns since the epoch).
+    pub finished_ns: Option<i64>,
+}
+
+/// One attempt of a job, as recorded.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct AttemptInfo {
+    /// Attempt number, from 1.
+    pub n: u32,
+    /// The agent it was given to.
+    pub agent: String,
+    /// GPU UUIDs it held.
+    pub gpus: Vec<String>,
+    /// assigned, running, succeeded, failed, cancelled or lost.
+    pub state: String,
+    /// Assignment time (ns).
+    pub assigned_ns: i64,
+    /// Process start (ns).
+    pub started_ns: Option<i64>,
+    /// End (ns).
+    pub finished_ns: Option<i64>,
+    /// Exit code, when the process exited by itself.
+    pub exit_code: Option<i32>,
+    /// Why it did not succeed.
+    pub error: Option<String>,
+}
+
+/// An attempt in flight (assigned or running): what holds GPUs.
+#[derive(Debug, Clone)]
+pub struct Active {
+    /// The job.
+    pub job: JobId,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Its token.
+    pub token: String,
+    /// The agent.
+    pub agent: String,
+    /// GPU UUIDs it holds.
+    pub gpus: Vec<String>,
+    /// Whether its process has started.
+    pub running: bool,
 }
 
 /// What an agent receives for one attempt.
@@ -201,10 +260,12 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE jobs (
         PRIMARY KEY (job_id, n)
     );"];
 
-/// The queue database.
+/// The queue database. One connection, shared behind a mutex: the daemon is
+/// the queue's only user and each call is one short transaction.
 #[derive(Debug)]
 pub struct Queue {
     path: PathBuf,
+    conn: Mutex<Connection>,
 }
 
 fn new_token() -> String {
@@ -217,29 +278,54 @@ fn new_token() -> String {
 impl Queue {
     /// Open (creating and migrating) the queue at `path`.
     pub fn open(path: &Path) -> Result<Queue> {
-        let q = Queue {
-            path: path.to_path_buf(),
-        };
         let mut conn = db::open(path)?;
         db::migrate(&mut conn, path, MIGRATIONS)?;
-        Ok(q)
+        Ok(Queue {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
     }
 
     fn sql(&self) -> impl Fn(rusqlite::Error) -> QueueError + '_ {
         move |e| QueueError::Db(db::err(&self.path)(e))
     }
 
-    fn conn(&self) -> Result<Connection> {
-        Ok(db::open(&self.path)?)
+    fn conn(&self) -> Result<MutexGuard<'_, Connection>> {
+        // A panic while holding the lock leaves SQLite consistent (the
+        // transaction rolls back on drop), so a poisoned lock is usable.
+        Ok(self.conn.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Validate and enqueue a job.
     pub fn submit(&self, spec: &JobSpec) -> Result<JobId> {
-        spec.validate()?;
+        Ok(self.submit_many(std::slice::from_ref(spec))?[0])
+    }
+
+    /// Validate and enqueue several jobs (a sweep) in one transaction: all or
+    /// none. A job may depend on an earlier job of the same batch.
+    pub fn submit_many(&self, specs: &[JobSpec]) -> Result<Vec<JobId>> {
+        for (i, spec) in specs.iter().enumerate() {
+            spec.validate().map_err(|mut e| {
+                if specs.len() > 1 {
+                    e.field = format!("[{i}].{}", e.field);
+                }
+                e
+            })?;
+        }
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql())?;
+        let mut ids = Vec::with_capacity(specs.len());
+        for spec in specs {
+            ids.push(self.insert_job(&tx, spec)?);
+        }
+        tx.commit().map_err(self.sql())?;
+        tracing::info!(jobs = ids.len(), first = ids.first().map(|j| j.0), "jobs submitted");
+        Ok(ids)
+    }
+
+    fn insert_job(&self, tx: &rusqlite::Transaction<'_>, spec: &JobSpec) -> Result<JobId> {
         for d in &spec.depends_on {
             let exists: bool = tx
                 .query_row("SELECT 1 FROM jobs WHERE id = ?1", [d], |_| Ok(true))
@@ -272,44 +358,35 @@ impl Queue {
             )
             .map_err(self.sql())?;
         }
-        tx.commit().map_err(self.sql())?;
-        tracing::info!(job = id, "job submitted");
         Ok(JobId(id))
     }
 
     fn read_job(&self, conn: &Connection, id: JobId) -> Result<Job> {
         let row = conn
-            .query_row(
-                "SELECT spec, state, attempts, reason, submitted_ns, exit_code FROM jobs WHERE id = ?1",
-                [id.0],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Option<i32>>(5)?,
-                    ))
-                },
+            .prepare_cached(
+                "SELECT j.spec, j.state, j.attempts, j.reason, j.submitted_ns, j.exit_code, j.finished_ns,
+                        a.agent, a.gpus, a.started_ns
+                 FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts
+                 WHERE j.id = ?1",
             )
+            .map_err(self.sql())?
+            .query_row([id.0], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i32>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, Option<String>>(8)?,
+                    r.get::<_, Option<i64>>(9)?,
+                ))
+            })
             .optional()
             .map_err(self.sql())?
             .ok_or(QueueError::UnknownJob(id))?;
-        let state = JobState::parse(&row.1);
-        let (agent, gpus) = if matches!(state, JobState::Assigned | JobState::Running) {
-            conn.query_row(
-                "SELECT agent, gpus FROM attempts WHERE job_id = ?1 AND n = ?2",
-                [id.0, row.2],
-                |r| Ok((Some(r.get::<_, String>(0)?), r.get::<_, String>(1)?)),
-            )
-            .optional()
-            .map_err(self.sql())?
-            .map(|(a, g)| (a, serde_json::from_str(&g).unwrap_or_default()))
-            .unwrap_or((None, Vec::new()))
-        } else {
-            (None, Vec::new())
-        };
         Ok(Job {
             id,
             spec: serde_json::from_str(&row.0).map_err(|e| {
@@ -318,19 +395,25 @@ impl Queue {
                     reason: e.to_string(),
                 })
             })?,
-            state,
+            state: JobState::parse(&row.1),
             attempts: row.2 as u32,
             reason: row.3,
             submitted_ns: row.4,
             exit_code: row.5,
-            agent,
-            gpus,
+            finished_ns: row.6,
+            agent: row.7,
+            gpus: row
+                .8
+                .map(|g| serde_json::from_str(&g).unwrap_or_default())
+                .unwrap_or_default(),
+            started_ns: row.9,
         })
     }
 
     /// One job.
     pub fn get(&self, id: JobId) -> Result<Job> {
-        self.read_job(&self.conn()?, id)
+        let conn = self.conn()?;
+        self.read_job(&conn, id)
     }
 
     /// Jobs in any of `states` (all when empty), in scheduling order:
@@ -338,7 +421,7 @@ impl Queue {
     pub fn list(&self, states: &[JobState]) -> Result<Vec<Job>> {
         let conn = self.conn()?;
         let mut st = conn
-            .prepare("SELECT id, state FROM jobs ORDER BY priority DESC, id")
+            .prepare_cached("SELECT id, state FROM jobs ORDER BY priority DESC, id")
             .map_err(self.sql())?;
         let ids: Vec<(i64, String)> = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -351,10 +434,10 @@ impl Queue {
             .collect()
     }
 
-    /// Queued jobs whose dependencies have all succeeded, in scheduling order.
-    /// Jobs whose dependency ended without success are failed here, with the
-    /// reason, since they can never run.
-    pub fn runnable(&self) -> Result<Vec<Job>> {
+    /// Up to `limit` queued jobs whose dependencies have all succeeded, in
+    /// scheduling order. Jobs whose dependency ended without success are
+    /// failed here, with the reason, since they can never run.
+    pub fn runnable(&self, limit: usize) -> Result<Vec<Job>> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -376,11 +459,11 @@ impl Queue {
                 "SELECT id FROM jobs WHERE state = 'queued' AND NOT EXISTS (
                      SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
                      WHERE d.job_id = jobs.id AND j.state != 'succeeded')
-                 ORDER BY priority DESC, id",
+                 ORDER BY priority DESC, id LIMIT ?1",
             )
             .map_err(self.sql())?;
         let ids: Vec<i64> = st
-            .query_map([], |r| r.get(0))
+            .query_map([limit as i64], |r| r.get(0))
             .map_err(self.sql())?
             .collect::<rusqlite::Result<_>>()
             .map_err(self.sql())?;
@@ -391,13 +474,96 @@ impl Queue {
 
     /// Record why a queued job waits (shown by `ps`).
     pub fn set_reason(&self, id: JobId, reason: &str) -> Result<()> {
+        self.set_reasons(&[(id, reason.to_string())])
+    }
+
+    /// Record why several queued jobs wait, in one transaction.
+    pub fn set_reasons(&self, reasons: &[(JobId, String)]) -> Result<()> {
+        if reasons.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE jobs SET reason = ?2 WHERE id = ?1 AND state = 'queued'")
+                .map_err(self.sql())?;
+            for (id, reason) in reasons {
+                st.execute(params![id.0, reason]).map_err(self.sql())?;
+            }
+        }
+        tx.commit().map_err(self.sql())
+    }
+
+    /// Every attempt in flight (assigned or running): what holds GPUs now.
+    pub fn active(&self) -> Result<Vec<Active>> {
         let conn = self.conn()?;
-        conn.execute(
-            "UPDATE jobs SET reason = ?2 WHERE id = ?1 AND state = 'queued'",
-            params![id.0, reason],
-        )
-        .map_err(self.sql())?;
-        Ok(())
+        let mut st = conn
+            .prepare_cached(
+                "SELECT job_id, n, token, agent, gpus, state FROM attempts
+                 WHERE state IN ('assigned', 'running') ORDER BY job_id",
+            )
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(Active {
+                    job: JobId(r.get(0)?),
+                    attempt: r.get::<_, i64>(1)? as u32,
+                    token: r.get(2)?,
+                    agent: r.get(3)?,
+                    gpus: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
+                    running: r.get::<_, String>(5)? == "running",
+                })
+            })
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sql())?;
+        Ok(rows)
+    }
+
+    /// The attempts of a job, oldest first.
+    pub fn attempts(&self, id: JobId) -> Result<Vec<AttemptInfo>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT n, agent, gpus, state, assigned_ns, started_ns, finished_ns, exit_code, error
+                 FROM attempts WHERE job_id = ?1 ORDER BY n",
+            )
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map([id.0], |r| {
+                Ok(AttemptInfo {
+                    n: r.get::<_, i64>(0)? as u32,
+                    agent: r.get(1)?,
+                    gpus: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+                    state: r.get(3)?,
+                    assigned_ns: r.get(4)?,
+                    started_ns: r.get(5)?,
+                    finished_ns: r.get(6)?,
+                    exit_code: r.get(7)?,
+                    error: r.get(8)?,
+                })
+            })
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sql())?;
+        Ok(rows)
+    }
+
+    /// The job and attempt number a token names, whatever the attempt's
+    /// state (log uploads from an attempt that just ended are still its own).
+    pub fn attempt_of(&self, token: &str) -> Result<(JobId, u32)> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare_cached("SELECT job_id, n FROM attempts WHERE token = ?1")
+            .map_err(self.sql())?;
+        let row = st
+            .query_row([token], |r| Ok((JobId(r.get(0)?), r.get::<_, i64>(1)? as u32)))
+            .optional()
+            .map_err(self.sql())?;
+        row.ok_or(QueueError::StaleAttempt)
     }
 
     /// Give a queued job to `agent` with `gpus`, leased for `lease_ns`.
@@ -492,6 +658,35 @@ impl Queue {
         .map_err(self.sql())?;
         tx.commit().map_err(self.sql())?;
         Ok(until)
+    }
+
+    /// Renew the leases of several attempts in one transaction. Returns the
+    /// tokens that are not current (the holder must stop them).
+    pub fn renew(&self, tokens: &[String], lease_ns: i64) -> Result<Vec<String>> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let until = now_ns() + lease_ns;
+        let mut stale = Vec::new();
+        for t in tokens {
+            match self.current(&tx, t) {
+                Ok((job, n, _)) => {
+                    tx.execute(
+                        "UPDATE attempts SET lease_until_ns = ?3 WHERE job_id = ?1 AND n = ?2",
+                        params![job.0, n, until],
+                    )
+                    .map_err(self.sql())?;
+                }
+                Err(QueueError::StaleAttempt) => stale.push(t.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(stale)
     }
 
     /// The attempt's process started.

@@ -129,11 +129,11 @@ fn cancel_returns_the_running_token_and_dependencies_gate_scheduling() {
         .unwrap();
     let other = q.submit(&spec(r#"{"command": ["other"]}"#)).unwrap();
     let ids = |v: Vec<Job>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
-    assert_eq!(ids(q.runnable().unwrap()), vec![first, other]);
+    assert_eq!(ids(q.runnable(100).unwrap()), vec![first, other]);
     let a = q.assign(first, "h", &[], SEC).unwrap();
     q.finish(&a.token, Some(0), None).unwrap();
     // Now the high-priority dependent comes first.
-    assert_eq!(ids(q.runnable().unwrap()), vec![second, other]);
+    assert_eq!(ids(q.runnable(100).unwrap()), vec![second, other]);
 
     let b = q.assign(other, "h", &[], SEC).unwrap();
     q.started(&b.token).unwrap();
@@ -152,7 +152,7 @@ fn cancel_returns_the_running_token_and_dependencies_gate_scheduling() {
         )))
         .unwrap();
     q.cancel(bad).unwrap();
-    q.runnable().unwrap();
+    q.runnable(100).unwrap();
     let j = q.get(dep).unwrap();
     assert_eq!(j.state, JobState::Failed);
     assert_eq!(

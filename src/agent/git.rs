@@ -1,0 +1,211 @@
+//! Job sources from git (`git2`, no git binary): one bare cache repository
+//! per remote URL, shared by every job on the host and locked while it
+//! fetches; each attempt gets its own checkout of the exact commit.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use git2::{build::CheckoutBuilder, Cred, FetchOptions, Oid, RemoteCallbacks, Repository};
+use rustix::fs::{flock, FlockOperation};
+
+use crate::queue::GitSource;
+
+/// Why a git source could not be checked out; each names the repo and rev.
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    /// Fetching from the repository failed.
+    #[error("cannot fetch {repo}: {message}")]
+    Fetch {
+        /// The repository.
+        repo: String,
+        /// libgit2's message.
+        message: String,
+    },
+    /// The rev names nothing in the repository.
+    #[error("unknown git rev {rev:?} in {repo} (not a branch, tag or commit there)")]
+    UnknownRev {
+        /// The repository.
+        repo: String,
+        /// The rev.
+        rev: String,
+    },
+    /// Checking out or the cache failed.
+    #[error("git checkout of {repo}@{rev} into {dir}: {message}")]
+    Checkout {
+        /// The repository.
+        repo: String,
+        /// The rev.
+        rev: String,
+        /// The target.
+        dir: PathBuf,
+        /// What failed.
+        message: String,
+    },
+}
+
+fn cache_path(cache: &Path, repo: &str) -> PathBuf {
+    let h = blake3::hash(repo.as_bytes()).to_hex();
+    cache.join(format!("{}.git", &h[..16]))
+}
+
+fn callbacks<'a>() -> RemoteCallbacks<'a> {
+    let mut cb = RemoteCallbacks::new();
+    let mut tried_agent = false;
+    cb.credentials(move |url, user, allowed| {
+        if allowed.is_ssh_key() && !tried_agent {
+            tried_agent = true;
+            return Cred::ssh_key_from_agent(user.unwrap_or("git"));
+        }
+        if allowed.is_user_pass_plaintext() {
+            if let Ok(cfg) = git2::Config::open_default() {
+                return Cred::credential_helper(&cfg, url, user);
+            }
+        }
+        Cred::default()
+    });
+    cb
+}
+
+/// Check out `src` into `dest` (created). Returns the commit.
+pub fn checkout(cache: &Path, src: &GitSource, dest: &Path) -> Result<Oid, GitError> {
+    let co_err = |message: String| GitError::Checkout {
+        repo: src.repo.clone(),
+        rev: src.rev.clone(),
+        dir: dest.to_path_buf(),
+        message,
+    };
+    std::fs::create_dir_all(cache).map_err(|e| co_err(format!("cache {}: {e}", cache.display())))?;
+    let path = cache_path(cache, &src.repo);
+    // One fetch per cache repository at a time, across agents and jobs.
+    let lock_path = path.with_extension("lock");
+    let lock = File::create(&lock_path).map_err(|e| co_err(format!("lock {}: {e}", lock_path.display())))?;
+    flock(&lock, FlockOperation::LockExclusive).map_err(|e| co_err(format!("lock {}: {e}", lock_path.display())))?;
+
+    let repo = match Repository::open_bare(&path) {
+        Ok(r) => r,
+        Err(_) => Repository::init_bare(&path).map_err(|e| co_err(e.message().to_string()))?,
+    };
+    // A local path is used as given; relative paths are resolved now.
+    let url = if Path::new(&src.repo).exists() {
+        std::fs::canonicalize(&src.repo)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| src.repo.clone())
+    } else {
+        src.repo.clone()
+    };
+    let commit = match resolve(&repo, &src.rev) {
+        // A full commit id we already have needs no fetch.
+        Some(c) if c.to_string() == src.rev => c,
+        _ => {
+            let mut remote = repo
+                .remote_anonymous(&url)
+                .map_err(|e| co_err(e.message().to_string()))?;
+            let mut fo = FetchOptions::new();
+            fo.remote_callbacks(callbacks());
+            fo.download_tags(git2::AutotagOption::All);
+            remote
+                .fetch(
+                    &["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
+                    Some(&mut fo),
+                    None,
+                )
+                .map_err(|e| GitError::Fetch {
+                    repo: src.repo.clone(),
+                    message: e.message().to_string(),
+                })?;
+            resolve(&repo, &src.rev).ok_or_else(|| GitError::UnknownRev {
+                repo: src.repo.clone(),
+                rev: src.rev.clone(),
+            })?
+        }
+    };
+    drop(lock);
+
+    std::fs::create_dir_all(dest).map_err(|e| co_err(e.to_string()))?;
+    let obj = repo
+        .find_commit(commit)
+        .map_err(|e| co_err(e.message().to_string()))?;
+    let mut co = CheckoutBuilder::new();
+    co.target_dir(dest).force().update_index(false);
+    repo.checkout_tree(obj.as_object(), Some(&mut co))
+        .map_err(|e| co_err(e.message().to_string()))?;
+    tracing::info!(repo = %src.repo, rev = %src.rev, commit = %commit, dir = %dest.display(), "checked out");
+    Ok(commit)
+}
+
+/// A branch, tag or (possibly abbreviated) commit id, as a commit.
+fn resolve(repo: &Repository, rev: &str) -> Option<Oid> {
+    let candidates = [
+        format!("refs/remotes/origin/{rev}"),
+        format!("refs/tags/{rev}"),
+        rev.to_string(),
+    ];
+    candidates.iter().find_map(|name| {
+        repo.revparse_single(name)
+            .ok()
+            .and_then(|o| o.peel_to_commit().ok())
+            .map(|c| c.id())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit(repo: &Repository, file: &str, text: &str, msg: &str) -> Oid {
+        let wd = repo.workdir().unwrap();
+        std::fs::write(wd.join(file), text).unwrap();
+        let mut idx = repo.index().unwrap();
+        idx.add_path(Path::new(file)).unwrap();
+        idx.write().unwrap();
+        let tree = repo.find_tree(idx.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@example.com").unwrap();
+        let parents: Vec<git2::Commit> = repo
+            .head()
+            .ok()
+            .and_then(|h| h.peel_to_commit().ok())
+            .into_iter()
+            .collect();
+        let refs: Vec<&git2::Commit> = parents.iter().collect();
+        repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &refs).unwrap()
+    }
+
+    #[test]
+    fn branches_tags_and_commits_check_out_exactly() {
+        let d = tempfile::tempdir().unwrap();
+        let origin = d.path().join("origin");
+        let repo = Repository::init(&origin).unwrap();
+        let c1 = commit(&repo, "train.py", "v1", "one");
+        repo.tag_lightweight("v1.0", &repo.find_object(c1, None).unwrap(), false)
+            .unwrap();
+        let c2 = commit(&repo, "train.py", "v2", "two");
+        let branch = repo.head().unwrap().shorthand().unwrap().to_string();
+        let src = |rev: &str| GitSource {
+            repo: origin.to_string_lossy().into_owned(),
+            rev: rev.into(),
+        };
+        let cache = d.path().join("cache");
+        for (rev, want, text) in [
+            (branch.as_str(), c2, "v2"),
+            ("v1.0", c1, "v1"),
+            (&c1.to_string()[..10], c1, "v1"),
+            (&c2.to_string(), c2, "v2"),
+        ] {
+            let dest = d.path().join(format!("co-{rev}"));
+            assert_eq!(checkout(&cache, &src(rev), &dest).unwrap(), want, "{rev}");
+            assert_eq!(std::fs::read_to_string(dest.join("train.py")).unwrap(), text);
+        }
+        let e = checkout(&cache, &src("no-such-branch"), &d.path().join("x")).unwrap_err();
+        assert!(e.to_string().contains("unknown git rev \"no-such-branch\""), "{e}");
+        let e = checkout(
+            &cache,
+            &GitSource {
+                repo: d.path().join("missing").to_string_lossy().into_owned(),
+                rev: "main".into(),
+            },
+            &d.path().join("y"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("cannot fetch"), "{e}");
+    }
+}

@@ -1,0 +1,197 @@
+//! The wire types of the one HTTP API (`/api/v1`), shared by the server and
+//! its clients (CLI, agents, the UI through its JSON). Only data lives here:
+//! no behaviour, no IO. `docs/api.md` and `src/server/openapi.json` describe
+//! the same shapes; a test keeps the routes and the OpenAPI paths in step.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gpu::Gpu;
+use crate::queue::{Assignment, AttemptInfo, Job, JobId, JobSpec};
+
+/// API version prefix.
+pub const PREFIX: &str = "/api/v1";
+
+/// Header carrying an attempt's token on calls about that attempt.
+pub const ATTEMPT_TOKEN_HEADER: &str = "x-trainyard-attempt-token";
+
+/// Response header of log reads: the offset just after the bytes returned.
+pub const LOG_OFFSET_HEADER: &str = "x-trainyard-log-offset";
+
+/// Response header of log reads: `1` when the attempt has ended and every
+/// byte of its log has been returned.
+pub const LOG_DONE_HEADER: &str = "x-trainyard-log-done";
+
+/// Every error response: `{"error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// An error's code and human message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Machine-readable: `bad_request`, `unauthorized`, `not_found`,
+    /// `conflict`, `stale_attempt`, `internal`.
+    pub code: String,
+    /// What went wrong, naming the field, job or attempt at fault.
+    pub message: String,
+}
+
+/// `GET /health`: no token needed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    /// `trainyard` version of the daemon.
+    pub version: String,
+    /// Whether API calls need a bearer token.
+    pub auth_required: bool,
+}
+
+/// `POST /jobs`: one or several specs, enqueued in one transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The jobs.
+    pub jobs: Vec<JobSpec>,
+}
+
+/// The ids given to submitted jobs, in request order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// Job ids.
+    pub ids: Vec<JobId>,
+}
+
+/// `GET /jobs/{id}`: the job with its attempts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// The job.
+    #[serde(flatten)]
+    pub job: Job,
+    /// Its attempts, oldest first.
+    pub attempt_log: Vec<AttemptInfo>,
+}
+
+/// What an agent reports about itself with every heartbeat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentReport {
+    /// Trainyard version of the agent.
+    pub version: String,
+    /// Host name.
+    pub hostname: String,
+    /// `nvml`, `fake` or `none`.
+    pub gpu_source: String,
+    /// Why the GPU source is `none`, when it is.
+    pub gpu_error: Option<String>,
+    /// The GPUs now.
+    pub gpus: Vec<Gpu>,
+    /// How many CPU-only jobs it runs at once.
+    pub cpu_slots: u32,
+    /// Tokens of the attempts it holds (preparing or running).
+    pub attempts: Vec<String>,
+    /// PIDs of the processes it started (their GPU use is not foreign).
+    pub pids: Vec<u32>,
+}
+
+/// The daemon's answer to a heartbeat or a poll.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AgentOrders {
+    /// New attempts to run.
+    pub assignments: Vec<Work>,
+    /// Held attempts that are no longer current (cancelled, reassigned,
+    /// expired): stop them now.
+    pub stop: Vec<String>,
+    /// How long a lease lasts, ms.
+    pub lease_ms: u64,
+}
+
+/// `POST /agents/{name}/poll`: the report, and the longest wait in ms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollRequest {
+    /// The agent's state.
+    pub report: AgentReport,
+    /// Longest time to hold the request when there is nothing to do.
+    pub wait_ms: u64,
+}
+
+/// One attempt as the agent receives it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Work {
+    /// Job, attempt, token, GPUs and lease.
+    pub assignment: Assignment,
+    /// What to run.
+    pub spec: JobSpec,
+}
+
+/// `POST /jobs/{id}/attempts/{n}/finish`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinishRequest {
+    /// The exit code, when the process exited by itself.
+    pub exit_code: Option<i32>,
+    /// What stopped it otherwise (spawn failure, timeout, bad git rev...).
+    pub error: Option<String>,
+}
+
+/// An agent as the daemon sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentInfo {
+    /// Its name.
+    pub name: String,
+    /// Its last report.
+    pub report: AgentReport,
+    /// Milliseconds since its last heartbeat or poll.
+    pub last_seen_ms: u64,
+    /// Whether it is within its lease (schedulable).
+    pub alive: bool,
+    /// GPU UUIDs held by Trainyard attempts, with the job holding each.
+    pub held: Vec<HeldGpu>,
+}
+
+/// A GPU held by an attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldGpu {
+    /// The GPU.
+    pub uuid: String,
+    /// The job holding it.
+    pub job: JobId,
+    /// Its user.
+    pub user: String,
+}
+
+/// A change, pushed to `/events` subscribers as server-sent events (the
+/// event name is the variant in snake case; the data is this JSON).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// A job changed state or reason.
+    Job {
+        /// The job.
+        id: JobId,
+        /// Its new state.
+        state: String,
+    },
+    /// An agent connected, reported or went away.
+    Agent {
+        /// The agent.
+        name: String,
+    },
+    /// An attempt's log grew.
+    Log {
+        /// The job.
+        id: JobId,
+        /// The attempt.
+        attempt: u32,
+        /// The log's new size.
+        size: u64,
+    },
+}
+
+impl Event {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Job { .. } => "job",
+            Event::Agent { .. } => "agent",
+            Event::Log { .. } => "log",
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `trainyard up` (the daemon, with an embedded local agent) and
+//! `trainyard agent` (a headless agent on a LAN GPU server).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use trainyard::agent::{run_agent, AgentConfig};
+use trainyard::client::Client;
+use trainyard::gpu::{self, FAKE_GPUS_ENV};
+use trainyard::server::{self, Config, Secret, Server};
+
+use super::Ctx;
+
+/// GPU inventory and job slots of an agent.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Agent name, unique in the lab [default: the host name].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Use a FAKE GPU inventory instead of NVML, for tests and demos:
+    /// COUNTxMODEL-MEMORY, comma separated, e.g. "2xA100-80GB,1xRTX4090-24GB".
+    #[arg(long, env = FAKE_GPUS_ENV, value_name = "SPEC")]
+    pub fake_gpus: Option<String>,
+    /// CPU-only jobs run at once [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    pub cpu_slots: Option<u32>,
+    /// Time between SIGTERM and SIGKILL when a job is stopped.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Keep each attempt's work directory (checkout, inputs) after it ends.
+    #[arg(long)]
+    pub keep_work: bool,
+}
+
+/// `trainyard up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address to listen on. Anything but loopback requires the token
+    /// (daemon.token in the Trainyard home) on every API call.
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    bind: IpAddr,
+    /// Port to listen on (0: any free port; the URL is written to daemon.json).
+    #[arg(long, default_value_t = server::DEFAULT_PORT)]
+    port: u16,
+    /// How long an attempt survives without its agent's heartbeat before it
+    /// is marked lost (and requeued if attempts are left).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+    /// Require the token even on loopback.
+    #[arg(long)]
+    require_token: bool,
+    /// Do not run jobs on this host (a coordinator for LAN agents only).
+    #[arg(long)]
+    no_agent: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// `trainyard agent`.
+#[derive(Debug, Args)]
+pub struct AgentCmdArgs {
+    /// The daemon's URL, e.g. http://gpu-coordinator:7171.
+    #[arg(long, env = "TRAINYARD_URL", value_name = "URL")]
+    server: String,
+    /// The daemon's token (prefer TRAINYARD_TOKEN or --token-file: command
+    /// lines are visible to other users).
+    #[arg(long, env = "TRAINYARD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Read the token from this file (must be mode 0600).
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+fn agent_config(ctx: &Ctx, a: &AgentArgs) -> anyhow::Result<(AgentConfig, Box<dyn gpu::GpuSource>)> {
+    let name = a.name.clone().unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
+    let gpus = gpu::detect(a.fake_gpus.as_deref(), &name)?;
+    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    Ok((
+        AgentConfig {
+            name,
+            home: ctx.home.clone(),
+            cpu_slots: a.cpu_slots.unwrap_or(cpus),
+            grace: a.grace,
+            keep_work: a.keep_work,
+        },
+        gpus,
+    ))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let agent = if args.no_agent {
+        None
+    } else {
+        Some(agent_config(ctx, &args.agent)?)
+    };
+    rt.block_on(async move {
+        let server = Server::bind(Config {
+            home: ctx.home.clone(),
+            addr: SocketAddr::new(args.bind, args.port),
+            lease: args.lease,
+            require_token: args.require_token,
+            token: None,
+        })
+        .await?;
+        let url = server.url();
+        eprintln!("trainyard daemon listening on {url} (home {})", ctx.home.root().display());
+        if ctx.json {
+            println!("{}", serde_json::json!({ "url": url, "pid": std::process::id() }));
+        }
+        // The local agent reaches the daemon over loopback whatever the bind.
+        let local = format!("http://127.0.0.1:{}", server.addr().port());
+        let client = Client::new(&local, Some(server.token().clone()));
+        let (stop_agent_tx, stop_agent_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve(async move {
+            let _ = stop_server_rx.await;
+        }));
+        let agent_task = agent.map(|(cfg, gpus)| {
+            tokio::spawn(run_agent(cfg, client, gpus, async move {
+                let _ = stop_agent_rx.await;
+            }))
+        });
+        stop_signal().await;
+        eprintln!("stopping: ending local jobs, then the daemon");
+        // The agent reports its stopped jobs while the server still listens.
+        let _ = stop_agent_tx.send(());
+        if let Some(t) = agent_task {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        let _ = stop_server_tx.send(());
+        serving.await.context("daemon task")??;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(Secret::new(t.trim())),
+        (None, Some(f)) => Some(server::read_token(f)?),
+        (None, None) => None,
+    };
+    let (cfg, gpus) = agent_config(ctx, &args.agent)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let client = Client::new(&args.server, token);
+        match client.health().await {
+            Ok(h) => eprintln!("agent {} connected to {} (daemon {})", cfg.name, args.server, h.version),
+            Err(e) => eprintln!("warning: {e}; retrying in the background"),
+        }
+        run_agent(cfg, client, gpus, stop_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}

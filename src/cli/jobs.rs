@@ -1,0 +1,513 @@
+//! The queue commands: `submit`, `ps`, `logs`, `cancel`, `retry`, `gpus`,
+//! `agents`. They talk to the daemon over its HTTP API and hold no logic of
+//! their own beyond turning flags into a job spec and results into tables.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use trainyard::client::Client;
+use trainyard::queue::{Command, GitSource, Job, JobId, JobSpec, JobState};
+use trainyard::server::{self, Secret};
+
+use super::output;
+use super::Ctx;
+
+/// How to reach the daemon (queue commands).
+#[derive(Debug, Args, Clone)]
+pub struct DaemonArgs {
+    /// The daemon's URL [default: the one in the home's daemon.json, else http://127.0.0.1:7171].
+    #[arg(long, env = "TRAINYARD_URL", value_name = "URL", global = true)]
+    pub server: Option<String>,
+    /// Read the daemon token from this file [default: TRAINYARD_TOKEN, else the home's daemon.token].
+    #[arg(long, value_name = "FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+}
+
+fn client(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<Client> {
+    let (url, home_token) = server::local_daemon(&ctx.home);
+    let url = d
+        .server
+        .clone()
+        .or(url)
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}", server::DEFAULT_PORT));
+    let token = if let Ok(t) = std::env::var("TRAINYARD_TOKEN") {
+        Some(Secret::new(t.trim()))
+    } else if let Some(f) = d.token_file.as_ref().or(home_token.as_ref()) {
+        Some(server::read_token(f)?)
+    } else {
+        None
+    };
+    Ok(Client::new(&url, token))
+}
+
+fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `trainyard submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// A job spec file (TOML, or JSON); flags override its fields.
+    #[arg(short, long, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// A short name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Project, for usage accounting [default: "default"].
+    #[arg(long)]
+    project: Option<String>,
+    /// Run COMMAND as one shell string (`sh -c`).
+    #[arg(long)]
+    shell: bool,
+    /// An argument rendered as `--KEY VALUE` after the command (repeatable).
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    args: Vec<String>,
+    /// Sweep: one job per combination of values (repeatable: a grid), e.g.
+    /// --sweep lr=1e-3,1e-4 --sweep seed=1,2,3 submits 6 jobs.
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    sweep: Vec<String>,
+    /// An environment variable for the job (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory on the agent [default: the current directory, unless --git].
+    #[arg(long, value_name = "DIR", conflicts_with = "git")]
+    workdir: Option<PathBuf>,
+    /// Check out this git repository (URL or path) for the job.
+    #[arg(long, value_name = "REPO", requires = "rev")]
+    git: Option<String>,
+    /// The branch, tag or commit of --git.
+    #[arg(long, value_name = "REV")]
+    rev: Option<String>,
+    /// Number of GPUs, all on one host.
+    #[arg(long, value_name = "N")]
+    gpus: Option<u32>,
+    /// Minimum free memory per GPU, e.g. 40GB or 20000MiB.
+    #[arg(long, value_name = "SIZE")]
+    gpu_mem: Option<String>,
+    /// GPU model pattern, alternatives with '|', e.g. "A100|H100".
+    #[arg(long, value_name = "PATTERN")]
+    gpu_model: Option<String>,
+    /// A dataset input NAME@REF, checked out on the agent (repeatable).
+    #[arg(long = "input", value_name = "NAME@REF")]
+    inputs: Vec<String>,
+    /// Higher runs first.
+    #[arg(long)]
+    priority: Option<i32>,
+    /// Attempts before the job is given up.
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// Wall-clock limit per attempt, e.g. 2h or 90m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Start only after this job succeeded (repeatable).
+    #[arg(long = "after", value_name = "JOB")]
+    depends_on: Vec<i64>,
+    /// A free-form label (repeatable).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn kv(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("{what}: expected KEY=VALUE, got {s:?}"),
+    }
+}
+
+/// `40GB`, `40GiB`, `40G` (GiB) or `20000MiB`, `20000MB`, `20000` (MiB).
+fn mem_mib(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("--gpu-mem: {s:?} is not like 40GB or 20000MiB"))?;
+    match unit.to_ascii_lowercase().as_str() {
+        "g" | "gb" | "gib" => Ok(n * 1024),
+        "" | "m" | "mb" | "mib" => Ok(n),
+        _ => bail!("--gpu-mem: unknown unit {unit:?} in {s:?} (use GB or MiB)"),
+    }
+}
+
+fn os_user() -> String {
+    if let Some(u) = std::env::var("USER").ok().filter(|u| !u.is_empty()) {
+        return u;
+    }
+    let uid = rustix::process::getuid().as_raw();
+    // SAFETY: getpwuid_r writes only into the buffers given; the name
+    // pointer it returns points into `buf`, alive for this block.
+    unsafe {
+        let mut pw: libc::passwd = std::mem::zeroed();
+        let mut buf = vec![0 as libc::c_char; 4096];
+        let mut out: *mut libc::passwd = std::ptr::null_mut();
+        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) == 0 && !out.is_null() {
+            return std::ffi::CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned();
+        }
+    }
+    format!("uid{uid}")
+}
+
+fn build_specs(a: SubmitArgs) -> anyhow::Result<Vec<JobSpec>> {
+    let mut spec = match &a.file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            JobSpec::parse(&text).with_context(|| format!("in {}", f.display()))?
+        }
+        None => {
+            if a.command.is_empty() {
+                bail!("nothing to run: give a command after `--` (e.g. trainyard submit --gpus 1 -- python train.py) or --file SPEC");
+            }
+            JobSpec::parse(r#"{"command": ["true"]}"#).expect("a minimal spec parses")
+        }
+    };
+    if !a.command.is_empty() {
+        spec.command = if a.shell {
+            Command::Shell(a.command.join(" "))
+        } else {
+            Command::Argv(a.command.clone())
+        };
+    }
+    macro_rules! set {
+        ($field:expr, $v:expr) => {
+            if let Some(v) = $v {
+                $field = v;
+            }
+        };
+    }
+    if a.name.is_some() {
+        spec.name = a.name;
+    }
+    set!(spec.project, a.project);
+    set!(spec.priority, a.priority);
+    set!(spec.max_attempts, a.max_attempts);
+    set!(spec.gpus.count, a.gpus);
+    if let Some(m) = &a.gpu_mem {
+        spec.gpus.min_memory_mib = mem_mib(m)?;
+    }
+    if a.gpu_model.is_some() {
+        spec.gpus.model = a.gpu_model;
+    }
+    if let Some(t) = a.timeout {
+        spec.timeout_s = Some(t.as_secs().max(1));
+    }
+    for s in &a.args {
+        let (k, v) = kv(s, "--arg")?;
+        spec.args.insert(k, v);
+    }
+    for s in &a.env {
+        let (k, v) = kv(s, "--env")?;
+        spec.env.insert(k, v);
+    }
+    spec.inputs.extend(a.inputs);
+    spec.depends_on.extend(a.depends_on);
+    spec.tags.extend(a.tags);
+    if let (Some(repo), Some(rev)) = (a.git, a.rev) {
+        spec.git = Some(GitSource { repo, rev });
+        spec.workdir = None;
+    } else if let Some(w) = a.workdir {
+        spec.workdir = Some(std::path::absolute(&w).unwrap_or(w));
+    } else if spec.git.is_none() && spec.workdir.is_none() {
+        spec.workdir = Some(std::env::current_dir().context("the current directory")?);
+    }
+    if spec.user.is_none() {
+        spec.user = Some(os_user());
+    }
+    let mut grid = BTreeMap::new();
+    for s in &a.sweep {
+        let (k, v) = kv(s, "--sweep")?;
+        grid.insert(k, v.split(',').map(str::to_string).collect::<Vec<_>>());
+    }
+    let specs = spec.sweep(&grid);
+    for s in &specs {
+        s.validate()?;
+    }
+    Ok(specs)
+}
+
+pub fn submit(ctx: &Ctx, d: &DaemonArgs, a: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let specs = build_specs(a)?;
+    let c = client(ctx, d)?;
+    let ids = rt()?.block_on(c.submit(specs))?;
+    if ctx.json {
+        output::json(&serde_json::json!({ "ids": ids }))?;
+    } else if ids.len() == 1 {
+        println!("submitted job {}", ids[0]);
+    } else {
+        println!(
+            "submitted {} jobs: {}",
+            ids.len(),
+            ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `trainyard ps`.
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show every job, not just active ones and the last 10 finished.
+    #[arg(short, long)]
+    all: bool,
+    /// Only these states (comma separated: queued,running,failed,...).
+    #[arg(long, value_delimiter = ',')]
+    state: Vec<String>,
+}
+
+fn ago(ns: i64) -> String {
+    let now = trainyard::db::now_ns();
+    let secs = ((now - ns).max(0) / 1_000_000_000) as u64;
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn job_name(j: &Job) -> String {
+    j.spec.name.clone().unwrap_or_else(|| j.spec.argv().join(" "))
+}
+
+pub fn ps(ctx: &Ctx, d: &DaemonArgs, a: PsArgs) -> anyhow::Result<ExitCode> {
+    let mut states = Vec::new();
+    for s in &a.state {
+        states.push(JobState::from_name(s).with_context(|| format!("--state: unknown state {s:?}"))?);
+    }
+    let c = client(ctx, d)?;
+    let mut jobs = rt()?.block_on(c.jobs(&states))?;
+    let mut hidden = 0;
+    if !a.all && states.is_empty() {
+        let mut done: Vec<&Job> = jobs.iter().filter(|j| j.state.is_terminal()).collect();
+        done.sort_by_key(|j| std::cmp::Reverse(j.finished_ns.unwrap_or(0)));
+        let keep: std::collections::HashSet<JobId> = done.iter().take(10).map(|j| j.id).collect();
+        hidden = done.len().saturating_sub(10);
+        jobs.retain(|j| !j.state.is_terminal() || keep.contains(&j.id));
+    }
+    if ctx.json {
+        output::json(&jobs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:>6}  {:<10} {:<28} {:<10} {:<14} {:>9}  REASON",
+        "ID", "STATE", "NAME", "USER", "HOST:GPUS", "TIME"
+    );
+    for j in &jobs {
+        let place = match &j.agent {
+            Some(a) if !j.gpus.is_empty() => format!("{a}:{}", j.gpus.len()),
+            Some(a) => a.clone(),
+            None => "-".into(),
+        };
+        let time = match (j.state, j.started_ns, j.finished_ns) {
+            (JobState::Running, Some(s), _) => ago(s),
+            (_, Some(s), Some(f)) if f >= s => {
+                humantime::format_duration(Duration::from_secs(((f - s) / 1_000_000_000) as u64)).to_string()
+            }
+            (JobState::Queued, _, _) => ago(j.submitted_ns),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>6}  {:<10} {:<28} {:<10} {:<14} {:>9}  {}",
+            j.id.0,
+            j.state.as_str(),
+            short(&job_name(j), 28),
+            short(j.spec.user.as_deref().unwrap_or("-"), 10),
+            short(&place, 14),
+            short(&time, 9),
+            j.reason.as_deref().unwrap_or("")
+        );
+    }
+    if hidden > 0 {
+        println!("({hidden} older finished jobs not shown; --all shows them)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `trainyard logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The job.
+    job: i64,
+    /// This attempt [default: the latest].
+    #[arg(long)]
+    attempt: Option<u32>,
+    /// Follow the output until the job ends (across retries).
+    #[arg(short, long)]
+    follow: bool,
+}
+
+pub fn logs(ctx: &Ctx, d: &DaemonArgs, a: LogsArgs) -> anyhow::Result<ExitCode> {
+    let c = client(ctx, d)?;
+    let id = JobId(a.job);
+    rt()?.block_on(async {
+        // Without --attempt, follow the latest attempt; when a retry starts a
+        // new one, start over at its beginning.
+        let mut current: Option<u32> = None;
+        let mut offset = 0;
+        let mut out = std::io::stdout();
+        loop {
+            let wait = if a.follow { Duration::from_secs(20) } else { Duration::ZERO };
+            let chunk = c.log(id, a.attempt, offset, wait).await?;
+            if current.is_some_and(|n| n != chunk.attempt) {
+                current = Some(chunk.attempt);
+                offset = 0;
+                continue;
+            }
+            current = Some(chunk.attempt);
+            out.write_all(&chunk.bytes)?;
+            out.flush()?;
+            offset = chunk.next;
+            if !a.follow {
+                if chunk.bytes.is_empty() || chunk.done {
+                    break;
+                }
+                continue;
+            }
+            if chunk.done {
+                if chunk.job_state.is_some_and(|s| s.is_terminal()) || a.attempt.is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `trainyard cancel` / `retry`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// The jobs.
+    #[arg(required = true)]
+    jobs: Vec<i64>,
+}
+
+pub fn cancel_or_retry(ctx: &Ctx, d: &DaemonArgs, a: JobsArgs, retry: bool) -> anyhow::Result<ExitCode> {
+    let c = client(ctx, d)?;
+    let rt = rt()?;
+    let mut failed = false;
+    let mut results = Vec::new();
+    for j in a.jobs {
+        let r = rt.block_on(async {
+            if retry {
+                c.retry(JobId(j)).await
+            } else {
+                c.cancel(JobId(j)).await
+            }
+        });
+        match r {
+            Ok(job) => {
+                if !ctx.json {
+                    println!("job {}: {}", job.id, job.state);
+                }
+                results.push(job);
+            }
+            Err(e) => {
+                eprintln!("error: job {j}: {e}");
+                failed = true;
+            }
+        }
+    }
+    if ctx.json {
+        output::json(&results)?;
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+pub fn gpus(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
+    let c = client(ctx, d)?;
+    let agents = rt()?.block_on(c.agents())?;
+    if ctx.json {
+        output::json(&agents)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:>3}  {:<22} {:>17} {:>5} {:>5} {:>6}  HELD BY / PROCESSES",
+        "HOST", "GPU", "MODEL", "MEMORY USED", "UTIL", "TEMP", "POWER"
+    );
+    for a in &agents {
+        if a.report.gpus.is_empty() {
+            let why = a.report.gpu_error.as_deref().unwrap_or("no GPUs");
+            println!("{:<16} {:>3}  {}", short(&a.name, 16), "-", short(why, 70));
+            continue;
+        }
+        for g in &a.report.gpus {
+            let held = a.held.iter().find(|h| h.uuid == g.uuid);
+            let foreign: Vec<String> = g
+                .processes
+                .iter()
+                .filter(|p| !a.report.pids.contains(&p.pid))
+                .map(|p| format!("pid {}", p.pid))
+                .collect();
+            let who = match held {
+                Some(h) => format!("job {} ({})", h.job, h.user),
+                None if !foreign.is_empty() => format!("FOREIGN {}", foreign.join(", ")),
+                None => "free".into(),
+            };
+            let opt = |v: Option<u32>, unit: &str| v.map(|x| format!("{x}{unit}")).unwrap_or("-".into());
+            println!(
+                "{:<16} {:>3}  {:<22} {:>17} {:>5} {:>5} {:>6}  {}{}",
+                short(&a.name, 16),
+                g.index,
+                short(&g.name, 22),
+                format!("{} / {} MiB", g.memory_used_mib, g.memory_total_mib),
+                opt(g.utilization_pct, "%"),
+                opt(g.temperature_c, "C"),
+                opt(g.power_w, "W"),
+                who,
+                if a.alive { "" } else { " (agent not seen recently)" }
+            );
+        }
+    }
+    if agents.is_empty() {
+        println!("(no agents connected)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn agents(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
+    let c = client(ctx, d)?;
+    let agents = rt()?.block_on(c.agents())?;
+    if ctx.json {
+        output::json(&agents)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<16} {:<16} {:<6} {:>4} {:>9} {:>8} {:>10}  VERSION",
+        "NAME", "HOST", "GPUS", "N", "CPU SLOTS", "RUNNING", "LAST SEEN"
+    );
+    for a in &agents {
+        println!(
+            "{:<16} {:<16} {:<6} {:>4} {:>9} {:>8} {:>10}  {}",
+            short(&a.name, 16),
+            short(&a.report.hostname, 16),
+            a.report.gpu_source,
+            a.report.gpus.len(),
+            a.report.cpu_slots,
+            a.report.attempts.len(),
+            if a.alive {
+                format!("{:.1}s ago", a.last_seen_ms as f64 / 1000.0)
+            } else {
+                "GONE".to_string()
+            },
+            a.report.version
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,292 @@
+//! The HTTP client of the daemon API, used by the CLI's queue commands and
+//! by agents. Errors say which daemon was unreachable or what it answered.
+
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::api::{self, AgentInfo, AgentOrders, AgentReport, ErrorBody, FinishRequest, Health, JobDetail, PollRequest, SubmitRequest, SubmitResponse};
+use crate::queue::{Job, JobId, JobSpec, JobState};
+use crate::server::Secret;
+
+/// What went wrong talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered.
+    #[error("cannot reach the Trainyard daemon at {url}: {reason} (start it with `trainyard up`, or point --server / TRAINYARD_URL at it)")]
+    Unreachable {
+        /// The daemon URL.
+        url: String,
+        /// The transport error.
+        reason: String,
+    },
+    /// The token was missing or wrong.
+    #[error("the daemon at {url} refused the token: {message}")]
+    Unauthorized {
+        /// The daemon URL.
+        url: String,
+        /// Its message.
+        message: String,
+    },
+    /// The daemon answered with an error.
+    #[error("{message}")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The error code (`bad_request`, `stale_attempt`, ...).
+        code: String,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The answer did not parse.
+    #[error("unexpected answer from the daemon at {url}: {reason}")]
+    Decode {
+        /// The daemon URL.
+        url: String,
+        /// What did not parse.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// Whether the daemon said the attempt is no longer current.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, ClientError::Api { code, .. } if code == "stale_attempt")
+    }
+    /// Whether the daemon could not be reached (worth retrying).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+            || matches!(self, ClientError::Api { status, .. } if *status >= 500)
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+/// One log read.
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// The offset after them.
+    pub next: u64,
+    /// The attempt ended and everything was read.
+    pub done: bool,
+    /// Which attempt.
+    pub attempt: u32,
+    /// The job's state.
+    pub job_state: Option<JobState>,
+}
+
+/// A daemon client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Secret>,
+}
+
+impl Client {
+    /// A client of the daemon at `base` (`http://host:port`).
+    pub fn new(base: &str, token: Option<Secret>) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("a plain HTTP client builds");
+        Client {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    /// The daemon URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        let mut r = self
+            .http
+            .request(method, format!("{}{}{}", self.base, api::PREFIX, path));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t.expose());
+        }
+        r
+    }
+
+    async fn send(&self, r: RequestBuilder) -> Result<reqwest::Response> {
+        let resp = r.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(b) => (b.error.code, b.error.message),
+            Err(_) => ("http".to_string(), format!("HTTP {status}: {}", text.trim())),
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized {
+                url: self.base.clone(),
+                message,
+            });
+        }
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, r: RequestBuilder) -> Result<T> {
+        let resp = self.send(r).await?;
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn body<T: Serialize>(r: RequestBuilder, v: &T) -> RequestBuilder {
+        r.header("content-type", "application/json")
+            .body(serde_json::to_vec(v).expect("API types serialize"))
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health> {
+        self.json(self.req(Method::GET, "/health")).await
+    }
+
+    /// Submit jobs (one transaction).
+    pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<JobId>> {
+        let r: SubmitResponse = self
+            .json(Self::body(self.req(Method::POST, "/jobs"), &SubmitRequest { jobs }))
+            .await?;
+        Ok(r.ids)
+    }
+
+    /// Jobs in `states` (all when empty).
+    pub async fn jobs(&self, states: &[JobState]) -> Result<Vec<Job>> {
+        let mut r = self.req(Method::GET, "/jobs");
+        if !states.is_empty() {
+            let s: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+            r = r.query(&[("state", s.join(","))]);
+        }
+        self.json(r).await
+    }
+
+    /// One job with its attempts.
+    pub async fn job(&self, id: JobId) -> Result<JobDetail> {
+        self.json(self.req(Method::GET, &format!("/jobs/{id}"))).await
+    }
+
+    /// Cancel a job.
+    pub async fn cancel(&self, id: JobId) -> Result<Job> {
+        self.json(self.req(Method::POST, &format!("/jobs/{id}/cancel"))).await
+    }
+
+    /// Retry a job.
+    pub async fn retry(&self, id: JobId) -> Result<Job> {
+        self.json(self.req(Method::POST, &format!("/jobs/{id}/retry"))).await
+    }
+
+    /// Read a log from `offset`, waiting up to `wait` for bytes.
+    pub async fn log(&self, id: JobId, attempt: Option<u32>, offset: u64, wait: Duration) -> Result<LogChunk> {
+        let mut q = vec![("offset", offset.to_string()), ("wait_ms", wait.as_millis().to_string())];
+        if let Some(a) = attempt {
+            q.push(("attempt", a.to_string()));
+        }
+        let resp = self
+            .send(self.req(Method::GET, &format!("/jobs/{id}/log")).query(&q))
+            .await?;
+        let h = resp.headers();
+        let num = |name: &str| {
+            h.get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        let next = num(api::LOG_OFFSET_HEADER).unwrap_or(offset);
+        let done = num(api::LOG_DONE_HEADER) == Some(1);
+        let attempt = num("x-trainyard-log-attempt").unwrap_or(0) as u32;
+        let job_state = h
+            .get("x-trainyard-job-state")
+            .and_then(|v| v.to_str().ok())
+            .and_then(JobState::from_name);
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        Ok(LogChunk {
+            bytes: bytes.to_vec(),
+            next,
+            done,
+            attempt,
+            job_state,
+        })
+    }
+
+    /// Every agent.
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>> {
+        self.json(self.req(Method::GET, "/agents")).await
+    }
+
+    /// Agent: heartbeat.
+    pub async fn heartbeat(&self, name: &str, report: &AgentReport) -> Result<AgentOrders> {
+        self.json(Self::body(self.req(Method::POST, &format!("/agents/{name}/heartbeat")), report))
+            .await
+    }
+
+    /// Agent: long poll.
+    pub async fn poll(&self, name: &str, report: AgentReport, wait: Duration) -> Result<AgentOrders> {
+        let req = PollRequest {
+            report,
+            wait_ms: wait.as_millis() as u64,
+        };
+        let r = Self::body(self.req(Method::POST, &format!("/agents/{name}/poll")), &req)
+            .timeout(wait + Duration::from_secs(10));
+        self.json(r).await
+    }
+
+    fn attempt(&self, id: JobId, n: u32, what: &str, token: &str) -> RequestBuilder {
+        self.req(Method::POST, &format!("/jobs/{id}/attempts/{n}/{what}"))
+            .header(api::ATTEMPT_TOKEN_HEADER, token)
+    }
+
+    /// Agent: the process started.
+    pub async fn started(&self, id: JobId, n: u32, token: &str) -> Result<()> {
+        self.send(self.attempt(id, n, "start", token)).await.map(|_| ())
+    }
+
+    /// Agent: the attempt ended.
+    pub async fn finish(&self, id: JobId, n: u32, token: &str, f: &FinishRequest) -> Result<Job> {
+        self.json(Self::body(self.attempt(id, n, "finish", token), f)).await
+    }
+
+    /// Agent: append log bytes at `offset`; returns the daemon's size.
+    pub async fn append_log(&self, id: JobId, n: u32, token: &str, offset: u64, bytes: Vec<u8>) -> Result<u64> {
+        let r = self
+            .attempt(id, n, "log", token)
+            .query(&[("offset", offset)])
+            .header("content-type", "application/octet-stream")
+            .body(bytes);
+        let v: serde_json::Value = self.json(r).await?;
+        Ok(v["size"].as_u64().unwrap_or(offset))
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
+    }
+    cur.to_string()
+}

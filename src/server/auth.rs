@@ -1,0 +1,123 @@
+//! The daemon's bearer token: generated on first start, stored 0600 under
+//! the Trainyard home, compared in constant time. Required on every API call
+//! when the daemon listens beyond loopback (or when asked to).
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// A secret that never prints.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The secret itself, for sending it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// Constant-time comparison (BLAKE3 hashes compare in constant time).
+    pub fn matches(&self, offered: &str) -> bool {
+        blake3::hash(self.0.as_bytes()) == blake3::hash(offered.as_bytes())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A token file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// IO on the token file.
+    #[error("token file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is readable by others.
+    #[error("token file {path} has mode {mode:o}; it must be 0600 (chmod 600 {path})")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Empty file.
+    #[error("token file {0} is empty")]
+    Empty(PathBuf),
+}
+
+/// Read a token file, refusing one that others may read.
+pub fn read_token(path: &Path) -> Result<Secret, TokenError> {
+    let io = |source| TokenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(TokenError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(TokenError::Empty(path.to_path_buf()));
+    }
+    Ok(Secret::new(t))
+}
+
+/// The daemon's token at `path`, created (random, 0600) if missing.
+pub fn load_or_create(path: &Path) -> Result<Secret, TokenError> {
+    match read_token(path) {
+        Ok(t) => return Ok(t),
+        Err(TokenError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS random number generator works");
+    let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let io = |source| TokenError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(format!("{token}\n").as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    tracing::info!(path = %path.display(), "generated the daemon token");
+    Ok(Secret::new(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_is_created_0600_and_read_back_and_loose_modes_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("daemon.token");
+        let t = load_or_create(&p).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(load_or_create(&p).unwrap().matches(t.expose()));
+        assert!(!t.matches("nope"));
+        assert_eq!(format!("{t:?}"), "Secret(***)");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(read_token(&p), Err(TokenError::Permissions { .. })));
+    }
+}

@@ -1,0 +1,254 @@
+//! The coordinator: the daemon's state between requests (the queue, the
+//! agents it has heard from, the event channel) and the scheduling pass that
+//! turns queued jobs into assignments. All blocking (SQLite) work here runs on
+//! blocking threads; the async handlers call it through `spawn_blocking`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, Notify};
+
+use super::auth::Secret;
+use crate::api::{AgentInfo, AgentOrders, AgentReport, Event, HeldGpu, Work};
+use crate::db::now_ns;
+use crate::queue::{Active, JobId, JobState, Queue, QueueError};
+use crate::sched::{self, HostView};
+
+/// How many queued jobs one scheduling pass looks at.
+const PASS_WINDOW: usize = 512;
+
+pub(crate) struct AgentEntry {
+    pub report: AgentReport,
+    pub last_seen: Instant,
+    pub wake: Arc<Notify>,
+}
+
+/// Shared daemon state.
+pub(crate) struct Coord {
+    pub queue: Queue,
+    pub logs: PathBuf,
+    pub lease: Duration,
+    pub token: Option<Secret>,
+    pub agents: Mutex<HashMap<String, AgentEntry>>,
+    pub events: broadcast::Sender<Event>,
+    pub wake_sched: Notify,
+    /// Serializes appends to log files.
+    pub log_lock: Mutex<()>,
+}
+
+impl Coord {
+    pub fn new(queue: Queue, logs: PathBuf, lease: Duration, token: Option<Secret>) -> Coord {
+        Coord {
+            queue,
+            logs,
+            lease,
+            token,
+            agents: Mutex::new(HashMap::new()),
+            events: broadcast::channel(1024).0,
+            wake_sched: Notify::new(),
+            log_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn lease_ns(&self) -> i64 {
+        self.lease.as_nanos() as i64
+    }
+
+    pub fn emit(&self, e: Event) {
+        // No subscribers is fine.
+        let _ = self.events.send(e);
+    }
+
+    pub fn job_event(&self, id: JobId, state: JobState) {
+        self.emit(Event::Job {
+            id,
+            state: state.to_string(),
+        });
+    }
+
+    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentEntry>> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wake an agent's pending poll (after an assignment or a cancel).
+    pub fn wake_agent(&self, name: &str) {
+        if let Some(a) = self.agents().get(name) {
+            a.wake.notify_one();
+        }
+    }
+
+    /// Record an agent's report; returns its wake-up handle.
+    pub fn report(&self, name: &str, report: AgentReport) -> Arc<Notify> {
+        let mut agents = self.agents();
+        let new = !agents.contains_key(name);
+        let e = agents
+            .entry(name.to_string())
+            .or_insert_with(|| AgentEntry {
+                report: AgentReport::default(),
+                last_seen: Instant::now(),
+                wake: Arc::new(Notify::new()),
+            });
+        let changed = e.report.gpus != report.gpus || e.report.cpu_slots != report.cpu_slots;
+        e.report = report;
+        e.last_seen = Instant::now();
+        let wake = e.wake.clone();
+        drop(agents);
+        if new {
+            tracing::info!(agent = name, "agent connected");
+        }
+        self.emit(Event::Agent {
+            name: name.to_string(),
+        });
+        if new || changed {
+            self.wake_sched.notify_one();
+        }
+        wake
+    }
+
+    /// What an agent should do now: renew the leases it holds, learn which
+    /// of its attempts to stop, and receive new assignments.
+    pub fn orders(&self, name: &str, held: &[String]) -> Result<AgentOrders, QueueError> {
+        let stop = self.queue.renew(held, self.lease_ns())?;
+        let known: HashSet<&str> = held.iter().map(String::as_str).collect();
+        let mut assignments = Vec::new();
+        for a in self.queue.active()? {
+            if a.agent == name && !a.running && !known.contains(a.token.as_str()) {
+                let job = self.queue.get(a.job)?;
+                assignments.push(Work {
+                    assignment: crate::queue::Assignment {
+                        job: a.job,
+                        attempt: a.attempt,
+                        token: a.token,
+                        agent: a.agent,
+                        gpus: a.gpus,
+                        lease_until_ns: now_ns() + self.lease_ns(),
+                    },
+                    spec: job.spec,
+                });
+            }
+        }
+        Ok(AgentOrders {
+            assignments,
+            stop,
+            lease_ms: self.lease.as_millis() as u64,
+        })
+    }
+
+    /// Every agent, with what Trainyard holds on it.
+    pub fn agent_infos(&self) -> Result<Vec<AgentInfo>, QueueError> {
+        let active = self.queue.active()?;
+        let mut users: HashMap<JobId, String> = HashMap::new();
+        for a in &active {
+            if !users.contains_key(&a.job) {
+                let user = self.queue.get(a.job)?.spec.user.unwrap_or_default();
+                users.insert(a.job, user);
+            }
+        }
+        let agents = self.agents();
+        let mut out: Vec<AgentInfo> = agents
+            .iter()
+            .map(|(name, e)| AgentInfo {
+                name: name.clone(),
+                report: e.report.clone(),
+                last_seen_ms: e.last_seen.elapsed().as_millis() as u64,
+                alive: e.last_seen.elapsed() < self.lease,
+                held: active
+                    .iter()
+                    .filter(|a| &a.agent == name)
+                    .flat_map(|a| {
+                        a.gpus.iter().map(|g| HeldGpu {
+                            uuid: g.clone(),
+                            job: a.job,
+                            user: users.get(&a.job).cloned().unwrap_or_default(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn host_views(&self, active: &[Active]) -> Vec<HostView> {
+        let agents = self.agents();
+        let mut views: Vec<HostView> = agents
+            .iter()
+            .filter(|(_, e)| e.last_seen.elapsed() < self.lease)
+            .map(|(name, e)| {
+                let mine = active.iter().filter(|a| &a.agent == name);
+                let cpu_busy = mine.clone().filter(|a| a.gpus.is_empty()).count() as u32;
+                HostView {
+                    agent: name.clone(),
+                    gpus: e.report.gpus.clone(),
+                    held: mine.flat_map(|a| a.gpus.iter().cloned()).collect(),
+                    own_pids: e.report.pids.clone(),
+                    cpu_free: e.report.cpu_slots.saturating_sub(cpu_busy),
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| a.agent.cmp(&b.agent));
+        views
+    }
+
+    /// One scheduling pass: expire leases, then place queued jobs in order
+    /// (priority, then submission) on live agents, reserving GPUs for a
+    /// blocked job that would fit once Trainyard's own attempts end.
+    pub fn schedule(&self) -> Result<(), QueueError> {
+        for (id, state) in self.queue.expire_leases(now_ns())? {
+            tracing::warn!(job = id.0, %state, "attempt lease expired");
+            self.job_event(id, state);
+        }
+        let active = self.queue.active()?;
+        let mut hosts = self.host_views(&active);
+        let jobs = self.queue.runnable(PASS_WINDOW)?;
+        let mut changed = Vec::new();
+        for job in jobs {
+            let req = &job.spec.gpus;
+            match sched::place(req, &hosts) {
+                Ok(p) => {
+                    let a = match self.queue.assign(job.id, &p.agent, &p.gpus, self.lease_ns()) {
+                        Ok(a) => a,
+                        // Cancelled between the read and now.
+                        Err(QueueError::BadState { .. }) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    tracing::info!(job = job.id.0, agent = %p.agent, gpus = ?p.gpus, "assigned");
+                    if let Some(h) = hosts.iter_mut().find(|h| h.agent == p.agent) {
+                        h.held.extend(a.gpus.iter().cloned());
+                        if a.gpus.is_empty() {
+                            h.cpu_free = h.cpu_free.saturating_sub(1);
+                        }
+                    }
+                    self.wake_agent(&p.agent);
+                    self.job_event(job.id, JobState::Assigned);
+                }
+                Err(why) => {
+                    let why = match sched::reserve(req, &hosts) {
+                        Some(r) => {
+                            let n = r.gpus.len();
+                            if let Some(h) = hosts.iter_mut().find(|h| h.agent == r.agent) {
+                                h.held.extend(r.gpus);
+                            }
+                            format!(
+                                "{why}; waiting for GPUs on {} ({n} of {} reserved)",
+                                r.agent, req.count
+                            )
+                        }
+                        None => why,
+                    };
+                    // Write only changes: a pass over a long queue stays read-only.
+                    if job.reason.as_deref() != Some(&why) {
+                        changed.push((job.id, why));
+                    }
+                }
+            }
+        }
+        self.queue.set_reasons(&changed)?;
+        for (id, _) in &changed {
+            self.job_event(*id, JobState::Queued);
+        }
+        Ok(())
+    }
+}

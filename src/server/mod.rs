@@ -1,0 +1,232 @@
+//! The daemon: the HTTP API (`/api/v1`, axum) over the queue, the
+//! scheduler loop, and the agents' rendezvous. `trainyard up` is a thin
+//! wrapper around [`Server::bind`] and [`Server::serve`]; the desktop shell
+//! embeds the same two calls.
+//!
+//! It binds 127.0.0.1 by default. Any other address requires the bearer
+//! token (`daemon.token`, 0600, in the Trainyard home) on every API call.
+//! The server never runs jobs itself: agents (the embedded one included)
+//! talk to it over HTTP like any remote agent.
+
+mod auth;
+mod coord;
+mod routes;
+
+pub use auth::{load_or_create as load_or_create_token, read_token, Secret, TokenError};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::queue::{Queue, QueueError};
+use crate::Home;
+
+/// Default port of `trainyard up`.
+pub const DEFAULT_PORT: u16 = 7171;
+
+/// Where the running daemon writes its URL (in the Trainyard home), so local
+/// clients find it without flags.
+pub const DAEMON_FILE: &str = "daemon.json";
+
+/// The token file in the Trainyard home.
+pub const TOKEN_FILE: &str = "daemon.token";
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Its home (queue database, logs, token).
+    pub home: Home,
+    /// Address to listen on (127.0.0.1:7171 by default).
+    pub addr: SocketAddr,
+    /// How long an attempt's lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// Require the token even on loopback.
+    pub require_token: bool,
+    /// Use this token instead of the home's `daemon.token` (the desktop
+    /// shell's per-launch token).
+    pub token: Option<Secret>,
+}
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The address could not be bound.
+    #[error("cannot listen on {addr}: {source} (is another daemon running? try --port)")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The token file.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The queue database.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Serving failed.
+    #[error("serving HTTP: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A bound, not yet serving, daemon.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    coord: Arc<coord::Coord>,
+    addr: SocketAddr,
+    home: Home,
+    token: Secret,
+}
+
+/// What `daemon.json` holds.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct DaemonFile {
+    /// The base URL.
+    pub url: String,
+    /// The daemon's pid.
+    pub pid: u32,
+}
+
+impl Server {
+    /// Open the queue, load or create the token, and bind the address.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let home = config.home.clone();
+        let token = match config.token {
+            Some(t) => t,
+            None => auth::load_or_create(&home.root().join(TOKEN_FILE))?,
+        };
+        let require = config.require_token || !config.addr.ip().is_loopback();
+        let queue_path = home.root().join("queue.db");
+        let queue = tokio::task::spawn_blocking(move || Queue::open(&queue_path))
+            .await
+            .expect("opening the queue does not panic")?;
+        let listener = tokio::net::TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let coord = Arc::new(coord::Coord::new(
+            queue,
+            home.root().join("logs"),
+            config.lease,
+            require.then(|| token.clone()),
+        ));
+        Ok(Server {
+            listener,
+            coord,
+            addr,
+            home,
+            token,
+        })
+    }
+
+    /// The bound address (the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The base URL clients use.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The token (clients on this host use it whether or not it is required).
+    pub fn token(&self) -> &Secret {
+        &self.token
+    }
+
+    /// Serve until `shutdown` completes; long-lived streams get two seconds
+    /// to end after that.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let daemon_file = self.home.root().join(DAEMON_FILE);
+        let info = DaemonFile {
+            url: self.url(),
+            pid: std::process::id(),
+        };
+        if let Err(e) = std::fs::write(&daemon_file, serde_json::to_vec_pretty(&info).expect("serializes")) {
+            tracing::warn!(path = %daemon_file.display(), error = %e, "cannot write the daemon file");
+        }
+        tracing::info!(url = %info.url, auth = self.coord.token.is_some(), "daemon listening");
+        let sched = tokio::spawn(scheduler_loop(self.coord.clone()));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let app = routes::router(self.coord.clone());
+        let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = tx.send(());
+        });
+        let result = tokio::select! {
+            r = serve => r.map_err(ServerError::Serve),
+            _ = async {
+                let _ = rx.await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            } => Ok(()),
+        };
+        sched.abort();
+        // Only remove the file if it is still ours.
+        if let Ok(text) = std::fs::read_to_string(&daemon_file) {
+            if serde_json::from_str::<DaemonFile>(&text).is_ok_and(|d| d.pid == info.pid) {
+                let _ = std::fs::remove_file(&daemon_file);
+            }
+        }
+        tracing::info!("daemon stopped");
+        result
+    }
+}
+
+/// Run a scheduling pass whenever something changed, and at least every
+/// quarter lease (to expire leases).
+async fn scheduler_loop(coord: Arc<coord::Coord>) {
+    let tick = (coord.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        let _ = tokio::time::timeout(tick, coord.wake_sched.notified()).await;
+        let c = coord.clone();
+        match tokio::task::spawn_blocking(move || c.schedule()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "scheduling pass failed");
+                tokio::time::sleep(tick).await;
+            }
+            Err(e) => tracing::error!(error = %e, "scheduling pass panicked"),
+        }
+    }
+}
+
+/// The daemon URL and token a local client should use: `TRAINYARD_URL`
+/// style overrides are the caller's; this reads the home's files.
+pub fn local_daemon(home: &Home) -> (Option<String>, Option<PathBuf>) {
+    let url = std::fs::read_to_string(home.root().join(DAEMON_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<DaemonFile>(&t).ok())
+        .map(|d| d.url);
+    let token = home.root().join(TOKEN_FILE);
+    (url, token.exists().then_some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves is in the OpenAPI document, and the
+    /// document lists no route that does not exist.
+    #[test]
+    fn openapi_paths_match_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(super::routes::OPENAPI).unwrap();
+        let mut documented: Vec<String> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        documented.sort();
+        let src = include_str!("routes.rs");
+        let mut routed: Vec<String> = src
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .map(|l| format!("{}{}", crate::api::PREFIX, &l[..l.find('"').unwrap()]))
+            .collect();
+        routed.sort();
+        assert_eq!(documented, routed);
+    }
+}
