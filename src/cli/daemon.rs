@@ -19,7 +19,7 @@ use super::Ctx;
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// Agent name, unique in the lab [default: the host name].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long = "agent-name", visible_alias = "name", value_name = "NAME")]
     pub name: Option<String>,
     /// Use a FAKE GPU inventory instead of NVML, for tests and demos:
     /// COUNTxMODEL-MEMORY, comma separated, e.g. "2xA100-80GB,1xRTX4090-24GB".

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod queue_daemon;
 mod store_cli;
 mod store_crash;
 mod store_golden;

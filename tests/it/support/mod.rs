@@ -166,3 +166,130 @@ pub fn changes(report: &serde_json::Value) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// A child process killed (SIGKILL, with its process group when it leads
+/// one) when dropped, so a failing test leaves nothing running.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    /// SIGKILL now and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+    /// SIGTERM and wait for a clean exit.
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        self.child.wait().expect("wait")
+    }
+    pub fn stderr(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Env {
+    /// Start a long-running `trainyard` process; stderr goes to a file.
+    pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        let log = self.path(&format!("{name}.stderr"));
+        let mut c = self.cmd();
+        c.args(args)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(fs::File::create(&log).expect("log file"));
+        Proc {
+            child: c.spawn().expect("spawn trainyard"),
+            log,
+        }
+    }
+
+    /// `trainyard up` on 127.0.0.1 with `args`; waits until it answers and
+    /// returns it with its URL.
+    pub fn up(&self, name: &str, args: &[&str]) -> (Proc, String) {
+        let mut a = vec!["--json", "up"];
+        if !args.contains(&"--port") {
+            a.extend(["--port", "0"]);
+        }
+        a.extend_from_slice(args);
+        let mut p = self.spawn(name, &a);
+        let mut line = String::new();
+        let out = p.child.stdout.as_mut().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("read url");
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("daemon did not start ({e}): {}", p.stderr()));
+        let url = v["url"].as_str().expect("url").to_string();
+        wait_for(Duration::from_secs(10), || http(&url, "GET", "/api/v1/health", None, "").0 == 200);
+        (p, url)
+    }
+
+    /// The daemon token of this env's home.
+    pub fn token(&self) -> String {
+        fs::read_to_string(self.home.join("daemon.token")).expect("token").trim().to_string()
+    }
+}
+
+/// Poll `f` until true, or panic after `limit`.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("condition not met within {limit:?}");
+}
+
+/// A minimal HTTP/1.1 request over loopback: (status, body).
+pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked bodies: good enough for JSON answers, which axum sends with a length.
+    (status, body)
+}
+
+/// GET a JSON document from the daemon.
+pub fn get_json(url: &str, path: &str, token: Option<&str>) -> serde_json::Value {
+    let (status, body) = http(url, "GET", path, token, "");
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
