@@ -7,7 +7,10 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::api::{self, AgentInfo, AgentOrders, AgentReport, ErrorBody, FinishRequest, Health, JobDetail, PollRequest, SubmitRequest, SubmitResponse};
+use crate::api::{
+    self, AgentInfo, AgentOrders, AgentReport, ErrorBody, FinishRequest, Health, JobDetail,
+    PollRequest, SubmitRequest, SubmitResponse,
+};
 use crate::queue::{Job, JobId, JobSpec, JobState};
 use crate::server::Secret;
 
@@ -129,7 +132,10 @@ impl Client {
         let text = resp.text().await.unwrap_or_default();
         let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(b) => (b.error.code, b.error.message),
-            Err(_) => ("http".to_string(), format!("HTTP {status}: {}", text.trim())),
+            Err(_) => (
+                "http".to_string(),
+                format!("HTTP {status}: {}", text.trim()),
+            ),
         };
         if status == StatusCode::UNAUTHORIZED {
             return Err(ClientError::Unauthorized {
@@ -169,7 +175,10 @@ impl Client {
     /// Submit jobs (one transaction).
     pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<JobId>> {
         let r: SubmitResponse = self
-            .json(Self::body(self.req(Method::POST, "/jobs"), &SubmitRequest { jobs }))
+            .json(Self::body(
+                self.req(Method::POST, "/jobs"),
+                &SubmitRequest { jobs },
+            ))
             .await?;
         Ok(r.ids)
     }
@@ -186,22 +195,34 @@ impl Client {
 
     /// One job with its attempts.
     pub async fn job(&self, id: JobId) -> Result<JobDetail> {
-        self.json(self.req(Method::GET, &format!("/jobs/{id}"))).await
+        self.json(self.req(Method::GET, &format!("/jobs/{id}")))
+            .await
     }
 
     /// Cancel a job.
     pub async fn cancel(&self, id: JobId) -> Result<Job> {
-        self.json(self.req(Method::POST, &format!("/jobs/{id}/cancel"))).await
+        self.json(self.req(Method::POST, &format!("/jobs/{id}/cancel")))
+            .await
     }
 
     /// Retry a job.
     pub async fn retry(&self, id: JobId) -> Result<Job> {
-        self.json(self.req(Method::POST, &format!("/jobs/{id}/retry"))).await
+        self.json(self.req(Method::POST, &format!("/jobs/{id}/retry")))
+            .await
     }
 
     /// Read a log from `offset`, waiting up to `wait` for bytes.
-    pub async fn log(&self, id: JobId, attempt: Option<u32>, offset: u64, wait: Duration) -> Result<LogChunk> {
-        let mut q = vec![("offset", offset.to_string()), ("wait_ms", wait.as_millis().to_string())];
+    pub async fn log(
+        &self,
+        id: JobId,
+        attempt: Option<u32>,
+        offset: u64,
+        wait: Duration,
+    ) -> Result<LogChunk> {
+        let mut q = vec![
+            ("offset", offset.to_string()),
+            ("wait_ms", wait.as_millis().to_string()),
+        ];
         if let Some(a) = attempt {
             q.push(("attempt", a.to_string()));
         }
@@ -241,18 +262,29 @@ impl Client {
 
     /// Agent: heartbeat.
     pub async fn heartbeat(&self, name: &str, report: &AgentReport) -> Result<AgentOrders> {
-        self.json(Self::body(self.req(Method::POST, &format!("/agents/{name}/heartbeat")), report))
-            .await
+        self.json(Self::body(
+            self.req(Method::POST, &format!("/agents/{name}/heartbeat")),
+            report,
+        ))
+        .await
     }
 
     /// Agent: long poll.
-    pub async fn poll(&self, name: &str, report: AgentReport, wait: Duration) -> Result<AgentOrders> {
+    pub async fn poll(
+        &self,
+        name: &str,
+        report: AgentReport,
+        wait: Duration,
+    ) -> Result<AgentOrders> {
         let req = PollRequest {
             report,
             wait_ms: wait.as_millis() as u64,
         };
-        let r = Self::body(self.req(Method::POST, &format!("/agents/{name}/poll")), &req)
-            .timeout(wait + Duration::from_secs(10));
+        let r = Self::body(
+            self.req(Method::POST, &format!("/agents/{name}/poll")),
+            &req,
+        )
+        .timeout(wait + Duration::from_secs(10));
         self.json(r).await
     }
 
@@ -263,16 +295,26 @@ impl Client {
 
     /// Agent: the process started.
     pub async fn started(&self, id: JobId, n: u32, token: &str) -> Result<()> {
-        self.send(self.attempt(id, n, "start", token)).await.map(|_| ())
+        self.send(self.attempt(id, n, "start", token))
+            .await
+            .map(|_| ())
     }
 
     /// Agent: the attempt ended.
     pub async fn finish(&self, id: JobId, n: u32, token: &str, f: &FinishRequest) -> Result<Job> {
-        self.json(Self::body(self.attempt(id, n, "finish", token), f)).await
+        self.json(Self::body(self.attempt(id, n, "finish", token), f))
+            .await
     }
 
     /// Agent: append log bytes at `offset`; returns the daemon's size.
-    pub async fn append_log(&self, id: JobId, n: u32, token: &str, offset: u64, bytes: Vec<u8>) -> Result<u64> {
+    pub async fn append_log(
+        &self,
+        id: JobId,
+        n: u32,
+        token: &str,
+        offset: u64,
+        bytes: Vec<u8>,
+    ) -> Result<u64> {
         let r = self
             .attempt(id, n, "log", token)
             .query(&[("offset", offset)])

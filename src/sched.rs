@@ -137,7 +137,10 @@ pub fn reserve(req: &GpuRequest, hosts: &[HostView]) -> Option<Placement> {
             h.gpus
                 .iter()
                 .filter(|g| req.matches_model(&g.name) && g.memory_total_mib >= req.min_memory_mib)
-                .filter(|g| g.processes.iter().all(|p| h.own_pids.contains(&p.pid)) || h.held.contains(&g.uuid))
+                .filter(|g| {
+                    g.processes.iter().all(|p| h.own_pids.contains(&p.pid))
+                        || h.held.contains(&g.uuid)
+                })
                 .count()
                 >= need
         })
@@ -221,7 +224,12 @@ mod tests {
         let mut a = host("a", "1xA100-80GB");
         let mut b = host("b", "1xA100-80GB");
         b.cpu_free = 3;
-        assert_eq!(place(&req(0, 0, None), &[a.clone(), b.clone()]).unwrap().agent, "b");
+        assert_eq!(
+            place(&req(0, 0, None), &[a.clone(), b.clone()])
+                .unwrap()
+                .agent,
+            "b"
+        );
         a.cpu_free = 0;
         b.cpu_free = 0;
         assert_eq!(

@@ -74,12 +74,15 @@ pub fn checkout(cache: &Path, src: &GitSource, dest: &Path) -> Result<Oid, GitEr
         dir: dest.to_path_buf(),
         message,
     };
-    std::fs::create_dir_all(cache).map_err(|e| co_err(format!("cache {}: {e}", cache.display())))?;
+    std::fs::create_dir_all(cache)
+        .map_err(|e| co_err(format!("cache {}: {e}", cache.display())))?;
     let path = cache_path(cache, &src.repo);
     // One fetch per cache repository at a time, across agents and jobs.
     let lock_path = path.with_extension("lock");
-    let lock = File::create(&lock_path).map_err(|e| co_err(format!("lock {}: {e}", lock_path.display())))?;
-    flock(&lock, FlockOperation::LockExclusive).map_err(|e| co_err(format!("lock {}: {e}", lock_path.display())))?;
+    let lock = File::create(&lock_path)
+        .map_err(|e| co_err(format!("lock {}: {e}", lock_path.display())))?;
+    flock(&lock, FlockOperation::LockExclusive)
+        .map_err(|e| co_err(format!("lock {}: {e}", lock_path.display())))?;
 
     let repo = match Repository::open_bare(&path) {
         Ok(r) => r,
@@ -105,7 +108,10 @@ pub fn checkout(cache: &Path, src: &GitSource, dest: &Path) -> Result<Oid, GitEr
             fo.download_tags(git2::AutotagOption::All);
             remote
                 .fetch(
-                    &["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"],
+                    &[
+                        "+refs/heads/*:refs/remotes/origin/*",
+                        "+refs/tags/*:refs/tags/*",
+                    ],
                     Some(&mut fo),
                     None,
                 )
@@ -167,7 +173,8 @@ mod tests {
             .into_iter()
             .collect();
         let refs: Vec<&git2::Commit> = parents.iter().collect();
-        repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &refs).unwrap()
+        repo.commit(Some("HEAD"), &sig, &sig, msg, &tree, &refs)
+            .unwrap()
     }
 
     #[test]
@@ -193,10 +200,16 @@ mod tests {
         ] {
             let dest = d.path().join(format!("co-{rev}"));
             assert_eq!(checkout(&cache, &src(rev), &dest).unwrap(), want, "{rev}");
-            assert_eq!(std::fs::read_to_string(dest.join("train.py")).unwrap(), text);
+            assert_eq!(
+                std::fs::read_to_string(dest.join("train.py")).unwrap(),
+                text
+            );
         }
         let e = checkout(&cache, &src("no-such-branch"), &d.path().join("x")).unwrap_err();
-        assert!(e.to_string().contains("unknown git rev \"no-such-branch\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown git rev \"no-such-branch\""),
+            "{e}"
+        );
         let e = checkout(
             &cache,
             &GitSource {

@@ -86,7 +86,11 @@ impl Agent {
         let held = self.held();
         for t in tokens {
             if let Some(h) = held.get(t) {
-                tracing::info!(job = h.job.0, attempt = h.attempt, "stopping: the daemon says this attempt is no longer current");
+                tracing::info!(
+                    job = h.job.0,
+                    attempt = h.attempt,
+                    "stopping: the daemon says this attempt is no longer current"
+                );
                 h.cancel.store(true, Ordering::Relaxed);
             }
         }
@@ -274,7 +278,8 @@ async fn poll_loop(a: Arc<Agent>) {
             Err(e) => {
                 tracing::warn!(error = %e, "poll failed; retrying");
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min((a.lease() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2)));
+                backoff = (backoff * 2)
+                    .min((a.lease() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2)));
             }
         }
     }
@@ -285,7 +290,8 @@ async fn poll_loop(a: Arc<Agent>) {
 fn prepare(a: &Agent, w: &Work, dir: &Path) -> Result<RunSpec, String> {
     let spec = &w.spec;
     let job = w.assignment.job;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the work directory {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the work directory {}: {e}", dir.display()))?;
     let mut env: BTreeMap<String, String> = spec.env.clone();
     env.insert("TRAINYARD_JOB_ID".into(), job.to_string());
     env.insert("TRAINYARD_ATTEMPT".into(), w.assignment.attempt.to_string());
@@ -320,12 +326,27 @@ fn prepare(a: &Agent, w: &Work, dir: &Path) -> Result<RunSpec, String> {
             let var: String = r
                 .dataset
                 .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
-            env.insert(format!("TRAINYARD_INPUT_{var}"), target.to_string_lossy().into_owned());
-            env.insert(format!("TRAINYARD_INPUT_{var}_VERSION"), rep.version.to_string());
+            env.insert(
+                format!("TRAINYARD_INPUT_{var}"),
+                target.to_string_lossy().into_owned(),
+            );
+            env.insert(
+                format!("TRAINYARD_INPUT_{var}_VERSION"),
+                rep.version.to_string(),
+            );
         }
-        env.insert("TRAINYARD_INPUTS".into(), inputs.to_string_lossy().into_owned());
+        env.insert(
+            "TRAINYARD_INPUTS".into(),
+            inputs.to_string_lossy().into_owned(),
+        );
     }
     // GPU UUIDs to NVML indices, as this host numbers them now.
     let g = a.gpu.lock().unwrap_or_else(|p| p.into_inner());
@@ -398,13 +419,21 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
             };
             match outcome {
                 Ok(Ok(Outcome::Exited(c))) => (Some(c), None),
-                Ok(Ok(Outcome::Signaled(s))) => (None, Some(format!("attempt {n} was killed by signal {s}"))),
+                Ok(Ok(Outcome::Signaled(s))) => {
+                    (None, Some(format!("attempt {n} was killed by signal {s}")))
+                }
                 Ok(Ok(Outcome::TimedOut)) => {
-                    let msg = format!("attempt {n} timed out after {} s and was stopped", w.spec.timeout_s.unwrap_or(0));
+                    let msg = format!(
+                        "attempt {n} timed out after {} s and was stopped",
+                        w.spec.timeout_s.unwrap_or(0)
+                    );
                     append_line(&log, &format!("trainyard: {msg}"));
                     (None, Some(msg))
                 }
-                Ok(Ok(Outcome::Cancelled)) => (None, Some(format!("attempt {n} was stopped (cancelled or reassigned)"))),
+                Ok(Ok(Outcome::Cancelled)) => (
+                    None,
+                    Some(format!("attempt {n} was stopped (cancelled or reassigned)")),
+                ),
                 Ok(Err(e)) => (None, Some(e.to_string())),
                 Err(e) => (None, Some(format!("waiting panicked: {e}"))),
             }
@@ -492,7 +521,11 @@ async fn ship_log(a: &Agent, job: JobId, n: u32, token: &str, log: &Path, sent: 
 }
 
 fn append_line(log: &Path, line: &str) {
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
         let _ = writeln!(f, "{line}");
     }
 }

@@ -68,7 +68,12 @@ pub struct AgentCmdArgs {
     server: String,
     /// The daemon's token (prefer TRAINYARD_TOKEN or --token-file: command
     /// lines are visible to other users).
-    #[arg(long, env = "TRAINYARD_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "TRAINYARD_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     token: Option<String>,
     /// Read the token from this file (must be mode 0600).
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
@@ -77,7 +82,10 @@ pub struct AgentCmdArgs {
     agent: AgentArgs,
 }
 
-fn agent_config(ctx: &Ctx, a: &AgentArgs) -> anyhow::Result<(AgentConfig, Box<dyn gpu::GpuSource>)> {
+fn agent_config(
+    ctx: &Ctx,
+    a: &AgentArgs,
+) -> anyhow::Result<(AgentConfig, Box<dyn gpu::GpuSource>)> {
     let name = a.name.clone().unwrap_or_else(|| {
         rustix::system::uname()
             .nodename()
@@ -85,7 +93,9 @@ fn agent_config(ctx: &Ctx, a: &AgentArgs) -> anyhow::Result<(AgentConfig, Box<dy
             .into_owned()
     });
     let gpus = gpu::detect(a.fake_gpus.as_deref(), &name)?;
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
     Ok((
         AgentConfig {
             name,
@@ -132,9 +142,15 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
         })
         .await?;
         let url = server.url();
-        eprintln!("trainyard daemon listening on {url} (home {})", ctx.home.root().display());
+        eprintln!(
+            "trainyard daemon listening on {url} (home {})",
+            ctx.home.root().display()
+        );
         if ctx.json {
-            println!("{}", serde_json::json!({ "url": url, "pid": std::process::id() }));
+            println!(
+                "{}",
+                serde_json::json!({ "url": url, "pid": std::process::id() })
+            );
         }
         // The local agent reaches the daemon over loopback whatever the bind.
         let local = format!("http://127.0.0.1:{}", server.addr().port());
@@ -173,7 +189,10 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let client = Client::new(&args.server, token);
         match client.health().await {
-            Ok(h) => eprintln!("agent {} connected to {} (daemon {})", cfg.name, args.server, h.version),
+            Ok(h) => eprintln!(
+                "agent {} connected to {} (daemon {})",
+                cfg.name, args.server, h.version
+            ),
             Err(e) => eprintln!("warning: {e}; retrying in the background"),
         }
         run_agent(cfg, client, gpus, stop_signal()).await;

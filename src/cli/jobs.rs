@@ -151,8 +151,12 @@ fn os_user() -> String {
         let mut pw: libc::passwd = std::mem::zeroed();
         let mut buf = vec![0 as libc::c_char; 4096];
         let mut out: *mut libc::passwd = std::ptr::null_mut();
-        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) == 0 && !out.is_null() {
-            return std::ffi::CStr::from_ptr(pw.pw_name).to_string_lossy().into_owned();
+        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) == 0
+            && !out.is_null()
+        {
+            return std::ffi::CStr::from_ptr(pw.pw_name)
+                .to_string_lossy()
+                .into_owned();
         }
     }
     format!("uid{uid}")
@@ -161,7 +165,8 @@ fn os_user() -> String {
 fn build_specs(a: SubmitArgs) -> anyhow::Result<Vec<JobSpec>> {
     let mut spec = match &a.file {
         Some(f) => {
-            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
             JobSpec::parse(&text).with_context(|| format!("in {}", f.display()))?
         }
         None => {
@@ -247,7 +252,10 @@ pub fn submit(ctx: &Ctx, d: &DaemonArgs, a: SubmitArgs) -> anyhow::Result<ExitCo
         println!(
             "submitted {} jobs: {}",
             ids.len(),
-            ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+            ids.iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -281,13 +289,17 @@ fn short(s: &str, n: usize) -> String {
 }
 
 fn job_name(j: &Job) -> String {
-    j.spec.name.clone().unwrap_or_else(|| j.spec.argv().join(" "))
+    j.spec
+        .name
+        .clone()
+        .unwrap_or_else(|| j.spec.argv().join(" "))
 }
 
 pub fn ps(ctx: &Ctx, d: &DaemonArgs, a: PsArgs) -> anyhow::Result<ExitCode> {
     let mut states = Vec::new();
     for s in &a.state {
-        states.push(JobState::from_name(s).with_context(|| format!("--state: unknown state {s:?}"))?);
+        states
+            .push(JobState::from_name(s).with_context(|| format!("--state: unknown state {s:?}"))?);
     }
     let c = client(ctx, d)?;
     let mut jobs = rt()?.block_on(c.jobs(&states))?;
@@ -316,7 +328,8 @@ pub fn ps(ctx: &Ctx, d: &DaemonArgs, a: PsArgs) -> anyhow::Result<ExitCode> {
         let time = match (j.state, j.started_ns, j.finished_ns) {
             (JobState::Running, Some(s), _) => ago(s),
             (_, Some(s), Some(f)) if f >= s => {
-                humantime::format_duration(Duration::from_secs(((f - s) / 1_000_000_000) as u64)).to_string()
+                humantime::format_duration(Duration::from_secs(((f - s) / 1_000_000_000) as u64))
+                    .to_string()
             }
             (JobState::Queued, _, _) => ago(j.submitted_ns),
             _ => "-".into(),
@@ -361,7 +374,11 @@ pub fn logs(ctx: &Ctx, d: &DaemonArgs, a: LogsArgs) -> anyhow::Result<ExitCode> 
         let mut offset = 0;
         let mut out = std::io::stdout();
         loop {
-            let wait = if a.follow { Duration::from_secs(20) } else { Duration::ZERO };
+            let wait = if a.follow {
+                Duration::from_secs(20)
+            } else {
+                Duration::ZERO
+            };
             let chunk = c.log(id, a.attempt, offset, wait).await?;
             if current.is_some_and(|n| n != chunk.attempt) {
                 current = Some(chunk.attempt);
@@ -398,7 +415,12 @@ pub struct JobsArgs {
     jobs: Vec<i64>,
 }
 
-pub fn cancel_or_retry(ctx: &Ctx, d: &DaemonArgs, a: JobsArgs, retry: bool) -> anyhow::Result<ExitCode> {
+pub fn cancel_or_retry(
+    ctx: &Ctx,
+    d: &DaemonArgs,
+    a: JobsArgs,
+    retry: bool,
+) -> anyhow::Result<ExitCode> {
     let c = client(ctx, d)?;
     let rt = rt()?;
     let mut failed = false;
@@ -427,7 +449,11 @@ pub fn cancel_or_retry(ctx: &Ctx, d: &DaemonArgs, a: JobsArgs, retry: bool) -> a
     if ctx.json {
         output::json(&results)?;
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 pub fn gpus(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
@@ -460,7 +486,8 @@ pub fn gpus(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 None if !foreign.is_empty() => format!("FOREIGN {}", foreign.join(", ")),
                 None => "free".into(),
             };
-            let opt = |v: Option<u32>, unit: &str| v.map(|x| format!("{x}{unit}")).unwrap_or("-".into());
+            let opt =
+                |v: Option<u32>, unit: &str| v.map(|x| format!("{x}{unit}")).unwrap_or("-".into());
             println!(
                 "{:<16} {:>3}  {:<22} {:>17} {:>5} {:>5} {:>6}  {}{}",
                 short(&a.name, 16),
@@ -471,7 +498,11 @@ pub fn gpus(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 opt(g.temperature_c, "C"),
                 opt(g.power_w, "W"),
                 who,
-                if a.alive { "" } else { " (agent not seen recently)" }
+                if a.alive {
+                    ""
+                } else {
+                    " (agent not seen recently)"
+                }
             );
         }
     }

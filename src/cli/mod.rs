@@ -45,7 +45,7 @@ enum Command {
     Data(data::DataCommand),
     /// Start the daemon: the job queue, the scheduler, the HTTP API and a
     /// local agent for this host's GPUs.
-    Up(daemon::UpArgs),
+    Up(Box<daemon::UpArgs>),
     /// Run a headless agent that runs jobs on this host's GPUs for a daemon
     /// elsewhere on the LAN.
     Agent(daemon::AgentCmdArgs),
@@ -54,7 +54,7 @@ enum Command {
     /// Example: trainyard submit --gpus 2 --gpu-mem 40GB --arg lr=1e-3 -- python train.py
     Submit {
         #[command(flatten)]
-        args: jobs::SubmitArgs,
+        args: Box<jobs::SubmitArgs>,
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
@@ -168,9 +168,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Data(cmd) => data::run(&ctx, cmd),
-        Command::Up(args) => daemon::up(&ctx, args),
+        Command::Up(args) => daemon::up(&ctx, *args),
         Command::Agent(args) => daemon::agent(&ctx, args),
-        Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, args),
+        Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, *args),
         Command::Ps { args, daemon } => jobs::ps(&ctx, &daemon, args),
         Command::Logs { args, daemon } => jobs::logs(&ctx, &daemon, args),
         Command::Cancel { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, false),

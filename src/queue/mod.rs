@@ -321,7 +321,11 @@ impl Queue {
             ids.push(self.insert_job(&tx, spec)?);
         }
         tx.commit().map_err(self.sql())?;
-        tracing::info!(jobs = ids.len(), first = ids.first().map(|j| j.0), "jobs submitted");
+        tracing::info!(
+            jobs = ids.len(),
+            first = ids.first().map(|j| j.0),
+            "jobs submitted"
+        );
         Ok(ids)
     }
 
@@ -560,7 +564,9 @@ impl Queue {
             .prepare_cached("SELECT job_id, n FROM attempts WHERE token = ?1")
             .map_err(self.sql())?;
         let row = st
-            .query_row([token], |r| Ok((JobId(r.get(0)?), r.get::<_, i64>(1)? as u32)))
+            .query_row([token], |r| {
+                Ok((JobId(r.get(0)?), r.get::<_, i64>(1)? as u32))
+            })
             .optional()
             .map_err(self.sql())?;
         row.ok_or(QueueError::StaleAttempt)

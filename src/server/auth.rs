@@ -113,11 +113,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("daemon.token");
         let t = load_or_create(&p).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert!(load_or_create(&p).unwrap().matches(t.expose()));
         assert!(!t.matches("nope"));
         assert_eq!(format!("{t:?}"), "Secret(***)");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(read_token(&p), Err(TokenError::Permissions { .. })));
+        assert!(matches!(
+            read_token(&p),
+            Err(TokenError::Permissions { .. })
+        ));
     }
 }

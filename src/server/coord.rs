@@ -141,9 +141,8 @@ impl Coord {
         let active = self.queue.active()?;
         let mut users: HashMap<JobId, String> = HashMap::new();
         for a in &active {
-            if !users.contains_key(&a.job) {
-                let user = self.queue.get(a.job)?.spec.user.unwrap_or_default();
-                users.insert(a.job, user);
+            if let std::collections::hash_map::Entry::Vacant(e) = users.entry(a.job) {
+                e.insert(self.queue.get(a.job)?.spec.user.unwrap_or_default());
             }
         }
         let agents = self.agents();
@@ -208,7 +207,10 @@ impl Coord {
             let req = &job.spec.gpus;
             match sched::place(req, &hosts) {
                 Ok(p) => {
-                    let a = match self.queue.assign(job.id, &p.agent, &p.gpus, self.lease_ns()) {
+                    let a = match self
+                        .queue
+                        .assign(job.id, &p.agent, &p.gpus, self.lease_ns())
+                    {
                         Ok(a) => a,
                         // Cancelled between the read and now.
                         Err(QueueError::BadState { .. }) => continue,

@@ -141,13 +141,19 @@ impl Server {
 
     /// Serve until `shutdown` completes; long-lived streams get two seconds
     /// to end after that.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let daemon_file = self.home.root().join(DAEMON_FILE);
         let info = DaemonFile {
             url: self.url(),
             pid: std::process::id(),
         };
-        if let Err(e) = std::fs::write(&daemon_file, serde_json::to_vec_pretty(&info).expect("serializes")) {
+        if let Err(e) = std::fs::write(
+            &daemon_file,
+            serde_json::to_vec_pretty(&info).expect("serializes"),
+        ) {
             tracing::warn!(path = %daemon_file.display(), error = %e, "cannot write the daemon file");
         }
         tracing::info!(url = %info.url, auth = self.coord.token.is_some(), "daemon listening");
@@ -213,12 +219,8 @@ mod tests {
     #[test]
     fn openapi_paths_match_the_routes() {
         let doc: serde_json::Value = serde_json::from_str(super::routes::OPENAPI).unwrap();
-        let mut documented: Vec<String> = doc["paths"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let mut documented: Vec<String> =
+            doc["paths"].as_object().unwrap().keys().cloned().collect();
         documented.sort();
         let src = include_str!("routes.rs");
         let mut routed: Vec<String> = src

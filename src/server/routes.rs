@@ -135,9 +135,7 @@ pub(crate) fn router(coord: Arc<Coord>) -> Router {
         .route("/agents/{name}/poll", post(poll))
         .route("/events", get(events))
         .layer(middleware::from_fn_with_state(coord.clone(), auth));
-    Router::new()
-        .nest(api::PREFIX, api)
-        .with_state(coord)
+    Router::new().nest(api::PREFIX, api).with_state(coord)
 }
 
 /// Bearer-token check on every API route but `/health` (when a token is
@@ -187,7 +185,10 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-async fn submit(State(c): State<Arc<Coord>>, body: Bytes) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
+async fn submit(
+    State(c): State<Arc<Coord>>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
     let req: SubmitRequest = parse(&body)?;
     if req.jobs.is_empty() {
         return Err(ApiError::bad("invalid request body: jobs: no jobs given"));
@@ -211,14 +212,21 @@ async fn list_jobs(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<crate::queue::Job>>> {
     let mut states = Vec::new();
-    for s in q.state.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+    for s in q
+        .state
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
         states.push(JobState::from_name(s).ok_or_else(|| {
             ApiError::bad(format!(
                 "state: unknown state {s:?} (queued, assigned, running, succeeded, failed, cancelled, lost)"
             ))
         })?);
     }
-    Ok(Json(blocking(&c, move |c| Ok(c.queue.list(&states)?)).await?))
+    Ok(Json(
+        blocking(&c, move |c| Ok(c.queue.list(&states)?)).await?,
+    ))
 }
 
 async fn job(State(c): State<Arc<Coord>>, Path(id): Path<i64>) -> ApiResult<Json<JobDetail>> {
@@ -234,7 +242,10 @@ async fn job(State(c): State<Arc<Coord>>, Path(id): Path<i64>) -> ApiResult<Json
     ))
 }
 
-async fn cancel(State(c): State<Arc<Coord>>, Path(id): Path<i64>) -> ApiResult<Json<crate::queue::Job>> {
+async fn cancel(
+    State(c): State<Arc<Coord>>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<crate::queue::Job>> {
     let id = JobId(id);
     let job = blocking(&c, move |c| {
         let before = c.queue.get(id)?;
@@ -250,7 +261,10 @@ async fn cancel(State(c): State<Arc<Coord>>, Path(id): Path<i64>) -> ApiResult<J
     Ok(Json(job))
 }
 
-async fn retry(State(c): State<Arc<Coord>>, Path(id): Path<i64>) -> ApiResult<Json<crate::queue::Job>> {
+async fn retry(
+    State(c): State<Arc<Coord>>,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<crate::queue::Job>> {
     let id = JobId(id);
     let job = blocking(&c, move |c| {
         c.queue.retry(id)?;
@@ -347,7 +361,8 @@ async fn finish(
     let req: FinishRequest = parse(&body)?;
     let job = blocking(&c, move |c| {
         let token = check_attempt(c, id, n, &headers)?;
-        c.queue.finish(&token, req.exit_code, req.error.as_deref())?;
+        c.queue
+            .finish(&token, req.exit_code, req.error.as_deref())?;
         Ok(c.queue.get(id)?)
     })
     .await?;
@@ -388,7 +403,10 @@ async fn append_log(
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "log_gap",
-                format!("log offset {} is past the end of the daemon's copy ({size} bytes)", q.offset),
+                format!(
+                    "log offset {} is past the end of the daemon's copy ({size} bytes)",
+                    q.offset
+                ),
             ));
         }
         let skip = (size - q.offset) as usize;
@@ -473,7 +491,10 @@ async fn read_log(
             let mut resp = chunk.bytes.into_response();
             let h = resp.headers_mut();
             let num = |v: u64| HeaderValue::from_str(&v.to_string()).expect("digits");
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             h.insert(api::LOG_OFFSET_HEADER, num(q.offset + len));
             h.insert(api::LOG_DONE_HEADER, num(chunk.done as u64));
             h.insert("x-trainyard-log-attempt", num(chunk.attempt as u64));
@@ -487,7 +508,9 @@ async fn read_log(
         let wait = async {
             loop {
                 match rx.recv().await {
-                    Ok(Event::Log { id: j, .. }) | Ok(Event::Job { id: j, .. }) if j == id => return,
+                    Ok(Event::Log { id: j, .. }) | Ok(Event::Job { id: j, .. }) if j == id => {
+                        return
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     _ => {}
                 }
@@ -498,7 +521,9 @@ async fn read_log(
 }
 
 /// Server-sent events: every change, as JSON, for live views.
-async fn events(State(c): State<Arc<Coord>>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+async fn events(
+    State(c): State<Arc<Coord>>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let stream = BroadcastStream::new(c.events.subscribe()).map(|r| {
         Ok(match r {
             Ok(e) => SseEvent::default()

@@ -20,7 +20,10 @@ fn wait_state(url: &str, id: u64, state: &str, limit: Duration) -> serde_json::V
         if j["state"] == state {
             return j;
         }
-        assert!(Instant::now() < end, "job {id} never reached {state}: {j:#}");
+        assert!(
+            Instant::now() < end,
+            "job {id} never reached {state}: {j:#}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -38,45 +41,119 @@ fn logs(env: &Env, url: &str, id: u64) -> String {
 #[test]
 fn jobs_get_best_fit_gpus_in_nvml_order_and_their_logs() {
     let env = Env::new();
-    let (_d, url) = env.up("up", &["--fake-gpus", "2xA100-80GB,1xRTX4090-24GB", "--agent-name", "ws"]);
+    let (_d, url) = env.up(
+        "up",
+        &[
+            "--fake-gpus",
+            "2xA100-80GB,1xRTX4090-24GB",
+            "--agent-name",
+            "ws",
+        ],
+    );
     // Best fit: a small job takes the 24 GB card (NVML index 2), a 40 GB job an A100.
     let small = submit(&env, &url, &["--gpus", "1", "--arg", "lr=1e-3", "--", "sh", "-c",
         "echo visible=$CUDA_VISIBLE_DEVICES order=$CUDA_DEVICE_ORDER uuids=$TRAINYARD_GPU_UUIDS args=\"$*\"", "x"]);
     let j = wait_state(&url, small, "succeeded", Duration::from_secs(20));
     assert_eq!(j["agent"], "ws");
     let out = logs(&env, &url, small);
-    assert_eq!(out.trim(), "visible=2 order=PCI_BUS_ID uuids=GPU-fake-ws-2 args=--lr 1e-3", "{out}");
-    let big = submit(&env, &url, &["--gpus", "1", "--gpu-mem", "40GB", "--", "sh", "-c", "echo $CUDA_VISIBLE_DEVICES"]);
+    assert_eq!(
+        out.trim(),
+        "visible=2 order=PCI_BUS_ID uuids=GPU-fake-ws-2 args=--lr 1e-3",
+        "{out}"
+    );
+    let big = submit(
+        &env,
+        &url,
+        &[
+            "--gpus",
+            "1",
+            "--gpu-mem",
+            "40GB",
+            "--",
+            "sh",
+            "-c",
+            "echo $CUDA_VISIBLE_DEVICES",
+        ],
+    );
     wait_state(&url, big, "succeeded", Duration::from_secs(20));
     assert_eq!(logs(&env, &url, big).trim(), "0");
 
     // A job no host can fit waits with a reason that says why.
     let huge = submit(&env, &url, &["--gpus", "4", "--", "true"]);
-    wait_for(Duration::from_secs(10), || job(&url, huge)["reason"].as_str().is_some());
+    wait_for(Duration::from_secs(10), || {
+        job(&url, huge)["reason"].as_str().is_some()
+    });
     let ps = env.ok(&["ps", "--server", &url]);
-    assert!(ps.contains("no host has 4 free GPUs (at most 3 on ws)"), "{ps}");
+    assert!(
+        ps.contains("no host has 4 free GPUs (at most 3 on ws)"),
+        "{ps}"
+    );
     env.ok(&["cancel", "--server", &url, &huge.to_string()]);
 
     // A missing program fails the attempt with the reason in its log.
     let bad = submit(&env, &url, &["--", "/no/such/train.py"]);
     let j = wait_state(&url, bad, "failed", Duration::from_secs(20));
-    assert!(j["reason"].as_str().unwrap().contains("/no/such/train.py"), "{j}");
+    assert!(
+        j["reason"].as_str().unwrap().contains("/no/such/train.py"),
+        "{j}"
+    );
     assert!(logs(&env, &url, bad).contains("cannot start \"/no/such/train.py\""));
 
     // Invalid specs are rejected naming the field, and nothing is queued.
-    let before = get_json(&url, "/api/v1/jobs", None).as_array().unwrap().len();
-    let e = env.fail(&["submit", "--server", &url, "--gpu-mem", "lots", "--", "true"]);
+    let before = get_json(&url, "/api/v1/jobs", None)
+        .as_array()
+        .unwrap()
+        .len();
+    let e = env.fail(&[
+        "submit",
+        "--server",
+        &url,
+        "--gpu-mem",
+        "lots",
+        "--",
+        "true",
+    ]);
     assert!(e.contains("--gpu-mem"), "{e}");
-    let (status, body) = http(&url, "POST", "/api/v1/jobs", None, r#"{"jobs":[{"command":["true"],"gpus":{"count":1,"modle":"A100"}}]}"#);
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/api/v1/jobs",
+        None,
+        r#"{"jobs":[{"command":["true"],"gpus":{"count":1,"modle":"A100"}}]}"#,
+    );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("modle"), "{body}");
     let (status, body) = http(&url, "POST", "/api/v1/jobs", None, "{not json");
     assert_eq!(status, 400, "{body}");
-    assert_eq!(get_json(&url, "/api/v1/jobs", None).as_array().unwrap().len(), before);
+    assert_eq!(
+        get_json(&url, "/api/v1/jobs", None)
+            .as_array()
+            .unwrap()
+            .len(),
+        before
+    );
 
     // Sweeps expand to a grid; --after orders jobs.
-    let ids = env.json(&["submit", "--server", &url, "--sweep", "lr=1,2", "--sweep", "seed=7,8", "--", "sh", "-c", "echo \"$*\"", "x"]);
-    let ids: Vec<u64> = ids["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    let ids = env.json(&[
+        "submit",
+        "--server",
+        &url,
+        "--sweep",
+        "lr=1,2",
+        "--sweep",
+        "seed=7,8",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$*\"",
+        "x",
+    ]);
+    let ids: Vec<u64> = ids["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
     assert_eq!(ids.len(), 4);
     let after = submit(&env, &url, &["--after", &ids[3].to_string(), "--", "true"]);
     let mut seen = Vec::new();
@@ -84,7 +161,15 @@ fn jobs_get_best_fit_gpus_in_nvml_order_and_their_logs() {
         wait_state(&url, *id, "succeeded", Duration::from_secs(20));
         seen.push(logs(&env, &url, *id).trim().to_string());
     }
-    assert_eq!(seen, ["--lr 1 --seed 7", "--lr 1 --seed 8", "--lr 2 --seed 7", "--lr 2 --seed 8"]);
+    assert_eq!(
+        seen,
+        [
+            "--lr 1 --seed 7",
+            "--lr 1 --seed 8",
+            "--lr 2 --seed 7",
+            "--lr 2 --seed 8"
+        ]
+    );
     wait_state(&url, after, "succeeded", Duration::from_secs(20));
 
     // The OpenAPI document is served.
@@ -97,11 +182,29 @@ fn cancel_kills_the_whole_process_group_and_timeouts_stop_jobs() {
     let env = Env::new();
     let (_d, url) = env.up("up", &["--fake-gpus", "1xA100-80GB", "--grace", "1s"]);
     let pidfile = env.path("grandchild.pid");
-    let id = submit(&env, &url, &["--gpus", "1", "--shell", "--", &format!(
-        "trap '' TERM; sleep 300 & echo $! > {}; echo started; wait", pidfile.display())]);
+    let id = submit(
+        &env,
+        &url,
+        &[
+            "--gpus",
+            "1",
+            "--shell",
+            "--",
+            &format!(
+                "trap '' TERM; sleep 300 & echo $! > {}; echo started; wait",
+                pidfile.display()
+            ),
+        ],
+    );
     wait_state(&url, id, "running", Duration::from_secs(20));
-    wait_for(Duration::from_secs(10), || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')));
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(alive(pid));
     let out = env.ok(&["cancel", "--server", &url, &id.to_string()]);
     assert!(out.contains("cancelled"), "{out}");
@@ -136,9 +239,37 @@ fn alive(pid: i32) -> bool {
 fn no_gpu_is_ever_held_by_two_jobs() {
     let env = Env::new();
     let (_d, url) = env.up("up", &["--no-agent", "--lease", "5s"]);
-    let _a = env.spawn("agent-a", &["agent", "--server", &url, "--name", "a", "--fake-gpus", "2xA100-80GB"]);
-    let _b = env.spawn("agent-b", &["agent", "--server", &url, "--name", "b", "--fake-gpus", "3xRTX4090-24GB"]);
-    wait_for(Duration::from_secs(10), || get_json(&url, "/api/v1/agents", None).as_array().unwrap().len() == 2);
+    let _a = env.spawn(
+        "agent-a",
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--name",
+            "a",
+            "--fake-gpus",
+            "2xA100-80GB",
+        ],
+    );
+    let _b = env.spawn(
+        "agent-b",
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--name",
+            "b",
+            "--fake-gpus",
+            "3xRTX4090-24GB",
+        ],
+    );
+    wait_for(Duration::from_secs(10), || {
+        get_json(&url, "/api/v1/agents", None)
+            .as_array()
+            .unwrap()
+            .len()
+            == 2
+    });
     let record = env.path("intervals");
     let mut rng = fastrand::Rng::with_seed(7);
     let mut ids = Vec::new();
@@ -149,7 +280,11 @@ fn no_gpu_is_ever_held_by_two_jobs() {
             "echo start $TRAINYARD_GPU_UUIDS $(date +%s%N) >> {r}; sleep 0.{ms:03}; echo end $TRAINYARD_GPU_UUIDS $(date +%s%N) >> {r}",
             r = record.display()
         );
-        ids.push(submit(&env, &url, &["--gpus", &n.to_string(), "--shell", "--", &script]));
+        ids.push(submit(
+            &env,
+            &url,
+            &["--gpus", &n.to_string(), "--shell", "--", &script],
+        ));
     }
     let end = Instant::now() + Duration::from_secs(90);
     let mut checks = 0;
@@ -158,20 +293,36 @@ fn no_gpu_is_ever_held_by_two_jobs() {
         let mut holders: HashMap<String, u64> = HashMap::new();
         for j in active.as_array().unwrap() {
             for g in j["gpus"].as_array().unwrap() {
-                let prev = holders.insert(g.as_str().unwrap().to_string(), j["id"].as_u64().unwrap());
-                assert!(prev.is_none(), "GPU {g} held by jobs {prev:?} and {}", j["id"]);
+                let prev =
+                    holders.insert(g.as_str().unwrap().to_string(), j["id"].as_u64().unwrap());
+                assert!(
+                    prev.is_none(),
+                    "GPU {g} held by jobs {prev:?} and {}",
+                    j["id"]
+                );
             }
             // All GPUs of a job on one host.
-            let hosts: std::collections::HashSet<&str> = j["gpus"].as_array().unwrap().iter()
-                .map(|g| g.as_str().unwrap().rsplit_once('-').unwrap().0).collect();
+            let hosts: std::collections::HashSet<&str> = j["gpus"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| g.as_str().unwrap().rsplit_once('-').unwrap().0)
+                .collect();
             assert!(hosts.len() <= 1, "{j}");
         }
         checks += 1;
-        let done = get_json(&url, "/api/v1/jobs?state=succeeded", None).as_array().unwrap().len();
+        let done = get_json(&url, "/api/v1/jobs?state=succeeded", None)
+            .as_array()
+            .unwrap()
+            .len();
         if done == ids.len() {
             break;
         }
-        assert!(Instant::now() < end, "only {done} of {} jobs finished", ids.len());
+        assert!(
+            Instant::now() < end,
+            "only {done} of {} jobs finished",
+            ids.len()
+        );
     }
     assert!(checks > 10);
     // Every GPU's recorded intervals are disjoint.
@@ -181,7 +332,10 @@ fn no_gpu_is_ever_held_by_two_jobs() {
         let parts: Vec<&str> = line.split(' ').collect();
         let t: i64 = parts[2].parse().unwrap();
         for g in parts[1].split(',') {
-            per_gpu.entry(g.to_string()).or_default().push((t, parts[0]));
+            per_gpu
+                .entry(g.to_string())
+                .or_default()
+                .push((t, parts[0]));
         }
     }
     for (g, mut ev) in per_gpu {
@@ -200,24 +354,78 @@ fn no_gpu_is_ever_held_by_two_jobs() {
 fn a_killed_agents_attempt_is_lost_and_rerun_elsewhere() {
     let env = Env::new();
     let (_d, url) = env.up("up", &["--no-agent", "--lease", "3s"]);
-    let mut a = env.spawn("agent-a", &["agent", "--server", &url, "--name", "a", "--fake-gpus", "1xA100-80GB"]);
-    wait_for(Duration::from_secs(10), || get_json(&url, "/api/v1/agents", None).as_array().unwrap().len() == 1);
+    let mut a = env.spawn(
+        "agent-a",
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--name",
+            "a",
+            "--fake-gpus",
+            "1xA100-80GB",
+        ],
+    );
+    wait_for(Duration::from_secs(10), || {
+        get_json(&url, "/api/v1/agents", None)
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
     let pidfile = env.path("job.pid");
-    let id = submit(&env, &url, &["--gpus", "1", "--max-attempts", "2", "--shell", "--",
-        &format!("echo $$ > {}; echo on $TRAINYARD_AGENT; sleep 2", pidfile.display())]);
+    let id = submit(
+        &env,
+        &url,
+        &[
+            "--gpus",
+            "1",
+            "--max-attempts",
+            "2",
+            "--shell",
+            "--",
+            &format!(
+                "echo $$ > {}; echo on $TRAINYARD_AGENT; sleep 2",
+                pidfile.display()
+            ),
+        ],
+    );
     let j = wait_state(&url, id, "running", Duration::from_secs(20));
     assert_eq!(j["agent"], "a");
     // The host dies: the agent and its job.
-    wait_for(Duration::from_secs(10), || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n')));
-    let job_pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let job_pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     a.kill9();
     unsafe { libc::kill(-job_pid, libc::SIGKILL) };
-    let _b = env.spawn("agent-b", &["agent", "--server", &url, "--name", "b", "--fake-gpus", "1xA100-80GB"]);
+    let _b = env.spawn(
+        "agent-b",
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--name",
+            "b",
+            "--fake-gpus",
+            "1xA100-80GB",
+        ],
+    );
     let j = wait_state(&url, id, "succeeded", Duration::from_secs(30));
     let attempts = j["attempt_log"].as_array().unwrap();
     assert_eq!(attempts.len(), 2, "{j:#}");
-    assert_eq!((attempts[0]["agent"].as_str(), attempts[0]["state"].as_str()), (Some("a"), Some("lost")));
-    assert_eq!((attempts[1]["agent"].as_str(), attempts[1]["state"].as_str()), (Some("b"), Some("succeeded")));
+    assert_eq!(
+        (attempts[0]["agent"].as_str(), attempts[0]["state"].as_str()),
+        (Some("a"), Some("lost"))
+    );
+    assert_eq!(
+        (attempts[1]["agent"].as_str(), attempts[1]["state"].as_str()),
+        (Some("b"), Some("succeeded"))
+    );
     assert!(logs(&env, &url, id).contains("on b"));
 }
 
@@ -229,8 +437,29 @@ fn the_daemon_restarts_without_losing_jobs() {
     let port = free_port().to_string();
     let up_args = ["--no-agent", "--lease", "10s", "--port", port.as_str()];
     let (mut d, url) = env.up("up1", &up_args);
-    let _a = env.spawn("agent", &["agent", "--server", &url, "--name", "a", "--fake-gpus", "1xA100-80GB"]);
-    let running = submit(&env, &url, &["--gpus", "1", "--shell", "--", "echo first; sleep 3; echo done"]);
+    let _a = env.spawn(
+        "agent",
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--name",
+            "a",
+            "--fake-gpus",
+            "1xA100-80GB",
+        ],
+    );
+    let running = submit(
+        &env,
+        &url,
+        &[
+            "--gpus",
+            "1",
+            "--shell",
+            "--",
+            "echo first; sleep 3; echo done",
+        ],
+    );
     let queued = submit(&env, &url, &["--gpus", "1", "--", "echo", "second"]);
     wait_state(&url, running, "running", Duration::from_secs(20));
     d.kill9();
@@ -255,7 +484,8 @@ fn git_commit(repo: &git2::Repository, file: &str, text: &str) -> git2::Oid {
     let sig = git2::Signature::now("t", "t@example.com").unwrap();
     let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
     let parents: Vec<&git2::Commit> = parent.iter().collect();
-    repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &parents).unwrap()
+    repo.commit(Some("HEAD"), &sig, &sig, "c", &tree, &parents)
+        .unwrap()
 }
 
 #[test]
@@ -264,27 +494,66 @@ fn git_sources_and_dataset_inputs_are_prepared_on_the_agent() {
     let origin = env.path("origin");
     let repo = git2::Repository::init(&origin).unwrap();
     let c1 = git_commit(&repo, "train.sh", "echo training v1");
-    repo.tag_lightweight("v1", &repo.find_object(c1, None).unwrap(), false).unwrap();
+    repo.tag_lightweight("v1", &repo.find_object(c1, None).unwrap(), false)
+        .unwrap();
     git_commit(&repo, "train.sh", "echo training v2");
     let (_d, url) = env.up("up", &["--fake-gpus", "1xA100-80GB"]);
     let o = origin.to_str().unwrap();
-    let id = submit(&env, &url, &["--git", o, "--rev", "v1", "--shell", "--", "sh train.sh; echo commit=$TRAINYARD_GIT_COMMIT"]);
+    let id = submit(
+        &env,
+        &url,
+        &[
+            "--git",
+            o,
+            "--rev",
+            "v1",
+            "--shell",
+            "--",
+            "sh train.sh; echo commit=$TRAINYARD_GIT_COMMIT",
+        ],
+    );
     wait_state(&url, id, "succeeded", Duration::from_secs(30));
     assert_eq!(logs(&env, &url, id), format!("training v1\ncommit={c1}\n"));
-    let bad = submit(&env, &url, &["--git", o, "--rev", "no-such-rev", "--", "true"]);
+    let bad = submit(
+        &env,
+        &url,
+        &["--git", o, "--rev", "no-such-rev", "--", "true"],
+    );
     let j = wait_state(&url, bad, "failed", Duration::from_secs(30));
-    assert!(j["reason"].as_str().unwrap().contains("unknown git rev \"no-such-rev\""), "{j}");
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown git rev \"no-such-rev\""),
+        "{j}"
+    );
     assert!(logs(&env, &url, bad).contains("no-such-rev"));
 
     // A dataset from this host's store, checked out for the job.
     write(&env.path("mnist/train.csv"), b"1,2,3\n");
     env.ok(&["data", "add", "mnist", "--tag", "v1"]);
-    let id = submit(&env, &url, &["--input", "mnist@v1", "--shell", "--", "cat $TRAINYARD_INPUT_MNIST/train.csv"]);
+    let id = submit(
+        &env,
+        &url,
+        &[
+            "--input",
+            "mnist@v1",
+            "--shell",
+            "--",
+            "cat $TRAINYARD_INPUT_MNIST/train.csv",
+        ],
+    );
     wait_state(&url, id, "succeeded", Duration::from_secs(30));
     assert_eq!(logs(&env, &url, id), "1,2,3\n");
     let missing = submit(&env, &url, &["--input", "cifar@v9", "--", "true"]);
     let j = wait_state(&url, missing, "failed", Duration::from_secs(30));
-    assert!(j["reason"].as_str().unwrap().contains("dataset input cifar@v9 is not available"), "{j}");
+    assert!(
+        j["reason"]
+            .as_str()
+            .unwrap()
+            .contains("dataset input cifar@v9 is not available"),
+        "{j}"
+    );
 }
 
 #[test]
@@ -293,7 +562,13 @@ fn a_token_is_required_when_asked_and_bad_calls_change_nothing() {
     let (_d, url) = env.up("up", &["--require-token", "--no-agent"]);
     let health = get_json(&url, "/api/v1/health", None);
     assert_eq!(health["auth_required"], true);
-    let (status, body) = http(&url, "POST", "/api/v1/jobs", None, r#"{"jobs":[{"command":["true"]}]}"#);
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/api/v1/jobs",
+        None,
+        r#"{"jobs":[{"command":["true"]}]}"#,
+    );
     assert_eq!(status, 401, "{body}");
     let (status, _) = http(&url, "GET", "/api/v1/jobs", Some("wrong"), "");
     assert_eq!(status, 401);
@@ -305,18 +580,40 @@ fn a_token_is_required_when_asked_and_bad_calls_change_nothing() {
     assert_eq!(jobs.as_array().unwrap().len(), 0);
     // The CLI reads the home's token by itself; a wrong one is named.
     submit(&env, &url, &["--", "true"]);
-    let o = env.cmd().args(["ps", "--server", &url]).env("TRAINYARD_TOKEN", "nope").output().unwrap();
+    let o = env
+        .cmd()
+        .args(["ps", "--server", &url])
+        .env("TRAINYARD_TOKEN", "nope")
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("refused the token"));
     // An agent without the token is refused and gets no work.
-    let a = env.cmd().args(["agent", "--server", &url, "--name", "x"]).env("TRAINYARD_TOKEN", "nope")
-        .stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let a = env
+        .cmd()
+        .args(["agent", "--server", &url, "--name", "x"])
+        .env("TRAINYARD_TOKEN", "nope")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     let agents = get_json(&url, "/api/v1/agents", Some(&token));
     assert_eq!(agents.as_array().unwrap().len(), 0);
-    drop(crate::support::Proc { child: a, log: env.path("none") });
+    drop(crate::support::Proc {
+        child: a,
+        log: env.path("none"),
+    });
     // Attempt calls need the attempt's token.
-    let (status, body) = http(&url, "POST", "/api/v1/jobs/1/attempts/1/finish", Some(&token), r#"{"exit_code":0}"#);
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/api/v1/jobs/1/attempts/1/finish",
+        Some(&token),
+        r#"{"exit_code":0}"#,
+    );
     assert_eq!(status, 400, "{body}");
-    assert_eq!(get_json(&url, "/api/v1/jobs/1", Some(&token))["state"], "queued");
+    assert_eq!(
+        get_json(&url, "/api/v1/jobs/1", Some(&token))["state"],
+        "queued"
+    );
 }

@@ -236,17 +236,23 @@ impl Env {
         let mut p = self.spawn(name, &a);
         let mut line = String::new();
         let out = p.child.stdout.as_mut().expect("stdout");
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("read url");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
+            .expect("read url");
         let v: serde_json::Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("daemon did not start ({e}): {}", p.stderr()));
         let url = v["url"].as_str().expect("url").to_string();
-        wait_for(Duration::from_secs(10), || http(&url, "GET", "/api/v1/health", None, "").0 == 200);
+        wait_for(Duration::from_secs(10), || {
+            http(&url, "GET", "/api/v1/health", None, "").0 == 200
+        });
         (p, url)
     }
 
     /// The daemon token of this env's home.
     pub fn token(&self) -> String {
-        fs::read_to_string(self.home.join("daemon.token")).expect("token").trim().to_string()
+        fs::read_to_string(self.home.join("daemon.token"))
+            .expect("token")
+            .trim()
+            .to_string()
     }
 }
 
@@ -270,7 +276,9 @@ pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &str
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -281,8 +289,15 @@ pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &str
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let text = String::from_utf8_lossy(&resp).to_string();
-    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     // Chunked bodies: good enough for JSON answers, which axum sends with a length.
     (status, body)
 }
