@@ -224,7 +224,8 @@ pub struct Assignment {
     pub lease_until_ns: i64,
 }
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE jobs (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         spec TEXT NOT NULL,
         project TEXT NOT NULL,
@@ -258,7 +259,28 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE jobs (
         exit_code INTEGER,
         error TEXT,
         PRIMARY KEY (job_id, n)
-    );"];
+    );",
+    // 2: the GPU request as columns, so a scheduling pass reads no JSON.
+    "ALTER TABLE jobs ADD COLUMN gpu_count INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN gpu_min_mib INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN gpu_model TEXT;
+    UPDATE jobs SET gpu_count = coalesce(json_extract(spec, '$.gpus.count'), 0),
+                    gpu_min_mib = coalesce(json_extract(spec, '$.gpus.min_memory_mib'), 0),
+                    gpu_model = json_extract(spec, '$.gpus.model');
+    CREATE INDEX deps_by_dependency ON deps(depends_on);
+    CREATE INDEX attempts_in_flight ON attempts(job_id) WHERE state IN ('assigned', 'running');",
+];
+
+/// A queued job as the scheduler needs it: no spec parsing.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The job.
+    pub id: JobId,
+    /// Its GPU request.
+    pub gpus: GpuRequest,
+    /// The reason recorded last (written again only when it changes).
+    pub reason: Option<String>,
+}
 
 /// The queue database. One connection, shared behind a mutex: the daemon is
 /// the queue's only user and each call is one short transaction.
@@ -341,18 +363,23 @@ impl Queue {
             }
         }
         let user = spec.user.clone().unwrap_or_else(|| "unknown".into());
-        tx.execute(
-            "INSERT INTO jobs (spec, project, user, priority, state, max_attempts, submitted_ns)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6)",
-            params![
-                serde_json::to_string(spec).expect("specs serialize"),
-                spec.project,
-                user,
-                spec.priority,
-                spec.max_attempts,
-                now_ns()
-            ],
+        tx.prepare_cached(
+            "INSERT INTO jobs (spec, project, user, priority, state, max_attempts, submitted_ns,
+                               gpu_count, gpu_min_mib, gpu_model)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9)",
         )
+        .map_err(self.sql())?
+        .execute(params![
+            serde_json::to_string(spec).expect("specs serialize"),
+            spec.project,
+            user,
+            spec.priority,
+            spec.max_attempts,
+            now_ns(),
+            spec.gpus.count,
+            spec.gpus.min_memory_mib as i64,
+            spec.gpus.model,
+        ])
         .map_err(self.sql())?;
         let id = tx.last_insert_rowid();
         for d in &spec.depends_on {
@@ -441,39 +468,62 @@ impl Queue {
     /// Up to `limit` queued jobs whose dependencies have all succeeded, in
     /// scheduling order. Jobs whose dependency ended without success are
     /// failed here, with the reason, since they can never run.
-    pub fn runnable(&self, limit: usize) -> Result<Vec<Job>> {
+    pub fn runnable(&self, limit: usize) -> Result<Vec<Pending>> {
         let mut conn = self.conn()?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        // Only jobs with a dependency that ended badly are touched: the scan
+        // starts from those dependencies, not from the whole queue.
+        let doomed: Vec<(i64, i64)> = conn
+            .prepare_cached(
+                "SELECT d.job_id, d.depends_on FROM jobs j
+                 JOIN deps d ON d.depends_on = j.id
+                 JOIN jobs w ON w.id = d.job_id AND w.state = 'queued'
+                 WHERE j.state IN ('failed', 'cancelled', 'lost')",
+            )
+            .map_err(self.sql())?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<_>>()
             .map_err(self.sql())?;
-        tx.execute(
-            "UPDATE jobs SET state = 'failed', finished_ns = ?1,
-                 reason = 'dependency ' || (SELECT d.depends_on FROM deps d JOIN jobs j ON j.id = d.depends_on
-                                            WHERE d.job_id = jobs.id AND j.state IN ('failed', 'cancelled', 'lost')
-                                            LIMIT 1) || ' did not succeed'
-             WHERE state = 'queued' AND EXISTS (
-                 SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
-                 WHERE d.job_id = jobs.id AND j.state IN ('failed', 'cancelled', 'lost'))",
-            [now_ns()],
-        )
-        .map_err(self.sql())?;
-        tx.commit().map_err(self.sql())?;
+        if !doomed.is_empty() {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(self.sql())?;
+            for (job, dep) in &doomed {
+                tx.execute(
+                    "UPDATE jobs SET state = 'failed', finished_ns = ?3,
+                         reason = 'dependency ' || ?2 || ' did not succeed'
+                     WHERE id = ?1 AND state = 'queued'",
+                    params![job, dep, now_ns()],
+                )
+                .map_err(self.sql())?;
+            }
+            tx.commit().map_err(self.sql())?;
+        }
         let mut st = conn
-            .prepare(
-                "SELECT id FROM jobs WHERE state = 'queued' AND NOT EXISTS (
+            .prepare_cached(
+                "SELECT id, gpu_count, gpu_min_mib, gpu_model, reason FROM jobs
+                 WHERE state = 'queued' AND NOT EXISTS (
                      SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
                      WHERE d.job_id = jobs.id AND j.state != 'succeeded')
                  ORDER BY priority DESC, id LIMIT ?1",
             )
             .map_err(self.sql())?;
-        let ids: Vec<i64> = st
-            .query_map([limit as i64], |r| r.get(0))
+        let rows = st
+            .query_map([limit as i64], |r| {
+                Ok(Pending {
+                    id: JobId(r.get(0)?),
+                    gpus: GpuRequest {
+                        count: r.get::<_, i64>(1)? as u32,
+                        min_memory_mib: r.get::<_, i64>(2)? as u64,
+                        model: r.get(3)?,
+                    },
+                    reason: r.get(4)?,
+                })
+            })
             .map_err(self.sql())?
             .collect::<rusqlite::Result<_>>()
             .map_err(self.sql())?;
-        ids.into_iter()
-            .map(|id| self.read_job(&conn, JobId(id)))
-            .collect()
+        Ok(rows)
     }
 
     /// Record why a queued job waits (shown by `ps`).
@@ -841,6 +891,18 @@ impl Queue {
     /// affected jobs.
     pub fn expire_leases(&self, now_ns: i64) -> Result<Vec<(JobId, JobState)>> {
         let mut conn = self.conn()?;
+        // The common case, nothing expired, takes no write lock.
+        let any: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM attempts
+                 WHERE state IN ('assigned', 'running') AND lease_until_ns < ?1)",
+            )
+            .map_err(self.sql())?
+            .query_row([now_ns], |r| r.get(0))
+            .map_err(self.sql())?;
+        if !any {
+            return Ok(Vec::new());
+        }
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql())?;

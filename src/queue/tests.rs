@@ -128,7 +128,7 @@ fn cancel_returns_the_running_token_and_dependencies_gate_scheduling() {
         )))
         .unwrap();
     let other = q.submit(&spec(r#"{"command": ["other"]}"#)).unwrap();
-    let ids = |v: Vec<Job>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let ids = |v: Vec<Pending>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
     assert_eq!(ids(q.runnable(100).unwrap()), vec![first, other]);
     let a = q.assign(first, "h", &[], SEC).unwrap();
     q.finish(&a.token, Some(0), None).unwrap();

@@ -204,7 +204,7 @@ impl Coord {
         let jobs = self.queue.runnable(PASS_WINDOW)?;
         let mut changed = Vec::new();
         for job in jobs {
-            let req = &job.spec.gpus;
+            let req = &job.gpus;
             match sched::place(req, &hosts) {
                 Ok(p) => {
                     let a = match self

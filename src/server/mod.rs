@@ -184,11 +184,13 @@ impl Server {
 }
 
 /// Run a scheduling pass whenever something changed, and at least every
-/// quarter lease (to expire leases).
+/// quarter lease (to expire leases). Passes are at least 2 ms apart, so a
+/// burst of submissions or ends is handled by one pass, not one each.
 async fn scheduler_loop(coord: Arc<coord::Coord>) {
     let tick = (coord.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     loop {
         let _ = tokio::time::timeout(tick, coord.wake_sched.notified()).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
         let c = coord.clone();
         match tokio::task::spawn_blocking(move || c.schedule()).await {
             Ok(Ok(())) => {}
