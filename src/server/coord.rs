@@ -28,6 +28,7 @@ pub(crate) struct AgentEntry {
 /// Shared daemon state.
 pub(crate) struct Coord {
     pub queue: Queue,
+    pub home: crate::Home,
     pub logs: PathBuf,
     pub lease: Duration,
     pub token: Option<Secret>,
@@ -39,10 +40,11 @@ pub(crate) struct Coord {
 }
 
 impl Coord {
-    pub fn new(queue: Queue, logs: PathBuf, lease: Duration, token: Option<Secret>) -> Coord {
+    pub fn new(queue: Queue, home: crate::Home, lease: Duration, token: Option<Secret>) -> Coord {
         Coord {
+            logs: home.root().join("logs"),
+            home,
             queue,
-            logs,
             lease,
             token,
             agents: Mutex::new(HashMap::new()),

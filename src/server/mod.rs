@@ -10,7 +10,9 @@
 
 mod auth;
 mod coord;
+mod datasets;
 mod routes;
+mod ui;
 
 pub use auth::{load_or_create as load_or_create_token, read_token, Secret, TokenError};
 
@@ -111,7 +113,7 @@ impl Server {
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
         let coord = Arc::new(coord::Coord::new(
             queue,
-            home.root().join("logs"),
+            home.clone(),
             config.lease,
             require.then(|| token.clone()),
         ));

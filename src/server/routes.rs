@@ -41,14 +41,18 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
             message: message.into(),
         }
     }
-    fn bad(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
     fn internal(message: impl Into<String>) -> ApiError {
@@ -86,10 +90,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Run queue work off the async threads.
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     c: &Arc<Coord>,
     f: impl FnOnce(&Coord) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
@@ -99,7 +103,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("handler panicked: {e}")))?
 }
 
-fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
 }
 
@@ -134,8 +138,16 @@ pub(crate) fn router(coord: Arc<Coord>) -> Router {
         .route("/agents/{name}/heartbeat", post(heartbeat))
         .route("/agents/{name}/poll", post(poll))
         .route("/events", get(events))
+        .route("/datasets", get(super::datasets::list))
+        .route("/datasets/{name}/versions", get(super::datasets::versions))
+        .route("/datasets/{name}/diff", get(super::datasets::diff))
+        .route("/datasets/{name}/snapshot", post(super::datasets::snapshot))
+        .fallback(not_found)
         .layer(middleware::from_fn_with_state(coord.clone(), auth));
-    Router::new().nest(api::PREFIX, api).with_state(coord)
+    Router::new()
+        .nest(api::PREFIX, api)
+        .fallback(super::ui::serve)
+        .with_state(coord)
 }
 
 /// Bearer-token check on every API route but `/health` (when a token is
@@ -172,6 +184,14 @@ fn bearer(h: &HeaderMap) -> Option<&str> {
                 .find(|(k, _)| *k == "trainyard_token")
                 .map(|(_, v)| v)
         })
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no API route {}", uri.path()),
+    )
 }
 
 async fn health(State(c): State<Arc<Coord>>) -> Json<Health> {
