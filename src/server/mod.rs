@@ -73,6 +73,11 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
+/// Whether API calls need the token: always beyond loopback.
+fn token_required(config: &Config) -> bool {
+    config.require_token || !config.addr.ip().is_loopback()
+}
+
 /// A bound, not yet serving, daemon.
 pub struct Server {
     listener: tokio::net::TcpListener,
@@ -95,11 +100,11 @@ impl Server {
     /// Open the queue, load or create the token, and bind the address.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let home = config.home.clone();
+        let require = token_required(&config);
         let token = match config.token {
             Some(t) => t,
             None => auth::load_or_create(&home.root().join(TOKEN_FILE))?,
         };
-        let require = config.require_token || !config.addr.ip().is_loopback();
         let queue_path = home.root().join("queue.db");
         let queue = tokio::task::spawn_blocking(move || Queue::open(&queue_path))
             .await
@@ -218,6 +223,23 @@ pub fn local_daemon(home: &Home) -> (Option<String>, Option<PathBuf>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn any_address_but_loopback_requires_the_token() {
+        let cfg = |addr: &str, require_token| super::Config {
+            home: crate::Home::at(std::path::Path::new("/nonexistent")),
+            addr: addr.parse().unwrap(),
+            lease: std::time::Duration::from_secs(30),
+            require_token,
+            token: None,
+        };
+        assert!(!super::token_required(&cfg("127.0.0.1:7171", false)));
+        assert!(!super::token_required(&cfg("[::1]:7171", false)));
+        assert!(super::token_required(&cfg("127.0.0.1:7171", true)));
+        assert!(super::token_required(&cfg("0.0.0.0:7171", false)));
+        assert!(super::token_required(&cfg("192.168.1.20:7171", false)));
+        assert!(super::token_required(&cfg("[::]:7171", false)));
+    }
+
     /// Every route the router serves is in the OpenAPI document, and the
     /// document lists no route that does not exist.
     #[test]

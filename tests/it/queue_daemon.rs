@@ -617,3 +617,34 @@ fn a_token_is_required_when_asked_and_bad_calls_change_nothing() {
         "queued"
     );
 }
+
+/// A 4-GPU job is not starved by 1-GPU jobs submitted after it: it reserves
+/// the free GPUs of the host it waits for.
+#[test]
+fn a_big_job_is_not_starved_by_small_ones_behind_it() {
+    let env = Env::new();
+    let (_d, url) = env.up("up", &["--fake-gpus", "4xA100-80GB"]);
+    let first = submit(&env, &url, &["--gpus", "1", "--", "sleep", "1"]);
+    wait_state(&url, first, "running", Duration::from_secs(20));
+    let big = submit(&env, &url, &["--gpus", "4", "--", "sleep", "0.2"]);
+    let small: Vec<u64> = (0..4)
+        .map(|_| submit(&env, &url, &["--gpus", "1", "--", "true"]))
+        .collect();
+    wait_for(Duration::from_secs(5), || {
+        job(&url, big)["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("reserved"))
+    });
+    // While the big job waits, none of the small ones starts.
+    for s in &small {
+        assert_eq!(job(&url, *s)["state"], "queued");
+    }
+    let b = wait_state(&url, big, "succeeded", Duration::from_secs(20));
+    for s in &small {
+        let j = wait_state(&url, *s, "succeeded", Duration::from_secs(20));
+        assert!(
+            j["started_ns"].as_i64() > b["started_ns"].as_i64(),
+            "small job {s} started before the big one"
+        );
+    }
+}
