@@ -648,3 +648,37 @@ fn a_big_job_is_not_starved_by_small_ones_behind_it() {
         );
     }
 }
+
+/// The event stream tells a live view about a job as it moves.
+#[test]
+fn server_sent_events_report_job_changes() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = Env::new();
+    let (_d, url) = env.up("up", &["--fake-gpus", "1xA100-80GB"]);
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let id = submit(&env, &url, &["--", "true"]);
+    let mut states = Vec::new();
+    while !states.contains(&"succeeded".to_string()) {
+        line.clear();
+        assert!(r.read_line(&mut line).unwrap() > 0, "stream ended");
+        if let Some(data) = line.trim().strip_prefix("data: ") {
+            let v: serde_json::Value = serde_json::from_str(data).unwrap();
+            if v["type"] == "job" && v["id"] == id {
+                states.push(v["state"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("queued"),
+        "{states:?}"
+    );
+    assert!(states.contains(&"running".to_string()), "{states:?}");
+}
