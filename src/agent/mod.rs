@@ -9,4 +9,4 @@ mod run;
 mod worker;
 
 pub use run::{start, Outcome, RunError, RunSpec, Running};
-pub use worker::{run as run_agent, AgentConfig};
+pub use worker::{hostname, run as run_agent, AgentConfig};

@@ -154,7 +154,8 @@ pub async fn run(
     tracing::info!("agent stopped");
 }
 
-fn hostname() -> String {
+/// This host's name (the default agent name).
+pub fn hostname() -> String {
     rustix::system::uname()
         .nodename()
         .to_string_lossy()

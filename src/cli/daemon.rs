@@ -86,12 +86,7 @@ fn agent_config(
     ctx: &Ctx,
     a: &AgentArgs,
 ) -> anyhow::Result<(AgentConfig, Box<dyn gpu::GpuSource>)> {
-    let name = a.name.clone().unwrap_or_else(|| {
-        rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned()
-    });
+    let name = a.name.clone().unwrap_or_else(trainyard::agent::hostname);
     let gpus = gpu::detect(a.fake_gpus.as_deref(), &name)?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)

@@ -141,6 +141,12 @@ impl Server {
         format!("http://{}", self.addr)
     }
 
+    /// Every change the daemon will announce (the same events as
+    /// `/api/v1/events`), for in-process observers such as the desktop shell.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::api::Event> {
+        self.coord.events.subscribe()
+    }
+
     /// The token (clients on this host use it whether or not it is required).
     pub fn token(&self) -> &Secret {
         &self.token

@@ -1,0 +1,202 @@
+//! Trainyard's desktop shell (Tauri v2). Thin by design: on launch it starts
+//! the daemon in-process on loopback with a per-launch token and a local
+//! agent (or, with `TRAINYARD_URL`, uses a daemon elsewhere) and opens a
+//! window on the daemon's web UI. Native extras only: a tray icon with a
+//! queue/GPU summary, a notification when a job ends, and a folder picker
+//! for dataset snapshots. Everything else is the UI talking to the API.
+
+use std::time::Duration;
+
+use tauri::menu::{Menu, MenuItem};
+use tauri::tray::TrayIconBuilder;
+use tauri::{AppHandle, Manager, WebviewUrl, WebviewWindowBuilder};
+use tauri_plugin_dialog::DialogExt;
+use tauri_plugin_notification::NotificationExt;
+use trainyard::agent::{run_agent, AgentConfig};
+use trainyard::api::Event;
+use trainyard::client::Client;
+use trainyard::queue::{JobId, JobState};
+use trainyard::server::{Config, Secret, Server};
+use trainyard::Home;
+
+/// The native folder picker, for "snapshot a folder" in the Datasets page.
+#[tauri::command]
+async fn pick_folder(app: AppHandle) -> Option<String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.dialog().file().pick_folder(move |p| {
+        let _ = tx.send(p.and_then(|p| p.into_path().ok()));
+    });
+    rx.await
+        .ok()
+        .flatten()
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+fn random_token() -> String {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).expect("the OS random number generator works");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Where the window points and how to talk to that daemon.
+struct Daemon {
+    url: String,
+    client: Client,
+    token: Option<String>,
+}
+
+/// Start the in-process daemon and local agent, or use `TRAINYARD_URL`.
+fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
+    if let Ok(url) = std::env::var("TRAINYARD_URL") {
+        let token = std::env::var("TRAINYARD_TOKEN").ok();
+        let client = Client::new(&url, token.clone().map(Secret::new));
+        return Ok(Daemon { url, client, token });
+    }
+    let home = Home::resolve(None)?;
+    home.ensure()?;
+    let token = random_token();
+    let server = tauri::async_runtime::block_on(Server::bind(Config {
+        home: home.clone(),
+        addr: "127.0.0.1:0".parse()?,
+        lease: Duration::from_secs(30),
+        require_token: true,
+        token: Some(Secret::new(token.clone())),
+    }))?;
+    let url = server.url();
+    let client = Client::new(&url, Some(Secret::new(token.clone())));
+    let events = server.subscribe();
+    tauri::async_runtime::spawn(async move {
+        if let Err(e) = server.serve(std::future::pending()).await {
+            tracing::error!(error = %e, "daemon stopped");
+        }
+    });
+    // The local agent: NVML, or a fake inventory only when asked for.
+    let name = trainyard::agent::hostname();
+    let fake = std::env::var(trainyard::gpu::FAKE_GPUS_ENV).ok();
+    let gpus = trainyard::gpu::detect(fake.as_deref(), &name)?;
+    let cfg = AgentConfig {
+        name,
+        home,
+        cpu_slots: std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1),
+        grace: Duration::from_secs(10),
+        keep_work: false,
+    };
+    tauri::async_runtime::spawn(run_agent(cfg, client.clone(), gpus, std::future::pending()));
+    tauri::async_runtime::spawn(notify_job_ends(app.clone(), client.clone(), events));
+    Ok(Daemon {
+        url,
+        client,
+        token: Some(token),
+    })
+}
+
+/// A desktop notification when a job succeeds, fails or is lost.
+async fn notify_job_ends(
+    app: AppHandle,
+    client: Client,
+    mut events: tokio::sync::broadcast::Receiver<Event>,
+) {
+    loop {
+        let e = match events.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let Event::Job { id, state } = e else {
+            continue;
+        };
+        if !matches!(state.as_str(), "succeeded" | "failed" | "lost") {
+            continue;
+        }
+        let name = match client.job(JobId(id.0)).await {
+            Ok(j) => j
+                .job
+                .spec
+                .name
+                .clone()
+                .unwrap_or_else(|| j.job.spec.argv().join(" ")),
+            Err(_) => String::new(),
+        };
+        let _ = app
+            .notification()
+            .builder()
+            .title(format!("Job {id} {state}"))
+            .body(name)
+            .show();
+    }
+}
+
+/// The tray's one-line summary, refreshed every few seconds.
+async fn tray_summary(app: AppHandle, client: Client) {
+    loop {
+        let text = match (
+            client
+                .jobs(&[JobState::Queued, JobState::Assigned, JobState::Running])
+                .await,
+            client.agents().await,
+        ) {
+            (Ok(jobs), Ok(agents)) => {
+                let running = jobs.iter().filter(|j| j.state == JobState::Running).count();
+                let queued = jobs.iter().filter(|j| j.state == JobState::Queued).count();
+                let gpus: usize = agents.iter().map(|a| a.report.gpus.len()).sum();
+                let held: usize = agents.iter().map(|a| a.held.len()).sum();
+                format!("Trainyard — {running} running, {queued} queued; {held}/{gpus} GPUs in use")
+            }
+            (Err(e), _) | (_, Err(e)) => format!("Trainyard — daemon unreachable: {e}"),
+        };
+        if let Some(tray) = app.tray_by_id("main") {
+            let _ = tray.set_tooltip(Some(&text));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
+/// Launch the desktop app.
+pub fn run() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    tauri::Builder::default()
+        .plugin(tauri_plugin_dialog::init())
+        .plugin(tauri_plugin_notification::init())
+        .invoke_handler(tauri::generate_handler![pick_folder])
+        .setup(|app| {
+            let handle = app.handle().clone();
+            let d = start_daemon(&handle)?;
+            let mut url: tauri::Url = d.url.parse()?;
+            if let Some(t) = &d.token {
+                url.set_fragment(Some(&format!("token={t}")));
+            }
+            WebviewWindowBuilder::new(app, "main", WebviewUrl::External(url))
+                .title("Trainyard")
+                .inner_size(1280.0, 800.0)
+                .build()?;
+            let open = MenuItem::with_id(app, "open", "Open Trainyard", true, None::<&str>)?;
+            let quit = MenuItem::with_id(app, "quit", "Quit", true, None::<&str>)?;
+            let menu = Menu::with_items(app, &[&open, &quit])?;
+            TrayIconBuilder::with_id("main")
+                .icon(app.default_window_icon().cloned().ok_or("no app icon")?)
+                .tooltip("Trainyard")
+                .menu(&menu)
+                .on_menu_event(|app, ev| match ev.id.as_ref() {
+                    "open" => {
+                        if let Some(w) = app.get_webview_window("main") {
+                            let _ = w.show();
+                            let _ = w.set_focus();
+                        }
+                    }
+                    "quit" => app.exit(0),
+                    _ => {}
+                })
+                .build(app)?;
+            tauri::async_runtime::spawn(tray_summary(handle, d.client));
+            Ok(())
+        })
+        .run(tauri::generate_context!())
+        .expect("the Tauri application runs");
+}
