@@ -45,6 +45,10 @@ pub struct Health {
     pub version: String,
     /// Whether API calls need a bearer token.
     pub auth_required: bool,
+    /// Optional capabilities this daemon has (`runs`, …), so the UI shows
+    /// only what works.
+    #[serde(default)]
+    pub features: Vec<String>,
 }
 
 /// `POST /jobs`: one or several specs, enqueued in one transaction.

@@ -78,4 +78,9 @@ impl Home {
     pub fn catalog_path(&self) -> PathBuf {
         self.root.join("catalog.db")
     }
+
+    /// The index of wandb runs found on this machine (and their sync ledger).
+    pub fn runs_path(&self) -> PathBuf {
+        self.root.join("runs.db")
+    }
 }

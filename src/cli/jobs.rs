@@ -14,7 +14,7 @@ use trainyard::client::Client;
 use trainyard::queue::{Command, GitSource, Job, JobId, JobSpec, JobState};
 use trainyard::server::{self, Secret};
 
-use super::output;
+use super::output::{self, short};
 use super::Ctx;
 
 /// How to reach the daemon (queue commands).
@@ -276,16 +276,6 @@ fn ago(ns: i64) -> String {
     let now = trainyard::db::now_ns();
     let secs = ((now - ns).max(0) / 1_000_000_000) as u64;
     humantime::format_duration(Duration::from_secs(secs)).to_string()
-}
-
-fn short(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
-        t.push('…');
-        t
-    }
 }
 
 fn job_name(j: &Job) -> String {

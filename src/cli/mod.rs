@@ -5,6 +5,7 @@ mod daemon;
 mod data;
 mod jobs;
 mod output;
+mod runs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,9 @@ enum Command {
     /// Version datasets: snapshot, compare, tag and check out directories.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Browse wandb runs found on this machine (scan, ls, show, history).
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
     /// Start the daemon: the job queue, the scheduler, the HTTP API and a
     /// local agent for this host's GPUs.
     Up(Box<daemon::UpArgs>),
@@ -129,6 +133,15 @@ fn init_logging(verbose: u8) {
 /// Run the CLI; errors are printed once, readably, with a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up(_) | Command::Agent(_)) {
+        // Die quietly on a closed pipe (`trainyard runs history R | head`),
+        // as Unix tools do, instead of panicking in println!. Not in the
+        // long-running daemon and agent, whose sockets may close any time.
+        // SAFETY: restoring SIGPIPE's default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging(cli.verbose);
     match run(cli) {
         Ok(code) => code,
@@ -168,6 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Data(cmd) => data::run(&ctx, cmd),
+        Command::Runs(cmd) => runs::run(&ctx, cmd),
         Command::Up(args) => daemon::up(&ctx, *args),
         Command::Agent(args) => daemon::agent(&ctx, args),
         Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, *args),

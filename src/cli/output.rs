@@ -29,6 +29,22 @@ pub fn time(ns: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// `s` cut to `n` characters, with an ellipsis when cut.
+pub fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(n.saturating_sub(1)).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Seconds as `1h 2m 3s`.
+pub fn secs(s: f64) -> String {
+    humantime::format_duration(Duration::from_secs(s.max(0.0) as u64)).to_string()
+}
+
 /// Print a value as pretty JSON on stdout.
 pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

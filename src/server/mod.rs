@@ -12,6 +12,7 @@ mod auth;
 mod coord;
 mod datasets;
 mod routes;
+mod runs;
 mod ui;
 
 pub use auth::{load_or_create as load_or_create_token, read_token, Secret, TokenError};

@@ -142,6 +142,10 @@ pub(crate) fn router(coord: Arc<Coord>) -> Router {
         .route("/datasets/{name}/versions", get(super::datasets::versions))
         .route("/datasets/{name}/diff", get(super::datasets::diff))
         .route("/datasets/{name}/snapshot", post(super::datasets::snapshot))
+        .route("/runs", get(super::runs::list))
+        .route("/runs/scan", post(super::runs::scan))
+        .route("/runs/{id}", get(super::runs::show))
+        .route("/runs/{id}/history", get(super::runs::history))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(coord.clone(), auth));
     Router::new()
@@ -194,10 +198,14 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     )
 }
 
+/// What `GET /health` lists in `features`.
+const FEATURES: &[&str] = &["datasets", "runs"];
+
 async fn health(State(c): State<Arc<Coord>>) -> Json<Health> {
     Json(Health {
         version: env!("CARGO_PKG_VERSION").to_string(),
         auth_required: c.token.is_some(),
+        features: FEATURES.iter().map(|f| f.to_string()).collect(),
     })
 }
 

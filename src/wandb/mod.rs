@@ -14,6 +14,7 @@
 //! panic on any input; damaged data becomes a [`Diagnostic`]. Format notes and
 //! the checks made against real files: `docs/wandb-format.md`.
 
+pub mod index;
 pub mod proto;
 pub mod record;
 mod run;

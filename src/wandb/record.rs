@@ -75,7 +75,7 @@ pub enum HeaderError {
 
 /// Something the reader noticed and stepped over. The data around it was
 /// still read.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostic {
     /// File offset the problem refers to (a chunk or record start).
     pub offset: u64,
@@ -84,7 +84,7 @@ pub struct Diagnostic {
 }
 
 /// The kinds of [`Diagnostic`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DiagnosticKind {
     /// The file ends inside a record (a live writer, or a cut tail). The

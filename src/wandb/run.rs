@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::proto::{self, RecordType};
 use super::record::{Diagnostic, DiagnosticKind};
@@ -18,7 +18,7 @@ use super::value::Value;
 use super::{read_file, Error, LogRecord, Result};
 
 /// Where a run stands, as far as its `.wandb` file tells.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     /// No exit record (yet). The writer may still be running; if it is known
@@ -34,7 +34,7 @@ pub enum RunState {
 }
 
 /// Console stream of a line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stream {
     /// Standard output.
@@ -44,7 +44,7 @@ pub enum Stream {
 }
 
 /// One line of console output.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConsoleLine {
     /// Which stream it came from.
     pub stream: Stream,
@@ -56,7 +56,7 @@ pub struct ConsoleLine {
 }
 
 /// One history row (`wandb.log` call).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRow {
     /// The step (`_step`).
     pub step: i64,
@@ -87,7 +87,7 @@ impl HistoryRow {
     }
 }
 
-fn flatten<'a>(prefix: String, v: &'a Value, out: &mut Vec<(String, &'a Value)>) {
+pub(crate) fn flatten<'a>(prefix: String, v: &'a Value, out: &mut Vec<(String, &'a Value)>) {
     match v {
         Value::Object(m) if !m.is_empty() && !m.contains_key("_type") => {
             for (k, inner) in m {
@@ -100,7 +100,7 @@ fn flatten<'a>(prefix: String, v: &'a Value, out: &mut Vec<(String, &'a Value)>)
 
 /// One system-metrics sample (StatsRecord). The W&B UI shows the keys with
 /// a `system.` prefix.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SystemSample {
     /// When it was sampled (Unix seconds).
     pub timestamp: Option<f64>,
@@ -109,7 +109,7 @@ pub struct SystemSample {
 }
 
 /// Upload policy of a file named in a FilesRecord.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FilePolicy {
     /// Upload now.
@@ -123,7 +123,7 @@ pub enum FilePolicy {
 }
 
 /// Kind of a file named in a FilesRecord.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
     /// A user file.
@@ -139,7 +139,7 @@ pub enum FileKind {
 }
 
 /// A file the run asked to upload, relative to the run's `files/` directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunFile {
     /// Path relative to `files/`, `/`-separated.
     pub path: String,
@@ -150,7 +150,7 @@ pub struct RunFile {
 }
 
 /// A file found under a run directory's `files/`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirFile {
     /// Path relative to `files/`, `/`-separated.
     pub path: String,
@@ -161,7 +161,7 @@ pub struct DirFile {
 }
 
 /// System metadata (EnvironmentRecords merged).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     /// Operating system.
     pub os: String,
@@ -192,7 +192,8 @@ pub struct Environment {
 }
 
 /// A run as read from its `.wandb` file.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Run {
     /// Run id.
     pub id: String,
@@ -261,7 +262,51 @@ pub struct Run {
     pending_cr: [bool; 2],
 }
 
+/// A [`Run`]'s state without its rows, for resuming a read later in another
+/// process ([`Run::checkpoint`]). Config and summary travel as extended JSON
+/// so `NaN`/`Infinity` survive.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint<R> {
+    run: R,
+    config: String,
+    summary: String,
+    partial: [Option<ConsoleLine>; 2],
+    pending_cr: [bool; 2],
+}
+
 impl Run {
+    /// Everything needed to go on applying records later, as JSON, except
+    /// the rows ([`Run::history`], [`Run::system`], [`Run::console`]): the
+    /// caller stores those itself and takes them out first (they would be
+    /// written here otherwise).
+    pub fn checkpoint(&self) -> String {
+        let ext = |m: &BTreeMap<String, Value>| Value::Object(m.clone()).to_extended_json();
+        serde_json::to_string(&Checkpoint {
+            run: self,
+            config: ext(&self.config),
+            summary: ext(&self.summary),
+            partial: self.partial.clone(),
+            pending_cr: self.pending_cr,
+        })
+        .expect("a Run serializes to JSON")
+    }
+
+    /// The run saved by [`Run::checkpoint`] (without rows).
+    pub fn from_checkpoint(json: &str) -> std::result::Result<Run, String> {
+        let cp: Checkpoint<Run> = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let obj = |text: &str| match Value::parse(text) {
+            Ok(Value::Object(m)) => Ok(m),
+            Ok(_) => Err("not an object".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut run = cp.run;
+        run.config = obj(&cp.config)?;
+        run.summary = obj(&cp.summary)?;
+        run.partial = cp.partial;
+        run.pending_cr = cp.pending_cr;
+        Ok(run)
+    }
+
     /// Marks a run without an exit record as killed: call this when the
     /// writer is known to be gone (its process died, the file stopped
     /// growing long ago).

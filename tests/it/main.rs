@@ -4,6 +4,7 @@
 mod support;
 
 mod queue_daemon;
+mod runs_index;
 mod store_cli;
 mod store_crash;
 mod store_golden;
