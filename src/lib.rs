@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod home;
 pub mod progress;
 pub mod queue;
+pub mod remote;
 pub mod sched;
 pub mod server;
 pub mod store;

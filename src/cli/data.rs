@@ -51,10 +51,14 @@ pub enum DataCommand {
         /// The dataset.
         name: String,
     },
-    /// List the files of a version.
+    /// List the files of a version (or, with --remote, what a remote holds).
     Ls {
         /// NAME or NAME@REF (REF: tag, version id prefix, or `latest`).
-        target: String,
+        target: Option<String>,
+        /// List the datasets, versions and tags on a remote instead
+        /// (the default remote when no name is given).
+        #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "REMOTE")]
+        remote: Option<String>,
         /// Only this directory or file of the version.
         subpath: Option<String>,
         /// List everything below, not just one level.
@@ -93,6 +97,12 @@ pub enum DataCommand {
         /// The dataset.
         name: String,
     },
+    /// Upload versions to a remote: only what it lacks, small files packed.
+    Push(super::remote::PushArgs),
+    /// Download a version from a remote (verified) and check it out.
+    Pull(super::remote::PullArgs),
+    /// Download a version from a remote into the store without checking it out.
+    Fetch(super::remote::PullArgs),
     /// Rehash every object and check every version; exits non-zero on problems.
     Fsck,
     /// Delete objects that no version or tag references.
@@ -246,11 +256,28 @@ pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        DataCommand::Push(a) => return super::remote::push(ctx, &store, a),
+        DataCommand::Pull(a) => return super::remote::pull(ctx, &store, a, true),
+        DataCommand::Fetch(a) => return super::remote::pull(ctx, &store, a, false),
+        DataCommand::Ls {
+            target,
+            remote: Some(remote),
+            ..
+        } => {
+            let name = (!remote.is_empty()).then_some(remote.as_str());
+            return super::remote::ls(ctx, name, target.as_deref());
+        }
         DataCommand::Ls {
             target,
             subpath,
             recursive,
+            remote: None,
         } => {
+            let Some(target) = target else {
+                anyhow::bail!(
+                    "name a version (NAME or NAME@REF), or pass --remote to list a remote"
+                );
+            };
             let r = parse_ref(&target)?;
             let v = store.resolve(&r)?;
             let m = store.manifest(&v.id)?;

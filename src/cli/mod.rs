@@ -5,6 +5,7 @@ mod daemon;
 mod data;
 mod jobs;
 mod output;
+mod remote;
 mod runs;
 
 use std::path::PathBuf;
@@ -44,6 +45,9 @@ enum Command {
     /// Version datasets: snapshot, compare, tag and check out directories.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Manage dataset remotes (S3 buckets, S3-compatible servers, directories).
+    #[command(subcommand)]
+    Remote(remote::RemoteCommand),
     /// Browse wandb runs found on this machine (scan, ls, show, history).
     #[command(subcommand)]
     Runs(runs::RunsCommand),
@@ -181,6 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Data(cmd) => data::run(&ctx, cmd),
+        Command::Remote(cmd) => remote::remote(&ctx, cmd),
         Command::Runs(cmd) => runs::run(&ctx, cmd),
         Command::Up(args) => daemon::up(&ctx, *args),
         Command::Agent(args) => daemon::agent(&ctx, args),

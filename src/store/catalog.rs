@@ -145,6 +145,8 @@ pub(crate) struct NewVersion<'a> {
     pub tag: Option<&'a str>,
     /// Packs written for this version, indexed in the same transaction.
     pub packs: &'a [PackRecord],
+    /// Creation time when it is not now (a version received from elsewhere).
+    pub created_ns: Option<i64>,
 }
 
 /// Insert packs and their objects' locations (objects already packed
@@ -435,7 +437,7 @@ impl Catalog {
                     parent.as_ref().map(|p| p.0.to_vec()),
                     v.message,
                     v.author,
-                    now,
+                    v.created_ns.unwrap_or(now),
                     v.files as i64,
                     v.bytes as i64,
                     v.new_bytes as i64,

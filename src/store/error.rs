@@ -171,7 +171,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Error {
+    /// An I/O error on `path` while doing `op`.
+    pub fn io(op: &'static str, path: &Path, source: std::io::Error) -> Error {
         Error::Io {
             op,
             path: path.to_path_buf(),

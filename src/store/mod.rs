@@ -17,6 +17,7 @@ mod pack;
 mod refs;
 mod snapshot;
 mod statcache;
+mod transfer;
 mod walk;
 
 pub use catalog::{DatasetInfo, TagInfo, VersionInfo};
@@ -26,7 +27,9 @@ pub use id::{ObjectId, ParseIdError};
 pub use maint::{FsckProblem, FsckReport, GcReport};
 pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Manifest};
 pub use refs::{validate_dataset_name, DatasetRef};
+pub use snapshot::current_user;
 pub use snapshot::{AddOptions, AddReport, StatusReport};
+pub use transfer::{write_file_atomic, Export, Import, Incoming, ObjectReader};
 
 /// Parse a pack file's bytes into (object id, offset, length) triples, each
 /// object checked against its id. Exposed for the fuzz targets and for

@@ -81,8 +81,8 @@ fn lock(m: &Mutex<PackWriter>) -> Result<MutexGuard<'_, PackWriter>> {
     })
 }
 
-/// The OS user, for version authors.
-pub(crate) fn current_user() -> String {
+/// The OS user name, for version authors: `$TRAINYARD_USER`, `$USER`, `$LOGNAME`, `/etc/passwd`, else `uid<N>`.
+pub fn current_user() -> String {
     ["TRAINYARD_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
@@ -317,6 +317,7 @@ impl Store {
             source: Some(&root_key),
             tag: opts.tag.as_deref(),
             packs: &packs,
+            created_ns: None,
         })?;
         tracing::debug!(elapsed = ?t0.elapsed(), "version committed");
         if let Err(e) = self.statcache.update(&root_key, &entries, &gone, Some(gen)) {

@@ -1,0 +1,1032 @@
+//! Push, pull and list: moving dataset versions between the local store and
+//! a remote in the layout of [`super::format`].
+//!
+//! Push order (the remote's invariant: a version record exists only when
+//! everything it needs does): packs, then their indexes; large objects;
+//! the manifest; the version record; tags. An interrupted push leaves at
+//! worst packs without an index (ignored, and re-sent) and objects no
+//! version names yet; a re-run sends only what is still missing.
+//!
+//! Pull verifies every object against its id before the store sees it and
+//! records the version only when all its objects are in the store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use super::format::{self, TagRecord, VersionRecord};
+use super::{Error, Remote, Result};
+use crate::progress::Progress;
+use crate::store::{DatasetRef, Export, Incoming, ObjectId, Store};
+
+/// Small objects are packed up to this size before upload.
+const REMOTE_PACK_TARGET: usize = 32 << 20;
+/// Objects at least this large are stored loose (the store's pack threshold).
+const LOOSE: u64 = 128 << 10;
+/// Ranges of one pack closer than this are fetched in one request.
+const RANGE_GAP: u64 = 1 << 20;
+/// Large objects stream in parts of this size (multipart above it).
+const PART: usize = 16 << 20;
+
+/// A version on the remote, with its tags.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoteDataset {
+    /// Dataset name.
+    pub name: String,
+    /// Versions, newest first.
+    pub versions: Vec<VersionRecord>,
+    /// Tags: name → version id.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// One version pushed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PushedVersion {
+    /// Dataset.
+    pub dataset: String,
+    /// Version id.
+    pub id: String,
+    /// Whether the remote lacked it.
+    pub new: bool,
+}
+
+/// A tag's fate in a push.
+#[derive(Debug, Clone, Serialize)]
+pub struct TagOutcome {
+    /// Dataset.
+    pub dataset: String,
+    /// Tag.
+    pub tag: String,
+    /// The version it names locally.
+    pub version: String,
+    /// `set`, `unchanged` or `conflict`.
+    pub outcome: String,
+    /// For conflicts, the reason.
+    pub detail: Option<String>,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PushReport {
+    /// The remote.
+    pub remote: String,
+    /// Versions considered.
+    pub versions: Vec<PushedVersion>,
+    /// Objects uploaded.
+    pub objects_sent: u64,
+    /// Packs uploaded.
+    pub packs_sent: u64,
+    /// Bytes uploaded (object bytes, pack headers excluded).
+    pub bytes_sent: u64,
+    /// Requests made.
+    pub requests: u64,
+    /// Tags.
+    pub tags: Vec<TagOutcome>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct PullReport {
+    /// The remote.
+    pub remote: String,
+    /// Dataset.
+    pub dataset: String,
+    /// Version id.
+    pub version: String,
+    /// Whether the version was new to the local store.
+    pub new_version: bool,
+    /// Objects fetched.
+    pub objects_fetched: u64,
+    /// Object bytes fetched.
+    pub bytes_fetched: u64,
+    /// Requests made.
+    pub requests: u64,
+    /// Tags set locally.
+    pub tags_set: Vec<String>,
+    /// Remote tags not copied because the local tag names another version.
+    pub tags_kept: Vec<String>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Push options.
+#[derive(Debug, Clone, Copy)]
+pub struct PushOptions {
+    /// Uploads in flight.
+    pub jobs: usize,
+    /// Move remote tags even if someone else moved them since our last sync.
+    pub force_tags: bool,
+}
+
+/// One pack index entry: object, offset of its bytes, length.
+type IdxEntry = (ObjectId, u64, u64);
+
+/// Where the remote keeps each object.
+#[derive(Debug, Default)]
+struct RemoteIndex {
+    packed: HashMap<ObjectId, (ObjectId, u64, u64)>,
+    loose: HashSet<ObjectId>,
+}
+
+impl RemoteIndex {
+    fn has(&self, id: &ObjectId) -> bool {
+        self.loose.contains(id) || self.packed.contains_key(id)
+    }
+}
+
+/// A remote plus the local cache directory and a request counter.
+struct Conn<'a> {
+    remote: &'a Remote,
+    cache: PathBuf,
+    requests: AtomicU64,
+}
+
+fn hex_id(remote: &Remote, key: &str, s: &str) -> Result<ObjectId> {
+    s.parse().map_err(|_| Error::Corrupt {
+        remote: remote.name.clone(),
+        key: key.to_string(),
+        reason: format!("{s:?} is not a version/object id"),
+    })
+}
+
+impl<'a> Conn<'a> {
+    fn new(remote: &'a Remote, home: &crate::Home) -> Conn<'a> {
+        Conn {
+            remote,
+            cache: home.root().join("remotes").join(&remote.name),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn get(&self, rel: &str) -> Result<Option<Bytes>> {
+        let key = self.remote.key(rel);
+        self.count();
+        match self.remote.store.get(&key).await {
+            Ok(r) => Ok(Some(
+                r.bytes()
+                    .await
+                    .map_err(|e| self.remote.err("read", &key, e))?,
+            )),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.remote.err("read", &key, e)),
+        }
+    }
+
+    async fn put(&self, rel: &str, body: Bytes, create: bool) -> Result<bool> {
+        let key = self.remote.key(rel);
+        self.count();
+        let mode = if create {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        match self
+            .remote
+            .store
+            .put_opts(&key, PutPayload::from(body), PutOptions::from(mode))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) if create => Ok(false),
+            Err(e) => Err(self.remote.err("write", &key, e)),
+        }
+    }
+
+    /// Keys under `rel` (recursively), relative to the remote root.
+    async fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = self.remote.key(rel);
+        self.count();
+        let root_parts = self.remote.root.parts().count();
+        let items: Vec<object_store::ObjectMeta> = self
+            .remote
+            .store
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.remote.err("list", &prefix, e))?;
+        // One request per 1000 keys, as S3 pages them.
+        self.requests
+            .fetch_add((items.len() / 1000) as u64, Ordering::Relaxed);
+        Ok(items
+            .into_iter()
+            .map(|m| {
+                let rel: Vec<String> = m
+                    .location
+                    .parts()
+                    .skip(root_parts)
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                (rel.join("/"), m.size)
+            })
+            .collect())
+    }
+
+    /// Check (or on push, write) the format marker.
+    async fn check_marker(&self, create: bool) -> Result<()> {
+        match self.get(format::MARKER).await? {
+            Some(b) => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+                        remote: self.remote.name.clone(),
+                        key: format::MARKER.into(),
+                        reason: e.to_string(),
+                    })?;
+                if v["format"].as_u64() != Some(u64::from(format::FORMAT)) {
+                    return Err(Error::Corrupt {
+                        remote: self.remote.name.clone(),
+                        key: format::MARKER.into(),
+                        reason: format!("remote format {} is not one this Trainyard knows ({}); upgrade Trainyard", v["format"], format::FORMAT),
+                    });
+                }
+                Ok(())
+            }
+            None if create => {
+                let body = serde_json::to_vec(&serde_json::json!({"format": format::FORMAT}))
+                    .expect("json");
+                self.put(format::MARKER, body.into(), true).await?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Which objects the remote has: every pack index (cached locally, they
+    /// never change) and the loose objects.
+    async fn index(&self, jobs: usize) -> Result<RemoteIndex> {
+        let idx_dir = self.cache.join("idx");
+        std::fs::create_dir_all(&idx_dir)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", idx_dir.display())))?;
+        let listed = self.list("packs").await?;
+        let mut idx = RemoteIndex::default();
+        let ids: Vec<ObjectId> = listed
+            .iter()
+            .filter_map(|(k, _)| k.strip_prefix("packs/")?.strip_suffix(".idx"))
+            .map(|h| hex_id(self.remote, h, h))
+            .collect::<Result<_>>()?;
+        let loaded: Vec<(ObjectId, Vec<IdxEntry>)> = stream::iter(ids)
+            .map(|pack| {
+                let idx_dir = &idx_dir;
+                async move {
+                    let cached = idx_dir.join(format!("{}.idx", pack.to_hex()));
+                    let bytes = match std::fs::read(&cached) {
+                        Ok(b) => Bytes::from(b),
+                        Err(_) => {
+                            let key = format::idx_key(&pack);
+                            let b = self.get(&key).await?.ok_or_else(|| Error::Corrupt {
+                                remote: self.remote.name.clone(),
+                                key: key.clone(),
+                                reason: "listed but gone".into(),
+                            })?;
+                            b
+                        }
+                    };
+                    let entries = format::decode_idx(&bytes).map_err(|reason| Error::Corrupt {
+                        remote: self.remote.name.clone(),
+                        key: format::idx_key(&pack),
+                        reason,
+                    })?;
+                    if !cached.exists() {
+                        let _ = crate::store::write_file_atomic(&cached, &bytes);
+                    }
+                    Ok::<_, Error>((pack, entries))
+                }
+            })
+            .buffer_unordered(jobs.max(1) * 2)
+            .try_collect()
+            .await?;
+        for (pack, entries) in loaded {
+            for (id, off, len) in entries {
+                idx.packed.entry(id).or_insert((pack, off, len));
+            }
+        }
+        for (k, _) in self.list("objects").await? {
+            if let Some(h) = k.rsplit('/').next() {
+                if let Ok(id) = h.parse::<ObjectId>() {
+                    idx.loose.insert(id);
+                }
+            }
+        }
+        Ok(idx)
+    }
+
+    async fn version_ids(&self, dataset: &str) -> Result<Vec<ObjectId>> {
+        let prefix = format!("datasets/{dataset}/versions");
+        let mut out = Vec::new();
+        for (k, _) in self.list(&prefix).await? {
+            if let Some(h) = k.rsplit('/').next().and_then(|n| n.strip_suffix(".json")) {
+                out.push(hex_id(self.remote, &k, h)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn version_record(&self, dataset: &str, id: &ObjectId) -> Result<Option<VersionRecord>> {
+        let key = format::version_key(dataset, id);
+        let Some(b) = self.get(&key).await? else {
+            return Ok(None);
+        };
+        let r: VersionRecord = serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+            remote: self.remote.name.clone(),
+            key: key.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some(r))
+    }
+
+    /// A tag's current (seq, record) on the remote.
+    async fn tag(&self, dataset: &str, tag: &str) -> Result<Option<(u64, TagRecord)>> {
+        let prefix = format!("datasets/{dataset}/tags/{tag}");
+        let mut best: Option<(u64, String)> = None;
+        for (k, _) in self.list(&prefix).await? {
+            let Some(seq) = k
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if best.as_ref().is_none_or(|(s, _)| seq > *s) {
+                best = Some((seq, k));
+            }
+        }
+        let Some((seq, key)) = best else {
+            return Ok(None);
+        };
+        let b = self.get(&key).await?.ok_or_else(|| Error::Corrupt {
+            remote: self.remote.name.clone(),
+            key: key.clone(),
+            reason: "listed but gone".into(),
+        })?;
+        let r: TagRecord = serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
+            remote: self.remote.name.clone(),
+            key,
+            reason: e.to_string(),
+        })?;
+        Ok(Some((seq, r)))
+    }
+
+    /// Tags on the remote for a dataset: name → (seq, version hex).
+    async fn tags(&self, dataset: &str) -> Result<BTreeMap<String, (u64, String)>> {
+        let prefix = format!("datasets/{dataset}/tags");
+        let mut names = HashSet::new();
+        for (k, _) in self.list(&prefix).await? {
+            let parts: Vec<&str> = k.split('/').collect();
+            if parts.len() == 5 {
+                names.insert(parts[3].to_string());
+            }
+        }
+        let mut out = BTreeMap::new();
+        for n in names {
+            if let Some((seq, r)) = self.tag(dataset, &n).await? {
+                out.insert(n, (seq, r.version));
+            }
+        }
+        Ok(out)
+    }
+
+    fn tag_state_path(&self) -> PathBuf {
+        self.cache.join("tags.json")
+    }
+
+    fn tag_state(&self) -> HashMap<String, u64> {
+        std::fs::read(self.tag_state_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn save_tag_state(&self, s: &HashMap<String, u64>) {
+        let body = serde_json::to_vec_pretty(s).expect("json");
+        if let Err(e) = crate::store::write_file_atomic(&self.tag_state_path(), &body) {
+            tracing::warn!(error = %e, "could not record the remote tags seen");
+        }
+    }
+}
+
+/// Upload one large object from its loose file, in parts.
+async fn upload_loose(conn: &Conn<'_>, id: &ObjectId, path: &Path) -> Result<u64> {
+    let key = conn.remote.key(&format::object_key(id));
+    let mut f = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| Error::Local(crate::store::Error::io("open", path, e)))?;
+    let mut w = object_store::buffered::BufWriter::with_capacity(
+        conn.remote.store.clone(),
+        key.clone(),
+        PART,
+    );
+    let n = tokio::io::copy(&mut f, &mut w)
+        .await
+        .map_err(|e| Error::Store {
+            remote: conn.remote.name.clone(),
+            url: conn.remote.config.url.clone(),
+            op: "upload",
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+    w.shutdown().await.map_err(|e| Error::Store {
+        remote: conn.remote.name.clone(),
+        url: conn.remote.config.url.clone(),
+        op: "upload",
+        key: key.to_string(),
+        message: e.to_string(),
+    })?;
+    // A multipart upload is create + parts + complete.
+    let parts = n.div_ceil(PART as u64).max(1);
+    conn.requests
+        .fetch_add(if parts > 1 { parts + 2 } else { 1 }, Ordering::Relaxed);
+    Ok(n)
+}
+
+/// Push versions (`refs`) to `remote`: only what it lacks.
+pub async fn push(
+    store: &Store,
+    home: &crate::Home,
+    remote: &Remote,
+    refs: &[DatasetRef],
+    opts: PushOptions,
+    progress: &dyn Progress,
+) -> Result<PushReport> {
+    let t0 = Instant::now();
+    let conn = Conn::new(remote, home);
+    conn.check_marker(true).await?;
+    let mut exports: Vec<Export> = Vec::new();
+    for r in refs {
+        let e = store.export(r)?;
+        if !exports
+            .iter()
+            .any(|x| x.info.id == e.info.id && x.info.dataset == e.info.dataset)
+        {
+            exports.push(e);
+        }
+    }
+    let mut report = PushReport {
+        remote: remote.name.clone(),
+        ..PushReport::default()
+    };
+    // Versions the remote already has need nothing else.
+    let mut on_remote: HashMap<String, HashSet<ObjectId>> = HashMap::new();
+    for e in &exports {
+        if !on_remote.contains_key(&e.info.dataset) {
+            let ids = conn.version_ids(&e.info.dataset).await?;
+            on_remote.insert(e.info.dataset.clone(), ids.into_iter().collect());
+        }
+    }
+    let todo: Vec<&Export> = exports
+        .iter()
+        .filter(|e| !on_remote[&e.info.dataset].contains(&e.info.id))
+        .collect();
+    for e in &exports {
+        report.versions.push(PushedVersion {
+            dataset: e.info.dataset.clone(),
+            id: e.info.id.to_hex(),
+            new: todo
+                .iter()
+                .any(|t| t.info.id == e.info.id && t.info.dataset == e.info.dataset),
+        });
+    }
+    if !todo.is_empty() {
+        let index = conn.index(opts.jobs).await?;
+        let mut seen = HashSet::new();
+        let mut small: Vec<(ObjectId, u64)> = Vec::new();
+        let mut large: Vec<(ObjectId, u64)> = Vec::new();
+        for e in &todo {
+            for (id, size) in e.objects() {
+                if index.has(&id) || !seen.insert(id) {
+                    continue;
+                }
+                if size < LOOSE {
+                    small.push((id, size));
+                } else {
+                    large.push((id, size));
+                }
+            }
+        }
+        let total: u64 = small.iter().chain(&large).map(|o| o.1).sum();
+        progress.phase("uploading", Some(total));
+        // Plan packs of ~32 MiB.
+        let mut plans: Vec<Vec<ObjectId>> = Vec::new();
+        let mut cur = Vec::new();
+        let mut cur_size = 0usize;
+        for (id, size) in &small {
+            cur.push(*id);
+            cur_size += *size as usize + 36;
+            if cur_size >= REMOTE_PACK_TARGET {
+                plans.push(std::mem::take(&mut cur));
+                cur_size = 0;
+            }
+        }
+        if !cur.is_empty() {
+            plans.push(cur);
+        }
+        let reader = store.object_reader()?;
+        let reader = &reader;
+        let conn_ref = &conn;
+        let sent_bytes = AtomicU64::new(0);
+        let sent_objects = AtomicU64::new(0);
+        let packs_sent = AtomicU64::new(0);
+        let (sb, so, ps) = (&sent_bytes, &sent_objects, &packs_sent);
+        stream::iter(plans)
+            .map(|plan| async move {
+                let mut buf = Vec::with_capacity(REMOTE_PACK_TARGET + (1 << 20));
+                buf.extend_from_slice(b"TYPACK\0\0");
+                buf.extend_from_slice(&1u32.to_le_bytes());
+                let mut entries = Vec::with_capacity(plan.len());
+                let mut bytes = 0u64;
+                for id in &plan {
+                    let data = reader.read(id)?;
+                    buf.extend_from_slice(&id.0);
+                    buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                    entries.push((*id, buf.len() as u64, data.len() as u64));
+                    buf.extend_from_slice(&data);
+                    bytes += data.len() as u64;
+                }
+                let pack_id = ObjectId::of_bytes(&buf);
+                conn_ref
+                    .put(&format::pack_key(&pack_id), Bytes::from(buf), false)
+                    .await?;
+                // The index only after its pack: an index names a complete pack.
+                conn_ref
+                    .put(
+                        &format::idx_key(&pack_id),
+                        Bytes::from(format::encode_idx(&entries)),
+                        false,
+                    )
+                    .await?;
+                sb.fetch_add(bytes, Ordering::Relaxed);
+                so.fetch_add(plan.len() as u64, Ordering::Relaxed);
+                ps.fetch_add(1, Ordering::Relaxed);
+                progress.inc(bytes);
+                Ok::<_, Error>(())
+            })
+            .buffer_unordered(opts.jobs.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        stream::iter(large)
+            .map(|(id, size)| async move {
+                let path = reader
+                    .loose_path(&id)
+                    .ok_or(Error::Local(crate::store::Error::MissingObject(id)))?;
+                // Rehash before sending: never spread a damaged object.
+                if !store.verify_loose(&id)? {
+                    return Err(Error::Local(crate::store::Error::CorruptObject {
+                        id,
+                        path,
+                    }));
+                }
+                let n = upload_loose(conn_ref, &id, &path).await?;
+                if n != size {
+                    return Err(Error::Local(crate::store::Error::FileChanged(path)));
+                }
+                sb.fetch_add(n, Ordering::Relaxed);
+                so.fetch_add(1, Ordering::Relaxed);
+                progress.inc(n);
+                Ok::<_, Error>(())
+            })
+            .buffer_unordered(opts.jobs.clamp(1, 4))
+            .try_collect::<Vec<()>>()
+            .await?;
+        report.bytes_sent = sent_bytes.load(Ordering::Relaxed);
+        report.objects_sent = sent_objects.load(Ordering::Relaxed);
+        report.packs_sent = packs_sent.load(Ordering::Relaxed);
+        // Manifests, then the version records that make versions visible.
+        for e in &todo {
+            conn.put(
+                &format::manifest_key(&e.info.id),
+                Bytes::from(e.manifest_bytes.clone()),
+                false,
+            )
+            .await?;
+            let rec = VersionRecord {
+                format: format::FORMAT,
+                dataset: e.info.dataset.clone(),
+                id: e.info.id.to_hex(),
+                message: e.info.message.clone(),
+                author: e.info.author.clone(),
+                created_ns: e.info.created_ns,
+                files: e.info.files,
+                bytes: e.info.bytes,
+            };
+            let body = serde_json::to_vec_pretty(&rec).expect("json");
+            conn.put(
+                &format::version_key(&e.info.dataset, &e.info.id),
+                body.into(),
+                true,
+            )
+            .await?;
+        }
+    }
+    progress.finish();
+    // Tags naming the pushed versions.
+    let mut state = conn.tag_state();
+    for e in &exports {
+        for tag in &e.info.tags {
+            let local = e.info.id.to_hex();
+            let skey = format!("{}@{tag}", e.info.dataset);
+            let current = conn.tag(&e.info.dataset, tag).await?;
+            let mut out = TagOutcome {
+                dataset: e.info.dataset.clone(),
+                tag: tag.clone(),
+                version: local.clone(),
+                outcome: "unchanged".into(),
+                detail: None,
+            };
+            let next = match &current {
+                Some((seq, r)) if r.version == local => {
+                    state.insert(skey.clone(), *seq);
+                    None
+                }
+                Some((seq, r)) => {
+                    if opts.force_tags || state.get(&skey) == Some(seq) {
+                        Some(seq + 1)
+                    } else {
+                        out.outcome = "conflict".into();
+                        out.detail = Some(
+                            Error::TagConflict {
+                                remote: remote.name.clone(),
+                                dataset: e.info.dataset.clone(),
+                                tag: tag.clone(),
+                                theirs: r.version.clone(),
+                                ours: local.clone(),
+                            }
+                            .to_string(),
+                        );
+                        None
+                    }
+                }
+                None => Some(1),
+            };
+            if let Some(seq) = next {
+                let rec = TagRecord {
+                    format: format::FORMAT,
+                    version: local.clone(),
+                    author: crate::store::current_user(),
+                    set_ns: crate::db::now_ns(),
+                };
+                let body = serde_json::to_vec_pretty(&rec).expect("json");
+                // Create-only: of two pushers moving a tag at once, one wins.
+                if conn
+                    .put(
+                        &format::tag_key(&e.info.dataset, tag, seq),
+                        body.into(),
+                        true,
+                    )
+                    .await?
+                {
+                    state.insert(skey.clone(), seq);
+                    out.outcome = "set".into();
+                } else {
+                    let theirs = conn
+                        .tag(&e.info.dataset, tag)
+                        .await?
+                        .map(|(_, r)| r.version)
+                        .unwrap_or_default();
+                    out.outcome = "conflict".into();
+                    out.detail = Some(
+                        Error::TagConflict {
+                            remote: remote.name.clone(),
+                            dataset: e.info.dataset.clone(),
+                            tag: tag.clone(),
+                            theirs,
+                            ours: local.clone(),
+                        }
+                        .to_string(),
+                    );
+                }
+            }
+            report.tags.push(out);
+        }
+    }
+    conn.save_tag_state(&state);
+    report.requests = conn.requests.load(Ordering::Relaxed);
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Resolve `reference` (a tag, a version id prefix of ≥ 4 hex digits, or
+/// `latest`/none) on the remote.
+async fn resolve_remote(
+    conn: &Conn<'_>,
+    dataset: &str,
+    reference: Option<&str>,
+) -> Result<VersionRecord> {
+    let not_found = |what: String| Error::NotOnRemote {
+        remote: conn.remote.name.clone(),
+        what,
+    };
+    let ids = conn.version_ids(dataset).await?;
+    if ids.is_empty() {
+        return Err(not_found(format!("dataset {dataset}")));
+    }
+    let reference = reference.filter(|r| *r != "latest");
+    let id = match reference {
+        None => {
+            let mut best: Option<VersionRecord> = None;
+            for id in &ids {
+                if let Some(r) = conn.version_record(dataset, id).await? {
+                    if best.as_ref().is_none_or(|b| r.created_ns > b.created_ns) {
+                        best = Some(r);
+                    }
+                }
+            }
+            return best.ok_or_else(|| not_found(format!("versions of {dataset}")));
+        }
+        Some(r) => {
+            if let Some((_, t)) = conn.tag(dataset, r).await? {
+                hex_id(conn.remote, r, &t.version)?
+            } else {
+                let is_hex = r.len() >= 4 && r.bytes().all(|b| b.is_ascii_hexdigit());
+                let m: Vec<&ObjectId> = ids
+                    .iter()
+                    .filter(|id| is_hex && id.to_hex().starts_with(&r.to_ascii_lowercase()))
+                    .collect();
+                match m.as_slice() {
+                    [one] => **one,
+                    [] => return Err(not_found(format!("tag or version {dataset}@{r}"))),
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "{dataset}@{r} is ambiguous on remote {}: {} versions start with it",
+                            conn.remote.name,
+                            m.len()
+                        )))
+                    }
+                }
+            }
+        }
+    };
+    conn.version_record(dataset, &id)
+        .await?
+        .ok_or_else(|| not_found(format!("version {dataset}@{}", id.short())))
+}
+
+/// Fetch a version from `remote` into the store (nothing is checked out).
+pub async fn fetch(
+    store: &Store,
+    home: &crate::Home,
+    remote: &Remote,
+    r: &DatasetRef,
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<PullReport> {
+    let t0 = Instant::now();
+    let conn = Conn::new(remote, home);
+    conn.check_marker(false).await?;
+    let rec = resolve_remote(&conn, &r.dataset, r.reference.as_deref()).await?;
+    let vid = hex_id(remote, &rec.id, &rec.id)?;
+    let mkey = format::manifest_key(&vid);
+    let mbytes = conn.get(&mkey).await?.ok_or_else(|| Error::Corrupt {
+        remote: remote.name.clone(),
+        key: mkey.clone(),
+        reason: "the version record exists but its manifest does not".into(),
+    })?;
+    let mut import = store.import()?;
+    let manifest = import
+        .put_manifest(&vid, &mbytes)
+        .map_err(|e| Error::Corrupt {
+            remote: remote.name.clone(),
+            key: mkey.clone(),
+            reason: e.to_string(),
+        })?;
+    let wanted: Vec<(ObjectId, u64)> = {
+        let mut seen = HashSet::new();
+        manifest
+            .entries
+            .iter()
+            .filter(|e| e.kind == crate::store::Kind::File)
+            .map(|e| (e.id, e.size))
+            .filter(|(id, _)| seen.insert(*id))
+            .collect()
+    };
+    let missing = store.missing(&wanted)?;
+    let mut report = PullReport {
+        remote: remote.name.clone(),
+        dataset: r.dataset.clone(),
+        version: rec.id.clone(),
+        ..PullReport::default()
+    };
+    if !missing.is_empty() {
+        let index = conn.index(jobs).await?;
+        let mut by_pack: HashMap<ObjectId, Vec<(ObjectId, u64, u64)>> = HashMap::new();
+        let mut loose = Vec::new();
+        for (id, size) in &missing {
+            if let Some((pack, off, len)) = index.packed.get(id) {
+                if len != size {
+                    return Err(Error::Corrupt {
+                        remote: remote.name.clone(),
+                        key: format::idx_key(pack),
+                        reason: format!(
+                            "object {} is {len} bytes in the index, {size} in the manifest",
+                            id.short()
+                        ),
+                    });
+                }
+                by_pack.entry(*pack).or_default().push((*id, *off, *len));
+            } else if index.loose.contains(id) {
+                loose.push((*id, *size));
+            } else {
+                return Err(Error::Corrupt {
+                    remote: remote.name.clone(),
+                    key: format::version_key(&r.dataset, &vid),
+                    reason: format!(
+                        "object {id} of this version is on the remote neither packed nor loose"
+                    ),
+                });
+            }
+        }
+        let total: u64 = missing.iter().map(|m| m.1).sum();
+        progress.phase("downloading", Some(total));
+        let conn_ref = &conn;
+        // Each pack: coalesced range reads of only the objects needed.
+        let mut results = stream::iter(by_pack)
+            .map(|(pack, mut objs)| async move {
+                objs.sort_unstable_by_key(|o| o.1);
+                let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
+                for (_, off, len) in &objs {
+                    match ranges.last_mut() {
+                        Some(r) if *off <= r.end + RANGE_GAP => r.end = r.end.max(off + len),
+                        _ => ranges.push(*off..off + len),
+                    }
+                }
+                let key = conn_ref.remote.key(&format::pack_key(&pack));
+                conn_ref
+                    .requests
+                    .fetch_add(ranges.len() as u64, Ordering::Relaxed);
+                let got = conn_ref
+                    .remote
+                    .store
+                    .get_ranges(&key, &ranges)
+                    .await
+                    .map_err(|e| conn_ref.remote.err("read", &key, e))?;
+                let mut out = Vec::with_capacity(objs.len());
+                for (id, off, len) in objs {
+                    let i = ranges.partition_point(|r| r.end <= off);
+                    let (r, b) = (&ranges[i], &got[i]);
+                    let start = (off - r.start) as usize;
+                    let bytes = b.slice(start..start + len as usize);
+                    out.push((pack, id, bytes));
+                }
+                Ok::<_, Error>(out)
+            })
+            .buffer_unordered(jobs.max(1));
+        while let Some(batch) = results.next().await {
+            for (pack, id, bytes) in batch? {
+                import.put(&id, &bytes).map_err(|e| Error::Corrupt {
+                    remote: remote.name.clone(),
+                    key: format::pack_key(&pack),
+                    reason: format!("object {id}: {e}"),
+                })?;
+                report.objects_fetched += 1;
+                report.bytes_fetched += bytes.len() as u64;
+                progress.inc(bytes.len() as u64);
+            }
+        }
+        drop(results);
+        // Large objects stream to a file, are hashed, then renamed in.
+        let tmp = import.tmp_dir();
+        let tmp = &tmp;
+        let mut results = stream::iter(loose)
+            .map(|(id, size)| async move {
+                let key = conn_ref.remote.key(&format::object_key(&id));
+                conn_ref.count();
+                let got = conn_ref
+                    .remote
+                    .store
+                    .get(&key)
+                    .await
+                    .map_err(|e| conn_ref.remote.err("read", &key, e))?;
+                let file = tmp.join(format!(".pull-{}", id.to_hex()));
+                let mut f = tokio::fs::File::create(&file)
+                    .await
+                    .map_err(|e| Error::Local(crate::store::Error::io("create", &file, e)))?;
+                let mut s = got.into_stream();
+                let mut n = 0u64;
+                while let Some(chunk) = s.next().await {
+                    let chunk = chunk.map_err(|e| conn_ref.remote.err("read", &key, e))?;
+                    n += chunk.len() as u64;
+                    f.write_all(&chunk)
+                        .await
+                        .map_err(|e| Error::Local(crate::store::Error::io("write", &file, e)))?;
+                    progress.inc(chunk.len() as u64);
+                }
+                f.flush()
+                    .await
+                    .map_err(|e| Error::Local(crate::store::Error::io("write", &file, e)))?;
+                if n != size {
+                    let _ = std::fs::remove_file(&file);
+                    return Err(Error::Corrupt {
+                        remote: conn_ref.remote.name.clone(),
+                        key: key.to_string(),
+                        reason: format!("{n} bytes, the manifest says {size}"),
+                    });
+                }
+                Ok::<_, Error>((id, file, key, n))
+            })
+            .buffer_unordered(jobs.clamp(1, 4));
+        while let Some(r) = results.next().await {
+            let (id, file, key, n) = r?;
+            import.put_file(&id, &file).map_err(|e| Error::Corrupt {
+                remote: remote.name.clone(),
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+            report.objects_fetched += 1;
+            report.bytes_fetched += n;
+        }
+    }
+    progress.finish();
+    report.new_version = import.commit(
+        &Incoming {
+            dataset: &r.dataset,
+            id: vid,
+            message: &rec.message,
+            author: &rec.author,
+            created_ns: rec.created_ns,
+            source: &format!("remote {} ({})", remote.name, remote.config.url),
+        },
+        &manifest,
+    )?;
+    // Remote tags naming this version, where the local store has no other opinion.
+    let local_tags: HashMap<String, ObjectId> = store
+        .tags(&r.dataset)?
+        .into_iter()
+        .map(|t| (t.name, t.version))
+        .collect();
+    let mut state = conn.tag_state();
+    for (tag, (seq, version)) in conn.tags(&r.dataset).await? {
+        if version != rec.id {
+            continue;
+        }
+        state.insert(format!("{}@{tag}", r.dataset), seq);
+        match local_tags.get(&tag) {
+            Some(v) if *v == vid => {}
+            Some(_) => report.tags_kept.push(tag),
+            None => {
+                store.tag(
+                    &DatasetRef {
+                        dataset: r.dataset.clone(),
+                        reference: Some(rec.id.clone()),
+                    },
+                    &tag,
+                    false,
+                )?;
+                report.tags_set.push(tag);
+            }
+        }
+    }
+    conn.save_tag_state(&state);
+    report.requests = conn.requests.load(Ordering::Relaxed);
+    report.seconds = t0.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// What the remote holds: datasets with their versions and tags.
+pub async fn list(remote: &Remote, home: &crate::Home) -> Result<Vec<RemoteDataset>> {
+    let conn = Conn::new(remote, home);
+    conn.check_marker(false).await?;
+    let mut names: Vec<String> = conn
+        .list("datasets")
+        .await?
+        .into_iter()
+        .filter_map(|(k, _)| k.split('/').nth(1).map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut out = Vec::new();
+    for name in names {
+        let mut versions = Vec::new();
+        for id in conn.version_ids(&name).await? {
+            if let Some(r) = conn.version_record(&name, &id).await? {
+                versions.push(r);
+            }
+        }
+        versions.sort_by_key(|v| std::cmp::Reverse(v.created_ns));
+        let tags = conn
+            .tags(&name)
+            .await?
+            .into_iter()
+            .map(|(t, (_, v))| (t, v))
+            .collect();
+        out.push(RemoteDataset {
+            name,
+            versions,
+            tags,
+        });
+    }
+    Ok(out)
+}
