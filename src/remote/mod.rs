@@ -160,8 +160,9 @@ impl Remote {
                     .with_region(&c.region)
                     .with_access_key_id(&c.access_key_id)
                     .with_secret_access_key(c.secret_access_key.expose())
-                    .with_allow_http(config.allow_http)
+                    // After the client options: allow_http is one of them.
                     .with_client_options(opts)
+                    .with_allow_http(config.allow_http)
                     .with_retry(retry);
                 if let Some(t) = &c.session_token {
                     b = b.with_token(t.expose());
@@ -213,6 +214,7 @@ impl Remote {
     /// and, for refused credentials, where they came from.
     pub fn err(&self, op: &'static str, key: &ObjPath, e: object_store::Error) -> Error {
         let message = e.to_string();
+        tracing::debug!(error = ?e, "object store error");
         let refused = matches!(
             e,
             object_store::Error::PermissionDenied { .. }

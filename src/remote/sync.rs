@@ -808,7 +808,7 @@ pub async fn fetch(
         manifest
             .entries
             .iter()
-            .filter(|e| e.kind == crate::store::Kind::File)
+            .filter(|e| e.kind != crate::store::Kind::Dir)
             .map(|e| (e.id, e.size))
             .filter(|(id, _)| seen.insert(*id))
             .collect()

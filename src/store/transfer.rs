@@ -29,13 +29,14 @@ pub struct Export {
 }
 
 impl Export {
-    /// The distinct file objects the version needs, with their sizes.
+    /// The distinct objects the version needs (file contents and symlink
+    /// targets), with their sizes.
     pub fn objects(&self) -> Vec<(ObjectId, u64)> {
         let mut seen = HashSet::new();
         self.manifest
             .entries
             .iter()
-            .filter(|e| e.kind == Kind::File)
+            .filter(|e| e.kind != Kind::Dir)
             .map(|e| (e.id, e.size))
             .filter(|(id, _)| seen.insert(*id))
             .collect()
@@ -218,7 +219,7 @@ impl Import<'_> {
         let wanted: Vec<(ObjectId, u64)> = manifest
             .entries
             .iter()
-            .filter(|e| e.kind == Kind::File)
+            .filter(|e| e.kind != Kind::Dir)
             .map(|e| (e.id, e.size))
             .filter(|(id, _)| !just_packed.contains(id))
             .collect();

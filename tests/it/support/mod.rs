@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+pub mod s3;
+
 pub struct Env {
     pub tmp: tempfile::TempDir,
     pub home: PathBuf,
