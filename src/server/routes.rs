@@ -155,8 +155,9 @@ pub(crate) fn router(coord: Arc<Coord>) -> Router {
 }
 
 /// Bearer-token check on every API route but `/health` (when a token is
-/// required). Accepts `Authorization: Bearer T` or the `trainyard_token`
-/// cookie the UI's login sets.
+/// required). Only `Authorization: Bearer T`: no cookie, so another site
+/// cannot make a browser send it (no CSRF); the UI keeps the token in
+/// session storage and sends the header itself.
 async fn auth(State(c): State<Arc<Coord>>, req: Request, next: Next) -> Response {
     let Some(token) = &c.token else {
         return next.run(req).await;
@@ -177,17 +178,10 @@ async fn auth(State(c): State<Arc<Coord>>, req: Request, next: Next) -> Response
 }
 
 fn bearer(h: &HeaderMap) -> Option<&str> {
-    if let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        return v.strip_prefix("Bearer ").map(str::trim);
-    }
-    h.get(header::COOKIE)
+    h.get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|c| {
-            c.split(';')
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| *k == "trainyard_token")
-                .map(|(_, v)| v)
-        })
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

@@ -1,0 +1,280 @@
+#!/usr/bin/env node
+// End-to-end tests of the web UI: a real daemon (fake GPUs), real jobs, a
+// real dataset, the wandb fixtures, and the system Chromium.
+//
+//   node run.mjs                      run the tests (PASS/FAIL per test)
+//   node run.mjs --screenshots DIR    write the README screenshots instead
+//   --ui-from-disk                    serve ui/ from the working tree in front
+//                                     of the daemon (no rebuild needed)
+//
+// Env: TRAINYARD_BIN (default ../../target/debug/trainyard), CHROMIUM
+// (default /usr/bin/chromium), KEEP_HOME=1 keeps the temp homes.
+
+import { mkdir, readdir, rm } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import {
+  FIXTURES, HERE, cancelActive, launchBrowser, prepareDataset, scanFixtures, sleep, startDaemon, uiUrl, until,
+} from './setup.mjs';
+
+const argv = process.argv.slice(2);
+const shotsAt = argv.indexOf('--screenshots');
+const SHOTS = shotsAt >= 0 ? resolve(argv[shotsAt + 1] ?? join(HERE, '../../docs/screenshots')) : null;
+const FROM_DISK = argv.includes('--ui-from-disk');
+const ARTIFACTS = join(HERE, 'artifacts');
+const VIEWPORT = { width: 1280, height: 800 };
+
+const cleanups = [];
+async function cleanup() {
+  for (const f of cleanups.splice(0).reverse()) await f().catch((e) => console.error(`cleanup: ${e.message}`));
+}
+
+/** A page that records uncaught errors and CSP violations. */
+async function newPage(browser, problems, opts = {}) {
+  const context = await browser.newContext({ viewport: VIEWPORT, colorScheme: 'light', ...opts });
+  const page = await context.newPage();
+  page.setDefaultTimeout(10_000);
+  page.on('pageerror', (e) => problems.push(`uncaught: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy|Refused to/.test(m.text())) problems.push(`CSP: ${m.text()}`);
+  });
+  return page;
+}
+
+/** Fill and submit the New job form; returns the new job's id. */
+async function submitJob(page, { command, name, gpus = '1' }) {
+  await page.goto(`${page.baseUrl}/#/queue`);
+  // Wait for the list: an empty queue opens the form by itself.
+  await page.locator('.table-panel table, .table-panel .state-empty').first().waitFor();
+  const cmd = page.locator('#job-command');
+  const toggle = page.getByRole('button', { name: 'New job' });
+  if ((await toggle.getAttribute('aria-expanded')) !== 'true') await toggle.click();
+  await cmd.fill(command);
+  await page.locator('#job-name').fill(name);
+  await page.locator('#job-gpus').fill(gpus);
+  await page.getByRole('button', { name: 'Submit job' }).click();
+  const link = page.locator('.form-notice .alert-ok a').first();
+  await link.waitFor();
+  return Number((await link.textContent()).replace(/\D+/g, ''));
+}
+
+const headingBadge = (page) => page.locator('main h1 .badge');
+
+// ------------------------------------------------------------------ tests ---
+
+async function runTests() {
+  await mkdir(ARTIFACTS, { recursive: true });
+  // Screenshots of an earlier run would mislead: start clean.
+  for (const f of await readdir(ARTIFACTS)) if (f.endsWith('.png')) await rm(join(ARTIFACTS, f));
+  const t0 = Date.now();
+  const results = [];
+  const problems = [];
+
+  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon' });
+  cleanups.push(d.stop, () => cancelActive(d));
+  await prepareDataset(d.home);
+  const ui = await uiUrl(d, { fromDisk: FROM_DISK });
+  cleanups.push(ui.close);
+  const browser = await launchBrowser();
+  cleanups.push(() => browser.close());
+  const page = await newPage(browser, problems);
+  page.baseUrl = ui.url;
+
+  async function test(n, name, fn) {
+    const start = Date.now();
+    let error = null;
+    try {
+      await fn();
+    } catch (e) {
+      error = e;
+    }
+    const shot = join(ARTIFACTS, `${String(n).padStart(2, '0')}-${name.replace(/\W+/g, '-').toLowerCase()}${error ? '-FAIL' : ''}.png`);
+    await (test.page ?? page).screenshot({ path: shot }).catch(() => {});
+    test.page = null;
+    const ms = Date.now() - start;
+    results.push({ name, ok: !error });
+    console.log(`${error ? 'FAIL' : 'PASS'} ${n}. ${name} (${ms} ms)${error ? `\n     ${error.message.split('\n')[0]}` : ''}`);
+  }
+
+  await test(1, 'GPUs page shows 3 GPU cards with their models', async () => {
+    await page.goto(`${ui.url}/#/gpus`);
+    await page.locator('.gpu').nth(2).waitFor();
+    const names = await page.locator('.gpu .gpu-name').allTextContents();
+    if (names.length !== 3) throw new Error(`expected 3 GPU cards, got ${names.length}: ${names}`);
+    const a100 = names.filter((n) => n.includes('A100')).length;
+    const rtx = names.filter((n) => n.includes('RTX4090')).length;
+    if (a100 !== 2 || rtx !== 1) throw new Error(`expected 2× A100 and 1× RTX4090, got ${names.join(', ')}`);
+    await page.getByText('Fake GPUs').first().waitFor();
+    await page.locator('.conn[data-state="live"]').waitFor();
+  });
+
+  await test(2, 'Queue: a submitted job succeeds and its log shows its output', async () => {
+    const id = await submitJob(page, { command: 'echo hello-e2e; sleep 1', name: 'e2e-hello' });
+    await page.locator(`tr[data-id="${id}"]`).waitFor();
+    await page.locator(`tr[data-id="${id}"] a`).first().click();
+    await page.waitForURL(`**/#/queue/${id}`);
+    await until('the job to succeed', async () => (await headingBadge(page).textContent()) === 'succeeded', 20_000);
+    await until('hello-e2e in the log view', async () => (await page.locator('pre.log').textContent()).includes('hello-e2e'), 10_000);
+  });
+
+  await test(3, 'Queue: a long job is cancelled from the UI', async () => {
+    const id = await submitJob(page, { command: 'sleep 300', name: 'e2e-sleep' });
+    await page.goto(`${ui.url}/#/queue/${id}`);
+    await until('the job to run', async () => (await headingBadge(page).textContent()) === 'running', 15_000);
+    await page.getByRole('button', { name: 'Cancel', exact: true }).click();
+    await page.getByRole('button', { name: 'Confirm cancel' }).click();
+    await until('the job to be cancelled', async () => (await headingBadge(page).textContent()) === 'cancelled', 10_000);
+    await page.goto(`${ui.url}/#/queue`);
+    await until('the list to show it cancelled', async () =>
+      (await page.locator(`tr[data-id="${id}"] .badge`).textContent()) === 'cancelled');
+  });
+
+  await test(4, 'Datasets: 2 versions and the diff lists the changed files', async () => {
+    await page.goto(`${ui.url}/#/datasets`);
+    await page.getByRole('link', { name: 'mnist' }).click();
+    await page.locator('table.versions tbody tr').nth(1).waitFor();
+    const n = await page.locator('table.versions tbody tr').count();
+    if (n !== 2) throw new Error(`expected 2 versions, got ${n}`);
+    const diff = page.locator('table.diff');
+    await diff.waitFor();
+    const text = await diff.textContent();
+    for (const want of ['train/labels.csv', 'modified', 'val/labels.csv', 'added', 'notes.txt', 'deleted']) {
+      if (!text.includes(want)) throw new Error(`diff lacks "${want}": ${text}`);
+    }
+  });
+
+  await test(5, 'Runs: scan the fixtures, list them, chart a run\'s history', async () => {
+    await page.goto(`${ui.url}/#/runs`);
+    await page.locator('table.runs, .state-empty, .state-error').first().waitFor();
+    const err = page.locator('.state-error');
+    if (await err.count()) throw new Error(`runs page error: ${await err.textContent()}`);
+    const path = page.locator('#scan-path');
+    if (!(await path.isVisible())) await page.getByRole('button', { name: 'Scan folder' }).click();
+    await path.fill(FIXTURES);
+    await page.getByRole('button', { name: 'Scan', exact: true }).click();
+    await page.getByText(/Found 6 runs/).waitFor();
+    await page.locator('table.runs tbody tr').nth(5).waitFor();
+    await page.getByRole('link', { name: 'plain run' }).click();
+    await page.locator('.chart-card .uplot canvas').first().waitFor();
+    const titles = await page.locator('.chart-card .u-title').allTextContents();
+    if (!titles.includes('loss')) throw new Error(`no chart titled "loss"; charts: ${titles.join(', ')}`);
+    const legend = await page.locator('.chart-card .u-legend').first().textContent();
+    if (!legend.includes('plain run')) throw new Error(`legend lacks the run name: ${legend}`);
+  });
+
+  // (6) with a second daemon that requires a token.
+  const d2 = await startDaemon({ requireToken: true, logDir: ARTIFACTS, label: 'daemon-token', agentName: 'secure-node' });
+  cleanups.push(d2.stop);
+  const ui2 = await uiUrl(d2, { fromDisk: FROM_DISK, log: () => {} });
+  cleanups.push(ui2.close);
+  const page2 = await newPage(browser, problems);
+  await test(6, 'Token: login form, wrong token rejected, right token opens GPUs', async () => {
+    test.page = page2;
+    await page2.goto(`${ui2.url}/#/gpus`);
+    const input = page2.locator('#token');
+    await input.waitFor();
+    await input.fill('not-the-token');
+    await page2.getByRole('button', { name: 'Sign in' }).click();
+    await page2.getByText('rejected this token').waitFor();
+    await input.fill(d2.token);
+    await page2.getByRole('button', { name: 'Sign in' }).click();
+    await page2.locator('.gpu').nth(2).waitFor();
+    // The desktop shell's way: URL#token=T, taken out of the address bar.
+    const page3 = await newPage(browser, problems);
+    test.page = page3;
+    await page3.goto(`${ui2.url}/#token=${encodeURIComponent(d2.token)}`);
+    await page3.locator('.gpu').nth(2).waitFor();
+    if (page3.url().includes(d2.token)) throw new Error(`token left in the URL: ${page3.url()}`);
+    await page3.context().close();
+    test.page = page2;
+  });
+
+  await test(7, 'No uncaught errors or CSP violations in the pages', async () => {
+    test.page = page;
+    if (problems.length) throw new Error(problems.join('\n     '));
+  });
+
+  const failed = results.filter((r) => !r.ok).length;
+  console.log(`\n${failed ? 'FAIL' : 'PASS'}: ${results.length - failed}/${results.length} passed in ${((Date.now() - t0) / 1000).toFixed(1)} s; screenshots in ${ARTIFACTS}`);
+  return failed === 0;
+}
+
+// ------------------------------------------------------------ screenshots ---
+
+async function screenshots(dir) {
+  await mkdir(dir, { recursive: true });
+  const dark = join(ARTIFACTS, 'dark');
+  await mkdir(dark, { recursive: true });
+  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon-shots' });
+  cleanups.push(d.stop, () => cancelActive(d));
+  await prepareDataset(d.home);
+  await scanFixtures(d);
+
+  const job = (spec) => d.api('POST', '/jobs', { jobs: [{ user: 'ada', project: 'vision', ...spec }] }).then((r) => r.ids[0]);
+  await job({ name: 'prepare-shards', command: 'for s in 0 1 2 3; do echo "shard $s: 12500 images"; done', gpus: { count: 0 } });
+  const train = await job({
+    name: 'resnet50-baseline',
+    command: 'echo "loading imagenet@v2 (1.28M images)"; i=0; while [ $i -lt 300 ]; do i=$((i+1)); echo "epoch 1 step $((i*50))/15000  loss $((2400 - i*5))e-3  lr 3e-4  12.3 it/s"; sleep 0.5; done; echo finished with',
+    args: { lr: '3e-4', batch: '256' }, gpus: { count: 2, min_memory_mib: 40960, model: 'A100' }, inputs: ['mnist@v2'],
+  });
+  await job({ name: 'eval-checkpoint', user: 'grace', command: 'echo "evaluating ckpt-12"; echo "error: CUDA out of memory" >&2; exit 3', gpus: { count: 1 } });
+  const cancelled = await job({ name: 'sweep-lr-1e-2', command: 'sleep 600', gpus: { count: 1 } });
+  await until('the training job to run', async () => {
+    const j = await d.api('GET', `/jobs/${train}`);
+    if (!['queued', 'assigned', 'running'].includes(j.state)) throw new Error(`it is ${j.state}: ${j.reason}`);
+    return j.state === 'running';
+  }, 20_000);
+  // Submitted last: a job no host can take waits (with its reason) without
+  // holding a reservation in front of the others.
+  await job({ name: 'vit-large', user: 'grace', project: 'nlp', command: 'python train_vit.py', gpus: { count: 4, model: 'H100' } });
+  await job({ name: 'bert-finetune', user: 'grace', project: 'nlp', command: 'echo "fine-tuning bert-base on sst2"; sleep 600', gpus: { count: 1, min_memory_mib: 20480 } });
+  await d.api('POST', `/jobs/${cancelled}/cancel`).catch(() => {});
+  await sleep(2500); // a few log lines and agent samples
+
+  const ui = await uiUrl(d, { fromDisk: FROM_DISK });
+  cleanups.push(ui.close);
+  const browser = await launchBrowser();
+  cleanups.push(() => browser.close());
+  const problems = [];
+  const runs = await d.api('GET', '/runs').catch(() => null);
+
+  for (const scheme of ['light', 'dark']) {
+    const page = await newPage(browser, problems, { colorScheme: scheme });
+    const out = scheme === 'light' ? dir : dark;
+    const shot = async (name, route, ready) => {
+      await page.goto(`${ui.url}/${route}`);
+      try {
+        await ready();
+      } catch (e) {
+        console.log(`WARN ${name}: ${e.message.split('\n')[0]}`);
+      }
+      await sleep(300);
+      await page.screenshot({ path: join(out, `${name}.png`) });
+      console.log(`wrote ${join(out, `${name}.png`)}`);
+    };
+    await shot('gpus', '#/gpus', async () => { await page.locator('.gpu').nth(2).waitFor(); await sleep(4000); });
+    await shot('queue', '#/queue', () => page.locator('table.jobs tbody tr').nth(4).waitFor());
+    await shot('job-log', `#/queue/${train}`, () => until('log lines', async () => (await page.locator('pre.log').textContent()).split('\n').length > 5));
+    await shot('datasets', '#/datasets/mnist', () => page.locator('table.diff').waitFor());
+    await shot('runs', '#/runs', () => page.locator('table.runs tbody tr').first().waitFor());
+    const plain = runs?.find((r) => r.id === 'plain001');
+    const other = runs?.find((r) => r.id === 'killed01');
+    await shot('run-chart', `#/runs/plain001${other ? `?compare=${other.id}` : ''}`, () => page.locator('.chart-card .uplot canvas').first().waitFor());
+    if (!plain) console.log('WARN run-chart: the daemon does not serve /runs yet');
+    await shot('usage', '#/usage', () => page.locator('.page-usage .state, .page-usage .panel').first().waitFor());
+    await page.context().close();
+  }
+  if (problems.length) console.log(`WARN page problems:\n  ${problems.join('\n  ')}`);
+  return true;
+}
+
+// ------------------------------------------------------------------- main ---
+
+let ok = false;
+try {
+  ok = SHOTS ? await screenshots(SHOTS) : await runTests();
+} catch (e) {
+  console.log(`FAIL set-up: ${e.stack ?? e.message}`);
+} finally {
+  await cleanup();
+}
+process.exit(ok ? 0 : 1);

@@ -1,0 +1,88 @@
+// Line charts of run metrics on uPlot (vendored, see vendor/uplot/VERSION):
+// theme-aware colors, a shared crosshair across charts, resizing with the
+// container, EMA smoothing and step alignment of several runs.
+
+import uPlot from '../vendor/uplot/uPlot.esm.js';
+import { cssVar } from './theme.js';
+import { num } from './format.js';
+
+/** Run colors, in order (main run first). Readable on light and dark. */
+export const PALETTE = ['#4f7cff', '#f59e0b', '#10b981', '#ef4444', '#a855f7', '#06b6d4', '#ec4899', '#84cc16', '#f97316', '#64748b'];
+
+/**
+ * Exponential moving average with TensorBoard's debiasing, so the start of
+ * the curve is not pulled towards zero. `w` in [0, 1): 0 is no smoothing.
+ * Gaps (null) stay gaps.
+ */
+export function smooth(values, w) {
+  if (!w) return values;
+  let last = 0;
+  let n = 0;
+  return values.map((v) => {
+    if (v == null || !Number.isFinite(v)) return null;
+    n++;
+    last = last * w + (1 - w) * v;
+    return last / (1 - w ** n);
+  });
+}
+
+/**
+ * Align series with their own x values on the union of the x values:
+ * `[{x, y}]` → `{x, ys}`, with null where a series has no point.
+ */
+export function align(parts) {
+  const xs = [...new Set(parts.flatMap((p) => p.x))].sort((a, b) => a - b);
+  const at = new Map(xs.map((x, i) => [x, i]));
+  const ys = parts.map((p) => {
+    const out = new Array(xs.length).fill(null);
+    p.x.forEach((x, i) => { out[at.get(x)] = p.y[i]; });
+    return out;
+  });
+  return { x: xs, ys };
+}
+
+const withAlpha = (hex, a) => `${hex}${Math.round(a * 255).toString(16).padStart(2, '0')}`;
+
+/**
+ * Draw a line chart into `el`. `series`: `[{label, color, y, faint}]` over
+ * the shared `x`; faint series (raw values under a smoothed line) are drawn
+ * thin and translucent and left out of the legend. Returns `{destroy}`.
+ */
+export function lineChart(el, { title, x, series, xLabel = 'step', height = 220 }) {
+  const text = cssVar('--muted');
+  const grid = cssVar('--grid');
+  const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }, font: '11px system-ui, sans-serif' };
+  const opts = {
+    title,
+    width: Math.max(200, el.clientWidth),
+    height,
+    scales: { x: { time: false } },
+    axes: [
+      { ...axis, label: null },
+      { ...axis, size: 56, values: (_u, ticks) => ticks.map((t) => num(t)) },
+    ],
+    cursor: { sync: { key: 'trainyard-runs' }, points: { size: 6 } },
+    legend: { live: true },
+    series: [
+      { label: xLabel, value: (_u, v) => (v == null ? '—' : String(v)) },
+      ...series.map((s) => ({
+        label: s.label,
+        stroke: s.faint ? withAlpha(s.color, 0.28) : s.color,
+        width: s.faint ? 1 : 1.75,
+        spanGaps: true,
+        points: { show: false },
+        value: (_u, v) => (v == null ? '—' : num(v)),
+      })),
+    ],
+  };
+  const u = new uPlot(opts, [x, ...series.map((s) => s.y)], el);
+  // Hide the faint series' legend rows (uPlot has no per-series switch).
+  const rows = u.root.querySelectorAll('.u-legend .u-series');
+  series.forEach((s, i) => { if (s.faint && rows[i + 1]) rows[i + 1].hidden = true; });
+  const ro = new ResizeObserver(() => {
+    const w = Math.max(200, el.clientWidth);
+    if (w !== u.width) u.setSize({ width: w, height });
+  });
+  ro.observe(el);
+  return { destroy() { ro.disconnect(); u.destroy(); }, uplot: u };
+}
