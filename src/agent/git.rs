@@ -66,17 +66,19 @@ fn callbacks<'a>() -> RemoteCallbacks<'a> {
     cb
 }
 
-/// Check out `src` into `dest` (created). Returns the commit.
-pub fn checkout(cache: &Path, src: &GitSource, dest: &Path) -> Result<Oid, GitError> {
+/// The commit `rev` names in `repo` (a URL or a local path), fetching into
+/// the bare cache repository under `cache` when it is not known yet.
+/// Returns the cache repository (unlocked) and the commit.
+pub fn fetch_commit(cache: &Path, repo_url: &str, rev: &str) -> Result<(Repository, Oid), GitError> {
     let co_err = |message: String| GitError::Checkout {
-        repo: src.repo.clone(),
-        rev: src.rev.clone(),
-        dir: dest.to_path_buf(),
+        repo: repo_url.to_string(),
+        rev: rev.to_string(),
+        dir: cache.to_path_buf(),
         message,
     };
     std::fs::create_dir_all(cache)
         .map_err(|e| co_err(format!("cache {}: {e}", cache.display())))?;
-    let path = cache_path(cache, &src.repo);
+    let path = cache_path(cache, repo_url);
     // One fetch per cache repository at a time, across agents and jobs.
     let lock_path = path.with_extension("lock");
     let lock = File::create(&lock_path)
@@ -89,16 +91,16 @@ pub fn checkout(cache: &Path, src: &GitSource, dest: &Path) -> Result<Oid, GitEr
         Err(_) => Repository::init_bare(&path).map_err(|e| co_err(e.message().to_string()))?,
     };
     // A local path is used as given; relative paths are resolved now.
-    let url = if Path::new(&src.repo).exists() {
-        std::fs::canonicalize(&src.repo)
+    let url = if Path::new(repo_url).exists() {
+        std::fs::canonicalize(repo_url)
             .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|_| src.repo.clone())
+            .unwrap_or_else(|_| repo_url.to_string())
     } else {
-        src.repo.clone()
+        repo_url.to_string()
     };
-    let commit = match resolve(&repo, &src.rev) {
+    let commit = match resolve(&repo, rev) {
         // A full commit id we already have needs no fetch.
-        Some(c) if c.to_string() == src.rev => c,
+        Some(c) if c.to_string() == rev => c,
         _ => {
             let mut remote = repo
                 .remote_anonymous(&url)
@@ -116,16 +118,52 @@ pub fn checkout(cache: &Path, src: &GitSource, dest: &Path) -> Result<Oid, GitEr
                     None,
                 )
                 .map_err(|e| GitError::Fetch {
-                    repo: src.repo.clone(),
+                    repo: repo_url.to_string(),
                     message: e.message().to_string(),
                 })?;
-            resolve(&repo, &src.rev).ok_or_else(|| GitError::UnknownRev {
-                repo: src.repo.clone(),
-                rev: src.rev.clone(),
+            resolve(&repo, rev).ok_or_else(|| GitError::UnknownRev {
+                repo: repo_url.to_string(),
+                rev: rev.to_string(),
             })?
         }
     };
     drop(lock);
+    Ok((repo, commit))
+}
+
+/// The content of `path` in the commit `rev` names in `repo` (fetched into
+/// the cache under `cache`), and the commit. For pointer files in data
+/// registries.
+pub fn read_file(cache: &Path, repo_url: &str, rev: &str, path: &str) -> Result<(Oid, Vec<u8>), GitError> {
+    let (repo, commit) = fetch_commit(cache, repo_url, rev)?;
+    let missing = |message: String| GitError::Checkout {
+        repo: repo_url.to_string(),
+        rev: rev.to_string(),
+        dir: PathBuf::from(path),
+        message,
+    };
+    let tree = repo
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .map_err(|e| missing(e.message().to_string()))?;
+    let entry = tree
+        .get_path(Path::new(path))
+        .map_err(|_| missing(format!("no file {path} in commit {commit}")))?;
+    let blob = repo
+        .find_blob(entry.id())
+        .map_err(|_| missing(format!("{path} is not a file in commit {commit}")))?;
+    Ok((commit, blob.content().to_vec()))
+}
+
+/// Check out `src` into `dest` (created). Returns the commit.
+pub fn checkout(cache: &Path, src: &GitSource, dest: &Path) -> Result<Oid, GitError> {
+    let co_err = |message: String| GitError::Checkout {
+        repo: src.repo.clone(),
+        rev: src.rev.clone(),
+        dir: dest.to_path_buf(),
+        message,
+    };
+    let (repo, commit) = fetch_commit(cache, &src.repo, &src.rev)?;
 
     std::fs::create_dir_all(dest).map_err(|e| co_err(e.to_string()))?;
     let obj = repo

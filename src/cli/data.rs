@@ -103,6 +103,15 @@ pub enum DataCommand {
     Pull(super::remote::PullArgs),
     /// Download a version from a remote into the store without checking it out.
     Fetch(super::remote::PullArgs),
+    /// Write a pointer to a pushed version into the enclosing git repository
+    /// (a data registry) and stage it; --commit -m MSG commits, --git-tag tags.
+    Pin(super::remote::PinArgs),
+    /// Check out the version a pointer file in a git registry names, at a
+    /// rev, pulling it from the remote the pointer names (no git binary needed).
+    Get(super::remote::GetArgs),
+    /// Like get, and record the registry, rev and pointer with the version,
+    /// so `data log` shows where it came from.
+    Import(super::remote::GetArgs),
     /// Rehash every object and check every version; exits non-zero on problems.
     Fsck,
     /// Delete objects that no version or tag references.
@@ -256,6 +265,9 @@ pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        DataCommand::Pin(a) => return super::remote::pin(ctx, &store, a),
+        DataCommand::Get(a) => return super::remote::get(ctx, &store, a, false),
+        DataCommand::Import(a) => return super::remote::get(ctx, &store, a, true),
         DataCommand::Push(a) => return super::remote::push(ctx, &store, a),
         DataCommand::Pull(a) => return super::remote::pull(ctx, &store, a, true),
         DataCommand::Fetch(a) => return super::remote::pull(ctx, &store, a, false),

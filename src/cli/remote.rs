@@ -83,6 +83,124 @@ pub struct PullArgs {
     out: Option<PathBuf>,
 }
 
+/// `data pin`.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// NAME@REF of a version already pushed to the remote.
+    target: String,
+    /// The pointer file to write [default: ./NAME.trainyard.toml].
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// The remote the pointer names [default: the default remote].
+    #[arg(long)]
+    remote: Option<String>,
+    /// Commit the pointer (with -m).
+    #[arg(long, requires = "message")]
+    commit: bool,
+    /// Commit message.
+    #[arg(short, long)]
+    message: Option<String>,
+    /// Tag the commit, e.g. imagenet-v2 (needs --commit).
+    #[arg(long, requires = "commit")]
+    git_tag: Option<String>,
+}
+
+/// `data get` / `data import`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The registry: a git URL or a local path.
+    repo: String,
+    /// The pointer file's path in the repository.
+    pointer: String,
+    /// Branch, tag or commit [default: HEAD].
+    #[arg(long, default_value = "HEAD")]
+    rev: String,
+    /// Where to check the version out [default: ./NAME].
+    #[arg(short = 'o', long)]
+    out: Option<PathBuf>,
+    /// Downloads in flight.
+    #[arg(long, short = 'j', default_value_t = 8)]
+    jobs: usize,
+}
+
+pub fn pin(ctx: &Ctx, store: &Store, a: PinArgs) -> anyhow::Result<ExitCode> {
+    use trainyard::remote::registry::{self, Pointer};
+    let r: DatasetRef = a.target.parse()?;
+    let v = store.resolve(&r)?;
+    let remote = open(ctx, a.remote.as_deref())?;
+    if !rt()?.block_on(sync::has_version(&remote, &ctx.home, &r.dataset, &v.id))? {
+        anyhow::bail!(
+            "{}@{} is not on remote {}; push it first: trainyard data push {}@{} --remote {}",
+            r.dataset,
+            v.id.short(),
+            remote.name,
+            r.dataset,
+            v.id.short(),
+            remote.name
+        );
+    }
+    let pointer = Pointer {
+        dataset: r.dataset.clone(),
+        version: v.id.to_hex(),
+        files: v.files,
+        bytes: v.bytes,
+        remote: remote.config.clone(),
+    };
+    let file = a
+        .file
+        .unwrap_or_else(|| PathBuf::from(format!("{}.trainyard.toml", r.dataset)));
+    let msg = if a.commit { a.message.as_deref() } else { None };
+    let p = registry::pin(&pointer, &file, msg, a.git_tag.as_deref())?;
+    if ctx.json {
+        output::json(&p)?;
+    } else {
+        println!("{} → {}@{} (staged)", p.repo_path, r.dataset, v.id.short());
+        if let Some(c) = &p.commit {
+            println!("  committed {}", &c[..12]);
+        }
+        if let Some(t) = &p.git_tag {
+            println!("  tagged {t}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn get(ctx: &Ctx, store: &Store, a: GetArgs, import: bool) -> anyhow::Result<ExitCode> {
+    use trainyard::remote::registry;
+    let cache = ctx.home.root().join("git-cache");
+    let (pointer, commit) = registry::read(&cache, &a.repo, &a.rev, &a.pointer)?;
+    let remote = Remote::open("registry", &pointer.remote)?;
+    let r = DatasetRef {
+        dataset: pointer.dataset.clone(),
+        reference: Some(pointer.version.clone()),
+    };
+    let provenance = format!("git {}@{} ({}):{}", a.repo, a.rev, &commit[..12], a.pointer);
+    let source = import.then_some(provenance.as_str());
+    let report = rt()?.block_on(sync::fetch(store, &ctx.home, &remote, &r, a.jobs, source, &Bar::new()))?;
+    let dir = a.out.unwrap_or_else(|| PathBuf::from(&pointer.dataset));
+    let rep = store.checkout(
+        &r,
+        &dir,
+        CheckoutOptions {
+            link: LinkMode::Auto,
+            force: false,
+        },
+        &Bar::new(),
+    )?;
+    if ctx.json {
+        output::json(&serde_json::json!({"pointer": pointer, "commit": commit, "fetch": report, "checkout": rep}))?;
+    } else {
+        println!(
+            "{}@{} from {} → {}",
+            pointer.dataset,
+            &pointer.version[..12],
+            provenance,
+            rep.dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn remotes(ctx: &Ctx) -> anyhow::Result<Remotes> {
     Ok(Remotes::load(&ctx.home.root().join("remotes.toml"))?)
 }
@@ -231,6 +349,7 @@ pub fn pull(ctx: &Ctx, store: &Store, a: PullArgs, checkout: bool) -> anyhow::Re
         &remote,
         &r,
         a.jobs,
+        None,
         &Bar::new(),
     ))?;
     let mut out = serde_json::to_value(&report)?;

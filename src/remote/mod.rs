@@ -15,6 +15,7 @@
 pub mod config;
 pub mod creds;
 pub mod format;
+pub mod registry;
 pub mod sync;
 
 use std::sync::Arc;

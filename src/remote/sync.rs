@@ -775,13 +775,22 @@ async fn resolve_remote(
         .ok_or_else(|| not_found(format!("version {dataset}@{}", id.short())))
 }
 
+/// Whether `remote` has version `id` of `dataset` (its record exists, so
+/// everything it needs does).
+pub async fn has_version(remote: &Remote, home: &crate::Home, dataset: &str, id: &ObjectId) -> Result<bool> {
+    let conn = Conn::new(remote, home);
+    Ok(conn.version_record(dataset, id).await?.is_some())
+}
+
 /// Fetch a version from `remote` into the store (nothing is checked out).
+/// `source` is the provenance recorded with the version (default: the remote).
 pub async fn fetch(
     store: &Store,
     home: &crate::Home,
     remote: &Remote,
     r: &DatasetRef,
     jobs: usize,
+    source: Option<&str>,
     progress: &dyn Progress,
 ) -> Result<PullReport> {
     let t0 = Instant::now();
@@ -957,7 +966,9 @@ pub async fn fetch(
             message: &rec.message,
             author: &rec.author,
             created_ns: rec.created_ns,
-            source: &format!("remote {} ({})", remote.name, remote.config.url),
+            source: &source
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("remote {} ({})", remote.name, remote.config.url)),
         },
         &manifest,
     )?;

@@ -46,10 +46,23 @@ export function ago(ms, now = Date.now()) {
   return d > 0 ? `${text} ago` : `in ${text}`;
 }
 
-const dateFmt = new Intl.DateTimeFormat(undefined, {
+/**
+ * A date formatter in the user's locale. WebKitGTK under a POSIX locale
+ * (LANG=C, common on servers and in CI) reports the language tag "C",
+ * which Intl rejects with a RangeError; fall back to English there.
+ */
+function dateFormat(opts) {
+  try {
+    return new Intl.DateTimeFormat(undefined, opts);
+  } catch {
+    return new Intl.DateTimeFormat('en-US', opts);
+  }
+}
+
+const dateFmt = dateFormat({
   year: 'numeric', month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit', second: '2-digit',
 });
-const shortFmt = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+const shortFmt = dateFormat({ month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' });
 
 /** Full local date and time, from epoch milliseconds. */
 export const dateTime = (ms) => (ms == null ? '—' : dateFmt.format(new Date(ms)));

@@ -1,0 +1,162 @@
+//! The git data registry: a small pointer file in a git repository names an
+//! exact dataset version and the remote that holds it, so a registry repo
+//! plus a tag (`v1.0`) names a dataset, as DVC users do with `.dvc` files.
+//!
+//! ```toml
+//! # Trainyard dataset pointer; fetch with:
+//! #   trainyard data get <repo> imagenet.trainyard.toml --rev <tag>
+//! dataset = "imagenet"
+//! version = "c2a99e39…"          # the full version id (BLAKE3 of the manifest)
+//! files = 1281167
+//! bytes = 151234567890
+//!
+//! [remote]
+//! url = "s3://datasets/team"
+//! endpoint = "http://nas:9000"   # only for S3-compatible servers
+//! allow_http = true
+//! ```
+//!
+//! Writing uses `git2` to stage (and optionally commit and tag) the file in
+//! the enclosing repository; reading fetches the registry with `git2` into a
+//! bare cache (no git binary), reads the file at a rev, then pulls from the
+//! remote it names.
+
+use std::path::{Path, PathBuf};
+
+use git2::{Repository, Signature};
+use serde::{Deserialize, Serialize};
+
+use super::{Error, RemoteConfig, Result};
+use crate::store::ObjectId;
+
+/// A pointer file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pointer {
+    /// Dataset name.
+    pub dataset: String,
+    /// Full version id.
+    pub version: String,
+    /// Files in the version.
+    pub files: u64,
+    /// Bytes in the version.
+    pub bytes: u64,
+    /// The remote holding it (no credentials).
+    pub remote: RemoteConfig,
+}
+
+impl Pointer {
+    /// The pointer as the file's text.
+    pub fn to_text(&self, path_hint: &str) -> String {
+        let body = toml::to_string_pretty(self).expect("pointer serializes");
+        format!(
+            "# Trainyard dataset pointer; fetch with:\n#   trainyard data get <repo> {path_hint} --rev <tag>\n{body}"
+        )
+    }
+
+    /// Parse a pointer file's text; `what` names it in errors.
+    pub fn parse(text: &str, what: &str) -> Result<Pointer> {
+        let p: Pointer = toml::from_str(text)
+            .map_err(|e| Error::Config(format!("{what} is not a Trainyard pointer: {e}")))?;
+        p.version.parse::<ObjectId>().map_err(|_| {
+            Error::Config(format!(
+                "{what}: version {:?} is not a full version id",
+                p.version
+            ))
+        })?;
+        crate::store::validate_dataset_name(&p.dataset)
+            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+        super::config::parse_url(&p.remote.url)?;
+        Ok(p)
+    }
+}
+
+/// What `pin` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pinned {
+    /// The pointer file.
+    pub file: PathBuf,
+    /// Its path in the repository.
+    pub repo_path: String,
+    /// The commit made, if any.
+    pub commit: Option<String>,
+    /// The git tag made, if any.
+    pub git_tag: Option<String>,
+}
+
+fn git_err(what: &str) -> impl Fn(git2::Error) -> Error + '_ {
+    move |e| Error::Config(format!("{what}: {}", e.message()))
+}
+
+/// Write `pointer` to `file` inside the git repository enclosing it, stage
+/// it, and optionally commit it (`message`) and tag that commit.
+pub fn pin(
+    pointer: &Pointer,
+    file: &Path,
+    message: Option<&str>,
+    git_tag: Option<&str>,
+) -> Result<Pinned> {
+    let file = std::path::absolute(file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let repo = Repository::discover(dir).map_err(|_| {
+        Error::Config(format!(
+            "{} is not inside a git repository; `git init` one (the data registry) first",
+            dir.display()
+        ))
+    })?;
+    let workdir = repo
+        .workdir()
+        .ok_or_else(|| Error::Config("the git repository is bare; pin inside a clone".into()))?
+        .to_path_buf();
+    let workdir = workdir.canonicalize().unwrap_or(workdir);
+    let canon_dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let rel = canon_dir
+        .strip_prefix(&workdir)
+        .map(|d| d.join(file.file_name().unwrap_or_default()))
+        .map_err(|_| Error::Config(format!("{} is outside {}", file.display(), workdir.display())))?;
+    let rel_str = rel.to_string_lossy().replace('\\', "/");
+    crate::store::write_file_atomic(&file, pointer.to_text(&rel_str).as_bytes())?;
+    let mut index = repo.index().map_err(git_err("git index"))?;
+    index.add_path(&rel).map_err(git_err("git add"))?;
+    index.write().map_err(git_err("git index write"))?;
+    let mut out = Pinned {
+        file: file.clone(),
+        repo_path: rel_str,
+        commit: None,
+        git_tag: None,
+    };
+    if let Some(msg) = message {
+        let tree_id = index.write_tree().map_err(git_err("git write-tree"))?;
+        let tree = repo.find_tree(tree_id).map_err(git_err("git tree"))?;
+        let sig = repo
+            .signature()
+            .or_else(|_| Signature::now(&crate::store::current_user(), "trainyard@localhost"))
+            .map_err(git_err("git signature"))?;
+        let parent = repo.head().ok().and_then(|h| h.peel_to_commit().ok());
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        let oid = repo
+            .commit(Some("HEAD"), &sig, &sig, msg, &tree, &parents)
+            .map_err(git_err("git commit"))?;
+        out.commit = Some(oid.to_string());
+        if let Some(tag) = git_tag {
+            let obj = repo.find_object(oid, None).map_err(git_err("git tag"))?;
+            repo.tag(tag, &obj, &sig, msg, false)
+                .map_err(git_err(&format!("git tag {tag}")))?;
+            out.git_tag = Some(tag.to_string());
+        }
+    } else if git_tag.is_some() {
+        return Err(Error::Config("--git-tag needs --commit: a tag names a commit".into()));
+    }
+    Ok(out)
+}
+
+/// Read the pointer `path` at `rev` of the registry `repo` (URL or path),
+/// fetched into the bare cache under `cache`. Returns it and the commit.
+pub fn read(cache: &Path, repo: &str, rev: &str, path: &str) -> Result<(Pointer, String)> {
+    let (commit, bytes) = crate::agent::git::read_file(cache, repo, rev, path)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::Config(format!("{repo}@{rev}:{path} is not UTF-8 text")))?;
+    let p = Pointer::parse(&text, &format!("{repo}@{rev}:{path}"))?;
+    Ok((p, commit.to_string()))
+}
