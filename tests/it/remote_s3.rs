@@ -384,3 +384,173 @@ fn directory_remote_round_trip() {
     );
     assert_eq!(snapshot_tree(&out), snapshot_tree(&data));
 }
+
+/// A data registry: pin a pushed version in a git repo, tag it, and get it
+/// back elsewhere by repo + tag; import records where it came from.
+#[test]
+fn git_registry_pins_and_gets_an_exact_version() {
+    let env = Env::new();
+    let s3 = S3Server::start(&env.path("s3"), 0);
+    let data = env.path("data");
+    sample_dataset(&data);
+    ok(
+        &env,
+        &[
+            "data",
+            "add",
+            data.to_str().unwrap(),
+            "--name",
+            "ds",
+            "--tag",
+            "v1",
+        ],
+    );
+    add_remote(&env, &s3);
+    // The registry: a bare repo, and a clone to work in (made with git2).
+    let bare = env.path("registry.git");
+    git2::Repository::init_bare(&bare).unwrap();
+    let work = env.path("registry");
+    let repo = git2::Repository::clone(bare.to_str().unwrap(), &work).unwrap();
+    let mut cfg = repo.config().unwrap();
+    cfg.set_str("user.name", "Ada").unwrap();
+    cfg.set_str("user.email", "ada@lab").unwrap();
+
+    // Not pushed yet: refused, naming the fix.
+    let o = s3_cmd(&env)
+        .current_dir(&work)
+        .args(["data", "pin", "ds@v1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("push it first"));
+    ok(&env, &["data", "push", "ds@v1"]);
+    let o = s3_cmd(&env)
+        .current_dir(&work)
+        .args([
+            "--json",
+            "data",
+            "pin",
+            "ds@v1",
+            "--commit",
+            "-m",
+            "ds v1",
+            "--git-tag",
+            "ds-v1",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pinned: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pinned["repo_path"], "ds.trainyard.toml");
+    let text = std::fs::read_to_string(work.join("ds.trainyard.toml")).unwrap();
+    assert!(text.contains("dataset = \"ds\""), "{text}");
+    assert!(
+        !text.to_lowercase().contains("secret"),
+        "no credentials in the pointer"
+    );
+    // Publish to the registry.
+    let mut origin = repo.find_remote("origin").unwrap();
+    origin
+        .push(
+            &[
+                "refs/heads/master:refs/heads/master",
+                "refs/tags/ds-v1:refs/tags/ds-v1",
+            ],
+            None,
+        )
+        .or_else(|_| {
+            origin.push(
+                &[
+                    "refs/heads/main:refs/heads/main",
+                    "refs/tags/ds-v1:refs/tags/ds-v1",
+                ],
+                None,
+            )
+        })
+        .unwrap();
+
+    // Move on: a second version, pinned and committed, but not tagged.
+    write(&data.join("new.txt"), b"v2\n");
+    ok(
+        &env,
+        &["data", "add", data.to_str().unwrap(), "--name", "ds"],
+    );
+
+    // Elsewhere: get by repo + tag gives exactly v1.
+    let other = Env::new();
+    let out = other.path("ds-v1");
+    let g = json(
+        &other,
+        &[
+            "data",
+            "get",
+            bare.to_str().unwrap(),
+            "ds.trainyard.toml",
+            "--rev",
+            "ds-v1",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(g["pointer"]["version"], pinned_version(&env));
+    let mut v1_tree = snapshot_tree(&data);
+    v1_tree.retain(|(p, _)| p != "new.txt");
+    assert_eq!(snapshot_tree(&out), v1_tree);
+    assert!(!out.join("new.txt").exists());
+    let imp = Env::new();
+    let out2 = imp.path("imported");
+    json(
+        &imp,
+        &[
+            "data",
+            "import",
+            bare.to_str().unwrap(),
+            "ds.trainyard.toml",
+            "--rev",
+            "ds-v1",
+            "-o",
+            out2.to_str().unwrap(),
+        ],
+    );
+    let log = json(&imp, &["data", "log", "ds"]);
+    let src = log[0]["source"].as_str().unwrap();
+    assert!(
+        src.starts_with("git ") && src.contains("ds-v1") && src.contains("ds.trainyard.toml"),
+        "{src}"
+    );
+    // A rev that is not there, and a path that is not a pointer.
+    let e = fail(
+        &imp,
+        &[
+            "data",
+            "get",
+            bare.to_str().unwrap(),
+            "ds.trainyard.toml",
+            "--rev",
+            "nope",
+        ],
+    );
+    assert!(e.contains("unknown git rev"), "{e}");
+    let e = fail(
+        &imp,
+        &[
+            "data",
+            "get",
+            bare.to_str().unwrap(),
+            "missing.toml",
+            "--rev",
+            "ds-v1",
+        ],
+    );
+    assert!(e.contains("no file missing.toml"), "{e}");
+}
+
+fn pinned_version(env: &Env) -> serde_json::Value {
+    let v = json(env, &["data", "log", "ds"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["tags"].as_array().unwrap().iter().any(|t| t == "v1"))
+        .unwrap()["id"]
+        .clone()
+}
