@@ -69,7 +69,11 @@ fn callbacks<'a>() -> RemoteCallbacks<'a> {
 /// The commit `rev` names in `repo` (a URL or a local path), fetching into
 /// the bare cache repository under `cache` when it is not known yet.
 /// Returns the cache repository (unlocked) and the commit.
-pub fn fetch_commit(cache: &Path, repo_url: &str, rev: &str) -> Result<(Repository, Oid), GitError> {
+pub fn fetch_commit(
+    cache: &Path,
+    repo_url: &str,
+    rev: &str,
+) -> Result<(Repository, Oid), GitError> {
     let co_err = |message: String| GitError::Checkout {
         repo: repo_url.to_string(),
         rev: rev.to_string(),
@@ -134,7 +138,12 @@ pub fn fetch_commit(cache: &Path, repo_url: &str, rev: &str) -> Result<(Reposito
 /// The content of `path` in the commit `rev` names in `repo` (fetched into
 /// the cache under `cache`), and the commit. For pointer files in data
 /// registries.
-pub fn read_file(cache: &Path, repo_url: &str, rev: &str, path: &str) -> Result<(Oid, Vec<u8>), GitError> {
+pub fn read_file(
+    cache: &Path,
+    repo_url: &str,
+    rev: &str,
+    path: &str,
+) -> Result<(Oid, Vec<u8>), GitError> {
     let (repo, commit) = fetch_commit(cache, repo_url, rev)?;
     let missing = |message: String| GitError::Checkout {
         repo: repo_url.to_string(),

@@ -176,7 +176,15 @@ pub fn get(ctx: &Ctx, store: &Store, a: GetArgs, import: bool) -> anyhow::Result
     };
     let provenance = format!("git {}@{} ({}):{}", a.repo, a.rev, &commit[..12], a.pointer);
     let source = import.then_some(provenance.as_str());
-    let report = rt()?.block_on(sync::fetch(store, &ctx.home, &remote, &r, a.jobs, source, &Bar::new()))?;
+    let report = rt()?.block_on(sync::fetch(
+        store,
+        &ctx.home,
+        &remote,
+        &r,
+        a.jobs,
+        source,
+        &Bar::new(),
+    ))?;
     let dir = a.out.unwrap_or_else(|| PathBuf::from(&pointer.dataset));
     let rep = store.checkout(
         &r,
@@ -188,7 +196,9 @@ pub fn get(ctx: &Ctx, store: &Store, a: GetArgs, import: bool) -> anyhow::Result
         &Bar::new(),
     )?;
     if ctx.json {
-        output::json(&serde_json::json!({"pointer": pointer, "commit": commit, "fetch": report, "checkout": rep}))?;
+        output::json(
+            &serde_json::json!({"pointer": pointer, "commit": commit, "fetch": report, "checkout": rep}),
+        )?;
     } else {
         println!(
             "{}@{} from {} → {}",

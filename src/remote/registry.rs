@@ -96,7 +96,8 @@ pub fn pin(
     message: Option<&str>,
     git_tag: Option<&str>,
 ) -> Result<Pinned> {
-    let file = std::path::absolute(file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
+    let file =
+        std::path::absolute(file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
     let dir = file.parent().unwrap_or(Path::new("/"));
     let repo = Repository::discover(dir).map_err(|_| {
         Error::Config(format!(
@@ -113,7 +114,13 @@ pub fn pin(
     let rel = canon_dir
         .strip_prefix(&workdir)
         .map(|d| d.join(file.file_name().unwrap_or_default()))
-        .map_err(|_| Error::Config(format!("{} is outside {}", file.display(), workdir.display())))?;
+        .map_err(|_| {
+            Error::Config(format!(
+                "{} is outside {}",
+                file.display(),
+                workdir.display()
+            ))
+        })?;
     let rel_str = rel.to_string_lossy().replace('\\', "/");
     crate::store::write_file_atomic(&file, pointer.to_text(&rel_str).as_bytes())?;
     let mut index = repo.index().map_err(git_err("git index"))?;
@@ -145,7 +152,9 @@ pub fn pin(
             out.git_tag = Some(tag.to_string());
         }
     } else if git_tag.is_some() {
-        return Err(Error::Config("--git-tag needs --commit: a tag names a commit".into()));
+        return Err(Error::Config(
+            "--git-tag needs --commit: a tag names a commit".into(),
+        ));
     }
     Ok(out)
 }

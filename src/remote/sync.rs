@@ -777,7 +777,12 @@ async fn resolve_remote(
 
 /// Whether `remote` has version `id` of `dataset` (its record exists, so
 /// everything it needs does).
-pub async fn has_version(remote: &Remote, home: &crate::Home, dataset: &str, id: &ObjectId) -> Result<bool> {
+pub async fn has_version(
+    remote: &Remote,
+    home: &crate::Home,
+    dataset: &str,
+    id: &ObjectId,
+) -> Result<bool> {
     let conn = Conn::new(remote, home);
     Ok(conn.version_record(dataset, id).await?.is_some())
 }
