@@ -148,6 +148,7 @@ export async function log(id, { attempt, offset = 0, signal } = {}) {
 export const datasets = (opts) => get('/datasets', opts);
 export const versions = (name, opts) => get(`/datasets/${seg(name)}/versions`, opts);
 export const diff = (name, a, b, opts) => get(`/datasets/${seg(name)}/diff`, { ...opts, query: { a, b } });
+export const datasetRemotes = (name, opts) => get(`/datasets/${seg(name)}/remotes`, opts);
 export const snapshot = (name, { path, message, tag }) =>
   post(`/datasets/${seg(name)}/snapshot`, { path, message: message || null, tag: tag || null });
 

@@ -775,6 +775,23 @@ async fn resolve_remote(
         .ok_or_else(|| not_found(format!("version {dataset}@{}", id.short())))
 }
 
+/// The versions (ids) and tags (name → version id) of `dataset` on `remote`.
+pub async fn dataset_state(
+    remote: &Remote,
+    home: &crate::Home,
+    dataset: &str,
+) -> Result<(Vec<ObjectId>, BTreeMap<String, String>)> {
+    let conn = Conn::new(remote, home);
+    let ids = conn.version_ids(dataset).await?;
+    let tags = conn
+        .tags(dataset)
+        .await?
+        .into_iter()
+        .map(|(t, (_, v))| (t, v))
+        .collect();
+    Ok((ids, tags))
+}
+
 /// Whether `remote` has version `id` of `dataset` (its record exists, so
 /// everything it needs does).
 pub async fn has_version(

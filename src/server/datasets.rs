@@ -115,3 +115,80 @@ pub(crate) async fn snapshot(
     .await?;
     Ok((StatusCode::CREATED, Json(r)))
 }
+
+/// One remote's view of a dataset, for the UI.
+#[derive(serde::Serialize)]
+pub(crate) struct RemoteState {
+    name: String,
+    url: String,
+    /// `in_sync`, `behind` (local versions not pushed), `ahead` (versions
+    /// only on the remote), `diverged`, `empty` or `error`.
+    state: &'static str,
+    detail: String,
+    versions: Vec<String>,
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+/// Each configured remote's versions and tags of a dataset, compared with
+/// the local versions. A remote that cannot be reached is reported, not fatal.
+pub(crate) async fn remotes(
+    State(c): State<Arc<Coord>>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Vec<RemoteState>>> {
+    use crate::remote::{sync, Remote, Remotes};
+    let n = name.clone();
+    let local: std::collections::HashSet<String> = blocking(&c, move |c| {
+        Ok(open(c)?
+            .log(&n)?
+            .into_iter()
+            .map(|v| v.id.to_hex())
+            .collect())
+    })
+    .await?;
+    let cfg = Remotes::load(&c.home.root().join("remotes.toml"))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut out = Vec::new();
+    for (rname, rc) in cfg.list() {
+        let mut st = RemoteState {
+            name: rname.clone(),
+            url: rc.url.clone(),
+            state: "error",
+            detail: String::new(),
+            versions: Vec::new(),
+            tags: Default::default(),
+        };
+        let got = match Remote::open(rname, rc) {
+            Ok(r) => sync::dataset_state(&r, &c.home, &name).await,
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok((ids, tags)) => {
+                st.versions = ids.iter().map(|i| i.to_hex()).collect();
+                st.tags = tags;
+                let remote: std::collections::HashSet<&String> = st.versions.iter().collect();
+                let missing = local.iter().filter(|v| !remote.contains(v)).count();
+                let extra = st.versions.iter().filter(|v| !local.contains(*v)).count();
+                st.state = match (missing, extra, st.versions.is_empty()) {
+                    (_, _, true) => "empty",
+                    (0, 0, _) => "in_sync",
+                    (_, 0, _) => "behind",
+                    (0, _, _) => "ahead",
+                    _ => "diverged",
+                };
+                st.detail = format!(
+                    "{} of {} local versions pushed{}",
+                    local.len() - missing,
+                    local.len(),
+                    if extra > 0 {
+                        format!("; {extra} only on the remote")
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            Err(e) => st.detail = e.to_string(),
+        }
+        out.push(st);
+    }
+    Ok(Json(out))
+}

@@ -55,7 +55,7 @@ impl ApiError {
     pub(crate) fn bad(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
-    fn internal(message: impl Into<String>) -> ApiError {
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 }
@@ -142,6 +142,7 @@ pub(crate) fn router(coord: Arc<Coord>) -> Router {
         .route("/datasets/{name}/versions", get(super::datasets::versions))
         .route("/datasets/{name}/diff", get(super::datasets::diff))
         .route("/datasets/{name}/snapshot", post(super::datasets::snapshot))
+        .route("/datasets/{name}/remotes", get(super::datasets::remotes))
         .route("/runs", get(super::runs::list))
         .route("/runs/scan", post(super::runs::scan))
         .route("/runs/{id}", get(super::runs::show))
@@ -193,7 +194,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 /// What `GET /health` lists in `features`.
-const FEATURES: &[&str] = &["datasets", "runs"];
+const FEATURES: &[&str] = &["datasets", "remotes", "runs"];
 
 async fn health(State(c): State<Arc<Coord>>) -> Json<Health> {
     Json(Health {

@@ -128,7 +128,7 @@ async function runTests() {
       (await page.locator(`tr[data-id="${id}"] .badge`).textContent()) === 'cancelled');
   });
 
-  await test(4, 'Datasets: 2 versions and the diff lists the changed files', async () => {
+  await test(4, 'Datasets: 2 versions, the diff, and which versions a remote holds', async () => {
     await page.goto(`${ui.url}/#/datasets`);
     await page.getByRole('link', { name: 'mnist' }).click();
     await page.locator('table.versions tbody tr').nth(1).waitFor();
@@ -140,6 +140,13 @@ async function runTests() {
     for (const want of ['train/labels.csv', 'modified', 'val/labels.csv', 'added', 'notes.txt', 'deleted']) {
       if (!text.includes(want)) throw new Error(`diff lacks "${want}": ${text}`);
     }
+    // The remote holds v1 only: it is "not all pushed", and v1's row says so.
+    const remote = page.locator('tr[data-remote="nas"]');
+    await remote.waitFor();
+    const rt = await remote.textContent();
+    if (!rt.includes('not all pushed') || !rt.includes('1 of 2')) throw new Error(`remote row: ${rt}`);
+    const v1 = await page.locator('table.versions tbody tr').nth(1).textContent();
+    if (!v1.includes('nas')) throw new Error(`v1 row does not show the remote: ${v1}`);
   });
 
   await test(5, 'Runs: scan the fixtures, list them, chart a run\'s history', async () => {

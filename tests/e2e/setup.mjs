@@ -130,6 +130,9 @@ export async function prepareDataset(home) {
   await writeFile(join(dir, 'README.md'), '# MNIST subset\n');
   await writeFile(join(dir, 'notes.txt'), 'draft\n');
   await cli(home, ['data', 'add', dir, '--name', 'mnist', '-m', 'Initial import of the training split', '--tag', 'v1']);
+  // A directory remote holding v1 only, so the page has a remote to show.
+  await cli(home, ['remote', 'add', 'nas', `file://${join(home, 'nas-remote')}`]);
+  await cli(home, ['data', 'push', 'mnist@v1']);
   await appendFile(join(dir, 'train', 'labels.csv'), '4,0\n5,4\n');
   await mkdir(join(dir, 'val'), { recursive: true });
   await writeFile(join(dir, 'val', 'labels.csv'), 'id,label\n10,9\n11,3\n');

@@ -112,7 +112,7 @@ function list(root, ctx) {
       }
       swap(body, h('table', { class: 'table' },
         h('thead', null, h('tr', null, h('th', null, 'Name'), h('th', { class: 'num' }, 'Versions'),
-          h('th', { class: 'num' }, 'Files'), h('th', { class: 'num' }, 'Size'), h('th', null, 'Latest'), h('th', null, 'Remotes'))),
+          h('th', { class: 'num' }, 'Files'), h('th', { class: 'num' }, 'Size'), h('th', null, 'Latest'))),
         h('tbody', null, ds.map((d) => {
           const href = `#/datasets/${encodeURIComponent(d.name)}`;
           return h('tr', { class: 'clickable', onclick(e) { if (!e.target.closest('a')) location.hash = href; } },
@@ -120,8 +120,7 @@ function list(root, ctx) {
             h('td', { class: 'num' }, String(d.versions)),
             h('td', { class: 'num' }, String(d.files)),
             h('td', { class: 'num' }, bytes(d.bytes)),
-            h('td', { class: 'mono', title: d.latest ?? '' }, shortId(d.latest)),
-            h('td', { class: 'muted' }, Array.isArray(d.remotes) && d.remotes.length ? plural(d.remotes.length, 'remote') : 'none'));
+            h('td', { class: 'mono', title: d.latest ?? '' }, shortId(d.latest)));
         }))));
     } catch (e) {
       if (e.name !== 'AbortError') swap(body, failure(e, refresh));
@@ -153,20 +152,37 @@ function detail(root, route, ctx) {
   const diffEl = h('section', { class: 'panel', 'aria-label': 'Changes' });
   root.append(head, form.panel, remotes, table, diffEl);
   ctx.title(name);
+  swap(remotes, loading('Asking the remotes…'));
 
+  // Remote state: which versions each configured remote holds (GET
+  // /datasets/NAME/remotes asks the remotes themselves, so it loads apart).
+  let remoteList = [];
+  const STATE_TEXT = { in_sync: 'in sync', behind: 'not all pushed', ahead: 'remote has more', diverged: 'diverged', empty: 'not pushed', error: 'unreachable' };
   function drawRemotes(list) {
-    if (!Array.isArray(list)) {
-      swap(remotes, h('p', { class: 'quiet-note' }, icon('sync'), 'No remotes configured.'));
+    if (!Array.isArray(list) || list.length === 0) {
+      swap(remotes, h('p', { class: 'quiet-note' }, icon('sync'),
+        'No remotes configured: ', h('code', null, 'trainyard remote add NAME s3://bucket/prefix'), ' adds one.'));
       return;
     }
     swap(remotes, h('section', { class: 'panel', 'aria-label': 'Remotes' },
       h('div', { class: 'panel-head' }, h('h2', null, 'Remotes')),
-      list.length === 0 ? h('p', { class: 'muted pad' }, 'No remotes configured.')
-        : h('table', { class: 'table' }, h('tbody', null, list.map((r) => h('tr', null,
-          h('td', { class: 'strong' }, r.name ?? r.remote ?? r.url ?? '—'),
-          h('td', null, badge(r.state ?? 'unknown')),
-          h('td', { class: 'muted' }, r.detail ?? r.url ?? '')))))));
+      h('table', { class: 'table' }, h('tbody', null, list.map((r) => h('tr', { dataset: { remote: r.name } },
+        h('td', { class: 'strong' }, r.name),
+        h('td', { class: 'mono muted' }, r.url),
+        h('td', null, badge(STATE_TEXT[r.state] ?? r.state)),
+        h('td', { class: 'muted' }, r.detail),
+        h('td', null, Object.entries(r.tags ?? {}).map(([t, v]) => h('span', { class: 'chip chip-tag', title: `${t} → ${v}` }, `${t} → ${shortId(v)}`)))))))));
   }
+  async function loadRemotes() {
+    try {
+      remoteList = await api.datasetRemotes(name, { signal: ctx.signal });
+      drawRemotes(remoteList);
+      if (versions) drawVersions();
+    } catch (e) {
+      if (e.name !== 'AbortError') swap(remotes, failure(e, loadRemotes));
+    }
+  }
+  const onRemotes = (id) => remoteList.filter((r) => (r.versions ?? []).includes(id)).map((r) => r.name);
 
   function drawVersions() {
     const pick = (which, v) => h('input', {
@@ -187,7 +203,8 @@ function detail(root, route, ctx) {
         h('td', { class: 'pick' }, pick('a', v)),
         h('td', { class: 'pick' }, pick('b', v)),
         h('td', null, h('span', { class: 'mono', title: v.id }, shortId(v.id)),
-          (v.tags ?? []).map((t) => h('span', { class: 'chip chip-tag' }, t))),
+          (v.tags ?? []).map((t) => h('span', { class: 'chip chip-tag' }, t)),
+          onRemotes(v.id).map((r) => h('span', { class: 'chip', title: `On remote ${r}` }, `☁ ${r}`))),
         h('td', { class: 'truncate', title: v.message ?? '' }, v.message ?? h('span', { class: 'muted' }, '—')),
         h('td', null, v.author ?? '—'),
         h('td', null, timeEl(nsToMs(v.created_ns))),
@@ -249,14 +266,8 @@ function detail(root, route, ctx) {
 
   async function refresh() {
     try {
-      const [vs, all] = await Promise.all([
-        api.versions(name, { signal: ctx.signal }),
-        api.datasets({ signal: ctx.signal }).catch(() => []),
-      ]);
+      const vs = await api.versions(name, { signal: ctx.signal });
       versions = vs;
-      const info = all.find((d) => d.name === name);
-      // Remote state appears once the daemon reports it (a `remotes` field).
-      drawRemotes(info?.remotes ?? vs.remotes ?? vs.find?.((v) => v.remotes)?.remotes);
       const latest = vs[0];
       sub.textContent = latest
         ? `${plural(vs.length, 'version')} · latest ${shortId(latest.id)}: ${plural(latest.files, 'file')}, ${bytes(latest.bytes)}`
@@ -275,4 +286,5 @@ function detail(root, route, ctx) {
     }
   }
   refresh();
+  loadRemotes();
 }
