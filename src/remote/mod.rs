@@ -6,7 +6,7 @@
 //!   credentials).
 //! - [`creds`]: AWS credentials from the environment or the shared
 //!   credentials/config files, with the source named in every error.
-//! - [`format`]: keys, the pack index format, version and tag records.
+//! - [`mod@format`]: keys, the pack index format, version and tag records.
 //! - [`sync`]: push, pull (fetch) and listing.
 //!
 //! The store knows nothing about remotes; this module drives the store's

@@ -1,5 +1,5 @@
 //! The run index: wandb run directories found on this machine, read with
-//! [`RunReader`](super::RunReader) and kept in one SQLite file
+//! [`RunReader`] and kept in one SQLite file
 //! (`$TRAINYARD_HOME/runs.db`, format in `docs/runs-format.md`).
 //!
 //! Rows (history, system samples, console lines) are stored one cell per
