@@ -10,3 +10,4 @@ mod store_cli;
 mod store_crash;
 mod store_golden;
 mod store_safety;
+mod wandb_server;

@@ -9,6 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
 pub mod s3;
+pub mod wandb;
 
 pub struct Env {
     pub tmp: tempfile::TempDir,
