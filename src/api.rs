@@ -187,6 +187,13 @@ pub enum Event {
         /// The log's new size.
         size: u64,
     },
+    /// A run's sync state changed.
+    Run {
+        /// The wandb run id.
+        id: String,
+        /// Its sync outcome (`synced`, `unchanged`, `failed`).
+        sync: String,
+    },
 }
 
 impl Event {
@@ -196,6 +203,7 @@ impl Event {
             Event::Job { .. } => "job",
             Event::Agent { .. } => "agent",
             Event::Log { .. } => "log",
+            Event::Run { .. } => "run",
         }
     }
 }

@@ -79,8 +79,13 @@ impl Home {
         self.root.join("catalog.db")
     }
 
-    /// The index of wandb runs found on this machine (and their sync ledger).
+    /// The index of wandb runs found on this machine (a cache).
     pub fn runs_path(&self) -> PathBuf {
         self.root.join("runs.db")
+    }
+
+    /// The ledger of what was synced to which wandb server.
+    pub fn sync_path(&self) -> PathBuf {
+        self.root.join("sync.db")
     }
 }

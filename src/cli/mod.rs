@@ -7,6 +7,7 @@ mod jobs;
 mod output;
 mod remote;
 mod runs;
+mod sync;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,9 @@ enum Command {
     /// Browse wandb runs found on this machine (scan, ls, show, history).
     #[command(subcommand)]
     Runs(runs::RunsCommand),
+    /// Sync wandb runs to a W&B server (wandb/local) and check what landed.
+    #[command(subcommand)]
+    Sync(sync::SyncCommand),
     /// Start the daemon: the job queue, the scheduler, the HTTP API and a
     /// local agent for this host's GPUs.
     Up(Box<daemon::UpArgs>),
@@ -187,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Data(cmd) => data::run(&ctx, cmd),
         Command::Remote(cmd) => remote::remote(&ctx, cmd),
         Command::Runs(cmd) => runs::run(&ctx, cmd),
+        Command::Sync(cmd) => sync::run(&ctx, cmd),
         Command::Up(args) => daemon::up(&ctx, *args),
         Command::Agent(args) => daemon::agent(&ctx, args),
         Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, *args),

@@ -74,12 +74,16 @@ impl Progress for Bar {
         match total {
             Some(t) => {
                 b.set_length(t);
+                // phases that count runs say so in their name; the others count bytes
+                let template = if name.ends_with("runs") {
+                    "{msg:>14} [{bar:30}] {pos}/{len} eta {eta}"
+                } else {
+                    "{msg:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+                };
                 b.set_style(
-                    ProgressStyle::with_template(
-                        "{msg:>14} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-                    )
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> "),
+                    ProgressStyle::with_template(template)
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                 );
             }
             None => b.set_style(ProgressStyle::default_spinner()),

@@ -147,6 +147,7 @@ pub(crate) fn router(coord: Arc<Coord>) -> Router {
         .route("/runs/scan", post(super::runs::scan))
         .route("/runs/{id}", get(super::runs::show))
         .route("/runs/{id}/history", get(super::runs::history))
+        .route("/runs/{id}/sync", post(super::runs::sync_run))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(coord.clone(), auth));
     Router::new()

@@ -1,5 +1,6 @@
-//! Run handlers: the wandb run index over HTTP (list, show, history, scan).
-//! `wandb::index` owns the behaviour; these translate only.
+//! Run handlers: the wandb run index over HTTP (list, show, history, scan)
+//! with each run's sync state, and syncing a run to a W&B server.
+//! `wandb::index` and `wandb::sync` own the behaviour; these translate only.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use serde::Deserialize;
 
 use super::coord::Coord;
 use super::routes::{blocking, parse, ApiError, ApiResult};
+use crate::progress::NoProgress;
 use crate::wandb::index::{IndexError, RunDetail, RunIndex, RunSummary, ScanOptions, ScanReport};
+use crate::wandb::sync::{self, creds, ledger::Ledger, RunReport, SyncError, SyncOptions, Syncer};
 
 impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> ApiError {
@@ -28,8 +31,42 @@ impl From<IndexError> for ApiError {
     }
 }
 
+impl From<SyncError> for ApiError {
+    fn from(e: SyncError) -> ApiError {
+        let status = match &e {
+            SyncError::NoHost
+            | SyncError::BadHost { .. }
+            | SyncError::NoKey { .. }
+            | SyncError::NetrcTooOpen { .. } => StatusCode::BAD_REQUEST,
+            SyncError::Db(_) | SyncError::Client(_) => {
+                tracing::error!(error = %e, "sync error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        let code = if status == StatusCode::BAD_REQUEST {
+            "bad_request"
+        } else if status == StatusCode::BAD_GATEWAY {
+            "sync_failed"
+        } else {
+            "internal"
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
 fn open(c: &Coord) -> ApiResult<RunIndex> {
     Ok(RunIndex::open(&c.home.runs_path())?)
+}
+
+/// Fills in each run's sync state from the ledger.
+fn with_sync(c: &Coord, runs: &mut [RunSummary]) -> ApiResult<()> {
+    let ledger = Ledger::open(&c.home.sync_path()).map_err(SyncError::from)?;
+    let mut states = sync::states(&ledger)?;
+    for r in runs {
+        r.sync = states.remove(&r.dir).unwrap_or_default();
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -43,7 +80,9 @@ pub(crate) async fn list(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<RunSummary>>> {
     let runs = blocking(&c, move |c| {
-        Ok(open(c)?.list(q.project.as_deref(), q.state.as_deref())?)
+        let mut runs = open(c)?.list(q.project.as_deref(), q.state.as_deref())?;
+        with_sync(c, &mut runs)?;
+        Ok(runs)
     })
     .await?;
     Ok(Json(runs))
@@ -53,7 +92,59 @@ pub(crate) async fn show(
     State(c): State<Arc<Coord>>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<RunDetail>> {
-    Ok(Json(blocking(&c, move |c| Ok(open(c)?.get(&id)?)).await?))
+    Ok(Json(
+        blocking(&c, move |c| {
+            let mut d = open(c)?.get(&id)?;
+            with_sync(c, std::slice::from_mut(&mut d.run))?;
+            Ok(d)
+        })
+        .await?,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SyncRequest {
+    /// The server; default: the daemon's WANDB_BASE_URL or wandb settings.
+    host: Option<String>,
+    entity: Option<String>,
+    project: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /runs/{id}/sync`: syncs one run to a W&B server with the
+/// daemon's credentials (environment or ~/.netrc) and returns the report.
+pub(crate) async fn sync_run(
+    State(c): State<Arc<Coord>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<RunReport>> {
+    let req: SyncRequest = if body.is_empty() {
+        SyncRequest::default()
+    } else {
+        parse(&body)?
+    };
+    let dir = {
+        let id = id.clone();
+        blocking(&c, move |c| Ok(PathBuf::from(open(c)?.get(&id)?.run.dir))).await?
+    };
+    let server = creds::resolve(req.host.as_deref(), &creds::process_env)?;
+    let ledger = Arc::new(Ledger::open(&c.home.sync_path()).map_err(SyncError::from)?);
+    let opts = SyncOptions {
+        entity: req.entity,
+        project: req.project,
+        force: req.force,
+        ..SyncOptions::default()
+    };
+    let syncer = Syncer::new(server, ledger, opts, sync::Retry::default())?;
+    let mut report = syncer.sync_dirs(&[dir], &NoProgress).await;
+    let report = report.runs.remove(0);
+    c.emit(crate::api::Event::Run {
+        id,
+        sync: report.outcome.clone(),
+    });
+    Ok(Json(report))
 }
 
 #[derive(Deserialize)]

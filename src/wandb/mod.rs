@@ -18,6 +18,7 @@ pub mod index;
 pub mod proto;
 pub mod record;
 mod run;
+pub mod sync;
 pub mod value;
 
 #[cfg(test)]
@@ -144,16 +145,43 @@ pub fn read_bytes(bytes: &[u8], base: u64) -> Result<Batch, HeaderError> {
 /// (0, or a [`Batch::resume_offset`] of an earlier call on the same file) to
 /// its current end. Only the bytes after `from` are read from disk.
 pub fn read_file(path: &Path, from: u64) -> Result<Batch> {
+    read_file_range(path, from, None).map(|(batch, _)| batch)
+}
+
+/// Like [`read_file`], but reads at most about `max_len` bytes (rounded down
+/// to a 32 KiB block boundary, at least one block), so a long file can be
+/// read in windows with flat memory. Returns the batch and whether the read
+/// reached the end of the file. When it did not, a record cut by the window's
+/// end is not a diagnostic: [`Batch::resume_offset`] points at its start.
+pub fn read_file_range(path: &Path, from: u64, max_len: Option<u64>) -> Result<(Batch, bool)> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let end = match max_len {
+        Some(max) => {
+            let block = record::BLOCK_SIZE;
+            let limit = ((from + max.max(block)) / block * block).max(from + 1);
+            limit.min(len)
+        }
+        None => len,
+    };
     file.seek(SeekFrom::Start(from)).map_err(io)?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).map_err(io)?;
-    read_bytes(&bytes, from).map_err(|source| Error::Header {
+    let mut bytes = Vec::with_capacity(end.saturating_sub(from) as usize);
+    file.take(end.saturating_sub(from))
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    let at_eof = from + bytes.len() as u64 >= len;
+    let mut batch = read_bytes(&bytes, from).map_err(|source| Error::Header {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    if !at_eof {
+        batch
+            .diagnostics
+            .retain(|d| d.kind != DiagnosticKind::IncompleteTail);
+    }
+    Ok((batch, at_eof))
 }

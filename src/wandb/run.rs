@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::proto::{self, RecordType};
 use super::record::{Diagnostic, DiagnosticKind};
 use super::value::Value;
-use super::{read_file, Error, LogRecord, Result};
+use super::{read_file_range, Error, LogRecord, Result};
 
 /// Where a run stands, as far as its `.wandb` file tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -104,6 +104,10 @@ pub(crate) fn flatten<'a>(prefix: String, v: &'a Value, out: &mut Vec<(String, &
 pub struct SystemSample {
     /// When it was sampled (Unix seconds).
     pub timestamp: Option<f64>,
+    /// Seconds since the run's start, computed from the exact timestamps
+    /// (what wandb-core sends as `_runtime`); `None` before a run record.
+    #[serde(default)]
+    pub runtime: Option<f64>,
     /// Metrics by bare key: `cpu`, `memory_percent`, `disk./.usagePercent`, …
     pub values: BTreeMap<String, Value>,
 }
@@ -217,6 +221,9 @@ pub struct Run {
     pub tags: Vec<String>,
     /// Start time (Unix seconds).
     pub start_time: Option<f64>,
+    /// The start time exactly (seconds, nanoseconds).
+    #[serde(default)]
+    pub start_exact: Option<(i64, i32)>,
     /// Config, with updates and removals applied; nested key paths become
     /// nested objects. Includes wandb's own `_wandb` key.
     pub config: BTreeMap<String, Value>,
@@ -404,6 +411,7 @@ impl Run {
         }
         if let Some(t) = r.start_time {
             self.start_time = Some(t.as_secs_f64());
+            self.start_exact = Some((t.seconds, t.nanos));
         }
         if r.runtime > 0 {
             self.bump_runtime(f64::from(r.runtime));
@@ -501,8 +509,15 @@ impl Run {
                 values.insert(item.key.clone(), v);
             }
         }
+        let runtime = match (s.timestamp, self.start_exact) {
+            (Some(t), Some((secs, nanos))) => {
+                Some((t.seconds - secs) as f64 + f64::from(t.nanos - nanos) / 1e9)
+            }
+            _ => None,
+        };
         self.system.push(SystemSample {
             timestamp: s.timestamp.map(|t| t.as_secs_f64()),
+            runtime,
             values,
         });
     }
@@ -735,6 +750,38 @@ impl RunReader {
 
     /// Reads what was appended since the last call and applies it.
     pub fn read_more(&mut self) -> Result<Update> {
+        self.read_some(None).map(|(update, _)| update)
+    }
+
+    /// Like [`read_more`](RunReader::read_more), but reads only about
+    /// `max_bytes` more of the file (more when a single record is larger), so
+    /// that a caller draining the rows after each call ([`RunReader::take_rows`])
+    /// reads a long run with flat memory. Returns whether the end of the file
+    /// was reached.
+    pub fn read_some(&mut self, max_bytes: Option<u64>) -> Result<(Update, bool)> {
+        let mut max = max_bytes;
+        loop {
+            let before = self.offset;
+            let (update, at_eof) = self.read_window(max)?;
+            if at_eof || self.offset > before || update.restarted {
+                return Ok((update, at_eof));
+            }
+            // one record is larger than the window: widen it
+            max = max.map(|m| m.saturating_mul(2));
+        }
+    }
+
+    /// Takes the rows read so far out of the run (history, system samples,
+    /// complete console lines), leaving everything else in place.
+    pub fn take_rows(&mut self) -> (Vec<HistoryRow>, Vec<SystemSample>, Vec<ConsoleLine>) {
+        (
+            std::mem::take(&mut self.run.history),
+            std::mem::take(&mut self.run.system),
+            std::mem::take(&mut self.run.console),
+        )
+    }
+
+    fn read_window(&mut self, max_bytes: Option<u64>) -> Result<(Update, bool)> {
         let mut restarted = false;
         let len = std::fs::metadata(&self.path)
             .map_err(|source| Error::Io {
@@ -749,7 +796,7 @@ impl RunReader {
             self.run = Run::default();
             restarted = true;
         }
-        let batch = read_file(&self.path, self.offset)?;
+        let (batch, at_eof) = read_file_range(&self.path, self.offset, max_bytes)?;
         let before_rows = self.run.history.len();
         let mut update = Update {
             records: batch.records.len(),
@@ -775,7 +822,7 @@ impl RunReader {
         }
         update.history_rows = self.run.history.len() - before_rows;
         self.offset = batch.resume_offset;
-        Ok(update)
+        Ok((update, at_eof))
     }
 
     /// The run as read so far.

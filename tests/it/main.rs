@@ -11,3 +11,4 @@ mod store_crash;
 mod store_golden;
 mod store_safety;
 mod wandb_server;
+mod wandb_sync;

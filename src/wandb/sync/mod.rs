@@ -1,0 +1,1223 @@
+//! Syncing runs to a W&B server (a self-hosted wandb/local, or any server
+//! speaking its API), the way `wandb sync` does it, but idempotent,
+//! resumable and verified.
+//!
+//! For one run directory: read the `.wandb` file in windows (memory stays
+//! flat in the run's length) → `UpsertBucket` with config, tags, name →
+//! `RunResumeStatus` tells how many history, events and console lines the
+//! server already holds → only the lines after those go out in `file_stream`
+//! requests of at most a few MiB, the ledger recording each → the config
+//! again if it changed → files (`CreateRunFiles`, then a PUT per file with
+//! the returned headers and no credentials), only those whose BLAKE3 differs
+//! from what the ledger says was uploaded → the final `file_stream` with the
+//! summary, `uploaded`, `complete` and the exit code (1 when the run has no
+//! exit record, as `wandb sync` does) → verification: the server's line
+//! counts, summary, state and file list against the local run.
+//!
+//! Layers: `creds` (server URL and API key), `api` (the protocol, retries),
+//! `lines` (what the wire content looks like), `ledger` (what was sent).
+//! This module reads run directories and never writes into them.
+
+pub mod api;
+pub mod creds;
+pub mod ledger;
+pub mod lines;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+
+use self::api::{Api, RemoteRun, RunPath, UpsertFields};
+use self::ledger::Ledger;
+use super::{RunDir, RunReader, Value};
+use crate::db::DbError;
+use crate::progress::Progress;
+
+pub use self::api::Retry;
+pub use self::creds::{ApiKey, KeySource, Server};
+
+/// Errors of the sync. Messages name the server, the run and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// No server URL anywhere.
+    #[error("no wandb server given: pass --host URL, set WANDB_BASE_URL, or run `wandb login --host URL` (it writes base_url to ~/.config/wandb/settings)")]
+    NoHost,
+    /// The server URL is not an http(s) URL.
+    #[error("{url:?} (from {from}) is not a server URL; give one like http://wandb.lab:8080 with --host")]
+    BadHost {
+        /// The value.
+        url: String,
+        /// Where it came from.
+        from: String,
+    },
+    /// No API key for the server.
+    #[error("no API key for {host}: {hint}")]
+    NoKey {
+        /// The server's host:port.
+        host: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A wandb settings file or netrc could not be read.
+    #[error("cannot read {path}: {source}")]
+    ReadConfig {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The netrc holding the key is readable by others.
+    #[error("{path} holds the API key but is readable by others (mode {mode:o}); run `chmod 600 {path}`")]
+    NetrcTooOpen {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(String),
+    /// The server could not be reached (after retries).
+    #[error("cannot reach the wandb server {host} ({what}): {error}")]
+    Unreachable {
+        /// host:port.
+        host: String,
+        /// The request.
+        what: String,
+        /// The transport error.
+        error: String,
+    },
+    /// 401/403 from the server.
+    #[error("the API key for {host} was rejected (from {source_of_key}): HTTP {status} {message}; check the key with `wandb login --host http://{host} --relogin`")]
+    KeyRejected {
+        /// host:port.
+        host: String,
+        /// Where the key came from.
+        source_of_key: String,
+        /// The status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// 409: the run id was used by a run deleted since.
+    #[error("{host}: {message}")]
+    PreviouslyDeleted {
+        /// host:port.
+        host: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The same, with the run and the way out.
+    #[error("{host} refuses run {path}: it was created there before and deleted, and a deleted run's id cannot be used again. Sync it as a new run with `trainyard sync wandb {dir} --id NEWID` (for example --id {suggestion}), or leave it")]
+    DeletedRun {
+        /// host:port.
+        host: String,
+        /// entity/project/id.
+        path: String,
+        /// The run directory.
+        dir: PathBuf,
+        /// A fresh id to offer.
+        suggestion: String,
+    },
+    /// Another error status from the server (after retries for 5xx).
+    #[error("wandb server {host} answered {what} with HTTP {status}: {message}")]
+    Server {
+        /// host:port.
+        host: String,
+        /// The request.
+        what: String,
+        /// The status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// A GraphQL error.
+    #[error("wandb server {host} refused {op}: {message}")]
+    GraphQl {
+        /// host:port.
+        host: String,
+        /// The operation.
+        op: String,
+        /// The errors' messages.
+        message: String,
+    },
+    /// An answer this client cannot use.
+    #[error("wandb server {host} gave an unusable answer to {what}: {error}")]
+    BadAnswer {
+        /// host:port.
+        host: String,
+        /// The request.
+        what: String,
+        /// What was wrong.
+        error: String,
+    },
+    /// An upload URL's host could not be reached.
+    #[error("cannot upload {file}: the upload URL the server handed out points at {url_host}, which is unreachable from here ({error}). wandb/local builds upload URLs from its HOST setting; start it with HOST set to an address this machine can reach (e.g. -e HOST=http://{base_host})")]
+    UploadUnreachable {
+        /// The file.
+        file: String,
+        /// The upload URL's host.
+        url_host: String,
+        /// The server's host.
+        base_host: String,
+        /// The transport error.
+        error: String,
+    },
+    /// An upload was refused.
+    #[error("upload of {file} to {url_host} refused: HTTP {status} {message}{}", if url_host != base_host { format!(" (the URL's host differs from the server's, {base_host}: check wandb/local's HOST setting)") } else { String::new() })]
+    UploadRefused {
+        /// The file.
+        file: String,
+        /// The upload URL's host.
+        url_host: String,
+        /// The server's host.
+        base_host: String,
+        /// The status.
+        status: u16,
+        /// The storage's message.
+        message: String,
+    },
+    /// The run could not be read.
+    #[error(transparent)]
+    Read(#[from] super::Error),
+    /// The run file has no run record (so no id).
+    #[error("{file} holds no run record, so the run has no id; nothing to sync")]
+    NoRunRecord {
+        /// The `.wandb` file.
+        file: PathBuf,
+    },
+    /// A file of the run could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The ledger failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// `--delete` of a run this machine never synced, without a place to look.
+    #[error("{dir} was never synced to {host} from this machine; pass --entity and --project to delete run {id} there anyway")]
+    NotSynced {
+        /// host:port.
+        host: String,
+        /// The run directory.
+        dir: PathBuf,
+        /// The run id.
+        id: String,
+    },
+    /// `--delete` of a run the server does not have.
+    #[error("{host} has no run {path}; nothing to delete (the ledger entry, if any, was cleared)")]
+    NotOnServer {
+        /// host:port.
+        host: String,
+        /// entity/project/id.
+        path: String,
+    },
+}
+
+/// How to sync.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Entity to sync into (default: the run's, else the server's default).
+    pub entity: Option<String>,
+    /// Project (default: the run's, else `uncategorized`).
+    pub project: Option<String>,
+    /// Sync under this run id instead of the run's own (one run only).
+    pub id: Option<String>,
+    /// Verify after syncing.
+    pub verify: bool,
+    /// Look at runs the ledger says are fully synced and unchanged.
+    pub force: bool,
+    /// Runs synced at once.
+    pub jobs: usize,
+    /// Uploads at once per run.
+    pub uploads: usize,
+    /// Bytes of the run file read per window.
+    pub window: u64,
+    /// Bytes of lines per `file_stream` request, at most (about).
+    pub request_bytes: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            entity: None,
+            project: None,
+            id: None,
+            verify: true,
+            force: false,
+            jobs: 4,
+            uploads: 8,
+            window: 4 << 20,
+            request_bytes: 4 << 20,
+        }
+    }
+}
+
+/// What happened to one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// The run directory.
+    pub dir: PathBuf,
+    /// entity/project/id on the server, once known.
+    pub path: Option<String>,
+    /// `synced`, `unchanged` (nothing to send), `verified` (verify only) or `failed`.
+    pub outcome: String,
+    /// History lines sent now.
+    pub history_sent: u64,
+    /// System-metric lines sent now.
+    pub events_sent: u64,
+    /// Console lines sent now.
+    pub log_sent: u64,
+    /// Files uploaded now.
+    pub files_uploaded: u64,
+    /// Files named by the run but missing on disk (skipped, as wandb does).
+    pub files_missing: Vec<String>,
+    /// The exit code sent.
+    pub exit_code: Option<i64>,
+    /// Differences the verification found.
+    pub mismatches: Vec<String>,
+    /// Reader notes (damage stepped over, an incomplete tail).
+    pub notes: Vec<String>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl RunReport {
+    fn new(dir: &Path) -> RunReport {
+        RunReport {
+            dir: dir.to_path_buf(),
+            path: None,
+            outcome: "failed".into(),
+            history_sent: 0,
+            events_sent: 0,
+            log_sent: 0,
+            files_uploaded: 0,
+            files_missing: Vec::new(),
+            exit_code: None,
+            mismatches: Vec::new(),
+            notes: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+/// What a sync of several runs did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncReport {
+    /// The server.
+    pub server: String,
+    /// One per run, in the order given.
+    pub runs: Vec<RunReport>,
+    /// HTTP requests made.
+    pub requests: u64,
+}
+
+impl SyncReport {
+    /// Runs that failed or did not verify.
+    pub fn failures(&self) -> impl Iterator<Item = &RunReport> {
+        self.runs
+            .iter()
+            .filter(|r| r.error.is_some() || !r.mismatches.is_empty())
+    }
+}
+
+/// Syncs runs to one server, recording what was sent in a ledger.
+pub struct Syncer {
+    api: Api,
+    ledger: Arc<Ledger>,
+    opts: SyncOptions,
+    requests: Arc<AtomicU64>,
+}
+
+/// The local side of a run, as the verification compares it.
+#[derive(Debug, Default)]
+struct Local {
+    history: u64,
+    events: u64,
+    log: u64,
+    summary: String,
+    exit_code: i64,
+    files: Vec<LocalFile>,
+}
+
+#[derive(Debug)]
+struct LocalFile {
+    name: String,
+    bytes: bytes::Bytes,
+    blake3: String,
+}
+
+/// Lines waiting to go out, per stream, starting at the server's count.
+#[derive(Default)]
+struct Pending {
+    /// Lines the server holds, per stream (history, events, log).
+    have: [u64; 3],
+    /// Local lines seen, per stream.
+    seen: [u64; 3],
+    lines: [Vec<String>; 3],
+    bytes: usize,
+    /// Lines sent by this sync, per stream.
+    sent: [u64; 3],
+}
+
+const STREAMS: [&str; 3] = [lines::HISTORY, lines::EVENTS, lines::OUTPUT];
+
+impl Pending {
+    fn push(&mut self, stream: usize, line: String) {
+        let i = self.seen[stream];
+        self.seen[stream] += 1;
+        if i >= self.have[stream] + self.lines[stream].len() as u64 {
+            self.bytes += line.len() + 16;
+            self.lines[stream].push(line);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.iter().all(Vec::is_empty)
+    }
+
+    /// The request body for pending lines, about `max_bytes` of them at
+    /// most (at least one line), taking them out.
+    fn take_body(&mut self, max_bytes: usize) -> (serde_json::Value, [u64; 3]) {
+        let mut files = serde_json::Map::new();
+        let mut n = [0u64; 3];
+        let mut budget = max_bytes.max(1);
+        for (s, name) in STREAMS.iter().enumerate() {
+            let mut take = 0;
+            let mut size = 0;
+            for l in &self.lines[s] {
+                let b = l.len() + 16;
+                if budget == 0 || (take > 0 && b > budget) {
+                    break;
+                }
+                take += 1;
+                size += b;
+                budget = budget.saturating_sub(b);
+            }
+            if take == 0 {
+                continue;
+            }
+            let content: Vec<String> = self.lines[s].drain(..take).collect();
+            self.bytes -= size;
+            n[s] = take as u64;
+            files.insert(
+                (*name).to_string(),
+                json!({"offset": self.have[s], "content": content}),
+            );
+        }
+        (json!({ "files": files }), n)
+    }
+}
+
+/// One window's worth of rows, as wire lines.
+struct Window {
+    history: Vec<String>,
+    events: Vec<String>,
+    log: Vec<String>,
+    log_text: Vec<super::ConsoleLine>,
+    eof: bool,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("a blocking sync task panicked")
+}
+
+async fn read_window(
+    mut reader: RunReader,
+    window: u64,
+    keep_text: bool,
+) -> Result<(RunReader, Window), SyncError> {
+    blocking(move || {
+        let (_, eof) = reader.read_some(Some(window))?;
+        let start = reader.run().start_time;
+        let (h, s, c) = reader.take_rows();
+        let w = Window {
+            history: h.iter().map(lines::history_line).collect(),
+            events: s.iter().map(|x| lines::events_line(x, start)).collect(),
+            log: c.iter().map(lines::console_line).collect(),
+            log_text: if keep_text { c } else { Vec::new() },
+            eof,
+        };
+        Ok((reader, w))
+    })
+    .await
+}
+
+fn feed(w: Window, pending: &mut Pending, log_text: &mut Vec<super::ConsoleLine>) {
+    for l in w.history {
+        pending.push(0, l);
+    }
+    for l in w.events {
+        pending.push(1, l);
+    }
+    for l in w.log {
+        pending.push(2, l);
+    }
+    log_text.extend(w.log_text);
+}
+
+/// The run file's size and mtime and the files under `files/` (name, size,
+/// mtime): what "unchanged since the last sync" compares.
+fn fingerprint(rd: &RunDir) -> Result<String, SyncError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SyncError::Io { path, source }
+    };
+    let m = std::fs::metadata(&rd.wandb_file).map_err(io(&rd.wandb_file))?;
+    let mut h = blake3::Hasher::new();
+    h.update(format!("{}:{}:{}\n", m.len(), m.mtime(), m.mtime_nsec()).as_bytes());
+    for f in rd.files()? {
+        let p = rd.dir.join("files").join(&f.path);
+        let (len, t, ns) = std::fs::metadata(&p)
+            .map(|m| (m.len(), m.mtime(), m.mtime_nsec()))
+            .unwrap_or((0, 0, 0));
+        h.update(format!("{}\0{len}:{t}:{ns}\n", f.path).as_bytes());
+    }
+    Ok(h.finalize().to_hex()[..32].to_string())
+}
+
+/// A fresh 8-character run id, like wandb's.
+pub fn new_run_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut raw = [0u8; 8];
+    let _ = getrandom::fill(&mut raw);
+    raw.iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// A path named by a FilesRecord, if it stays inside `files/`.
+fn safe_rel(path: &str) -> Option<PathBuf> {
+    let p = Path::new(path);
+    if path.is_empty()
+        || !p
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return None;
+    }
+    Some(p.to_path_buf())
+}
+
+impl Syncer {
+    /// A syncer for `server`, recording in `ledger`.
+    pub fn new(
+        server: Server,
+        ledger: Arc<Ledger>,
+        opts: SyncOptions,
+        retry: Retry,
+    ) -> Result<Syncer, SyncError> {
+        Ok(Syncer {
+            api: Api::new(server, retry)?,
+            ledger,
+            opts,
+            requests: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The server's base URL.
+    pub fn server_url(&self) -> &str {
+        &self.api.server().base_url
+    }
+
+    fn host(&self) -> String {
+        self.api.server().netloc()
+    }
+
+    /// Syncs run directories, `opts.jobs` at a time; one failing run does
+    /// not stop the others. `progress` counts runs.
+    pub async fn sync_dirs(&self, dirs: &[PathBuf], progress: &dyn Progress) -> SyncReport {
+        self.for_each(dirs, progress, false).await
+    }
+
+    /// Verifies run directories against the server without sending anything.
+    pub async fn verify_dirs(&self, dirs: &[PathBuf], progress: &dyn Progress) -> SyncReport {
+        self.for_each(dirs, progress, true).await
+    }
+
+    async fn for_each(
+        &self,
+        dirs: &[PathBuf],
+        progress: &dyn Progress,
+        verify_only: bool,
+    ) -> SyncReport {
+        progress.phase(
+            if verify_only {
+                "verifying runs"
+            } else {
+                "syncing runs"
+            },
+            Some(dirs.len() as u64),
+        );
+        let mut runs: Vec<(usize, RunReport)> =
+            futures_util::stream::iter(dirs.iter().cloned().enumerate())
+                .map(|(i, d)| async move {
+                    let mut report = RunReport::new(&d);
+                    let r = self.one(&d, &mut report, verify_only).await;
+                    if let Err(e) = r {
+                        tracing::warn!(dir = %d.display(), error = %e, "sync failed");
+                        if !verify_only {
+                            let _ =
+                                self.ledger
+                                    .failed(self.server_url(), &report.dir, &e.to_string());
+                        }
+                        report.outcome = "failed".into();
+                        report.error = Some(e.to_string());
+                    }
+                    progress.inc(1);
+                    (i, report)
+                })
+                .buffer_unordered(self.opts.jobs.max(1))
+                .collect()
+                .await;
+        progress.finish();
+        runs.sort_by_key(|(i, _)| *i);
+        SyncReport {
+            server: self.server_url().to_string(),
+            runs: runs.into_iter().map(|(_, r)| r).collect(),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count(&self, n: u64) {
+        self.requests.fetch_add(n, Ordering::Relaxed);
+    }
+
+    async fn one(
+        &self,
+        dir: &Path,
+        report: &mut RunReport,
+        verify_only: bool,
+    ) -> Result<(), SyncError> {
+        let dir = std::fs::canonicalize(dir).map_err(|source| SyncError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        report.dir = dir.clone();
+        let server = self.server_url().to_string();
+        let rd = {
+            let d = dir.clone();
+            blocking(move || RunDir::open(&d)).await?
+        };
+        let fp = {
+            let rd = rd.clone();
+            blocking(move || fingerprint(&rd)).await?
+        };
+        let prior = self.ledger.get(&server, &dir)?;
+        if !verify_only && !self.opts.force {
+            if let Some(p) = &prior {
+                let same_id = self.opts.id.as_ref().is_none_or(|id| *id == p.name);
+                if p.complete && p.fingerprint == fp && same_id {
+                    report.outcome = "unchanged".into();
+                    report.path = Some(p.path().to_string());
+                    report.exit_code = p.exit_code;
+                    return Ok(());
+                }
+            }
+        }
+
+        // Read until the run record names the run.
+        let has_output_log = rd.dir.join("files").join(lines::OUTPUT).is_file();
+        let mut reader = rd.reader();
+        let mut pending = Pending::default();
+        let mut log_text = Vec::new();
+        let mut early: Vec<Window> = Vec::new();
+        let mut eof = false;
+        while !eof && reader.run().id.is_empty() {
+            let (r, w) = read_window(reader, self.opts.window, !has_output_log).await?;
+            reader = r;
+            eof = w.eof;
+            early.push(w);
+        }
+        if reader.run().id.is_empty() {
+            return Err(SyncError::NoRunRecord {
+                file: rd.wandb_file.clone(),
+            });
+        }
+        let run = reader.run();
+        let wanted = RunPath {
+            entity: self
+                .opts
+                .entity
+                .clone()
+                .unwrap_or_else(|| run.entity.clone()),
+            project: self
+                .opts
+                .project
+                .clone()
+                .or_else(|| Some(run.project.clone()).filter(|p| !p.is_empty()))
+                .unwrap_or_else(|| "uncategorized".into()),
+            name: self.opts.id.clone().unwrap_or_else(|| run.id.clone()),
+        };
+
+        let (path, config_sent) = if verify_only {
+            let path = match &prior {
+                Some(p) => p.path(),
+                None if !wanted.entity.is_empty() => wanted.clone(),
+                None => {
+                    return Err(SyncError::NotSynced {
+                        host: self.host(),
+                        dir: dir.clone(),
+                        id: wanted.name,
+                    })
+                }
+            };
+            (path, None)
+        } else {
+            let config0 = lines::wandb_config(run).to_extended_json();
+            let fields = UpsertFields {
+                display_name: Some(run.display_name.clone()),
+                notes: Some(run.notes.clone()),
+                group: Some(run.group.clone()),
+                job_type: Some(run.job_type.clone()),
+                host: Some(run.host.clone()),
+                program: Some(run.environment.program.clone()),
+                tags: Some(run.tags.clone()),
+                config: Some(config0.clone()),
+                sweep: Some(run.sweep_id.clone()),
+            };
+            self.count(1);
+            let bucket = self
+                .api
+                .upsert(&wanted, &fields)
+                .await
+                .map_err(|e| match e {
+                    SyncError::PreviouslyDeleted { host, .. } => SyncError::DeletedRun {
+                        host,
+                        path: wanted.to_string(),
+                        dir: dir.clone(),
+                        suggestion: new_run_id(),
+                    },
+                    e => e,
+                })?;
+            let path = bucket.path;
+            report.path = Some(path.to_string());
+            self.count(1);
+            let remote = self.api.resume_status(&path).await?.unwrap_or_default();
+            self.ledger.begin(&server, &dir, &path, &bucket.id)?;
+            pending.have = [remote.history_lines, remote.events_lines, remote.log_lines];
+            (path, Some(config0))
+        };
+        report.path = Some(path.to_string());
+
+        // Stream the rows.
+        for w in early.drain(..) {
+            feed(w, &mut pending, &mut log_text);
+        }
+        loop {
+            if !verify_only {
+                while pending.bytes >= self.opts.request_bytes {
+                    self.flush(&server, &dir, &path, &mut pending).await?;
+                }
+            } else {
+                pending.lines = Default::default();
+                pending.bytes = 0;
+            }
+            if eof {
+                break;
+            }
+            let (r, w) = read_window(reader, self.opts.window, !has_output_log).await?;
+            reader = r;
+            eof = w.eof;
+            feed(w, &mut pending, &mut log_text);
+        }
+        let run = reader.into_run();
+        let ended = run.exit_code.is_some();
+        if ended {
+            let tails: Vec<_> = run.console_tail().cloned().collect();
+            for t in tails {
+                pending.push(2, lines::console_line(&t));
+                log_text.push(t);
+            }
+        }
+        while !verify_only && !pending.is_empty() {
+            self.flush(&server, &dir, &path, &mut pending).await?;
+        }
+        pending.lines = Default::default();
+        report.notes = run.diagnostics.iter().map(ToString::to_string).collect();
+        if let Some(off) = run.incomplete_tail {
+            report
+                .notes
+                .push(format!("incomplete tail at offset {off}"));
+        }
+
+        // The files.
+        let files = {
+            let rd = rd.clone();
+            let run = run.clone();
+            let missing = &mut report.files_missing;
+            let console_lines = pending.seen[2];
+            let (files, miss) = blocking(move || {
+                collect_files(&rd, &run, has_output_log, console_lines, &log_text)
+            })
+            .await?;
+            *missing = miss;
+            files
+        };
+        let exit_code = i64::from(run.exit_code.unwrap_or(1));
+        report.exit_code = Some(exit_code);
+        let local = Local {
+            history: pending.seen[0],
+            events: pending.seen[1],
+            log: pending.seen[2],
+            summary: lines::summary_json(&run),
+            exit_code,
+            files,
+        };
+
+        if !verify_only {
+            let config = lines::wandb_config(&run).to_extended_json();
+            if config_sent.as_deref() != Some(config.as_str()) {
+                self.count(1);
+                let fields = UpsertFields {
+                    config: Some(config),
+                    ..UpsertFields::default()
+                };
+                self.api.upsert(&path, &fields).await?;
+            }
+            let uploaded = self.upload(&server, &dir, &path, &local.files).await?;
+            report.files_uploaded = uploaded.len() as u64;
+            let body = json!({
+                "files": {lines::SUMMARY: {"offset": 0, "content": [local.summary]}},
+                "uploaded": uploaded,
+                "complete": true,
+                "exitcode": exit_code,
+            });
+            self.count(1);
+            self.api.file_stream(&path, &body).await?;
+            self.ledger.complete(&server, &dir, exit_code, &fp)?;
+            report.history_sent = pending.sent[0];
+            report.events_sent = pending.sent[1];
+            report.log_sent = pending.sent[2];
+            report.outcome = "synced".into();
+        } else {
+            report.outcome = "verified".into();
+        }
+
+        if self.opts.verify || verify_only {
+            self.count(1);
+            let state = self.api.run_state(&path).await?;
+            report.mismatches = compare(&local, state.as_ref(), &path);
+            if prior.is_some() || !verify_only {
+                self.ledger.verified(&server, &dir, &report.mismatches)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(
+        &self,
+        server: &str,
+        dir: &Path,
+        path: &RunPath,
+        pending: &mut Pending,
+    ) -> Result<(), SyncError> {
+        let (body, n) = pending.take_body(self.opts.request_bytes);
+        self.count(1);
+        self.api.file_stream(path, &body).await?;
+        for s in 0..3 {
+            pending.have[s] += n[s];
+            pending.sent[s] += n[s];
+        }
+        let [h, e, l] = pending.have;
+        self.ledger.set_counts(server, dir, h, e, l)?;
+        Ok(())
+    }
+
+    /// Uploads the files whose hash the ledger does not have; returns their names.
+    async fn upload(
+        &self,
+        server: &str,
+        dir: &Path,
+        path: &RunPath,
+        files: &[LocalFile],
+    ) -> Result<Vec<String>, SyncError> {
+        let known = self.ledger.files(server, dir)?;
+        let todo: Vec<&LocalFile> = files
+            .iter()
+            .filter(|f| known.get(&f.name).is_none_or(|(h, _)| *h != f.blake3))
+            .collect();
+        if todo.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = todo.iter().map(|f| f.name.clone()).collect();
+        self.count(1);
+        let (urls, headers) = self.api.create_run_files(path, &names).await?;
+        let by_name: HashMap<&str, &LocalFile> =
+            todo.iter().map(|f| (f.name.as_str(), *f)).collect();
+        let headers = &headers;
+        let results: Vec<Result<Option<String>, SyncError>> = futures_util::stream::iter(urls)
+            .map(|u| {
+                let file = by_name.get(u.name.as_str()).copied();
+                async move {
+                    let (Some(url), Some(file)) = (u.url, file) else {
+                        return Ok(None);
+                    };
+                    self.count(1);
+                    self.api
+                        .upload(&file.name, &url, headers, file.bytes.clone())
+                        .await?;
+                    self.ledger.file_done(
+                        server,
+                        dir,
+                        &file.name,
+                        &file.blake3,
+                        file.bytes.len() as u64,
+                    )?;
+                    Ok(Some(file.name.clone()))
+                }
+            })
+            .buffer_unordered(self.opts.uploads.max(1))
+            .collect()
+            .await;
+        let mut done = Vec::new();
+        for r in results {
+            if let Some(n) = r? {
+                done.push(n);
+            }
+        }
+        done.sort();
+        Ok(done)
+    }
+
+    /// Deletes the run of `dir` on the server and forgets it in the ledger.
+    /// Without a ledger entry, `opts.entity`/`opts.project` say where it is.
+    pub async fn delete(&self, dir: &Path) -> Result<String, SyncError> {
+        let dir = std::fs::canonicalize(dir).map_err(|source| SyncError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let server = self.server_url().to_string();
+        let path = match self.ledger.get(&server, &dir)? {
+            Some(e) => e.path(),
+            None => {
+                let d = dir.clone();
+                let run = blocking(move || -> Result<_, SyncError> {
+                    let rd = RunDir::open(&d)?;
+                    let mut reader = rd.reader();
+                    while reader.run().id.is_empty() {
+                        let (_, eof) = reader.read_some(Some(1 << 20))?;
+                        if eof {
+                            break;
+                        }
+                    }
+                    Ok(reader.into_run())
+                })
+                .await?;
+                let id = self.opts.id.clone().unwrap_or(run.id.clone());
+                let entity = self.opts.entity.clone().ok_or(SyncError::NotSynced {
+                    host: self.host(),
+                    dir: dir.clone(),
+                    id: id.clone(),
+                })?;
+                RunPath {
+                    entity,
+                    project: self.opts.project.clone().unwrap_or(run.project),
+                    name: id,
+                }
+            }
+        };
+        self.count(1);
+        let Some(remote) = self.api.run_state(&path).await? else {
+            self.ledger.remove(&server, &dir)?;
+            return Err(SyncError::NotOnServer {
+                host: self.host(),
+                path: path.to_string(),
+            });
+        };
+        self.count(1);
+        self.api.delete_run(&remote.id).await?;
+        self.ledger.remove(&server, &dir)?;
+        Ok(path.to_string())
+    }
+}
+
+/// The files a sync uploads: the generated ones, `output.log`, and those the
+/// run's FilesRecords name (inside `files/`, symlinks followed, missing ones
+/// skipped and returned).
+fn collect_files(
+    rd: &RunDir,
+    run: &super::Run,
+    has_output_log: bool,
+    console_lines: u64,
+    log_text: &[super::ConsoleLine],
+) -> Result<(Vec<LocalFile>, Vec<String>), SyncError> {
+    let root = rd.dir.join("files");
+    let mut out: BTreeMap<String, bytes::Bytes> = BTreeMap::new();
+    let mut missing = Vec::new();
+    out.insert(lines::METADATA.into(), lines::metadata_json(run).into());
+    out.insert(lines::CONFIG_YAML.into(), lines::config_yaml(run).into());
+    out.insert(lines::SUMMARY.into(), lines::summary_json(run).into());
+    let mut on_disk: Vec<String> = run.files.iter().map(|f| f.path.clone()).collect();
+    // output.log goes up when the run printed something (wandb-core writes
+    // it from the console records; without any it uploads none)
+    if console_lines > 0 {
+        if has_output_log {
+            on_disk.push(lines::OUTPUT.into());
+        } else {
+            out.insert(lines::OUTPUT.into(), lines::output_log(log_text).into());
+        }
+    }
+    for name in on_disk {
+        if out.contains_key(&name) {
+            continue;
+        }
+        let Some(rel) = safe_rel(&name) else {
+            tracing::warn!(file = %name, "a FilesRecord names a path outside files/; skipped");
+            missing.push(name);
+            continue;
+        };
+        let p = root.join(rel);
+        match std::fs::read(&p) {
+            Ok(b) => {
+                out.insert(name, b.into());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(file = %p.display(), "named by the run but missing (or a broken symlink); skipped");
+                missing.push(name);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::IsADirectory => missing.push(name),
+            Err(source) => return Err(SyncError::Io { path: p, source }),
+        }
+    }
+    let files = out
+        .into_iter()
+        .map(|(name, bytes)| LocalFile {
+            blake3: blake3::hash(&bytes).to_hex().to_string(),
+            name,
+            bytes,
+        })
+        .collect();
+    Ok((files, missing))
+}
+
+/// Compares the local run with the server's; one line per difference.
+fn compare(local: &Local, remote: Option<&RemoteRun>, path: &RunPath) -> Vec<String> {
+    use base64::Engine as _;
+    use md5::Digest as _;
+    let Some(r) = remote else {
+        return vec![format!("the server has no run {path}")];
+    };
+    let mut out = Vec::new();
+    for (what, server, here) in [
+        ("history", r.history_lines, local.history),
+        ("system metrics", r.events_lines, local.events),
+        ("console", r.log_lines, local.log),
+    ] {
+        if server != here {
+            out.push(format!(
+                "{what}: the server has {server} lines, the run {here}"
+            ));
+        }
+    }
+    let expected = if local.exit_code == 0 {
+        "finished"
+    } else {
+        "failed"
+    };
+    match r.state.as_deref() {
+        Some(s) if s == expected || (expected == "failed" && s == "crashed") => {}
+        Some(s) => out.push(format!(
+            "state: the server says {s}, expected {expected} (exit code {})",
+            local.exit_code
+        )),
+        None => {}
+    }
+    match r.summary.as_deref().map(Value::parse) {
+        Some(Ok(Value::Object(server))) => {
+            let here = match Value::parse(&local.summary) {
+                Ok(Value::Object(m)) => m,
+                _ => BTreeMap::new(),
+            };
+            for (k, v) in &here {
+                match server.get(k) {
+                    None => out.push(format!("summary: `{k}` is missing on the server")),
+                    Some(s) if !same_value(s, v) => out.push(format!(
+                        "summary: `{k}` is {s} on the server, {v} in the run"
+                    )),
+                    _ => {}
+                }
+            }
+        }
+        Some(_) => out.push("summary: the server's summary is not a JSON object".into()),
+        None => out.push("summary: the server has none".into()),
+    }
+    let remote_files: HashMap<&str, &api::RemoteFile> =
+        r.files.iter().map(|f| (f.name.as_str(), f)).collect();
+    for f in &local.files {
+        match remote_files.get(f.name.as_str()) {
+            None => out.push(format!("file `{}` is missing on the server", f.name)),
+            Some(rf) => {
+                let len = f.bytes.len() as u64;
+                if rf.size.is_some_and(|s| s != len) {
+                    out.push(format!(
+                        "file `{}`: the server has {} bytes, the run {len}",
+                        f.name,
+                        rf.size.unwrap_or(0)
+                    ));
+                } else if let Some(m) = &rf.md5 {
+                    let here = base64::engine::general_purpose::STANDARD
+                        .encode(md5::Md5::digest(&f.bytes));
+                    if *m != here {
+                        out.push(format!("file `{}`: content differs (MD5)", f.name));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Equal as wandb values: NaN equals NaN, 1 equals 1.0.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Float(x), Value::Float(y)) => x == y || (x.is_nan() && y.is_nan()),
+        (Value::Int(i), Value::Float(x)) | (Value::Float(x), Value::Int(i)) => *i as f64 == *x,
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same_value(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_value(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A run and where it stands on one server (or on none), for `sync status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusRow {
+    /// The wandb run id.
+    pub run_id: String,
+    /// The run directory.
+    pub dir: String,
+    /// Project (on the server when synced, else the run's).
+    pub project: String,
+    /// The server's base URL; `None` when never synced.
+    pub server: Option<String>,
+    /// `not synced`, `partial`, `synced`, `changed` (the run changed since
+    /// it was synced), `mismatch` (verification found differences), `failed`.
+    pub state: String,
+    /// History lines the server holds, as of the last sync.
+    pub history_lines: Option<u64>,
+    /// History rows of the run, as indexed.
+    pub history_rows: u64,
+    /// Files uploaded.
+    pub files: Option<u64>,
+    /// Last sync activity (Unix seconds).
+    pub updated_at: Option<f64>,
+    /// The last error or the mismatches.
+    pub detail: String,
+}
+
+/// The state of a ledger entry, `changed` when the run moved on since.
+fn entry_state(e: &ledger::Entry) -> (String, String) {
+    let detail = if !e.error.is_empty() {
+        e.error.clone()
+    } else {
+        e.mismatches.join("; ")
+    };
+    if e.state == "synced" && e.complete {
+        let now = RunDir::open(&e.dir)
+            .ok()
+            .and_then(|rd| fingerprint(&rd).ok());
+        if now.is_some_and(|fp| fp != e.fingerprint) {
+            return (
+                "changed".into(),
+                "the run changed since it was synced".into(),
+            );
+        }
+    }
+    (e.state.clone(), detail)
+}
+
+/// Every indexed run with its sync state per server (runs never synced
+/// once, with `server: None`), plus ledger entries of runs not indexed.
+pub fn status(
+    index: &super::index::RunIndex,
+    ledger: &Ledger,
+    host: Option<&str>,
+) -> Result<Vec<StatusRow>, SyncError> {
+    let host = host.map(|h| h.trim_end_matches('/'));
+    let mut by_dir: HashMap<PathBuf, Vec<ledger::Entry>> = HashMap::new();
+    for e in ledger.list()? {
+        if host.is_none_or(|h| h == e.server) {
+            by_dir.entry(e.dir.clone()).or_default().push(e);
+        }
+    }
+    let runs = index
+        .list(None, None)
+        .map_err(|e| SyncError::Client(e.to_string()))?;
+    let mut out = Vec::new();
+    let row = |e: &ledger::Entry, run_id: &str, rows: u64| {
+        let (state, detail) = entry_state(e);
+        StatusRow {
+            run_id: run_id.to_string(),
+            dir: e.dir.display().to_string(),
+            project: e.project.clone(),
+            server: Some(e.server.clone()),
+            state,
+            history_lines: Some(e.history_lines),
+            history_rows: rows,
+            files: Some(e.files),
+            updated_at: Some(e.updated_at),
+            detail,
+        }
+    };
+    for r in &runs {
+        let dir = PathBuf::from(&r.dir);
+        match by_dir.remove(&dir) {
+            Some(entries) => {
+                for e in &entries {
+                    out.push(row(e, &r.id, r.history_rows));
+                }
+            }
+            None => out.push(StatusRow {
+                run_id: r.id.clone(),
+                dir: r.dir.clone(),
+                project: r.project.clone(),
+                server: None,
+                state: "not synced".into(),
+                history_lines: None,
+                history_rows: r.history_rows,
+                files: None,
+                updated_at: None,
+                detail: String::new(),
+            }),
+        }
+    }
+    let mut rest: Vec<_> = by_dir.into_values().flatten().collect();
+    rest.sort_by(|a, b| a.dir.cmp(&b.dir));
+    for e in &rest {
+        out.push(row(e, &e.name, 0));
+    }
+    Ok(out)
+}
+
+/// Sync states per run directory, for listings of the run index.
+pub fn states(ledger: &Ledger) -> Result<HashMap<String, Vec<super::index::SyncState>>, SyncError> {
+    let mut out: HashMap<String, Vec<super::index::SyncState>> = HashMap::new();
+    for e in ledger.list()? {
+        let (state, detail) = entry_state(&e);
+        out.entry(e.dir.display().to_string())
+            .or_default()
+            .push(super::index::SyncState {
+                server: e.server.clone(),
+                state,
+                detail,
+            });
+    }
+    Ok(out)
+}
