@@ -300,8 +300,8 @@ fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<10} {:<16} {:<26} {:<10} {:>8} {:>6}  {}",
-        "RUN", "PROJECT", "SERVER", "STATE", "HISTORY", "FILES", "LAST SYNC"
+        "{:<10} {:<16} {:<26} {:<10} {:>8} {:>6}  LAST SYNC",
+        "RUN", "PROJECT", "SERVER", "STATE", "HISTORY", "FILES"
     );
     for r in &rows {
         let server = r

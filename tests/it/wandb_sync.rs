@@ -189,7 +189,7 @@ fn runs_land_complete_and_verified() {
     let summary = parse(plain.summary.as_deref().expect("summary"));
     assert!(summary.pointer(&["_step"]).is_some(), "{summary}");
     assert!(!plain.log.is_empty());
-    assert_eq!(plain.tags.is_empty(), false, "tags: {:?}", plain.tags);
+    assert!(!plain.tags.is_empty(), "tags: {:?}", plain.tags);
 
     let stats = stored(&server, "proj", "stats001");
     assert_eq!(stats.events.len(), 7);

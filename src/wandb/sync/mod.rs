@@ -826,9 +826,9 @@ impl Syncer {
         let (body, n) = pending.take_body(self.opts.request_bytes);
         self.count(1);
         self.api.file_stream(path, &body).await?;
-        for s in 0..3 {
-            pending.have[s] += n[s];
-            pending.sent[s] += n[s];
+        for (s, k) in n.iter().enumerate() {
+            pending.have[s] += k;
+            pending.sent[s] += k;
         }
         let [h, e, l] = pending.have;
         self.ledger.set_counts(server, dir, h, e, l)?;
