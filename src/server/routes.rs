@@ -195,7 +195,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 /// What `GET /health` lists in `features`.
-const FEATURES: &[&str] = &["datasets", "remotes", "runs"];
+const FEATURES: &[&str] = &["datasets", "remotes", "runs", "wandb_sync"];
 
 async fn health(State(c): State<Arc<Coord>>) -> Json<Health> {
     Json(Health {

@@ -13,7 +13,7 @@
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import {
-  FIXTURES, HERE, cancelActive, launchBrowser, prepareDataset, scanFixtures, sleep, startDaemon, uiUrl, until,
+  FIXTURES, HERE, cancelActive, launchBrowser, prepareDataset, scanFixtures, sleep, startDaemon, startWandbServer, uiUrl, until,
 } from './setup.mjs';
 
 const argv = process.argv.slice(2);
@@ -69,7 +69,9 @@ async function runTests() {
   const results = [];
   const problems = [];
 
-  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon' });
+  const wb = await startWandbServer();
+  cleanups.push(wb.stop);
+  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon', env: wb.env });
   cleanups.push(d.stop, () => cancelActive(d));
   await prepareDataset(d.home);
   const ui = await uiUrl(d, { fromDisk: FROM_DISK });
@@ -168,6 +170,20 @@ async function runTests() {
     if (!legend.includes('plain run')) throw new Error(`legend lacks the run name: ${legend}`);
   });
 
+  await test('5b', 'Runs: sync a run to the wandb server, see it synced in the list', async () => {
+    await page.goto(`${ui.url}/#/runs/plain001`);
+    await page.locator('.sync-line').getByText('not synced').waitFor();
+    await page.getByRole('button', { name: 'Sync' }).click();
+    await page.getByText(/Synced to .*plain001 and verified: 300 history rows/).waitFor({ timeout: 30_000 });
+    await page.locator('.sync-line .chip-sync-synced').waitFor();
+    // a second sync has nothing to send
+    await page.getByRole('button', { name: 'Sync' }).click();
+    await page.getByText(/Already synced to/).waitFor({ timeout: 30_000 });
+    await page.goto(`${ui.url}/#/runs`);
+    await page.locator('tr[data-id="plain001"] .chip-sync-synced').waitFor();
+    if (await page.locator('tr[data-id="crash001"] .chip-sync-synced').count()) throw new Error('crash001 shown as synced');
+  });
+
   // (6) with a second daemon that requires a token.
   const d2 = await startDaemon({ requireToken: true, logDir: ARTIFACTS, label: 'daemon-token', agentName: 'secure-node' });
   cleanups.push(d2.stop);
@@ -211,10 +227,14 @@ async function screenshots(dir) {
   await mkdir(dir, { recursive: true });
   const dark = join(ARTIFACTS, 'dark');
   await mkdir(dark, { recursive: true });
-  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon-shots' });
+  const wb = await startWandbServer();
+  cleanups.push(wb.stop);
+  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon-shots', env: wb.env });
   cleanups.push(d.stop, () => cancelActive(d));
   await prepareDataset(d.home);
   await scanFixtures(d);
+  // two runs synced to the (test) wandb server, so the Sync column shows states
+  for (const r of ['plain001', 'stats001']) await d.api('POST', `/runs/${r}/sync`, {});
 
   const job = (spec) => d.api('POST', '/jobs', { jobs: [{ user: 'ada', project: 'vision', ...spec }] }).then((r) => r.ids[0]);
   await job({ name: 'prepare-shards', command: 'for s in 0 1 2 3; do echo "shard $s: 12500 images"; done', gpus: { count: 0 } });

@@ -60,7 +60,7 @@ export async function cli(home, args) {
  * Returns `{home, url, token, api(), stop()}`; `stop` kills its process
  * group and deletes the home.
  */
-export async function startDaemon({ requireToken = false, agentName = 'gpu-node-1', logDir = null, label = 'daemon' } = {}) {
+export async function startDaemon({ requireToken = false, agentName = 'gpu-node-1', logDir = null, label = 'daemon', env = {} } = {}) {
   await waitForBinary();
   const home = await mkdtemp(join(tmpdir(), 'trainyard-e2e-'));
   const args = ['up', '--port', '0', '--fake-gpus', FAKE_GPUS, '--agent-name', agentName, '--grace', '2s', '--cpu-slots', '4'];
@@ -68,7 +68,7 @@ export async function startDaemon({ requireToken = false, agentName = 'gpu-node-
   const logFile = logDir ? join(logDir, `${label}.log`) : null;
   if (logFile) await writeFile(logFile, `$ TRAINYARD_HOME=${home} ${BIN} ${args.join(' ')}\n`);
   const child = spawn(BIN, args, {
-    env: { ...process.env, TRAINYARD_HOME: home, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+    env: { ...process.env, TRAINYARD_HOME: home, RUST_LOG: process.env.RUST_LOG ?? 'warn', ...env },
     detached: true, // its own process group: stop() kills the daemon and whatever it spawned
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -119,6 +119,27 @@ export async function startDaemon({ requireToken = false, agentName = 'gpu-node-
     await stop();
     throw e;
   }
+}
+
+/**
+ * The wandb-compatible test server (examples/wandb_server, built by `cargo
+ * test`) on 127.0.0.1: `{url, key, env, stop()}`; `env` is what a daemon
+ * needs to sync to it.
+ */
+export async function startWandbServer() {
+  const bin = resolve(HERE, process.env.TRAINYARD_WANDB_SERVER ?? '../../target/debug/examples/wandb_server');
+  await until(`the test server binary at ${bin} (cargo test builds it; set TRAINYARD_WANDB_SERVER)`, () => existsSync(bin), 60_000, 500);
+  const child = spawn(bin, [], { detached: true, stdio: ['ignore', 'pipe', 'inherit'] });
+  children.add(child);
+  child.on('exit', () => children.delete(child));
+  let out = '';
+  child.stdout.on('data', (b) => { out += b; });
+  const [url, key] = await until('the wandb test server to print its URL and key', () => {
+    const lines = out.split('\n');
+    return lines.length > 2 ? lines.slice(0, 2).map((l) => l.trim()) : null;
+  }, 10_000, 50);
+  const stop = async () => { try { process.kill(-child.pid, 'SIGKILL'); } catch { /* gone */ } };
+  return { url, key, env: { WANDB_BASE_URL: url, WANDB_API_KEY: key }, stop };
 }
 
 /** A dataset `mnist` with two versions (v1, v2) made with the CLI. */

@@ -63,6 +63,20 @@ function defaultKeys(run) {
   return (picked.length ? picked : keys).slice(0, DEFAULT_KEYS);
 }
 
+/** What a sync did, for people: lines and files sent, or why not. */
+export function syncNotice(r) {
+  if (r.error) return alertLine('error', `Sync failed: ${r.error}`);
+  const where = r.path ?? 'the server';
+  if (r.mismatches?.length) {
+    return h('div', null, alertLine('error', `Synced to ${where}, but the server's copy differs:`),
+      h('ul', { class: 'mismatches' }, r.mismatches.map((m) => h('li', null, m))));
+  }
+  if (r.outcome === 'unchanged') return alertLine('ok', `Already synced to ${where}; nothing changed since.`);
+  const sent = [plural(r.history_sent, 'history row'), plural(r.events_sent, 'system sample'),
+    plural(r.log_sent, 'console line'), plural(r.files_uploaded, 'file')].join(', ');
+  return alertLine('ok', `Synced to ${where} and verified: ${sent} sent.`);
+}
+
 export function mount(root, route, ctx) {
   const id = route.id;
   const features = ctx.health?.features ?? [];
@@ -92,17 +106,19 @@ export function mount(root, route, ctx) {
         class: 'btn', type: 'button',
         async onclick() {
           syncBtn.disabled = true;
+          syncBtn.lastChild.textContent = 'Syncing…';
           try {
-            await api.syncRun(id);
-            swap(notice, alertLine('ok', 'Sync started.'));
+            const r = await api.syncRun(id);
+            swap(notice, syncNotice(r));
             refresh();
           } catch (e) {
             swap(notice, alertLine('error', e.message));
           } finally {
             syncBtn.disabled = false;
+            syncBtn.lastChild.textContent = 'Sync';
           }
         },
-      }, icon('sync'), 'Sync');
+      }, icon('sync'), h('span', null, 'Sync'));
     }
     const start = run.start_time == null ? null : run.start_time * 1000;
     swap(head,

@@ -160,6 +160,9 @@ export function mount(root, route, ctx) {
       }))));
   }
 
+  // another tab or the CLI through the daemon synced a run: show its new state
+  ctx.live(['run'], () => refresh());
+
   async function refresh() {
     try {
       runs = await api.runs({}, { signal: ctx.signal });
