@@ -439,11 +439,7 @@ pub fn cancel_or_retry(
     if ctx.json {
         output::json(&results)?;
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(output::exit_code(failed))
 }
 
 pub fn gpus(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {

@@ -45,6 +45,15 @@ pub fn secs(s: f64) -> String {
     humantime::format_duration(Duration::from_secs(s.max(0.0) as u64)).to_string()
 }
 
+/// The exit code of a command that did several things: failure if any failed.
+pub fn exit_code(failed: bool) -> std::process::ExitCode {
+    if failed {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
 /// Print a value as pretty JSON on stdout.
 pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);

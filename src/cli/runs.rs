@@ -114,11 +114,7 @@ fn scan(ctx: &Ctx, index: &RunIndex, a: ScanArgs) -> anyhow::Result<ExitCode> {
             report.errors.len()
         );
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(output::exit_code(failed))
 }
 
 fn ls(ctx: &Ctx, index: &RunIndex, a: LsArgs) -> anyhow::Result<ExitCode> {

@@ -188,11 +188,8 @@ fn wandb(ctx: &Ctx, a: WandbArgs) -> anyhow::Result<ExitCode> {
         }
     });
     print_report(ctx, &report)?;
-    Ok(if report.failures().next().is_some() {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    let failed = report.failures().next().is_some();
+    Ok(output::exit_code(failed))
 }
 
 fn print_report(ctx: &Ctx, report: &SyncReport) -> anyhow::Result<()> {
@@ -280,11 +277,7 @@ fn delete(
     if ctx.json {
         output::json(&results)?;
     }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(output::exit_code(failed))
 }
 
 fn status(ctx: &Ctx, a: StatusArgs) -> anyhow::Result<ExitCode> {

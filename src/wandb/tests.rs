@@ -807,3 +807,44 @@ fn run_dir_errors_name_the_directory() {
     let rd = RunDir::open(&fixture_dir("plain001")).unwrap();
     assert!(rd.offline);
 }
+
+/// Reading in small windows (what the sync does, draining rows as it goes)
+/// yields exactly the rows and state of one whole read, cut tail included.
+#[test]
+fn windowed_reads_equal_a_whole_read() {
+    for id in ["blocks01", "large001", "killed01", "plain001"] {
+        let path = fixture_file(id);
+        let whole = read_run(&path).unwrap();
+        let mut reader = RunReader::new(&path);
+        let (mut history, mut system, mut console) = (Vec::new(), Vec::new(), Vec::new());
+        let mut windows = 0;
+        loop {
+            let (_, eof) = reader.read_some(Some(32 * 1024)).unwrap();
+            let (h, s, c) = reader.take_rows();
+            history.extend(h);
+            system.extend(s);
+            console.extend(c);
+            windows += 1;
+            if eof {
+                break;
+            }
+        }
+        assert!(
+            windows > 1 || whole.history.len() < 100,
+            "{id}: {windows} windows"
+        );
+        let run = reader.into_run();
+        assert_eq!(history.len(), whole.history.len(), "{id}");
+        assert_eq!(
+            history.iter().map(|r| r.step).collect::<Vec<_>>(),
+            whole.history.iter().map(|r| r.step).collect::<Vec<_>>(),
+            "{id}"
+        );
+        assert_eq!(system.len(), whole.system.len(), "{id}");
+        assert_eq!(console, whole.console, "{id}");
+        assert_eq!(run.summary.len(), whole.summary.len(), "{id}");
+        assert_eq!(run.exit_code, whole.exit_code, "{id}");
+        assert_eq!(run.incomplete_tail, whole.incomplete_tail, "{id}");
+        assert_eq!(run.diagnostics, whole.diagnostics, "{id}");
+    }
+}

@@ -119,6 +119,16 @@ fn steps(r: &StoredRun) -> Vec<i64> {
         .collect()
 }
 
+/// `trainyard --json sync status`.
+fn sync_status(env: &Env) -> serde_json::Value {
+    let o = env
+        .cmd()
+        .args(["--json", "sync", "status"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&o.stdout).expect("status JSON")
+}
+
 /// The run `id` in `project` (any entity: a run may name its own).
 fn stored(server: &WandbServer, project: &str, id: &str) -> StoredRun {
     server
@@ -215,12 +225,7 @@ fn runs_land_complete_and_verified() {
     );
 
     // status lists them as synced
-    let st = env
-        .cmd()
-        .args(["--json", "sync", "status"])
-        .output()
-        .unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = sync_status(&env);
     let states: Vec<&str> = st
         .as_array()
         .unwrap()
@@ -326,12 +331,7 @@ fn killed_sync_resumes_without_duplicates() {
         partial.history.len()
     );
     assert!(!partial.complete);
-    let st = env
-        .cmd()
-        .args(["--json", "sync", "status"])
-        .output()
-        .unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = sync_status(&env);
     assert_eq!(st[0]["state"], "partial", "{st}");
 
     server.clear_stall();
@@ -478,12 +478,7 @@ fn verify_finds_differences_and_delete_removes_the_run() {
     let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let m = rep["runs"][0]["mismatches"].to_string();
     assert!(m.contains("saved.txt"), "{m}");
-    let st = env
-        .cmd()
-        .args(["--json", "sync", "status"])
-        .output()
-        .unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = sync_status(&env);
     assert_eq!(st[0]["state"], "mismatch", "{st}");
     // a sync fixes it
     let rep = ok_json(sync_cmd(&env, &server.url, API_KEY), &["wandb", d]);
@@ -498,12 +493,7 @@ fn verify_finds_differences_and_delete_removes_the_run() {
         server.runs().iter().all(|r| r.name != "plain001"),
         "deleted run still there"
     );
-    let st = env
-        .cmd()
-        .args(["--json", "sync", "status"])
-        .output()
-        .unwrap();
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let st = sync_status(&env);
     assert_eq!(st.as_array().map(Vec::len), Some(0), "{st}");
     // the server refuses the deleted id: the error says how to go on
     let err = fail(sync_cmd(&env, &server.url, API_KEY), &["wandb", d]);

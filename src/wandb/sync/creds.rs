@@ -191,17 +191,22 @@ fn netloc(url: &str) -> Option<String> {
     Some(host.to_string())
 }
 
+/// A config file's text; `None` when it does not exist.
+fn read_if_present(path: &Path) -> Result<Option<String>, SyncError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(SyncError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// `base_url` from the `[default]` section of a wandb settings file (INI).
 fn settings_base_url(path: &Path) -> Result<Option<String>, SyncError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SyncError::ReadConfig {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+    let Some(text) = read_if_present(path)? else {
+        return Ok(None);
     };
     let mut section = String::new();
     for line in text.lines() {
@@ -229,15 +234,8 @@ fn settings_base_url(path: &Path) -> Result<Option<String>, SyncError> {
 /// machine). Refuses a file that others can read, as Python's `netrc` does.
 fn netrc_password(path: &Path, machine: &str) -> Result<Option<String>, SyncError> {
     use std::os::unix::fs::PermissionsExt;
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(SyncError::ReadConfig {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+    let Some(text) = read_if_present(path)? else {
+        return Ok(None);
     };
     let mode = std::fs::metadata(path)
         .map(|m| m.permissions().mode())

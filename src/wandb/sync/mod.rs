@@ -788,6 +788,7 @@ impl Syncer {
             }
             let uploaded = self.upload(&server, &dir, &path, &local.files).await?;
             report.files_uploaded = uploaded.len() as u64;
+            let n_uploaded = uploaded.len();
             let body = json!({
                 "files": {lines::SUMMARY: {"offset": 0, "content": [local.summary]}},
                 "uploaded": uploaded,
@@ -797,6 +798,9 @@ impl Syncer {
             self.count(1);
             self.api.file_stream(&path, &body).await?;
             self.ledger.complete(&server, &dir, exit_code, &fp)?;
+            tracing::info!(run = %path, host = %self.host(), history = pending.sent[0],
+                events = pending.sent[1], console = pending.sent[2], files = n_uploaded,
+                exit_code, "run synced");
             report.history_sent = pending.sent[0];
             report.events_sent = pending.sent[1];
             report.log_sent = pending.sent[2];
