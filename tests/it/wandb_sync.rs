@@ -502,6 +502,20 @@ fn verify_finds_differences_and_delete_removes_the_run() {
         sync_cmd(&env, &server.url, API_KEY),
         &["wandb", d, "--id", "plain002"],
     );
+    // a copy of the same run elsewhere is refused, not merged into it
+    let copy = env
+        .tmp
+        .path()
+        .join("elsewhere/offline-run-20261122_133843-plain001");
+    copy_dir(&dir, &copy);
+    let err = fail(
+        sync_cmd(&env, &server.url, API_KEY),
+        &["wandb", copy.to_str().unwrap(), "--id", "plain002"],
+    );
+    assert!(
+        err.contains("already synced from") && err.contains("--id"),
+        "{err}"
+    );
     assert_eq!(rep["runs"][0]["mismatches"], serde_json::json!([]), "{rep}");
     assert_eq!(stored(&server, PROJECT, "plain002").history.len(), 300);
 }

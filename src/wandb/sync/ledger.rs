@@ -152,6 +152,29 @@ impl Ledger {
         rows.collect::<Result<_, _>>().map_err(self.err())
     }
 
+    /// Other run directories already synced to the run `name` of `project`
+    /// on `server` (resumed fragments of one run, or copies of it).
+    pub fn others(
+        &self,
+        server: &str,
+        project: &str,
+        name: &str,
+        dir: &Path,
+    ) -> Result<Vec<PathBuf>, DbError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(
+                "SELECT dir FROM runs WHERE server = ?1 AND project = ?2 AND name = ?3 AND dir != ?4",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![server, project, name, dir.to_string_lossy()], |r| {
+                r.get::<_, String>(0).map(PathBuf::from)
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
     /// A sync of `dir` to `path` on `server` begins: the entry exists and is
     /// `partial` until [`Ledger::complete`]. A different remote path (a new
     /// `--id`) starts the record over.

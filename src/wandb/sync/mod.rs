@@ -112,6 +112,18 @@ pub enum SyncError {
         /// The server's message.
         message: String,
     },
+    /// Another directory was already synced to the same run.
+    #[error("run {path} on {host} was already synced from {other}; several directories of one run (wandb resume fragments, or copies) are not merged into one server run, since their rows would overlap. Sync this one as its own run with `trainyard sync wandb {dir} --id NEWID`")]
+    SyncedFromElsewhere {
+        /// host:port.
+        host: String,
+        /// project/id.
+        path: String,
+        /// The directory synced before.
+        other: PathBuf,
+        /// This directory.
+        dir: PathBuf,
+    },
     /// The same, with the run and the way out.
     #[error("{host} refuses run {path}: it was created there before and deleted, and a deleted run's id cannot be used again. Sync it as a new run with `trainyard sync wandb {dir} --id NEWID` (for example --id {suggestion}), or leave it")]
     DeletedRun {
@@ -675,6 +687,17 @@ impl Syncer {
             };
             (path, None)
         } else {
+            let others = self
+                .ledger
+                .others(&server, &wanted.project, &wanted.name, &dir)?;
+            if let Some(other) = others.into_iter().next() {
+                return Err(SyncError::SyncedFromElsewhere {
+                    host: self.host(),
+                    path: format!("{}/{}", wanted.project, wanted.name),
+                    other,
+                    dir: dir.clone(),
+                });
+            }
             let config0 = lines::wandb_config(run).to_extended_json();
             let fields = UpsertFields {
                 display_name: Some(run.display_name.clone()),
