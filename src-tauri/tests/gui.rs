@@ -61,6 +61,18 @@ fn daemon_bin() -> PathBuf {
     p
 }
 
+/// The wandb-compatible test server (the core's `examples/wandb_server`),
+/// built by the same `cargo test --workspace`, that the UI syncs runs to.
+fn wandb_server_bin() -> PathBuf {
+    let p = daemon_bin().with_file_name("examples").join("wandb_server");
+    assert!(
+        p.exists(),
+        "{} is missing: run the GUI tests with `cargo test --workspace` (or scripts/test), which builds it",
+        p.display()
+    );
+    p
+}
+
 #[test]
 fn web_ui_in_chromium() {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,6 +102,7 @@ fn web_ui_in_chromium() {
         Command::new("node")
             .arg("run.mjs")
             .env("TRAINYARD_BIN", daemon_bin())
+            .env("TRAINYARD_WANDB_SERVER", wandb_server_bin())
             .current_dir(&e2e),
         "the web UI end-to-end tests",
     );
