@@ -20,6 +20,7 @@ pub mod record;
 mod run;
 pub mod sync;
 pub mod value;
+mod wire;
 
 #[cfg(test)]
 mod tests;
@@ -154,6 +155,22 @@ pub fn read_file(path: &Path, from: u64) -> Result<Batch> {
 /// reached the end of the file. When it did not, a record cut by the window's
 /// end is not a diagnostic: [`Batch::resume_offset`] points at its start.
 pub fn read_file_range(path: &Path, from: u64, max_len: Option<u64>) -> Result<(Batch, bool)> {
+    let (bytes, at_eof) = read_range_bytes(path, from, max_len)?;
+    let mut batch = read_bytes(&bytes, from).map_err(|source| Error::Header {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !at_eof {
+        batch
+            .diagnostics
+            .retain(|d| d.kind != DiagnosticKind::IncompleteTail);
+    }
+    Ok((batch, at_eof))
+}
+
+/// The bytes [`read_file_range`] decodes, and whether they reach the end
+/// of the file.
+fn read_range_bytes(path: &Path, from: u64, max_len: Option<u64>) -> Result<(Vec<u8>, bool)> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -174,14 +191,5 @@ pub fn read_file_range(path: &Path, from: u64, max_len: Option<u64>) -> Result<(
         .read_to_end(&mut bytes)
         .map_err(io)?;
     let at_eof = from + bytes.len() as u64 >= len;
-    let mut batch = read_bytes(&bytes, from).map_err(|source| Error::Header {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !at_eof {
-        batch
-            .diagnostics
-            .retain(|d| d.kind != DiagnosticKind::IncompleteTail);
-    }
-    Ok((batch, at_eof))
+    Ok((bytes, at_eof))
 }

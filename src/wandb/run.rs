@@ -13,9 +13,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::proto::{self, RecordType};
+use super::record;
 use super::record::{Diagnostic, DiagnosticKind};
 use super::value::Value;
-use super::{read_file_range, Error, LogRecord, Result};
+use super::wire;
+use super::{read_range_bytes, Error, LogRecord, Result};
 
 /// Where a run stands, as far as its `.wandb` file tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -346,10 +348,10 @@ impl Run {
     /// Applies one record.
     pub fn apply(&mut self, rec: &LogRecord) {
         let Some(rt) = &rec.record.record_type else {
-            *self.record_counts.entry("unknown".into()).or_default() += 1;
+            self.count("unknown", 1);
             return;
         };
-        *self.record_counts.entry(rt.name().into()).or_default() += 1;
+        self.count(rt.name(), 1);
         let offset = rec.offset;
         match rt {
             RecordType::Run(r) => self.apply_run(r, offset),
@@ -382,6 +384,15 @@ impl Run {
             RecordType::Environment(e) => self.apply_environment(e),
             RecordType::Preempting(_) => self.preempting = true,
             RecordType::Final(_) | RecordType::Footer(_) | RecordType::OutputLogger(_) => {}
+        }
+    }
+
+    fn count(&mut self, name: &'static str, n: u64) {
+        match self.record_counts.get_mut(name) {
+            Some(c) => *c += n,
+            None => {
+                self.record_counts.insert(name.to_owned(), n);
+            }
         }
     }
 
@@ -466,13 +477,42 @@ impl Run {
                 set_path(&mut values, &path, v);
             }
         }
+        self.push_history(values, h.step.map(|s| s.num));
+    }
+
+    /// A history record read in place (see `wire.rs`): the same as
+    /// [`Run::apply_history`] without the decoded copies.
+    fn apply_history_wire(&mut self, s: &wire::Scratch<'_>, step: wire::Step, offset: u64) {
+        use wire::Typed as T;
+        let mut values = BTreeMap::new();
+        for item in &s.items {
+            let path = s.key_path(item);
+            let v = match item.typed {
+                Some(t) if item.value_json.is_empty() => match t {
+                    T::None => Some(Value::Null),
+                    T::Bool(b) => Some(Value::Bool(b)),
+                    T::Int(i) => Some(Value::Int(i)),
+                    T::Float(x) => Some(Value::Float(x)),
+                    T::Text(t) => Some(Value::String(t.to_owned())),
+                    T::Json(j) => self.parse_value(path, j, offset),
+                },
+                _ => self.parse_value(path, item.value_json, offset),
+            };
+            if let Some(v) = v {
+                set_path(&mut values, path, v);
+            }
+        }
+        self.push_history(values, step);
+    }
+
+    fn push_history(&mut self, values: BTreeMap<String, Value>, step: Option<i64>) {
         let number = |k: &str| values.get(k).and_then(Value::as_f64);
         let runtime = number("_runtime");
         let timestamp = number("_timestamp");
         let step = values
             .get("_step")
             .and_then(Value::as_i64)
-            .unwrap_or_else(|| h.step.map_or(0, |s| s.num));
+            .unwrap_or_else(|| step.unwrap_or(0));
         if let Some(r) = runtime {
             self.bump_runtime(r);
         }
@@ -509,17 +549,155 @@ impl Run {
                 values.insert(item.key.clone(), v);
             }
         }
-        let runtime = match (s.timestamp, self.start_exact) {
+        self.push_sample(values, s.timestamp);
+    }
+
+    /// A stats record read in place (see `wire.rs`).
+    fn apply_stats_wire(&mut self, s: &wire::Scratch<'_>, ts: Option<(i64, i32)>, offset: u64) {
+        let mut values = BTreeMap::new();
+        for item in &s.items {
+            if let Some(v) = self.parse_value(&[item.key], item.value_json, offset) {
+                values.insert(item.key.to_owned(), v);
+            }
+        }
+        let ts = ts.map(|(seconds, nanos)| proto::Timestamp { seconds, nanos });
+        self.push_sample(values, ts);
+    }
+
+    fn push_sample(&mut self, values: BTreeMap<String, Value>, ts: Option<proto::Timestamp>) {
+        let runtime = match (ts, self.start_exact) {
             (Some(t), Some((secs, nanos))) => {
                 Some((t.seconds - secs) as f64 + f64::from(t.nanos - nanos) / 1e9)
             }
             _ => None,
         };
         self.system.push(SystemSample {
-            timestamp: s.timestamp.map(|t| t.as_secs_f64()),
+            timestamp: ts.map(|t| t.as_secs_f64()),
             runtime,
             values,
         });
+    }
+
+    /// Applies the records in `bytes`, the content of a `.wandb` file from
+    /// absolute offset `base` on (as [`super::read_bytes`] takes it);
+    /// `at_eof` says whether they reach the file's end (else a record cut at
+    /// the end is not an incomplete tail). Records are decoded and applied one
+    /// at a time, history, summary and stats records in place (`wire.rs`).
+    /// The result is what decoding with [`super::read_bytes`] and applying
+    /// each record with [`Run::apply`] gives, except that of several summary
+    /// updates of one key path only the last is parsed (see
+    /// `DeferredSummary`). [`Update::offset`] is where to go on.
+    pub(crate) fn apply_bytes(
+        &mut self,
+        bytes: &[u8],
+        base: u64,
+        at_eof: bool,
+    ) -> std::result::Result<Update, record::HeaderError> {
+        let framed = record::deframe(bytes, base)?;
+        let before_rows = self.history.len();
+        let mut update = Update {
+            offset: framed.resume_offset,
+            ..Update::default()
+        };
+        self.incomplete_tail = None;
+        let mut found = Vec::new();
+        let mut framing = framed.diagnostics.iter().peekable();
+        let mut fold = Fold::default();
+        for raw in &framed.records {
+            // keep diagnostics in file order
+            while let Some(d) = framing.next_if(|d| d.offset < raw.offset) {
+                found.push(d.clone());
+            }
+            match self.apply_payload(&raw.payload, raw.offset, &mut fold) {
+                Ok(()) => update.records += 1,
+                Err(e) => found.push(Diagnostic {
+                    offset: raw.offset,
+                    kind: DiagnosticKind::UndecodableRecord {
+                        error: e.to_string(),
+                    },
+                }),
+            }
+        }
+        fold.finish(self);
+        found.extend(framing.cloned());
+        for d in found {
+            if d.kind == DiagnosticKind::IncompleteTail {
+                if at_eof {
+                    self.incomplete_tail = Some(d.offset);
+                }
+                continue;
+            }
+            update.diagnostics.push(d.clone());
+            self.diagnostics.push(d);
+        }
+        update.history_rows = self.history.len() - before_rows;
+        Ok(update)
+    }
+
+    /// Applies one record payload (a serialized `Record`) as [`Run::apply`]
+    /// would apply its decoded form. History, summary and stats records are
+    /// read in place ([`wire`]); summary updates are deferred to `fold`
+    /// (see [`Fold`]). Returns the decoder's error for a payload that is not
+    /// a `Record`.
+    fn apply_payload<'a>(
+        &mut self,
+        payload: &'a [u8],
+        offset: u64,
+        fold: &mut Fold<'a>,
+    ) -> std::result::Result<(), prost::DecodeError> {
+        use prost::Message as _;
+        let scratch = &mut fold.scratch;
+        let fast = match wire::peek(payload) {
+            wire::Peek::History(m) => wire::decode_history(m, scratch).map(|step| {
+                self.apply_history_wire(scratch, step, offset);
+                "history"
+            }),
+            wire::Peek::Stats(m) => wire::decode_stats(m, scratch).map(|ts| {
+                self.apply_stats_wire(scratch, ts, offset);
+                "stats"
+            }),
+            wire::Peek::Summary(m) => wire::decode_summary(m, scratch).map(|()| {
+                let scratch = &fold.scratch;
+                for item in &scratch.items {
+                    let path = scratch.key_path(item);
+                    if path == ["_runtime"] {
+                        // the runtime is the largest seen, not the last: not deferred
+                        if let Some(x) = Value::parse(item.value_json).ok().and_then(|v| v.as_f64())
+                        {
+                            self.bump_runtime(x);
+                        }
+                    }
+                    fold.summary.defer(path, item.value_json, offset);
+                }
+                if !scratch.removed.is_empty() {
+                    fold.summary.apply(self);
+                    for item in &scratch.removed {
+                        remove_path(&mut self.summary, scratch.key_path(item));
+                    }
+                }
+                "summary"
+            }),
+            wire::Peek::Unknown => Some("unknown"),
+            wire::Peek::Other => None,
+        };
+        match fast {
+            Some(name) => {
+                self.count(name, 1);
+                Ok(())
+            }
+            None => {
+                let record = proto::Record::decode(payload)?;
+                if matches!(
+                    record.record_type,
+                    Some(RecordType::Run(_) | RecordType::Summary(_))
+                ) {
+                    // they change the summary: apply what was deferred first
+                    fold.summary.apply(self);
+                }
+                self.apply(&LogRecord { offset, record });
+                Ok(())
+            }
+        }
     }
 
     fn apply_output(&mut self, output_type: i32, ts: Option<proto::Timestamp>, text: &str) {
@@ -619,9 +797,9 @@ impl Run {
         }
     }
 
-    fn parse_value(&mut self, path: &[String], json: &str, offset: u64) -> Option<Value> {
+    fn parse_value<S: AsRef<str>>(&mut self, path: &[S], json: &str, offset: u64) -> Option<Value> {
         if path.len() > MAX_KEY_DEPTH {
-            let mut key = path[..8].join(".");
+            let mut key = dotted(&path[..8]);
             key.push_str(".…");
             self.diagnostics.push(Diagnostic {
                 offset,
@@ -641,7 +819,7 @@ impl Run {
                 self.diagnostics.push(Diagnostic {
                     offset,
                     kind: DiagnosticKind::BadValue {
-                        key: path.join("."),
+                        key: dotted(path),
                         error: e.to_string(),
                     },
                 });
@@ -649,6 +827,11 @@ impl Run {
             }
         }
     }
+}
+
+fn dotted<S: AsRef<str>>(path: &[S]) -> String {
+    let parts: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+    parts.join(".")
 }
 
 /// Key paths longer than this are refused (with a diagnostic), so that
@@ -667,15 +850,19 @@ fn key_path(key: &str, nested: &[String]) -> Vec<String> {
 }
 
 /// Sets `path` in a tree of objects, replacing non-objects on the way.
-fn set_path(map: &mut BTreeMap<String, Value>, path: &[String], v: Value) {
+fn set_path<S: AsRef<str>>(map: &mut BTreeMap<String, Value>, path: &[S], v: Value) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
     let mut cur = map;
     for key in parents {
-        let slot = cur
-            .entry(key.clone())
-            .or_insert_with(|| Value::Object(BTreeMap::new()));
+        let key = key.as_ref();
+        if !cur.contains_key(key) {
+            cur.insert(key.to_owned(), Value::Object(BTreeMap::new()));
+        }
+        let Some(slot) = cur.get_mut(key) else {
+            return; // inserted just above
+        };
         if !matches!(slot, Value::Object(_)) {
             *slot = Value::Object(BTreeMap::new());
         }
@@ -684,22 +871,103 @@ fn set_path(map: &mut BTreeMap<String, Value>, path: &[String], v: Value) {
         };
         cur = next;
     }
-    cur.insert(last.clone(), v);
+    let last = last.as_ref();
+    match cur.get_mut(last) {
+        Some(slot) => *slot = v,
+        None => {
+            cur.insert(last.to_owned(), v);
+        }
+    }
 }
 
 /// Removes `path` from a tree of objects, if present.
-fn remove_path(map: &mut BTreeMap<String, Value>, path: &[String]) {
+fn remove_path<S: AsRef<str>>(map: &mut BTreeMap<String, Value>, path: &[S]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
     let mut cur = map;
     for key in parents {
-        match cur.get_mut(key) {
+        match cur.get_mut(key.as_ref()) {
             Some(Value::Object(next)) => cur = next,
             _ => return,
         }
     }
-    cur.remove(last);
+    cur.remove(last.as_ref());
+}
+
+/// Per-window state of [`Run::apply_payload`]: the reusable buffers of the
+/// in-place decoder, and the summary updates not applied yet.
+#[derive(Default)]
+pub(crate) struct Fold<'a> {
+    scratch: wire::Scratch<'a>,
+    summary: DeferredSummary<'a>,
+}
+
+impl Fold<'_> {
+    /// Applies what is still deferred; call it at the end of a window.
+    pub(crate) fn finish(&mut self, run: &mut Run) {
+        self.summary.apply(run);
+    }
+}
+
+/// Summary updates waiting to be applied, the last one per key path only.
+///
+/// wandb-core writes the whole changed summary after every history row, so
+/// most summary values are overwritten within the same window; parsing only
+/// the last one per key path halves the reader's work. Dropping an update
+/// that a later update of the same path follows changes nothing: the later
+/// one replaces the whole subtree at that path, and creates the same parent
+/// objects. Updates are applied in the order of their last occurrence;
+/// removals (which make that argument fail) first apply everything deferred.
+/// A value that fails to parse is reported only when it is the last one.
+#[derive(Default)]
+struct DeferredSummary<'a> {
+    /// Index into `slots` of the latest update of a one-part key path.
+    single: std::collections::HashMap<&'a str, usize>,
+    /// The same for longer key paths.
+    nested: std::collections::HashMap<Vec<&'a str>, usize>,
+    /// Updates in order (key path, `value_json`, record offset); `None`
+    /// where a later update of the same path replaced it.
+    slots: Vec<Option<(SummaryPath<'a>, &'a str, u64)>>,
+}
+
+enum SummaryPath<'a> {
+    One(&'a str),
+    Many(Vec<&'a str>),
+}
+
+impl<'a> DeferredSummary<'a> {
+    fn defer(&mut self, path: &[&'a str], json: &'a str, offset: u64) {
+        let at = self.slots.len();
+        let (old, path) = match path {
+            [one] => (self.single.insert(one, at), SummaryPath::One(one)),
+            _ => (
+                self.nested.insert(path.to_vec(), at),
+                SummaryPath::Many(path.to_vec()),
+            ),
+        };
+        if let Some(i) = old {
+            self.slots[i] = None;
+        }
+        self.slots.push(Some((path, json, offset)));
+    }
+
+    fn apply(&mut self, run: &mut Run) {
+        if self.slots.is_empty() {
+            return;
+        }
+        self.single.clear();
+        self.nested.clear();
+        for (path, json, offset) in self.slots.drain(..).flatten() {
+            let path = match &path {
+                SummaryPath::One(one) => std::slice::from_ref(one),
+                SummaryPath::Many(many) => many.as_slice(),
+            };
+            if let Some(v) = run.parse_value(path, json, offset) {
+                set_path(&mut run.summary, path, v);
+            }
+        }
+    }
 }
 
 /// What one [`RunReader::read_more`] call found.
@@ -796,32 +1064,19 @@ impl RunReader {
             self.run = Run::default();
             restarted = true;
         }
-        let (batch, at_eof) = read_file_range(&self.path, self.offset, max_bytes)?;
-        let before_rows = self.run.history.len();
-        let mut update = Update {
-            records: batch.records.len(),
-            offset: batch.resume_offset,
-            restarted,
-            ..Update::default()
-        };
-        for rec in &batch.records {
-            self.run.apply(rec);
-        }
-        if batch.unknown_records > 0 {
-            *self.run.record_counts.entry("unknown".into()).or_default() += batch.unknown_records;
-        }
-        self.run.incomplete_tail = None;
-        for d in batch.diagnostics {
-            if d.kind == DiagnosticKind::IncompleteTail {
-                self.run.incomplete_tail = Some(d.offset);
-                continue;
-            }
+        let (bytes, at_eof) = read_range_bytes(&self.path, self.offset, max_bytes)?;
+        let mut update = self
+            .run
+            .apply_bytes(&bytes, self.offset, at_eof)
+            .map_err(|source| Error::Header {
+                path: self.path.clone(),
+                source,
+            })?;
+        for d in &update.diagnostics {
             tracing::debug!(path = %self.path.display(), offset = d.offset, "{d}");
-            update.diagnostics.push(d.clone());
-            self.run.diagnostics.push(d);
         }
-        update.history_rows = self.run.history.len() - before_rows;
-        self.offset = batch.resume_offset;
+        update.restarted = restarted;
+        self.offset = update.offset;
         Ok((update, at_eof))
     }
 

@@ -848,3 +848,82 @@ fn windowed_reads_equal_a_whole_read() {
         assert_eq!(run.diagnostics, whole.diagnostics, "{id}");
     }
 }
+
+/// The reference reading of `bytes`: prost-decode every record
+/// ([`read_bytes`]) and apply it ([`Run::apply`]).
+fn reference_fold(bytes: &[u8], base: u64) -> Option<Run> {
+    let batch = read_bytes(bytes, base).ok()?;
+    let mut run = Run::default();
+    for r in &batch.records {
+        run.apply(r);
+    }
+    if batch.unknown_records > 0 {
+        *run.record_counts.entry("unknown".into()).or_default() += batch.unknown_records;
+    }
+    for d in batch.diagnostics {
+        if d.kind == DiagnosticKind::IncompleteTail {
+            run.incomplete_tail = Some(d.offset);
+        } else {
+            run.diagnostics.push(d);
+        }
+    }
+    Some(run)
+}
+
+/// A run as JSON, split into the summary, the value diagnostics and the rest.
+fn run_parts(run: &Run) -> (String, Vec<Diagnostic>, serde_json::Value) {
+    let mut all = serde_json::to_value(run).unwrap();
+    all["summary"] = serde_json::Value::Null;
+    all["diagnostics"] = serde_json::Value::Null;
+    let (values, others): (Vec<_>, Vec<_>) = run
+        .diagnostics
+        .iter()
+        .cloned()
+        .partition(|d| matches!(d.kind, DiagnosticKind::BadValue { .. }));
+    all["other_diagnostics"] = serde_json::to_value(&others).unwrap();
+    let summary = Value::Object(run.summary.clone()).to_extended_json();
+    (summary, values, all)
+}
+
+/// The in-place decoder (`wire.rs`, what [`RunReader`] uses) gives the
+/// same run as prost + [`Run::apply`]: exactly on the real fixtures, and on
+/// damaged copies of them everything but the summary's and values'
+/// diagnostics (of several summary updates of a key only the last is parsed).
+#[test]
+fn in_place_decoding_equals_prost() {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for id in IDS {
+        let src = std::fs::read(fixture_file(id)).unwrap();
+        let want = reference_fold(&src, 0).unwrap();
+        let mut got = Run::default();
+        got.apply_bytes(&src, 0, true).unwrap();
+        assert_eq!(run_parts(&got), run_parts(&want), "{id}");
+        assert!(want.history.len() + want.system.len() > 0 || id == "blocks01");
+        for round in 0..80 {
+            let mut b = src.clone();
+            if round % 2 == 0 {
+                for _ in 0..1 + next() % 20 {
+                    let i = 7 + (next() as usize) % (b.len() - 7);
+                    b[i] = next() as u8;
+                }
+            } else {
+                let i = 7 + (next() as usize) % (b.len() - 7);
+                b.drain(i..(i + (next() as usize) % 300).min(b.len()));
+            }
+            let Some(want) = reference_fold(&b, 0) else {
+                continue;
+            };
+            let mut got = Run::default();
+            got.apply_bytes(&b, 0, true).unwrap();
+            let (_, _, got_rest) = run_parts(&got);
+            let (_, _, want_rest) = run_parts(&want);
+            assert_eq!(got_rest, want_rest, "{id}, round {round}");
+        }
+    }
+}
