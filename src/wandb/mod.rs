@@ -155,7 +155,8 @@ pub fn read_file(path: &Path, from: u64) -> Result<Batch> {
 /// reached the end of the file. When it did not, a record cut by the window's
 /// end is not a diagnostic: [`Batch::resume_offset`] points at its start.
 pub fn read_file_range(path: &Path, from: u64, max_len: Option<u64>) -> Result<(Batch, bool)> {
-    let (bytes, at_eof) = read_range_bytes(path, from, max_len)?;
+    let mut bytes = Vec::new();
+    let at_eof = read_range_bytes(path, from, max_len, &mut bytes)?;
     let mut batch = read_bytes(&bytes, from).map_err(|source| Error::Header {
         path: path.to_path_buf(),
         source,
@@ -168,9 +169,14 @@ pub fn read_file_range(path: &Path, from: u64, max_len: Option<u64>) -> Result<(
     Ok((batch, at_eof))
 }
 
-/// The bytes [`read_file_range`] decodes, and whether they reach the end
-/// of the file.
-fn read_range_bytes(path: &Path, from: u64, max_len: Option<u64>) -> Result<(Vec<u8>, bool)> {
+/// Reads the bytes [`read_file_range`] decodes into `bytes` (replacing what
+/// it held, reusing its buffer); returns whether they reach the end of the file.
+fn read_range_bytes(
+    path: &Path,
+    from: u64,
+    max_len: Option<u64>,
+    bytes: &mut Vec<u8>,
+) -> Result<bool> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -186,10 +192,10 @@ fn read_range_bytes(path: &Path, from: u64, max_len: Option<u64>) -> Result<(Vec
         None => len,
     };
     file.seek(SeekFrom::Start(from)).map_err(io)?;
-    let mut bytes = Vec::with_capacity(end.saturating_sub(from) as usize);
+    bytes.clear();
+    bytes.reserve(end.saturating_sub(from) as usize);
     file.take(end.saturating_sub(from))
-        .read_to_end(&mut bytes)
+        .read_to_end(bytes)
         .map_err(io)?;
-    let at_eof = from + bytes.len() as u64 >= len;
-    Ok((bytes, at_eof))
+    Ok(from + bytes.len() as u64 >= len)
 }

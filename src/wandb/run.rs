@@ -871,13 +871,7 @@ fn set_path<S: AsRef<str>>(map: &mut BTreeMap<String, Value>, path: &[S], v: Val
         };
         cur = next;
     }
-    let last = last.as_ref();
-    match cur.get_mut(last) {
-        Some(slot) => *slot = v,
-        None => {
-            cur.insert(last.to_owned(), v);
-        }
-    }
+    cur.insert(last.as_ref().to_owned(), v);
 }
 
 /// Removes `path` from a tree of objects, if present.
@@ -923,9 +917,9 @@ impl Fold<'_> {
 #[derive(Default)]
 struct DeferredSummary<'a> {
     /// Index into `slots` of the latest update of a one-part key path.
-    single: std::collections::HashMap<&'a str, usize>,
+    single: rustc_hash::FxHashMap<&'a str, usize>,
     /// The same for longer key paths.
-    nested: std::collections::HashMap<Vec<&'a str>, usize>,
+    nested: rustc_hash::FxHashMap<Vec<&'a str>, usize>,
     /// Updates in order (key path, `value_json`, record offset); `None`
     /// where a later update of the same path replaced it.
     slots: Vec<Option<(SummaryPath<'a>, &'a str, u64)>>,
@@ -994,6 +988,8 @@ pub struct RunReader {
     path: PathBuf,
     offset: u64,
     run: Run,
+    /// The last window's bytes; the buffer is reused from window to window.
+    buf: Vec<u8>,
 }
 
 impl RunReader {
@@ -1003,6 +999,7 @@ impl RunReader {
             path: path.into(),
             offset: 0,
             run: Run::default(),
+            buf: Vec::new(),
         }
     }
 
@@ -1013,6 +1010,7 @@ impl RunReader {
             path: path.into(),
             offset,
             run,
+            buf: Vec::new(),
         }
     }
 
@@ -1064,10 +1062,10 @@ impl RunReader {
             self.run = Run::default();
             restarted = true;
         }
-        let (bytes, at_eof) = read_range_bytes(&self.path, self.offset, max_bytes)?;
+        let at_eof = read_range_bytes(&self.path, self.offset, max_bytes, &mut self.buf)?;
         let mut update = self
             .run
-            .apply_bytes(&bytes, self.offset, at_eof)
+            .apply_bytes(&self.buf, self.offset, at_eof)
             .map_err(|source| Error::Header {
                 path: self.path.clone(),
                 source,

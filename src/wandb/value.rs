@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::fmt::Write as _;
 
 /// Nesting deeper than this is rejected, so hostile input cannot exhaust the
 /// stack. wandb values are nested a handful of levels at most.
@@ -113,71 +114,98 @@ impl Value {
     /// Writes the value as extended JSON (what wandb writes: non-finite
     /// floats as bare `NaN` / `Infinity` / `-Infinity`), compact.
     pub fn to_extended_json(&self) -> String {
-        self.to_string()
+        let mut out = String::new();
+        self.write_extended_json(&mut out);
+        out
     }
+
+    /// Appends [`Value::to_extended_json`]'s text to `out`.
+    pub fn write_extended_json(&self, out: &mut String) {
+        match self {
+            Value::Null => out.push_str("null"),
+            Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            Value::Int(i) => {
+                let _ = write!(out, "{i}");
+            }
+            Value::Float(x) => write_float(out, *x),
+            Value::String(s) => write_string(out, s),
+            Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    v.write_extended_json(out);
+                }
+                out.push(']');
+            }
+            Value::Object(map) => write_object(out, map.iter()),
+        }
+    }
+}
+
+/// Writes `{"k":v,…}` from key/value pairs (in the order given).
+pub fn write_object<'a, K: AsRef<str> + 'a>(
+    out: &mut String,
+    entries: impl Iterator<Item = (K, &'a Value)>,
+) {
+    out.push('{');
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, k.as_ref());
+        out.push(':');
+        v.write_extended_json(out);
+    }
+    out.push('}');
 }
 
 impl fmt::Display for Value {
     /// Extended JSON, compact (see [`Value::to_extended_json`]).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Value::Null => f.write_str("null"),
-            Value::Bool(b) => write!(f, "{b}"),
-            Value::Int(i) => write!(f, "{i}"),
-            Value::Float(x) => write_float(f, *x),
-            Value::String(s) => write_string(f, s),
-            Value::Array(items) => {
-                f.write_str("[")?;
-                for (i, v) in items.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write!(f, "{v}")?;
-                }
-                f.write_str("]")
-            }
-            Value::Object(map) => {
-                f.write_str("{")?;
-                for (i, (k, v)) in map.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    write_string(f, k)?;
-                    write!(f, ":{v}")?;
-                }
-                f.write_str("}")
-            }
-        }
+        f.write_str(&self.to_extended_json())
     }
 }
 
-fn write_float(f: &mut fmt::Formatter<'_>, x: f64) -> fmt::Result {
+fn write_float(out: &mut String, x: f64) {
     if x.is_nan() {
-        f.write_str("NaN")
+        out.push_str("NaN");
     } else if x.is_infinite() {
-        f.write_str(if x > 0.0 { "Infinity" } else { "-Infinity" })
+        out.push_str(if x > 0.0 { "Infinity" } else { "-Infinity" });
     } else if x.fract() == 0.0 && x.abs() < 1e16 {
         // keep it a float when read back: `2.0`, not `2`
-        write!(f, "{x:.1}")
+        let _ = write!(out, "{x:.1}");
     } else {
-        write!(f, "{x:?}")
+        let _ = write!(out, "{x:?}");
     }
 }
 
-fn write_string(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
-    f.write_str("\"")?;
-    for c in s.chars() {
-        match c {
-            '"' => f.write_str("\\\"")?,
-            '\\' => f.write_str("\\\\")?,
-            '\n' => f.write_str("\\n")?,
-            '\r' => f.write_str("\\r")?,
-            '\t' => f.write_str("\\t")?,
-            c if (c as u32) < 0x20 => write!(f, "\\u{:04x}", c as u32)?,
-            c => write!(f, "{c}")?,
+/// A JSON string literal; runs of characters that need no escape are
+/// copied in one piece.
+fn write_string(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            let _ = write!(out, "\\u{:04x}", b);
+        } else {
+            out.push_str(esc);
         }
+        start = i + 1;
     }
-    f.write_str("\"")
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 impl serde::Serialize for Value {

@@ -55,7 +55,15 @@ impl<'a> Fields<'a> {
         Fields { buf, pos: 0 }
     }
 
+    #[inline]
     fn varint(&mut self) -> Option<u64> {
+        // most varints here (keys, lengths) are one byte
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Some(u64::from(b));
+            }
+        }
         let mut v: u64 = 0;
         for i in 0..10 {
             let b = *self.buf.get(self.pos)?;

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use crate::wandb::value::write_object;
 use crate::wandb::{ConsoleLine, HistoryRow, Run, Stream, SystemSample, Value};
 
 /// The `file_stream` file names.
@@ -28,9 +29,22 @@ pub const METADATA: &str = "wandb-metadata.json";
 
 /// A history row as a `wandb-history.jsonl` line.
 pub fn history_line(row: &HistoryRow) -> String {
-    let mut values = row.values.clone();
-    values.entry("_step".into()).or_insert(Value::Int(row.step));
-    Value::Object(values).to_extended_json()
+    let mut out = String::with_capacity(64 + 24 * row.values.len());
+    if row.values.contains_key("_step") {
+        write_object(&mut out, row.values.iter());
+    } else {
+        // `_step` in its sorted place among the keys
+        let step = Value::Int(row.step);
+        let (before, after): (Vec<_>, Vec<_>) =
+            row.values.iter().partition(|(k, _)| k.as_str() < "_step");
+        let entries = before
+            .into_iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .chain(std::iter::once(("_step", &step)))
+            .chain(after.into_iter().map(|(k, v)| (k.as_str(), v)));
+        write_object(&mut out, entries);
+    }
+    out
 }
 
 /// A system sample as a `wandb-events.jsonl` line: keys prefixed `system.`,
