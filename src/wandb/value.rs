@@ -50,6 +50,7 @@ impl Value {
     /// Surrounding whitespace is allowed; anything else after the value is an error.
     pub fn parse(text: &str) -> Result<Value, ParseError> {
         let mut p = Parser {
+            text,
             s: text.as_bytes(),
             pos: 0,
         };
@@ -296,6 +297,8 @@ impl<'de> serde::Deserialize<'de> for Value {
 }
 
 struct Parser<'a> {
+    /// The text, and `s` its bytes.
+    text: &'a str,
     s: &'a [u8],
     pos: usize,
 }
@@ -437,8 +440,10 @@ impl Parser<'_> {
             }
         }
         // The slice holds only ASCII digits, sign, `.` and `e`.
-        let text = std::str::from_utf8(&self.s[start..self.pos])
-            .map_err(|_| self.err("number is not ASCII"))?;
+        let text = self
+            .text
+            .get(start..self.pos)
+            .ok_or_else(|| self.err("number is not ASCII"))?;
         if !is_float {
             if let Ok(i) = text.parse::<i64>() {
                 return Ok(Value::Int(i));
@@ -466,6 +471,19 @@ impl Parser<'_> {
 
     fn string(&mut self) -> Result<String, ParseError> {
         self.pos += 1; // opening quote
+        // the common case: no escapes, copied in one piece
+        let start = self.pos;
+        let plain = self.s[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\');
+        if let Some(n) = plain {
+            if self.s[start + n] == b'"' {
+                if let Some(t) = self.text.get(start..start + n) {
+                    self.pos = start + n + 1;
+                    return Ok(t.to_owned());
+                }
+            }
+        }
         let mut out: Vec<u8> = Vec::new();
         loop {
             let Some(&b) = self.s.get(self.pos) else {
