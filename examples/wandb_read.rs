@@ -24,8 +24,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use trainyard::wandb::sync::lines;
 use trainyard::wandb::record::deframe;
+use trainyard::wandb::sync::lines;
 use trainyard::wandb::{read_run, Run, RunReader};
 
 const WINDOW: u64 = 4 << 20;
@@ -93,14 +93,11 @@ fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let json = args.iter().any(|a| a == "--json");
     args.retain(|a| a != "--json");
-    let only = args
-        .iter()
-        .position(|a| a == "--pass")
-        .map(|i| {
-            let name = args.get(i + 1).cloned().expect("--pass NAME");
-            args.drain(i..i + 2);
-            name
-        });
+    let only = args.iter().position(|a| a == "--pass").map(|i| {
+        let name = args.get(i + 1).cloned().expect("--pass NAME");
+        args.drain(i..i + 2);
+        name
+    });
     if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
         println!("usage: wandb_read FILE [REPEAT] [--json] [--pass whole|windows|windows+lines]");
         return;

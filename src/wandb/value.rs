@@ -471,7 +471,7 @@ impl Parser<'_> {
 
     fn string(&mut self) -> Result<String, ParseError> {
         self.pos += 1; // opening quote
-        // the common case: no escapes, copied in one piece
+                       // the common case: no escapes, copied in one piece
         let start = self.pos;
         let plain = self.s[start..]
             .iter()

@@ -267,7 +267,7 @@ impl Default for SyncOptions {
             force: false,
             jobs: 4,
             uploads: 8,
-            window: 4 << 20,
+            window: 1 << 20,
             request_bytes: 4 << 20,
         }
     }
@@ -450,19 +450,50 @@ async fn read_window(
     keep_text: bool,
 ) -> Result<(RunReader, Window), SyncError> {
     blocking(move || {
-        let (_, eof) = reader.read_some(Some(window))?;
-        let start = reader.run().start_time;
-        let (h, s, c) = reader.take_rows();
-        let w = Window {
-            history: h.iter().map(lines::history_line).collect(),
-            events: s.iter().map(|x| lines::events_line(x, start)).collect(),
-            log: c.iter().map(lines::console_line).collect(),
-            log_text: if keep_text { c } else { Vec::new() },
-            eof,
-        };
+        let w = next_window(&mut reader, window, keep_text)?;
         Ok((reader, w))
     })
     .await
+}
+
+/// Reads one window and turns its rows into wire lines.
+fn next_window(reader: &mut RunReader, window: u64, keep_text: bool) -> Result<Window, SyncError> {
+    let (_, eof) = reader.read_some(Some(window))?;
+    let start = reader.run().start_time;
+    let (h, s, c) = reader.take_rows();
+    Ok(Window {
+        history: h.iter().map(lines::history_line).collect(),
+        events: s.iter().map(|x| lines::events_line(x, start)).collect(),
+        log: c.iter().map(lines::console_line).collect(),
+        log_text: if keep_text { c } else { Vec::new() },
+        eof,
+    })
+}
+
+/// Reads the rest of the file on a blocking thread, window by window, into
+/// a channel of two; the thread ends at the end of the file, on an error
+/// (returned by the handle, with the reader otherwise), or when the
+/// receiver is dropped.
+fn spawn_reader(
+    mut reader: RunReader,
+    window: u64,
+    keep_text: bool,
+) -> (
+    tokio::sync::mpsc::Receiver<Window>,
+    tokio::task::JoinHandle<Result<RunReader, SyncError>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let done = tokio::task::spawn_blocking(move || {
+        loop {
+            let w = next_window(&mut reader, window, keep_text)?;
+            let eof = w.eof;
+            if tx.blocking_send(w).is_err() || eof {
+                break;
+            }
+        }
+        Ok(reader)
+    });
+    (rx, done)
 }
 
 fn feed(w: Window, pending: &mut Pending, log_text: &mut Vec<super::ConsoleLine>) {
@@ -738,24 +769,36 @@ impl Syncer {
         for w in early.drain(..) {
             feed(w, &mut pending, &mut log_text);
         }
+        // A blocking thread reads the windows after these, at most two ahead,
+        // while the requests for the ones before are in flight.
+        let request_bytes = self.opts.request_bytes;
+        let (mut windows, mut idle) = if eof {
+            (None, Some(reader))
+        } else {
+            let w = spawn_reader(reader, self.opts.window, !has_output_log);
+            (Some(w), None)
+        };
         loop {
-            if !verify_only {
-                while pending.bytes >= self.opts.request_bytes {
-                    self.flush(&server, &dir, &path, &mut pending).await?;
-                }
-            } else {
+            if verify_only {
                 pending.lines = Default::default();
                 pending.bytes = 0;
+            } else {
+                while pending.bytes >= request_bytes {
+                    self.flush(&server, &dir, &path, &mut pending).await?;
+                }
             }
-            if eof {
+            let Some((rx, _)) = windows.as_mut() else {
                 break;
+            };
+            match rx.recv().await {
+                Some(w) => feed(w, &mut pending, &mut log_text),
+                None => break,
             }
-            let (r, w) = read_window(reader, self.opts.window, !has_output_log).await?;
-            reader = r;
-            eof = w.eof;
-            feed(w, &mut pending, &mut log_text);
         }
-        let run = reader.into_run();
+        if let Some((_, done)) = windows {
+            idle = Some(done.await.expect("a blocking sync task panicked")?);
+        }
+        let run = idle.expect("the reader is back").into_run();
         let ended = run.exit_code.is_some();
         if ended {
             let tails: Vec<_> = run.console_tail().cloned().collect();
