@@ -9,7 +9,7 @@
 //! records, history rows, seconds and MB/s (best and median, MB = 10^6 bytes):
 //!
 //! - `whole`: [`read_run`], the whole file into one [`Run`](trainyard::wandb::Run);
-//! - `windows`: [`RunReader::read_some`] in 4 MiB windows, dropping the rows
+//! - `windows`: [`RunReader::read_some`] in 1 MiB windows, dropping the rows
 //!   after each with [`RunReader::take_rows`] (how `trainyard sync` reads);
 //! - `windows+lines`: the same, also turning every row into its `file_stream`
 //!   line ([`lines::history_line`] and friends), i.e. all the CPU work of a
@@ -28,7 +28,7 @@ use trainyard::wandb::record::deframe;
 use trainyard::wandb::sync::lines;
 use trainyard::wandb::{read_run, Run, RunReader};
 
-const WINDOW: u64 = 4 << 20;
+const WINDOW: u64 = 1 << 20;
 
 /// What one pass found.
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]

@@ -79,6 +79,26 @@ impl<'a> Fields<'a> {
         None
     }
 
+    /// Field 1, 2 or 16 as a string of under 128 bytes (one-byte tag and
+    /// length; two for field 16's tag), if that is what comes next.
+    #[inline]
+    fn short_string(&mut self) -> Option<(u32, &'a [u8])> {
+        let rest = self.buf.get(self.pos..)?;
+        let (n, at) = match rest {
+            [0x0a, ..] => (1, 1),
+            [0x12, ..] => (2, 1),
+            [0x82, 0x01, ..] => (16, 2),
+            _ => return None,
+        };
+        let len = *rest.get(at)?;
+        if len >= 0x80 {
+            return None;
+        }
+        let b = rest.get(at + 1..at + 1 + usize::from(len))?;
+        self.pos += at + 1 + usize::from(len);
+        Some((n, b))
+    }
+
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let s = self.buf.get(self.pos..end)?;
@@ -221,7 +241,20 @@ fn item<'a>(msg: &'a [u8], path: &mut Vec<&'a str>, typed_ok: bool) -> Option<It
         typed: None,
     };
     let mut f = Fields::new(msg);
-    while let Some(field) = f.next_field() {
+    loop {
+        // wandb-core writes items as `nested_key` parts and `value_json`,
+        // each shorter than 128 bytes: read those without the general walk
+        if let Some((n, b)) = f.short_string() {
+            match n {
+                1 => it.key = text(b)?,
+                2 => path.push(text(b)?),
+                _ => it.value_json = text(b)?,
+            }
+            continue;
+        }
+        let Some(field) = f.next_field() else {
+            break;
+        };
         match field.ok()? {
             (1, Wire::Bytes(b)) => it.key = text(b)?,
             (2, Wire::Bytes(b)) => path.push(text(b)?),
@@ -391,6 +424,25 @@ mod tests {
         assert_eq!(s.key_path(&s.items[0]), ["loss"]);
         assert_eq!(s.key_path(&s.items[1]), ["val", "acc"]);
         assert_eq!(s.items[1].value_json, "1");
+    }
+
+    #[test]
+    fn long_strings_take_the_general_walk() {
+        let long = format!("\"{}\"", "x".repeat(300));
+        let bytes = history(
+            vec![hitem("", &["a", "b"], &long), hitem("k", &[], "1")],
+            None,
+        );
+        let Peek::History(msg) = peek(&bytes) else {
+            panic!()
+        };
+        let mut s = Scratch::default();
+        assert_eq!(decode_history(msg, &mut s), Some(None));
+        assert_eq!(s.key_path(&s.items[0]), ["a", "b"]);
+        assert_eq!(s.items[0].value_json, long);
+        assert_eq!((s.items[1].key, s.items[1].value_json), ("k", "1"));
+        // a string cut short is refused, not read past
+        assert_eq!(decode_history(&msg[..msg.len() - 1], &mut s), None);
     }
 
     #[test]
