@@ -5,6 +5,8 @@
 //! - `record`: framing (file header, 32 KiB blocks, CRC-checked chunks) into
 //!   record payloads, with diagnostics instead of failures;
 //! - `proto`: hand-written prost messages for `wandb_internal.Record`;
+//! - `wire`: history, summary and stats records read in place (borrowed
+//!   slices of the payload), with `proto` as the fallback;
 //! - `value`: the extended JSON (`NaN`, `Infinity`) inside `value_json`;
 //! - `run`: folding records into a [`Run`] (identity, config, summary,
 //!   history, system metrics, console, files), incrementally if wanted.

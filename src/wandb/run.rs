@@ -967,7 +967,7 @@ impl<'a> DeferredSummary<'a> {
 /// What one [`RunReader::read_more`] call found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Update {
-    /// Records applied.
+    /// Records read (of the types this reader does not declare too).
     pub records: usize,
     /// History rows added.
     pub history_rows: usize,
