@@ -3,6 +3,7 @@
 //! concurrent pushers, corruption, credentials, server down.
 
 use std::process::Command;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::support::s3::{S3Server, ACCESS_KEY, BUCKET, SECRET_KEY};
@@ -168,13 +169,16 @@ fn push_killed_midway_resumes_and_sends_only_what_is_missing() {
         &["data", "add", data.to_str().unwrap(), "--name", "big"],
     );
     add_remote(&env, &s3);
+    // The third PutObject (after the first pack and its index) is held
+    // unanswered, so the push is killed exactly there, however loaded the
+    // machine is.
+    s3.counters.stall_puts_from.store(3, Ordering::SeqCst);
     let mut child = s3_cmd(&env)
         .args(["data", "push", "big", "--jobs", "1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Kill it once the first pack and its index are up.
     let t0 = std::time::Instant::now();
     while s3.counters.get("put_object") < 3 {
         assert!(
@@ -189,6 +193,7 @@ fn push_killed_midway_resumes_and_sends_only_what_is_missing() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    s3.counters.stall_puts_from.store(0, Ordering::SeqCst);
     let before = s3.counters.get("put_object");
     let r = json(&env, &["data", "push", "big"]);
     assert_eq!(r["versions"][0]["new"], true);

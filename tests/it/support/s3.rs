@@ -25,11 +25,20 @@ pub const BUCKET: &str = "datasets";
 pub struct Counters {
     by_op: Mutex<BTreeMap<&'static str, u64>>,
     pub fail_next: AtomicU64,
+    /// PutObject number N (1-based) and later wait while this is non-zero
+    /// and at most N.
+    pub stall_puts_from: AtomicU64,
 }
 
 impl Counters {
-    fn hit(&self, op: &'static str) -> S3Result<()> {
-        *self.by_op.lock().unwrap().entry(op).or_default() += 1;
+    /// Counts a request; returns its number among those of its operation.
+    fn hit(&self, op: &'static str) -> S3Result<u64> {
+        let n = {
+            let mut by_op = self.by_op.lock().unwrap();
+            let c = by_op.entry(op).or_default();
+            *c += 1;
+            *c
+        };
         let f = self.fail_next.load(Ordering::SeqCst);
         if f > 0
             && self
@@ -39,7 +48,7 @@ impl Counters {
         {
             return Err(s3s::s3_error!(InternalError, "injected failure"));
         }
-        Ok(())
+        Ok(n)
     }
     pub fn total(&self) -> u64 {
         self.by_op.lock().unwrap().values().sum()
@@ -155,7 +164,14 @@ impl S3 for Serialized {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        self.counters.hit("put_object")?;
+        let n = self.counters.hit("put_object")?;
+        loop {
+            let from = self.counters.stall_puts_from.load(Ordering::SeqCst);
+            if from == 0 || n < from {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         if req.input.if_none_match.is_some() || req.input.if_match.is_some() {
             let _g = self.writes.lock().await;
             return self.inner.put_object(req).await;
