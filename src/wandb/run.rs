@@ -465,17 +465,20 @@ impl Run {
     }
 
     fn apply_history(&mut self, h: &proto::HistoryRecord, offset: u64) {
+        use proto::HistoryValue as H;
+        use wire::Typed as T;
         let mut values = BTreeMap::new();
         for item in &h.item {
             let path = key_path(&item.key, &item.nested_key);
-            let v = if !item.value_json.is_empty() || item.value.is_none() {
-                self.parse_value(&path, &item.value_json, offset)
-            } else {
-                self.typed_value(&path, item.value.as_ref(), offset)
-            };
-            if let Some(v) = v {
-                set_path(&mut values, &path, v);
-            }
+            let typed = item.value.as_ref().map(|v| match v {
+                H::None(_) => T::None,
+                H::Boolean(b) => T::Bool(*b),
+                H::Integer(i) => T::Int(*i),
+                H::Number(x) => T::Float(*x),
+                H::Text(t) => T::Text(t),
+                H::Json(j) => T::Json(j),
+            });
+            self.history_item(&mut values, &path, &item.value_json, typed, offset);
         }
         self.push_history(values, h.step.map(|s| s.num));
     }
@@ -483,26 +486,39 @@ impl Run {
     /// A history record read in place (see `wire.rs`): the same as
     /// [`Run::apply_history`] without the decoded copies.
     fn apply_history_wire(&mut self, s: &wire::Scratch<'_>, step: wire::Step, offset: u64) {
-        use wire::Typed as T;
         let mut values = BTreeMap::new();
         for item in &s.items {
             let path = s.key_path(item);
-            let v = match item.typed {
-                Some(t) if item.value_json.is_empty() => match t {
-                    T::None => Some(Value::Null),
-                    T::Bool(b) => Some(Value::Bool(b)),
-                    T::Int(i) => Some(Value::Int(i)),
-                    T::Float(x) => Some(Value::Float(x)),
-                    T::Text(t) => Some(Value::String(t.to_owned())),
-                    T::Json(j) => self.parse_value(path, j, offset),
-                },
-                _ => self.parse_value(path, item.value_json, offset),
-            };
-            if let Some(v) = v {
-                set_path(&mut values, path, v);
-            }
+            self.history_item(&mut values, path, item.value_json, item.typed, offset);
         }
         self.push_history(values, step);
+    }
+
+    /// Sets one history item in a row: its `value_json`, or the typed value
+    /// when only that was written.
+    fn history_item<S: AsRef<str>>(
+        &mut self,
+        values: &mut BTreeMap<String, Value>,
+        path: &[S],
+        json: &str,
+        typed: Option<wire::Typed<'_>>,
+        offset: u64,
+    ) {
+        use wire::Typed as T;
+        let v = match typed {
+            Some(t) if json.is_empty() => match t {
+                T::None => Some(Value::Null),
+                T::Bool(b) => Some(Value::Bool(b)),
+                T::Int(i) => Some(Value::Int(i)),
+                T::Float(x) => Some(Value::Float(x)),
+                T::Text(t) => Some(Value::String(t.to_owned())),
+                T::Json(j) => self.parse_value(path, j, offset),
+            },
+            _ => self.parse_value(path, json, offset),
+        };
+        if let Some(v) = v {
+            set_path(values, path, v);
+        }
     }
 
     fn push_history(&mut self, values: BTreeMap<String, Value>, step: Option<i64>) {
@@ -522,23 +538,6 @@ impl Run {
             timestamp,
             values,
         });
-    }
-
-    fn typed_value(
-        &mut self,
-        path: &[String],
-        v: Option<&proto::HistoryValue>,
-        offset: u64,
-    ) -> Option<Value> {
-        use proto::HistoryValue as H;
-        match v? {
-            H::None(_) => Some(Value::Null),
-            H::Boolean(b) => Some(Value::Bool(*b)),
-            H::Integer(i) => Some(Value::Int(*i)),
-            H::Number(x) => Some(Value::Float(*x)),
-            H::Text(s) => Some(Value::String(s.clone())),
-            H::Json(j) => self.parse_value(path, j, offset),
-        }
     }
 
     fn apply_stats(&mut self, s: &proto::StatsRecord, offset: u64) {
