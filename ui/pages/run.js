@@ -90,9 +90,10 @@ export function mount(root, route, ctx) {
 
   const head = h('div', { class: 'page-head' },
     h('div', null, h('a', { class: 'back', href: '#/runs' }, icon('back'), 'Runs'), h('h1', null, id)));
-  const notice = h('div');
+  const notice = h('div'); // what the last Sync did
+  const loadNotice = h('div'); // history that could not be loaded (cleared by the next load)
   const body = h('div', { class: 'run-body' }, loading('Loading run…'));
-  root.append(head, notice, body);
+  root.append(head, notice, loadNotice, body);
 
   const save = () => ctx.setQuery({ keys: keys.join(','), compare: [...compare].join(',') });
   const colorOf = (runId) => (runId === id ? PALETTE[0] : PALETTE[(1 + peers.findIndex((p) => p.id === runId)) % PALETTE.length]);
@@ -219,7 +220,7 @@ export function mount(root, route, ctx) {
     }));
     if (seq !== loadSeq || ctx.signal.aborted) return;
     const failed = results.map((r, i) => [r, runsToLoad[i]]).filter(([r]) => r.status === 'rejected' && r.reason?.name !== 'AbortError');
-    swap(notice, failed.length ? alertLine('error', `Could not load history of ${failed.map(([, rid]) => rid).join(', ')}: ${failed[0][0].reason.message}`) : null);
+    swap(loadNotice, failed.length ? alertLine('error', `Could not load history of ${failed.map(([, rid]) => rid).join(', ')}: ${failed[0][0].reason.message}`) : null);
     renderCharts();
   }
 
