@@ -28,10 +28,16 @@ use crate::store::{DatasetRef, Export, Incoming, ObjectId, Store};
 
 /// Small objects are packed up to this size before upload.
 const REMOTE_PACK_TARGET: usize = 32 << 20;
+/// Packs built and uploaded at once by a push (each is held in memory
+/// whole): a few are enough to keep the connection busy.
+const PACKS_IN_FLIGHT: usize = 3;
 /// Objects at least this large are stored loose (the store's pack threshold).
 const LOOSE: u64 = 128 << 10;
 /// Ranges of one pack closer than this are fetched in one request.
 const RANGE_GAP: u64 = 1 << 20;
+/// A pull reads a pack in groups of objects spanning at most this much, so
+/// its memory is bounded by `jobs` groups, not `jobs` packs.
+const RANGE_MAX: u64 = 4 << 20;
 /// Large objects stream in parts of this size (multipart above it).
 const PART: usize = 16 << 20;
 
@@ -575,7 +581,7 @@ pub async fn push(
                 progress.inc(bytes);
                 Ok::<_, Error>(())
             })
-            .buffer_unordered(opts.jobs.max(1))
+            .buffer_unordered(opts.jobs.clamp(1, PACKS_IN_FLIGHT))
             .try_collect::<Vec<()>>()
             .await?;
         stream::iter(large)
@@ -883,10 +889,23 @@ pub async fn fetch(
         let total: u64 = missing.iter().map(|m| m.1).sum();
         progress.phase("downloading", Some(total));
         let conn_ref = &conn;
-        // Each pack: coalesced range reads of only the objects needed.
-        let mut results = stream::iter(by_pack)
-            .map(|(pack, mut objs)| async move {
-                objs.sort_unstable_by_key(|o| o.1);
+        // Each pack: coalesced range reads of only the objects needed, in
+        // groups spanning at most RANGE_MAX, so that at most `jobs` groups
+        // (not whole packs) are in memory at once.
+        let mut groups = Vec::new();
+        for (pack, mut objs) in by_pack {
+            objs.sort_unstable_by_key(|o| o.1);
+            let mut start = 0;
+            for i in 1..=objs.len() {
+                let span = |j: usize| objs[j].1 + objs[j].2 - objs[start].1;
+                if i == objs.len() || span(i) > RANGE_MAX {
+                    groups.push((pack, objs[start..i].to_vec()));
+                    start = i;
+                }
+            }
+        }
+        let mut results = stream::iter(groups)
+            .map(|(pack, objs)| async move {
                 let mut ranges: Vec<std::ops::Range<u64>> = Vec::new();
                 for (_, off, len) in &objs {
                     match ranges.last_mut() {
