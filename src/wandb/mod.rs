@@ -35,7 +35,7 @@ use prost::Message;
 pub use record::{ChunkCounts, Diagnostic, DiagnosticKind, HeaderError};
 pub use run::{
     read_run, read_run_dir, ConsoleLine, DirFile, Environment, FileKind, FilePolicy, HistoryRow,
-    Run, RunDir, RunFile, RunReader, RunState, Stream, SystemSample, Update,
+    Run, RunDir, RunFile, RunReader, RunState, Stream, SystemSample, Update, Values,
 };
 pub use value::Value;
 

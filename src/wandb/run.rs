@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +69,80 @@ pub struct HistoryRow {
     pub timestamp: Option<f64>,
     /// All values, `_step`/`_runtime`/`_timestamp` included. Nested keys
     /// (`{"grp": {"sub": 1}}` logged, or key path `["grp","sub"]`) are nested objects.
-    pub values: BTreeMap<String, Value>,
+    pub values: Values,
+}
+
+/// A history row's values by top-level key, sorted by key. The keys are
+/// shared (`Arc<str>`) by the rows of a run, which logs the same keys on
+/// every step, so a row costs one allocation for its top level instead of a
+/// `String` per key and a tree of nodes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Values(Vec<(Arc<str>, Value)>);
+
+impl Values {
+    fn find(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| (**k).cmp(key))
+    }
+
+    /// The value of a top-level key.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.find(key).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Whether the row has a top-level key.
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.find(key).is_ok()
+    }
+
+    /// Keys and values, sorted by key.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// The number of top-level keys.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the row has no values.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The values as a map (an object [`Value`]'s contents).
+    pub fn to_map(&self) -> BTreeMap<String, Value> {
+        self.iter()
+            .map(|(k, v)| (k.to_owned(), v.clone()))
+            .collect()
+    }
+}
+
+impl std::ops::Index<&str> for Values {
+    type Output = Value;
+
+    /// The value of `key`; panics if the row has none (as a map's index does).
+    fn index(&self, key: &str) -> &Value {
+        self.get(key)
+            .unwrap_or_else(|| panic!("no history value `{key}` in this row"))
+    }
+}
+
+impl From<BTreeMap<String, Value>> for Values {
+    fn from(m: BTreeMap<String, Value>) -> Values {
+        Values(m.into_iter().map(|(k, v)| (Arc::from(k), v)).collect())
+    }
+}
+
+impl Serialize for Values {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Values {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Values, D::Error> {
+        BTreeMap::<String, Value>::deserialize(d).map(Values::from)
+    }
 }
 
 impl HistoryRow {
@@ -82,8 +156,8 @@ impl HistoryRow {
     /// Objects with a `_type` key (media, tables) are leaves.
     pub fn flat(&self) -> Vec<(String, &Value)> {
         let mut out = Vec::new();
-        for (k, v) in &self.values {
-            flatten(k.clone(), v, &mut out);
+        for (k, v) in self.values.iter() {
+            flatten(k.to_owned(), v, &mut out);
         }
         out
     }
@@ -269,6 +343,9 @@ pub struct Run {
     /// A `\r` ended the last fragment of a stream (it may start a `\r\n`).
     #[serde(skip)]
     pending_cr: [bool; 2],
+    /// The history keys seen, shared by the rows ([`Values`]).
+    #[serde(skip)]
+    keys: rustc_hash::FxHashSet<Arc<str>>,
 }
 
 /// A [`Run`]'s state without its rows, for resuming a read later in another
@@ -467,9 +544,13 @@ impl Run {
     fn apply_history(&mut self, h: &proto::HistoryRecord, offset: u64) {
         use proto::HistoryValue as H;
         use wire::Typed as T;
-        let mut values = BTreeMap::new();
+        let mut cells = Vec::with_capacity(h.item.len());
         for item in &h.item {
-            let path = key_path(&item.key, &item.nested_key);
+            let path = if item.nested_key.is_empty() {
+                std::slice::from_ref(&item.key)
+            } else {
+                item.nested_key.as_slice()
+            };
             let typed = item.value.as_ref().map(|v| match v {
                 H::None(_) => T::None,
                 H::Boolean(b) => T::Bool(*b),
@@ -478,28 +559,28 @@ impl Run {
                 H::Text(t) => T::Text(t),
                 H::Json(j) => T::Json(j),
             });
-            self.history_item(&mut values, &path, &item.value_json, typed, offset);
+            self.history_item(&mut cells, path, &item.value_json, typed, offset);
         }
-        self.push_history(values, h.step.map(|s| s.num));
+        self.push_history(cells, h.step.map(|s| s.num));
     }
 
     /// A history record read in place (see `wire.rs`): the same as
     /// [`Run::apply_history`] without the decoded copies.
     fn apply_history_wire(&mut self, s: &wire::Scratch<'_>, step: wire::Step, offset: u64) {
-        let mut values = BTreeMap::new();
+        let mut cells = Vec::with_capacity(s.items.len());
         for item in &s.items {
             let path = s.key_path(item);
-            self.history_item(&mut values, path, item.value_json, item.typed, offset);
+            self.history_item(&mut cells, path, item.value_json, item.typed, offset);
         }
-        self.push_history(values, step);
+        self.push_history(cells, step);
     }
 
-    /// Sets one history item in a row: its `value_json`, or the typed value
-    /// when only that was written.
-    fn history_item<S: AsRef<str>>(
+    /// Parses one history item (its `value_json`, or the typed value when
+    /// only that was written) into a cell of the row being built.
+    fn history_item<'p, S: AsRef<str>>(
         &mut self,
-        values: &mut BTreeMap<String, Value>,
-        path: &[S],
+        cells: &mut Vec<Cell<'p, S>>,
+        path: &'p [S],
         json: &str,
         typed: Option<wire::Typed<'_>>,
         offset: u64,
@@ -516,12 +597,52 @@ impl Run {
             },
             _ => self.parse_value(path, json, offset),
         };
-        if let Some(v) = v {
-            set_path(values, path, v);
+        if let (Some(v), Some((top, rest))) = (v, path.split_first()) {
+            let key = self.intern(top.as_ref());
+            cells.push((key, rest, v));
         }
     }
 
-    fn push_history(&mut self, values: BTreeMap<String, Value>, step: Option<i64>) {
+    /// The shared copy of a history key.
+    fn intern(&mut self, key: &str) -> Arc<str> {
+        if let Some(k) = self.keys.get(key) {
+            return k.clone();
+        }
+        if self.keys.len() >= MAX_SHARED_KEYS {
+            // a file that never repeats its keys: stop sharing the old ones
+            self.keys.clear();
+        }
+        let k: Arc<str> = Arc::from(key);
+        self.keys.insert(k.clone());
+        k
+    }
+
+    /// Makes a row of the cells of one history record, applied in file
+    /// order per top-level key (as [`set_path`] would apply them one by one).
+    fn push_history<S: AsRef<str>>(&mut self, mut cells: Vec<Cell<'_, S>>, step: Option<i64>) {
+        // stable: the cells of one key stay in file order
+        cells.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut top: Vec<(Arc<str>, Value)> = Vec::with_capacity(cells.len());
+        for (key, rest, v) in cells {
+            let slot = match top.last_mut() {
+                Some((k, slot)) if *k == key => slot,
+                _ => {
+                    top.push((key, Value::Null));
+                    &mut top.last_mut().expect("pushed just above").1
+                }
+            };
+            if rest.is_empty() {
+                *slot = v;
+            } else {
+                if !matches!(slot, Value::Object(_)) {
+                    *slot = Value::Object(BTreeMap::new());
+                }
+                if let Value::Object(m) = slot {
+                    set_path(m, rest, v);
+                }
+            }
+        }
+        let values = Values(top);
         let number = |k: &str| values.get(k).and_then(Value::as_f64);
         let runtime = number("_runtime");
         let timestamp = number("_timestamp");
@@ -832,6 +953,14 @@ fn dotted<S: AsRef<str>>(path: &[S]) -> String {
     let parts: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
     parts.join(".")
 }
+
+/// One history item on its way into a row: its interned top-level key,
+/// the rest of its key path, and its value.
+type Cell<'p, S> = (Arc<str>, &'p [S], Value);
+
+/// At most this many distinct history keys are shared per run (see
+/// [`Run::intern`]); wandb runs log tens to a few thousand.
+const MAX_SHARED_KEYS: usize = 100_000;
 
 /// Key paths longer than this are refused (with a diagnostic), so that
 /// hostile input cannot build values nested deeply enough to overflow the

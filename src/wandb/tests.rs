@@ -404,7 +404,7 @@ fn large_values_spanning_blocks() {
 fn history_text(run: &Run) -> Vec<String> {
     run.history
         .iter()
-        .map(|r| format!("{} {}", r.step, Value::Object(r.values.clone())))
+        .map(|r| format!("{} {}", r.step, Value::Object(r.values.to_map())))
         .collect()
 }
 

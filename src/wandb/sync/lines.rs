@@ -35,13 +35,11 @@ pub fn history_line(row: &HistoryRow) -> String {
     } else {
         // `_step` in its sorted place among the keys
         let step = Value::Int(row.step);
-        let (before, after): (Vec<_>, Vec<_>) =
-            row.values.iter().partition(|(k, _)| k.as_str() < "_step");
+        let (before, after): (Vec<_>, Vec<_>) = row.values.iter().partition(|(k, _)| *k < "_step");
         let entries = before
             .into_iter()
-            .map(|(k, v)| (k.as_str(), v))
             .chain(std::iter::once(("_step", &step)))
-            .chain(after.into_iter().map(|(k, v)| (k.as_str(), v)));
+            .chain(after);
         write_object(&mut out, entries);
     }
     out
@@ -267,7 +265,8 @@ mod tests {
             values: BTreeMap::from([
                 ("loss".to_string(), Value::Float(f64::NAN)),
                 ("_step".to_string(), Value::Int(3)),
-            ]),
+            ])
+            .into(),
         };
         assert_eq!(history_line(&row), r#"{"_step":3,"loss":NaN}"#);
         let s = SystemSample {
