@@ -53,6 +53,7 @@ pub struct Health {
 
 /// `POST /jobs`: one or several specs, enqueued in one transaction.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
     /// The jobs.
     pub jobs: Vec<JobSpec>,
@@ -77,6 +78,7 @@ pub struct JobDetail {
 
 /// What an agent reports about itself with every heartbeat.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AgentReport {
     /// Trainyard version of the agent.
     pub version: String,
@@ -110,6 +112,7 @@ pub struct AgentOrders {
 
 /// `POST /agents/{name}/poll`: the report, and the longest wait in ms.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PollRequest {
     /// The agent's state.
     pub report: AgentReport,
@@ -128,6 +131,7 @@ pub struct Work {
 
 /// `POST /jobs/{id}/attempts/{n}/finish`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FinishRequest {
     /// The exit code, when the process exited by itself.
     pub exit_code: Option<i32>,

@@ -162,6 +162,12 @@ impl Client {
         })
     }
 
+    /// A POST without content still declares JSON: the daemon refuses any
+    /// other content type (no HTML form or simple cross-site request).
+    fn no_body(r: RequestBuilder) -> RequestBuilder {
+        r.header("content-type", "application/json")
+    }
+
     fn body<T: Serialize>(r: RequestBuilder, v: &T) -> RequestBuilder {
         r.header("content-type", "application/json")
             .body(serde_json::to_vec(v).expect("API types serialize"))
@@ -201,14 +207,18 @@ impl Client {
 
     /// Cancel a job.
     pub async fn cancel(&self, id: JobId) -> Result<Job> {
-        self.json(self.req(Method::POST, &format!("/jobs/{id}/cancel")))
-            .await
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/jobs/{id}/cancel")),
+        ))
+        .await
     }
 
     /// Retry a job.
     pub async fn retry(&self, id: JobId) -> Result<Job> {
-        self.json(self.req(Method::POST, &format!("/jobs/{id}/retry")))
-            .await
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/jobs/{id}/retry")),
+        ))
+        .await
     }
 
     /// Read a log from `offset`, waiting up to `wait` for bytes.
@@ -295,7 +305,7 @@ impl Client {
 
     /// Agent: the process started.
     pub async fn started(&self, id: JobId, n: u32, token: &str) -> Result<()> {
-        self.send(self.attempt(id, n, "start", token))
+        self.send(Self::no_body(self.attempt(id, n, "start", token)))
             .await
             .map(|_| ())
     }

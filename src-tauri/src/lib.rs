@@ -59,7 +59,7 @@ fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
         home: home.clone(),
         addr: "127.0.0.1:0".parse()?,
         lease: Duration::from_secs(30),
-        require_token: true,
+        allow_hosts: Vec::new(),
         token: Some(Secret::new(token.clone())),
     }))?;
     let url = server.url();

@@ -39,10 +39,21 @@ pub struct AgentArgs {
 /// `trainyard up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Address to listen on. Anything but loopback requires the token
-    /// (daemon.token in the Trainyard home) on every API call.
+    /// Address to listen on. Loopback by default; every API call needs the
+    /// token (daemon.token in the Trainyard home) whatever the address.
     #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
     bind: IpAddr,
+    /// Also answer to this host name (a LAN name agents use, a reverse
+    /// proxy's), besides IP addresses, localhost and, beyond loopback, this
+    /// machine's name. Requests for any other name are refused (DNS
+    /// rebinding). Repeatable.
+    #[arg(
+        long = "allow-host",
+        value_name = "NAME",
+        env = "TRAINYARD_ALLOW_HOSTS",
+        value_delimiter = ','
+    )]
+    allow_hosts: Vec<String>,
     /// Port to listen on (0: any free port; the URL is written to daemon.json).
     #[arg(long, default_value_t = server::DEFAULT_PORT)]
     port: u16,
@@ -50,8 +61,8 @@ pub struct UpArgs {
     /// is marked lost (and requeued if attempts are left).
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     lease: Duration,
-    /// Require the token even on loopback.
-    #[arg(long)]
+    /// Kept for scripts: the token is now always required.
+    #[arg(long, hide = true)]
     require_token: bool,
     /// Do not run jobs on this host (a coordinator for LAN agents only).
     #[arg(long)]
@@ -75,7 +86,8 @@ pub struct AgentCmdArgs {
         value_name = "TOKEN"
     )]
     token: Option<String>,
-    /// Read the token from this file (must be mode 0600).
+    /// Read the token from this file (must be mode 0600) [default: the
+    /// home's daemon.token, when an agent shares its daemon's home].
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
     #[command(flatten)]
@@ -127,12 +139,15 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(agent_config(ctx, &args.agent)?)
     };
+    if args.require_token {
+        tracing::info!("--require-token: the token is always required now");
+    }
     rt.block_on(async move {
         let server = Server::bind(Config {
             home: ctx.home.clone(),
             addr: SocketAddr::new(args.bind, args.port),
             lease: args.lease,
-            require_token: args.require_token,
+            allow_hosts: args.allow_hosts.clone(),
             token: None,
         })
         .await?;
@@ -141,6 +156,25 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
             "trainyard daemon listening on {url} (home {})",
             ctx.home.root().display()
         );
+        let token_file = ctx.home.root().join(server::TOKEN_FILE);
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // Like Jupyter: a login link on the terminal, never in a log file.
+            eprintln!(
+                "open the UI: {}",
+                server::ui_login_url(&url, server.token())
+            );
+        } else {
+            eprintln!("open the UI: `trainyard ui` prints a login address");
+        }
+        if !args.bind.is_loopback() {
+            eprintln!(
+                "agents and clients elsewhere need the token in {}: copy it (mode 0600) and \
+                 pass --token-file FILE or TRAINYARD_TOKEN, e.g. \
+                 `trainyard agent --server http://THIS-HOST:{} --token-file FILE`",
+                token_file.display(),
+                server.addr().port()
+            );
+        }
         if ctx.json {
             println!(
                 "{}",
@@ -177,7 +211,11 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(Secret::new(t.trim())),
         (None, Some(f)) => Some(server::read_token(f)?),
-        (None, None) => None,
+        // An agent beside its daemon (same home) uses the home's token.
+        (None, None) => {
+            let f = ctx.home.root().join(server::TOKEN_FILE);
+            f.exists().then(|| server::read_token(&f)).transpose()?
+        }
     };
     let (cfg, gpus) = agent_config(ctx, &args.agent)?;
     let rt = runtime()?;

@@ -28,7 +28,8 @@ pub struct DaemonArgs {
     pub token_file: Option<PathBuf>,
 }
 
-fn client(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<Client> {
+/// The daemon's URL and the token to send it.
+fn endpoint(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<(String, Option<Secret>)> {
     let (url, home_token) = server::local_daemon(&ctx.home);
     let url = d
         .server
@@ -42,7 +43,32 @@ fn client(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<Client> {
     } else {
         None
     };
+    Ok((url, token))
+}
+
+fn client(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<Client> {
+    let (url, token) = endpoint(ctx, d)?;
     Ok(Client::new(&url, token))
+}
+
+/// `trainyard ui`: the address that opens the web UI logged in.
+pub fn ui(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
+    let (url, token) = endpoint(ctx, d)?;
+    let Some(token) = token else {
+        bail!(
+            "no token for the daemon at {url}: set TRAINYARD_TOKEN or pass --token-file \
+             (the daemon's home holds it in daemon.token)"
+        );
+    };
+    // Check the daemon is there and takes this token before printing a link.
+    rt()?.block_on(Client::new(&url, Some(token.clone())).agents())?;
+    let login = server::ui_login_url(&url, &token);
+    if ctx.json {
+        println!("{}", serde_json::json!({ "url": login }));
+    } else {
+        println!("{login}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn rt() -> anyhow::Result<tokio::runtime::Runtime> {

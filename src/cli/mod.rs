@@ -109,6 +109,13 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
+    /// Print the address that opens the web UI logged in (it carries the
+    /// daemon token in the URL fragment; the UI keeps it for the tab and
+    /// removes it from the address bar). Treat it like the token.
+    Ui {
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -201,6 +208,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, true),
         Command::Gpus { daemon } => jobs::gpus(&ctx, &daemon),
         Command::Agents { daemon } => jobs::agents(&ctx, &daemon),
+        Command::Ui { daemon } => jobs::ui(&ctx, &daemon),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

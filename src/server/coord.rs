@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, Notify};
 
-use super::auth::Secret;
 use crate::api::{AgentInfo, AgentOrders, AgentReport, Event, HeldGpu, Work};
 use crate::db::now_ns;
 use crate::queue::{Active, JobId, JobState, Queue, QueueError};
@@ -31,7 +30,6 @@ pub(crate) struct Coord {
     pub home: crate::Home,
     pub logs: PathBuf,
     pub lease: Duration,
-    pub token: Option<Secret>,
     pub agents: Mutex<HashMap<String, AgentEntry>>,
     pub events: broadcast::Sender<Event>,
     pub wake_sched: Notify,
@@ -40,13 +38,12 @@ pub(crate) struct Coord {
 }
 
 impl Coord {
-    pub fn new(queue: Queue, home: crate::Home, lease: Duration, token: Option<Secret>) -> Coord {
+    pub fn new(queue: Queue, home: crate::Home, lease: Duration) -> Coord {
         Coord {
             logs: home.root().join("logs"),
             home,
             queue,
             lease,
-            token,
             agents: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             wake_sched: Notify::new(),

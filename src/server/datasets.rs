@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::coord::Coord;
-use super::routes::{blocking, parse, ApiError, ApiResult};
+use super::error::{blocking, parse, ApiError, ApiResult};
 use crate::store::{self, AddOptions, DatasetRef, Store};
 
 impl From<store::Error> for ApiError {

@@ -3,14 +3,18 @@
 //! wrapper around [`Server::bind`] and [`Server::serve`]; the desktop shell
 //! embeds the same two calls.
 //!
-//! It binds 127.0.0.1 by default. Any other address requires the bearer
-//! token (`daemon.token`, 0600, in the Trainyard home) on every API call.
+//! It binds 127.0.0.1 by default. Every API call but `GET /api/v1/health`
+//! needs the bearer token (`daemon.token`, 0600, in the Trainyard home), on
+//! loopback too, and `guard` refuses foreign Host names, cross-origin
+//! browser requests and bodies not declared as JSON before any handler runs.
 //! The server never runs jobs itself: agents (the embedded one included)
 //! talk to it over HTTP like any remote agent.
 
 mod auth;
 mod coord;
 mod datasets;
+mod error;
+mod guard;
 mod routes;
 mod runs;
 mod ui;
@@ -45,8 +49,10 @@ pub struct Config {
     pub addr: SocketAddr,
     /// How long an attempt's lease lasts without a heartbeat.
     pub lease: Duration,
-    /// Require the token even on loopback.
-    pub require_token: bool,
+    /// Host names the daemon answers to besides IP literals, `localhost`
+    /// and (when bound beyond loopback) this machine's name: a LAN name, a
+    /// reverse proxy's. Any other Host header is refused (DNS rebinding).
+    pub allow_hosts: Vec<String>,
     /// Use this token instead of the home's `daemon.token` (the desktop
     /// shell's per-launch token).
     pub token: Option<Secret>,
@@ -74,15 +80,11 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
-/// Whether API calls need the token: always beyond loopback.
-fn token_required(config: &Config) -> bool {
-    config.require_token || !config.addr.ip().is_loopback()
-}
-
 /// A bound, not yet serving, daemon.
 pub struct Server {
     listener: tokio::net::TcpListener,
     coord: Arc<coord::Coord>,
+    guard: Arc<guard::Guard>,
     addr: SocketAddr,
     home: Home,
     token: Secret,
@@ -101,7 +103,6 @@ impl Server {
     /// Open the queue, load or create the token, and bind the address.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let home = config.home.clone();
-        let require = token_required(&config);
         let token = match config.token {
             Some(t) => t,
             None => auth::load_or_create(&home.root().join(TOKEN_FILE))?,
@@ -117,15 +118,12 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
-        let coord = Arc::new(coord::Coord::new(
-            queue,
-            home.clone(),
-            config.lease,
-            require.then(|| token.clone()),
-        ));
+        let coord = Arc::new(coord::Coord::new(queue, home.clone(), config.lease));
+        let guard = Arc::new(guard::Guard::new(token.clone(), addr, &config.allow_hosts));
         Ok(Server {
             listener,
             coord,
+            guard,
             addr,
             home,
             token,
@@ -148,7 +146,7 @@ impl Server {
         self.coord.events.subscribe()
     }
 
-    /// The token (clients on this host use it whether or not it is required).
+    /// The token every API call but `GET /api/v1/health` must carry.
     pub fn token(&self) -> &Secret {
         &self.token
     }
@@ -170,10 +168,10 @@ impl Server {
         ) {
             tracing::warn!(path = %daemon_file.display(), error = %e, "cannot write the daemon file");
         }
-        tracing::info!(url = %info.url, auth = self.coord.token.is_some(), "daemon listening");
+        tracing::info!(url = %info.url, "daemon listening");
         let sched = tokio::spawn(scheduler_loop(self.coord.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let app = routes::router(self.coord.clone());
+        let app = routes::router(self.coord.clone(), self.guard.clone());
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = tx.send(());
@@ -217,6 +215,23 @@ async fn scheduler_loop(coord: Arc<coord::Coord>) {
     }
 }
 
+/// The address of the UI that logs in with `token`: the UI keeps the token
+/// from the URL fragment for the tab's session and removes it from the
+/// address bar (a fragment is never sent to a server or in a Referer).
+pub fn ui_login_url(url: &str, token: &Secret) -> String {
+    let t: String = token
+        .expose()
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("{}/#token={t}", url.trim_end_matches('/'))
+}
+
 /// The daemon URL and token a local client should use: `TRAINYARD_URL`
 /// style overrides are the caller's; this reads the home's files.
 pub fn local_daemon(home: &Home) -> (Option<String>, Option<PathBuf>) {
@@ -230,23 +245,6 @@ pub fn local_daemon(home: &Home) -> (Option<String>, Option<PathBuf>) {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn any_address_but_loopback_requires_the_token() {
-        let cfg = |addr: &str, require_token| super::Config {
-            home: crate::Home::at(std::path::Path::new("/nonexistent")),
-            addr: addr.parse().unwrap(),
-            lease: std::time::Duration::from_secs(30),
-            require_token,
-            token: None,
-        };
-        assert!(!super::token_required(&cfg("127.0.0.1:7171", false)));
-        assert!(!super::token_required(&cfg("[::1]:7171", false)));
-        assert!(super::token_required(&cfg("127.0.0.1:7171", true)));
-        assert!(super::token_required(&cfg("0.0.0.0:7171", false)));
-        assert!(super::token_required(&cfg("192.168.1.20:7171", false)));
-        assert!(super::token_required(&cfg("[::]:7171", false)));
-    }
-
     /// Every route the router serves is in the OpenAPI document, and the
     /// document lists no route that does not exist.
     #[test]

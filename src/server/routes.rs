@@ -7,22 +7,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
 use super::coord::Coord;
+use super::error::{blocking, parse, ApiError, ApiResult};
+use super::guard::{self, Guard};
 use crate::api::{
-    self, AgentReport, ErrorBody, ErrorDetail, Event, FinishRequest, Health, JobDetail,
-    PollRequest, SubmitRequest, SubmitResponse,
+    self, AgentReport, Event, FinishRequest, Health, JobDetail, PollRequest, SubmitRequest,
+    SubmitResponse,
 };
 use crate::queue::{JobId, JobState, QueueError};
 
@@ -31,81 +32,6 @@ pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
 /// Longest log chunk returned by one read.
 const LOG_CHUNK: u64 = 1 << 20;
-
-/// An API error: status, machine code and a message naming what is at fault.
-#[derive(Debug)]
-pub(crate) struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    pub(crate) fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-        }
-    }
-    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
-    }
-    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-}
-
-impl From<QueueError> for ApiError {
-    fn from(e: QueueError) -> ApiError {
-        let (status, code) = match &e {
-            QueueError::UnknownJob(_) => (StatusCode::NOT_FOUND, "not_found"),
-            QueueError::Spec(_) | QueueError::UnknownDependency(_) => {
-                (StatusCode::BAD_REQUEST, "bad_request")
-            }
-            QueueError::BadState { .. } => (StatusCode::CONFLICT, "conflict"),
-            QueueError::StaleAttempt => (StatusCode::CONFLICT, "stale_attempt"),
-            QueueError::Db(_) => {
-                tracing::error!(error = %e, "queue database error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-            }
-        };
-        ApiError::new(status, code, e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code.to_string(),
-                message: self.message,
-            },
-        };
-        (self.status, Json(body)).into_response()
-    }
-}
-
-pub(crate) type ApiResult<T> = Result<T, ApiError>;
-
-/// Run queue work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    c: &Arc<Coord>,
-    f: impl FnOnce(&Coord) -> ApiResult<T> + Send + 'static,
-) -> ApiResult<T> {
-    let c = c.clone();
-    tokio::task::spawn_blocking(move || f(&c))
-        .await
-        .map_err(|e| ApiError::internal(format!("handler panicked: {e}")))?
-}
-
-pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
-}
 
 fn valid_agent_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
@@ -122,7 +48,7 @@ fn valid_agent_name(name: &str) -> ApiResult<()> {
     }
 }
 
-pub(crate) fn router(coord: Arc<Coord>) -> Router {
+pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
     let api = Router::new()
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
@@ -149,41 +75,15 @@ pub(crate) fn router(coord: Arc<Coord>) -> Router {
         .route("/runs/{id}/history", get(super::runs::history))
         .route("/runs/{id}/sync", post(super::runs::sync_run))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(coord.clone(), auth));
+        .layer(middleware::from_fn_with_state(
+            guard.clone(),
+            guard::admit_api,
+        ));
     Router::new()
         .nest(api::PREFIX, api)
         .fallback(super::ui::serve)
+        .layer(middleware::from_fn_with_state(guard, guard::admit))
         .with_state(coord)
-}
-
-/// Bearer-token check on every API route but `/health` (when a token is
-/// required). Only `Authorization: Bearer T`: no cookie, so another site
-/// cannot make a browser send it (no CSRF); the UI keeps the token in
-/// session storage and sends the header itself.
-async fn auth(State(c): State<Arc<Coord>>, req: Request, next: Next) -> Response {
-    let Some(token) = &c.token else {
-        return next.run(req).await;
-    };
-    if req.uri().path().ends_with("/health") {
-        return next.run(req).await;
-    }
-    let offered = bearer(req.headers());
-    if offered.is_some_and(|t| token.matches(t)) {
-        return next.run(req).await;
-    }
-    let msg = if offered.is_some() {
-        "the token is wrong: use the one in the daemon's Trainyard home (daemon.token)"
-    } else {
-        "this daemon requires a token: send 'Authorization: Bearer TOKEN' (the CLI reads TRAINYARD_TOKEN or the home's daemon.token)"
-    };
-    ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", msg).into_response()
-}
-
-fn bearer(h: &HeaderMap) -> Option<&str> {
-    h.get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -197,10 +97,10 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 /// What `GET /health` lists in `features`.
 const FEATURES: &[&str] = &["datasets", "remotes", "runs", "wandb_sync"];
 
-async fn health(State(c): State<Arc<Coord>>) -> Json<Health> {
+async fn health() -> Json<Health> {
     Json(Health {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        auth_required: c.token.is_some(),
+        auth_required: true,
         features: FEATURES.iter().map(|f| f.to_string()).collect(),
     })
 }

@@ -12,7 +12,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::coord::Coord;
-use super::routes::{blocking, parse, ApiError, ApiResult};
+use super::error::{blocking, parse, ApiError, ApiResult};
 use crate::progress::NoProgress;
 use crate::wandb::index::{IndexError, RunDetail, RunIndex, RunSummary, ScanOptions, ScanReport};
 use crate::wandb::sync::{self, creds, ledger::Ledger, RunReport, SyncError, SyncOptions, Syncer};

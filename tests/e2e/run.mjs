@@ -10,7 +10,9 @@
 // Env: TRAINYARD_BIN (default ../../target/debug/trainyard), CHROMIUM
 // (default /usr/bin/chromium), KEEP_HOME=1 keeps the temp homes.
 
+import { existsSync } from 'node:fs';
 import { mkdir, readdir, rm } from 'node:fs/promises';
+import http from 'node:http';
 import { join, resolve } from 'node:path';
 import {
   FIXTURES, HERE, cancelActive, launchBrowser, prepareDataset, scanFixtures, sleep, startDaemon, startWandbServer, uiUrl, until,
@@ -28,9 +30,13 @@ async function cleanup() {
   for (const f of cleanups.splice(0).reverse()) await f().catch((e) => console.error(`cleanup: ${e.message}`));
 }
 
-/** A page that records uncaught errors and CSP violations. */
-async function newPage(browser, problems, opts = {}) {
+/**
+ * A page that records uncaught errors and CSP violations; with `token`, the
+ * tab starts logged in (as `trainyard ui`'s address does).
+ */
+async function newPage(browser, problems, opts = {}, token = null) {
   const context = await browser.newContext({ viewport: VIEWPORT, colorScheme: 'light', ...opts });
+  if (token) await context.addInitScript((t) => sessionStorage.setItem('trainyard.token', t), token);
   const page = await context.newPage();
   page.setDefaultTimeout(10_000);
   page.on('pageerror', (e) => problems.push(`uncaught: ${e.message}`));
@@ -78,7 +84,7 @@ async function runTests() {
   cleanups.push(ui.close);
   const browser = await launchBrowser();
   cleanups.push(() => browser.close());
-  const page = await newPage(browser, problems);
+  const page = await newPage(browser, problems, {}, d.token);
   page.baseUrl = ui.url;
 
   async function test(n, name, fn) {
@@ -184,8 +190,8 @@ async function runTests() {
     if (await page.locator('tr[data-id="crash001"] .chip-sync-synced').count()) throw new Error('crash001 shown as synced');
   });
 
-  // (6) with a second daemon that requires a token.
-  const d2 = await startDaemon({ requireToken: true, logDir: ARTIFACTS, label: 'daemon-token', agentName: 'secure-node' });
+  // (6) with a second daemon, in a tab that has no token yet.
+  const d2 = await startDaemon({ logDir: ARTIFACTS, label: 'daemon-token', agentName: 'secure-node' });
   cleanups.push(d2.stop);
   const ui2 = await uiUrl(d2, { fromDisk: FROM_DISK, log: () => {} });
   cleanups.push(ui2.close);
@@ -211,7 +217,52 @@ async function runTests() {
     test.page = page2;
   });
 
-  await test(7, 'No uncaught errors or CSP violations in the pages', async () => {
+  await test(7, 'Another site cannot drive the daemon: form post, fetch, DNS rebinding', async () => {
+    // The attacker: a page on evil.example (mapped to 127.0.0.1 by the
+    // browser's resolver, as a rebinding DNS server would), trying what any
+    // web page can do to a loopback daemon.
+    const daemon = new URL(d.url);
+    const marker = join(d.home, 'pwned');
+    const job = JSON.stringify({ jobs: [{ command: ['touch', marker] }] });
+    const before = (await d.api('GET', '/jobs')).length;
+    const evil = http.createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/html' });
+      res.end(`<!doctype html><form id=f method=POST enctype="text/plain" action="${d.url}/api/v1/jobs">
+        <input type=hidden name='${job.slice(0, -1)}, "x": "' value='"}'></form>`);
+    });
+    await new Promise((r) => evil.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => { evil.closeAllConnections(); evil.close(r); }));
+    const evilOrigin = `http://evil.example:${evil.address().port}`;
+    const attacker = await launchBrowser(['--host-resolver-rules=MAP evil.example 127.0.0.1']);
+    cleanups.push(() => attacker.close());
+    const p = await (await attacker.newContext()).newPage();
+    test.page = p;
+    await p.goto(`${evilOrigin}/`);
+    // (a) fetch without a preflight (no-cors, text/plain), and one asking to read.
+    const fetched = await p.evaluate(async ({ url, body }) => {
+      const out = [];
+      try { await fetch(`${url}/api/v1/jobs`, { method: 'POST', mode: 'no-cors', headers: { 'Content-Type': 'text/plain' }, body }); out.push('sent'); } catch (e) { out.push(`blocked: ${e.message}`); }
+      try { const r = await fetch(`${url}/api/v1/jobs`); out.push(`read ${r.status}`); } catch (e) { out.push(`read blocked: ${e.message}`); }
+      return out;
+    }, { url: d.url, body: job });
+    if (fetched.some((o) => o.startsWith('read 2'))) throw new Error(`the page read the daemon's answer: ${fetched}`);
+    // (b) the HTML form post, enctype=text/plain.
+    const [answer] = await Promise.all([p.waitForNavigation(), p.evaluate(() => document.getElementById('f').submit())]);
+    const status = answer?.status();
+    if (status !== 403) throw new Error(`form post answered ${status}, want 403: ${await p.content()}`);
+    // (c) DNS rebinding: the daemon's port under the attacker's name.
+    const rebound = await p.goto(`http://evil.example:${daemon.port}/`);
+    if (rebound.status() !== 421) throw new Error(`the UI under a foreign name answered ${rebound.status()}, want 421`);
+    const read = await p.evaluate(async () => (await fetch('/api/v1/jobs')).status);
+    if (read !== 421) throw new Error(`the API under a foreign name answered ${read}, want 421`);
+    await sleep(500);
+    const after = (await d.api('GET', '/jobs')).length;
+    if (after !== before) throw new Error(`jobs went from ${before} to ${after}`);
+    if (existsSync(marker)) throw new Error('the attacker\'s job ran');
+    test.page = page;
+  });
+
+  await test(8, 'No uncaught errors or CSP violations in the pages', async () => {
     test.page = page;
     if (problems.length) throw new Error(problems.join('\n     '));
   });
@@ -265,7 +316,7 @@ async function screenshots(dir) {
   const runs = await d.api('GET', '/runs').catch(() => null);
 
   for (const scheme of ['light', 'dark']) {
-    const page = await newPage(browser, problems, { colorScheme: scheme });
+    const page = await newPage(browser, problems, { colorScheme: scheme }, d.token);
     const out = scheme === 'light' ? dir : dark;
     const shot = async (name, route, ready) => {
       await page.goto(`${ui.url}/${route}`);

@@ -60,11 +60,10 @@ export async function cli(home, args) {
  * Returns `{home, url, token, api(), stop()}`; `stop` kills its process
  * group and deletes the home.
  */
-export async function startDaemon({ requireToken = false, agentName = 'gpu-node-1', logDir = null, label = 'daemon', env = {} } = {}) {
+export async function startDaemon({ agentName = 'gpu-node-1', logDir = null, label = 'daemon', env = {} } = {}) {
   await waitForBinary();
   const home = await mkdtemp(join(tmpdir(), 'trainyard-e2e-'));
   const args = ['up', '--port', '0', '--fake-gpus', FAKE_GPUS, '--agent-name', agentName, '--grace', '2s', '--cpu-slots', '4'];
-  if (requireToken) args.push('--require-token');
   const logFile = logDir ? join(logDir, `${label}.log`) : null;
   if (logFile) await writeFile(logFile, `$ TRAINYARD_HOME=${home} ${BIN} ${args.join(' ')}\n`);
   const child = spawn(BIN, args, {
@@ -100,11 +99,12 @@ export async function startDaemon({ requireToken = false, agentName = 'gpu-node-
       const h = await fetch(`${j.url}/api/v1/health`).then((r) => r.json());
       return h.version ? j : null;
     }, 20_000, 100);
-    const token = requireToken ? (await readFile(join(home, 'daemon.token'), 'utf8')).trim() : null;
+    // Every daemon requires its token, on loopback too.
+    const token = (await readFile(join(home, 'daemon.token'), 'utf8')).trim();
     const api = async (method, path, body) => {
       const res = await fetch(`${info.url}/api/v1${path}`, {
         method,
-        headers: { ...(token ? { Authorization: `Bearer ${token}` } : {}), ...(body ? { 'Content-Type': 'application/json' } : {}) },
+        headers: { Authorization: `Bearer ${token}`, ...(method !== 'GET' ? { 'Content-Type': 'application/json' } : {}) },
         body: body ? JSON.stringify(body) : undefined,
       });
       const text = await res.text();
@@ -196,7 +196,10 @@ export async function serveUiFromDisk(daemonUrl) {
   const target = new URL(daemonUrl);
   const server = http.createServer(async (req, res) => {
     if (req.url.startsWith('/api/')) {
-      const up = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers: { ...req.headers, host: target.host } }, (r) => {
+      // The daemon checks Host and Origin: present the page's own origin as the daemon's.
+      const headers = { ...req.headers, host: target.host };
+      if (headers.origin) headers.origin = target.origin;
+      const up = http.request({ host: target.hostname, port: target.port, path: req.url, method: req.method, headers }, (r) => {
         res.writeHead(r.statusCode, r.headers);
         res.flushHeaders(); // event streams: the browser waits for the headers
         r.pipe(res);
@@ -247,10 +250,10 @@ export async function uiUrl(d, { fromDisk = false, log = console.log } = {}) {
 }
 
 /** The system Chromium (installed with apt if missing; never downloaded by npm). */
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   const { chromium } = await import('playwright-core');
   if (!existsSync(CHROMIUM)) {
     throw new Error(`${CHROMIUM} not found: install it (apt-get install -y chromium) or set CHROMIUM`);
   }
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage'] });
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage', ...extraArgs] });
 }

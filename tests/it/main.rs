@@ -3,6 +3,7 @@
 
 mod support;
 
+mod api_guard;
 mod queue_daemon;
 mod remote_s3;
 mod runs_index;

@@ -118,12 +118,13 @@ fn jobs_get_best_fit_gpus_in_nvml_order_and_their_logs() {
         &url,
         "POST",
         "/api/v1/jobs",
-        None,
+        Some(&env.token()),
         r#"{"jobs":[{"command":["true"],"gpus":{"count":1,"modle":"A100"}}]}"#,
     );
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("modle"), "{body}");
-    let (status, body) = http(&url, "POST", "/api/v1/jobs", None, "{not json");
+    let token = env.token();
+    let (status, body) = http(&url, "POST", "/api/v1/jobs", Some(&token), "{not json");
     assert_eq!(status, 400, "{body}");
     assert_eq!(
         get_json(&url, "/api/v1/jobs", None)
@@ -557,9 +558,10 @@ fn git_sources_and_dataset_inputs_are_prepared_on_the_agent() {
 }
 
 #[test]
-fn a_token_is_required_when_asked_and_bad_calls_change_nothing() {
+fn a_token_is_required_and_bad_calls_change_nothing() {
     let env = Env::new();
-    let (_d, url) = env.up("up", &["--require-token", "--no-agent"]);
+    // On loopback too, without asking (--require-token is the default now).
+    let (_d, url) = env.up("up", &["--no-agent"]);
     let health = get_json(&url, "/api/v1/health", None);
     assert_eq!(health["auth_required"], true);
     let (status, body) = http(
@@ -658,7 +660,12 @@ fn server_sent_events_report_job_changes() {
     let addr = url.trim_start_matches("http://");
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /api/v1/events HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\r\n",
+        env.token()
+    )
+    .unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
     r.read_line(&mut line).unwrap();

@@ -204,7 +204,7 @@ fn runs_api_lists_shows_and_charts() {
         &url,
         "POST",
         "/api/v1/runs/scan",
-        None,
+        Some(&env.token()),
         &serde_json::json!({"paths": [fixtures()]}).to_string(),
     );
     assert_eq!(code, 200, "{body}");
@@ -214,7 +214,7 @@ fn runs_api_lists_shows_and_charts() {
         &url,
         "POST",
         "/api/v1/runs/scan",
-        None,
+        Some(&env.token()),
         r#"{"paths":["rel"]}"#,
     );
     assert_eq!(code, 400);
@@ -223,7 +223,7 @@ fn runs_api_lists_shows_and_charts() {
         &url,
         "POST",
         "/api/v1/runs/scan",
-        None,
+        Some(&env.token()),
         r#"{"paths":["/nonexistent/x"]}"#,
     );
     assert_eq!(code, 400, "{body}");
@@ -247,6 +247,6 @@ fn runs_api_lists_shows_and_charts() {
     assert_eq!(loss.len(), 300);
     assert_eq!(loss[0], 1.0);
     assert!(loss.iter().any(|v| v.is_null()), "NaN is null in charts");
-    let (code, body) = http(&url, "GET", "/api/v1/runs/nope", None, "");
+    let (code, body) = http(&url, "GET", "/api/v1/runs/nope", Some(&env.token()), "");
     assert_eq!(code, 404, "{body}");
 }

@@ -247,6 +247,7 @@ impl Env {
         wait_for(Duration::from_secs(10), || {
             http(&url, "GET", "/api/v1/health", None, "").0 == 200
         });
+        register_token(&url, &self.token());
         (p, url)
     }
 
@@ -305,9 +306,37 @@ pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &str
     (status, body)
 }
 
-/// GET a JSON document from the daemon.
+/// Daemon URL → its token, for the daemons `Env::up` started.
+fn tokens() -> &'static std::sync::Mutex<std::collections::HashMap<String, String>> {
+    static T: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, String>>> =
+        std::sync::OnceLock::new();
+    T.get_or_init(Default::default)
+}
+
+fn register_token(url: &str, token: &str) {
+    tokens()
+        .lock()
+        .unwrap()
+        .insert(url.to_string(), token.to_string());
+}
+
+/// The token of a daemon `Env::up` started.
+pub fn token_of(url: &str) -> String {
+    tokens()
+        .lock()
+        .unwrap()
+        .get(url)
+        .cloned()
+        .unwrap_or_else(|| panic!("no daemon started at {url}"))
+}
+
+/// GET a JSON document from the daemon, with `token` or (None) the token of
+/// the daemon `Env::up` started at `url`.
 pub fn get_json(url: &str, path: &str, token: Option<&str>) -> serde_json::Value {
-    let (status, body) = http(url, "GET", path, token, "");
+    let known = token
+        .map(str::to_string)
+        .or_else(|| tokens().lock().unwrap().get(url).cloned());
+    let (status, body) = http(url, "GET", path, known.as_deref(), "");
     assert_eq!(status, 200, "GET {path}: {body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }

@@ -1,0 +1,90 @@
+//! The API's one error type and the helpers every handler module shares:
+//! [`ApiError`] (status, machine code, message naming what is at fault;
+//! serialized as `{"error": {"code", "message"}}`), [`blocking`] (queue and
+//! store work off the async threads) and [`parse`] (a JSON request body).
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use super::coord::Coord;
+use crate::api::{ErrorBody, ErrorDetail};
+use crate::queue::QueueError;
+
+/// An API error: status, machine code and a message naming what is at fault.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(crate) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    pub(crate) fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> ApiError {
+        let (status, code) = match &e {
+            QueueError::UnknownJob(_) => (StatusCode::NOT_FOUND, "not_found"),
+            QueueError::Spec(_) | QueueError::UnknownDependency(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            QueueError::BadState { .. } => (StatusCode::CONFLICT, "conflict"),
+            QueueError::StaleAttempt => (StatusCode::CONFLICT, "stale_attempt"),
+            QueueError::Db(_) => {
+                tracing::error!(error = %e, "queue database error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// Run queue work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    c: &Arc<Coord>,
+    f: impl FnOnce(&Coord) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let c = c.clone();
+    tokio::task::spawn_blocking(move || f(&c))
+        .await
+        .map_err(|e| ApiError::internal(format!("handler panicked: {e}")))?
+}
+
+pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
+}

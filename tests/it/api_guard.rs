@@ -1,0 +1,298 @@
+//! What a web page (or another local user) can do to a daemon on loopback:
+//! the attacks of the security review as raw HTTP requests, each refused
+//! before any handler runs, and nothing changed afterwards.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::support::{get_json, Env};
+
+/// Send `head` (request line and headers, without the blank line) plus
+/// `body` as they are; returns (status, body).
+fn raw(url: &str, head: &str, body: &str) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    let req = format!(
+        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn jobs(url: &str) -> Vec<serde_json::Value> {
+    get_json(url, "/api/v1/jobs", None)
+        .as_array()
+        .expect("jobs")
+        .clone()
+}
+
+#[test]
+fn cross_site_forms_and_dns_rebinding_change_nothing() {
+    let env = Env::new();
+    let (_d, url) = env.up("up", &["--no-agent"]);
+    let addr = url.trim_start_matches("http://").to_string();
+    let token = env.token();
+    let marker = env.path("pwned");
+    let victim = env.path("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("secret.txt"), "data").unwrap();
+
+    // One legitimate job to cancel, so a refused cancel is visible.
+    let (status, body) = raw(
+        &url,
+        &format!(
+            "POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"
+        ),
+        r#"{"jobs":[{"command":["sleep","600"]}]}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // A job that would prove the attack ran, padded the way an HTML form
+    // with enctype="text/plain" pads its one field.
+    let job = format!(
+        r#"{{"jobs":[{{"command":["touch","{}"]}}],"x":"="}}"#,
+        marker.display()
+    );
+    let snap = format!(r#"{{"path":"{}","x":"="}}"#, victim.display());
+    let evil = "http://evil.example";
+    // (what, request head, body, expected status)
+    let attacks: Vec<(&str, String, String, u16)> = vec![
+        (
+            "form post, text/plain, foreign Origin",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
+            job.clone(),
+            403,
+        ),
+        (
+            "form post, no Origin, Sec-Fetch-Site: cross-site",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nSec-Fetch-Site: cross-site\r\nContent-Type: text/plain"),
+            job.clone(),
+            403,
+        ),
+        (
+            "a page on another localhost port (same-site)",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://127.0.0.1:1\r\nSec-Fetch-Site: same-site\r\nContent-Type: application/json"),
+            job.clone(),
+            403,
+        ),
+        (
+            "sandboxed page (Origin: null)",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nOrigin: null\r\nContent-Type: application/json"),
+            job.clone(),
+            403,
+        ),
+        (
+            "form post without browser headers (another local user, curl)",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain"),
+            job.clone(),
+            401,
+        ),
+        (
+            "JSON without the token",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
+            job.clone(),
+            401,
+        ),
+        (
+            "text/plain even with the token",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain"),
+            job.clone(),
+            415,
+        ),
+        (
+            "unknown top-level key, with the token",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"),
+            job.clone(),
+            400,
+        ),
+        (
+            "DNS rebinding: submit under the page's own name",
+            format!("POST /api/v1/jobs HTTP/1.1\r\nHost: evil.example:{}\r\nOrigin: http://evil.example:{}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json", port(&addr), port(&addr)),
+            format!(r#"{{"jobs":[{{"command":["touch","{}"]}}]}}"#, marker.display()),
+            421,
+        ),
+        (
+            "snapshot of any directory, form post",
+            format!("POST /api/v1/datasets/stolen/snapshot HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
+            snap.clone(),
+            403,
+        ),
+        (
+            "snapshot, text/plain with the token",
+            format!("POST /api/v1/datasets/stolen/snapshot HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain"),
+            snap.clone(),
+            415,
+        ),
+        (
+            "cancel, form post",
+            format!("POST /api/v1/jobs/1/cancel HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
+            String::new(),
+            403,
+        ),
+        (
+            "cancel, no content type, with the token",
+            format!("POST /api/v1/jobs/1/cancel HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}"),
+            String::new(),
+            415,
+        ),
+        (
+            "DNS rebinding: read the jobs",
+            format!("GET /api/v1/jobs HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {token}", port(&addr)),
+            String::new(),
+            421,
+        ),
+        (
+            "DNS rebinding: read the UI",
+            format!("GET / HTTP/1.1\r\nHost: evil.example:{}", port(&addr)),
+            String::new(),
+            421,
+        ),
+        (
+            "no Host header",
+            "GET /api/v1/jobs HTTP/1.0".to_string(),
+            String::new(),
+            421,
+        ),
+        (
+            "a route whose path ends in /health",
+            format!("GET /api/v1/runs/health HTTP/1.1\r\nHost: {addr}"),
+            String::new(),
+            401,
+        ),
+        (
+            "the event stream without the token",
+            format!("GET /api/v1/events HTTP/1.1\r\nHost: {addr}"),
+            String::new(),
+            401,
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (what, head, body, want) in &attacks {
+        let (status, answer) = raw(&url, head, body);
+        if status != *want {
+            failed.push(format!("{what}: got {status}, want {want}: {answer}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "attacks not refused as expected:\n{}",
+        failed.join("\n")
+    );
+
+    // Refusals say why.
+    let (_, answer) = raw(
+        &url,
+        &format!("POST /api/v1/jobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"),
+        &job,
+    );
+    assert!(answer.contains("unknown field `x`"), "{answer}");
+    let (_, answer) = raw(
+        &url,
+        &format!(
+            "GET /api/v1/jobs HTTP/1.1\r\nHost: evil.example:1\r\nAuthorization: Bearer {token}"
+        ),
+        "",
+    );
+    assert!(answer.contains("--allow-host"), "{answer}");
+
+    // Nothing changed: the one legitimate job, still queued; no dataset.
+    let all = jobs(&url);
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0]["state"], "queued");
+    assert!(get_json(&url, "/api/v1/datasets", None)
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(!marker.exists());
+
+    // What is allowed still works: health without a token, the UI's own
+    // origin, loopback names, the CLI with the home's token.
+    let (status, _) = raw(
+        &url,
+        &format!(
+            "GET /api/v1/health HTTP/1.1\r\nHost: localhost:{}",
+            port(&addr)
+        ),
+        "",
+    );
+    assert_eq!(status, 200);
+    let (status, body) = raw(
+        &url,
+        &format!(
+            "POST /api/v1/jobs/1/cancel HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://{addr}\r\nSec-Fetch-Site: same-origin\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"
+        ),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(jobs(&url)[0]["state"], "cancelled");
+    let (status, _) = raw(
+        &url,
+        &format!("GET / HTTP/1.1\r\nHost: [::1]:{}", port(&addr)),
+        "",
+    );
+    assert_eq!(status, 200);
+    env.ok(&["ps", "--server", &url]);
+}
+
+fn port(addr: &str) -> &str {
+    addr.rsplit_once(':').expect("host:port").1
+}
+
+#[test]
+fn allowed_host_names_are_served_and_ui_prints_a_login_address() {
+    let env = Env::new();
+    let (_d, url) = env.up("up", &["--no-agent", "--allow-host", "gpu-box.lab"]);
+    let addr = url.trim_start_matches("http://").to_string();
+    let token = env.token();
+    let (status, body) = raw(
+        &url,
+        &format!(
+            "GET /api/v1/jobs HTTP/1.1\r\nHost: GPU-BOX.lab:{}\r\nAuthorization: Bearer {token}",
+            port(&addr)
+        ),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = raw(
+        &url,
+        &format!(
+            "GET /api/v1/jobs HTTP/1.1\r\nHost: other.lab:{}\r\nAuthorization: Bearer {token}",
+            port(&addr)
+        ),
+        "",
+    );
+    assert_eq!(status, 421);
+
+    // `trainyard ui` prints the login address for the home's daemon.
+    let printed = env.ok(&["ui"]);
+    assert_eq!(printed.trim(), format!("{url}/#token={token}"));
+    let v = env.json(&["ui"]);
+    assert_eq!(v["url"], format!("{url}/#token={token}"));
+    // Without a token it says where one comes from.
+    let o = env
+        .cmd()
+        .args(["ui", "--server", &url, "--home"])
+        .arg(env.path("empty-home"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("TRAINYARD_TOKEN"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
