@@ -1,6 +1,7 @@
-//! Trainyard's desktop shell (Tauri v2). Thin by design: on launch it starts
-//! the daemon in-process on loopback with a per-launch token and a local
-//! agent (or, with `TRAINYARD_URL`, uses a daemon elsewhere) and opens a
+//! Trainyard's desktop shell (Tauri v2). Thin by design: on launch it
+//! attaches to the daemon already running for its home, or starts one
+//! in-process on loopback with the home's token and a local agent (or, with
+//! `TRAINYARD_URL`, uses a daemon elsewhere), and opens a
 //! window on the daemon's web UI. Native extras only: a tray icon with a
 //! queue/GPU summary, a notification when a job ends, and a folder picker
 //! for dataset snapshots. Everything else is the UI talking to the API.
@@ -16,7 +17,7 @@ use trainyard::agent::{run_agent, AgentConfig};
 use trainyard::api::Event;
 use trainyard::client::Client;
 use trainyard::queue::{JobId, JobState};
-use trainyard::server::{Config, Secret, Server};
+use trainyard::server::{Config, Secret, Server, TOKEN_FILE};
 use trainyard::Home;
 
 /// The native folder picker, for "snapshot a folder" in the Datasets page.
@@ -30,12 +31,6 @@ async fn pick_folder(app: AppHandle) -> Option<String> {
         .ok()
         .flatten()
         .map(|p| p.to_string_lossy().into_owned())
-}
-
-fn random_token() -> String {
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("the OS random number generator works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Where the window points and how to talk to that daemon.
@@ -54,13 +49,27 @@ fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
     }
     let home = Home::resolve(None)?;
     home.ensure()?;
-    let token = random_token();
+    // One daemon per home: attach to the one `trainyard up` (or another
+    // window) runs, with the home's token, instead of starting a second.
+    if let Some(running) = trainyard::server::running_daemon(&home) {
+        let secret = trainyard::server::read_token(&home.root().join(TOKEN_FILE))?;
+        let client = Client::new(&running.url, Some(secret.clone()));
+        tracing::info!(url = %running.url, pid = running.pid, "attaching to the running daemon");
+        return Ok(Daemon {
+            url: running.url,
+            client,
+            token: Some(secret.expose().to_string()),
+        });
+    }
+    // The home's token, so the CLI works against this daemon too.
+    let secret = trainyard::server::load_or_create_token(&home.root().join(TOKEN_FILE))?;
+    let token = secret.expose().to_string();
     let server = tauri::async_runtime::block_on(Server::bind(Config {
         home: home.clone(),
         addr: "127.0.0.1:0".parse()?,
         lease: Duration::from_secs(30),
         allow_hosts: Vec::new(),
-        token: Some(Secret::new(token.clone())),
+        token: Some(secret),
     }))?;
     let url = server.url();
     let client = Client::new(&url, Some(Secret::new(token.clone())));

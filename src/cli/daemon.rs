@@ -221,11 +221,18 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async move {
         let client = Client::new(&args.server, token);
-        match client.health().await {
-            Ok(h) => eprintln!(
-                "agent {} connected to {} (daemon {})",
-                cfg.name, args.server, h.version
-            ),
+        // "connected" only once the daemon accepted the token: an
+        // authenticated call, not the open health route.
+        match client.agents().await {
+            Ok(_) => eprintln!("agent {} connected to {}", cfg.name, args.server),
+            // A refused token will not fix itself: say so and stop.
+            Err(e @ trainyard::client::ClientError::Unauthorized { .. }) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "agent {} cannot join {}: pass the daemon's token with --token-file FILE or \
+                     TRAINYARD_TOKEN (it is daemon.token in the daemon's home)",
+                    cfg.name, args.server
+                )));
+            }
             Err(e) => eprintln!("warning: {e}; retrying in the background"),
         }
         run_agent(cfg, client, gpus, stop_signal()).await;

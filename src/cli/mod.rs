@@ -141,8 +141,16 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(color_stderr())
         .with_target(false)
         .init();
+}
+
+/// Colour in logs only on a terminal, and never with `NO_COLOR` set
+/// (no-color.org): `trainyard up > up.log 2>&1` gets plain text.
+fn color_stderr() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Run the CLI; errors are printed once, readably, with a non-zero exit.

@@ -40,6 +40,10 @@ pub const DAEMON_FILE: &str = "daemon.json";
 /// The token file in the Trainyard home.
 pub const TOKEN_FILE: &str = "daemon.token";
 
+/// The file a running daemon holds an exclusive lock on, for its lifetime:
+/// one daemon per home (one scheduler per `queue.db`).
+pub const LOCK_FILE: &str = "daemon.lock";
+
 /// How the daemon runs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -61,6 +65,28 @@ pub struct Config {
 /// Why the daemon could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// Another daemon runs for this home.
+    #[error(
+        "another daemon is running for the Trainyard home {home}: {url} (pid {pid}); use it (the \
+         CLI and the desktop app find it by themselves), stop it, or start this one with another \
+         --home"
+    )]
+    Running {
+        /// The home.
+        home: PathBuf,
+        /// The running daemon's URL, as its daemon.json says.
+        url: String,
+        /// Its pid.
+        pid: String,
+    },
+    /// The lock file could not be opened.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source} (is another daemon running? try --port)")]
     Bind {
@@ -82,6 +108,8 @@ pub enum ServerError {
 
 /// A bound, not yet serving, daemon.
 pub struct Server {
+    /// Held (locked) until `serve` returns.
+    _lock: std::fs::File,
     listener: tokio::net::TcpListener,
     coord: Arc<coord::Coord>,
     guard: Arc<guard::Guard>,
@@ -103,6 +131,7 @@ impl Server {
     /// Open the queue, load or create the token, and bind the address.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let home = config.home.clone();
+        let lock = lock_home(&home)?;
         let token = match config.token {
             Some(t) => t,
             None => auth::load_or_create(&home.root().join(TOKEN_FILE))?,
@@ -121,6 +150,7 @@ impl Server {
         let coord = Arc::new(coord::Coord::new(queue, home.clone(), config.lease));
         let guard = Arc::new(guard::Guard::new(token.clone(), addr, &config.allow_hosts));
         Ok(Server {
+            _lock: lock,
             listener,
             coord,
             guard,
@@ -192,6 +222,58 @@ impl Server {
         }
         tracing::info!("daemon stopped");
         result
+    }
+}
+
+/// Take the home's daemon lock, or say which daemon holds it.
+fn lock_home(home: &Home) -> Result<std::fs::File, ServerError> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = home.root().join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| ServerError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let running = running_daemon(home);
+            Err(ServerError::Running {
+                home: home.root().to_path_buf(),
+                url: running.as_ref().map_or_else(
+                    || "(starting; no daemon.json yet)".into(),
+                    |d| d.url.clone(),
+                ),
+                pid: running.map_or_else(|| "?".into(), |d| d.pid.to_string()),
+            })
+        }
+        Err(e) => Err(ServerError::Lock {
+            path,
+            source: e.into(),
+        }),
+    }
+}
+
+/// The daemon that serves this home now, if one does: its `daemon.json`,
+/// trusted only while some process holds the home's daemon lock (a killed
+/// daemon leaves a stale file behind).
+pub fn running_daemon(home: &Home) -> Option<DaemonFile> {
+    use rustix::fs::{flock, FlockOperation};
+    let info = std::fs::read_to_string(home.root().join(DAEMON_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<DaemonFile>(&t).ok())?;
+    let lock = std::fs::File::open(home.root().join(LOCK_FILE)).ok()?;
+    match flock(&lock, FlockOperation::NonBlockingLockShared) {
+        // Nobody holds it: the file is stale.
+        Ok(()) => None,
+        Err(_) => Some(info),
     }
 }
 

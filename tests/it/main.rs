@@ -4,6 +4,7 @@
 mod support;
 
 mod api_guard;
+mod daemon_home;
 mod queue_daemon;
 mod remote_s3;
 mod runs_index;
