@@ -3,6 +3,7 @@
 
 mod support;
 
+mod hardening;
 mod queue_daemon;
 mod remote_s3;
 mod runs_index;
