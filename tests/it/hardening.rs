@@ -79,6 +79,7 @@ fn a_killed_checkout_leaves_debris_nothing_sees_and_the_next_checkout_removes() 
     ];
     let (mut killed, mut with_debris) = (0, 0);
     let mut outcomes = Vec::new();
+    let mut failed = Vec::new();
     for (round, at) in points.iter().enumerate() {
         let name = format!("out{round}");
         let out = env.path(&name);
@@ -110,17 +111,15 @@ fn a_killed_checkout_leaves_debris_nothing_sees_and_the_next_checkout_removes() 
         if !left.is_empty() {
             with_debris += 1;
         }
-        outcomes.push(format!(
-            "{}: {} temp files",
-            match at {
-                KillAt::FirstTemp => "first temp".to_string(),
-                KillAt::After(d) => format!("{d:?}"),
-            },
-            left.len()
-        ));
+        let point = match at {
+            KillAt::FirstTemp => "at the first temp file".to_string(),
+            KillAt::After(d) => format!("after {d:?}"),
+        };
+        outcomes.push(format!("{point}: {} temp files", left.len()));
         if !out.exists() {
             continue; // killed before it made the directory
         }
+        let mut wrong = Vec::new();
 
         // status says nothing of them.
         let st = env.run(&["--json", "data", "status", &name, "--name", "ds"]);
@@ -129,40 +128,49 @@ fn a_killed_checkout_leaves_debris_nothing_sees_and_the_next_checkout_removes() 
             "{}",
             String::from_utf8_lossy(&st.stderr)
         );
-        for text in [&st.stdout, &st.stderr] {
-            let text = String::from_utf8_lossy(text);
-            assert!(
-                !text.contains(TEMP),
-                "round {round}: status shows debris: {text}"
-            );
+        if [&st.stdout, &st.stderr]
+            .iter()
+            .any(|t| String::from_utf8_lossy(t).contains(TEMP))
+        {
+            wrong.push("status lists temp files");
         }
         // add records none of them.
         let probe = format!("probe{round}");
         env.ok(&["data", "add", &name, "--name", &probe]);
         let files = env.json(&["data", "ls", &probe, "-R"]);
-        let files = files.as_array().expect("ls array");
-        assert!(
-            files
-                .iter()
-                .all(|f| !f["path"].as_str().unwrap_or("").contains(TEMP)),
-            "round {round}: add recorded debris: {files:?}"
-        );
-        // The next checkout (no --force) removes them and completes.
+        if files
+            .as_array()
+            .expect("ls array")
+            .iter()
+            .any(|f| f["path"].as_str().unwrap_or("").contains(TEMP))
+        {
+            wrong.push("add recorded temp files");
+        }
+        // The next checkout (no --force) removes exactly them and completes.
         let rep = env.json(&["data", "checkout", "ds", &name, "--link", "copy"]);
-        assert_eq!(
-            rep["cleaned"].as_u64(),
-            Some(left.len() as u64),
-            "round {round}: {rep}"
-        );
-        assert_eq!(debris(&out), Vec::<PathBuf>::new(), "round {round}");
-        assert_eq!(snapshot_tree(&out), snapshot_tree(&src), "round {round}");
+        if rep["cleaned"].as_u64() != Some(left.len() as u64) {
+            wrong.push("the re-run did not report the cleaned count");
+        }
+        if !debris(&out).is_empty() {
+            wrong.push("temp files remain after the re-run");
+        }
+        if snapshot_tree(&out) != snapshot_tree(&src) {
+            wrong.push("the re-run's tree differs from the source");
+        }
+        if !wrong.is_empty() {
+            failed.push(format!("round {round} ({point}): {}", wrong.join("; ")));
+        }
         fs::remove_dir_all(&out).expect("clean up");
     }
     eprintln!(
-        "checkout kill points: {} tried, {killed} killed mid-way, {with_debris} left debris ({})",
+        "checkout kill points: {} tried, {killed} killed mid-way, {with_debris} left debris, \
+         {} rounds held, {} failed ({})",
         points.len(),
+        points.len() - failed.len(),
+        failed.len(),
         outcomes.join(", ")
     );
+    assert!(failed.is_empty(), "{failed:#?}");
     assert!(killed >= 4, "only {killed} checkouts were interrupted");
     assert!(with_debris >= 2, "only {with_debris} kills left temp files");
 }
