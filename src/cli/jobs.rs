@@ -2,7 +2,6 @@
 //! `agents`. They talk to the daemon over its HTTP API and hold no logic of
 //! their own beyond turning flags into a job spec and results into tables.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Args;
 use trainyard::client::Client;
-use trainyard::queue::{Command, GitSource, Job, JobId, JobSpec, JobState};
+use trainyard::queue::{self, Command, GitSource, Job, JobId, JobSpec, JobState};
 use trainyard::server::{self, Secret};
 
 use super::output::{self, short};
@@ -151,21 +150,6 @@ fn kv(s: &str, what: &str) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// `40GB`, `40GiB`, `40G` (GiB) or `20000MiB`, `20000MB`, `20000` (MiB).
-fn mem_mib(s: &str) -> anyhow::Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .with_context(|| format!("--gpu-mem: {s:?} is not like 40GB or 20000MiB"))?;
-    match unit.to_ascii_lowercase().as_str() {
-        "g" | "gb" | "gib" => Ok(n * 1024),
-        "" | "m" | "mb" | "mib" => Ok(n),
-        _ => bail!("--gpu-mem: unknown unit {unit:?} in {s:?} (use GB or MiB)"),
-    }
-}
-
 fn os_user() -> String {
     if let Some(u) = std::env::var("USER").ok().filter(|u| !u.is_empty()) {
         return u;
@@ -224,13 +208,13 @@ fn build_specs(a: SubmitArgs) -> anyhow::Result<Vec<JobSpec>> {
     set!(spec.max_attempts, a.max_attempts);
     set!(spec.gpus.count, a.gpus);
     if let Some(m) = &a.gpu_mem {
-        spec.gpus.min_memory_mib = mem_mib(m)?;
+        spec.gpus.min_memory_mib = queue::parse_memory_mib("--gpu-mem", m)?;
     }
     if a.gpu_model.is_some() {
         spec.gpus.model = a.gpu_model;
     }
     if let Some(t) = a.timeout {
-        spec.timeout_s = Some(t.as_secs().max(1));
+        spec.timeout_s = Some(queue::timeout_secs("--timeout", t)?);
     }
     for s in &a.args {
         let (k, v) = kv(s, "--arg")?;
@@ -254,12 +238,8 @@ fn build_specs(a: SubmitArgs) -> anyhow::Result<Vec<JobSpec>> {
     if spec.user.is_none() {
         spec.user = Some(os_user());
     }
-    let mut grid = BTreeMap::new();
-    for s in &a.sweep {
-        let (k, v) = kv(s, "--sweep")?;
-        grid.insert(k, v.split(',').map(str::to_string).collect::<Vec<_>>());
-    }
-    let specs = spec.sweep(&grid);
+    let grid = queue::parse_sweep(a.sweep.iter().map(String::as_str))?;
+    let specs = spec.sweep(&grid)?;
     for s in &specs {
         s.validate()?;
     }

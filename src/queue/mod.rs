@@ -10,7 +10,10 @@
 
 mod spec;
 
-pub use spec::{Command, GitSource, GpuRequest, JobSpec, SpecError};
+pub use spec::{
+    parse_memory_mib, parse_sweep, timeout_secs, Command, GitSource, GpuRequest, JobSpec,
+    SpecError, SweepGrid, MAX_MEMORY_MIB,
+};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

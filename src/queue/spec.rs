@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -131,13 +132,132 @@ fn bad(field: &str, reason: impl Into<String>) -> SpecError {
     }
 }
 
+/// The largest `gpus.min_memory_mib` accepted: the queue stores it as a
+/// signed 64-bit SQLite integer.
+pub const MAX_MEMORY_MIB: u64 = i64::MAX as u64;
+
+/// Parse a memory size for `field` (the CLI's `--gpu-mem`) into MiB:
+/// `40GB`, `40GiB`, `40G` (GiB) or `20000MiB`, `20000MB`, `20000` (MiB).
+/// A size too large to count is refused, never wrapped around.
+pub fn parse_memory_mib(field: &str, text: &str) -> Result<u64, SpecError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shape = || {
+        bad(
+            field,
+            format!("{text:?} is not a size like 40GB or 20000MiB"),
+        )
+    };
+    if num.is_empty() {
+        return Err(shape());
+    }
+    let too_big = || {
+        bad(
+            field,
+            format!("{text:?} is too large (at most {MAX_MEMORY_MIB} MiB)"),
+        )
+    };
+    let n: u64 = num.parse().map_err(|e: std::num::ParseIntError| {
+        if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) {
+            too_big()
+        } else {
+            shape()
+        }
+    })?;
+    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+        "g" | "gb" | "gib" => 1024,
+        "" | "m" | "mb" | "mib" => 1,
+        _ => {
+            return Err(bad(
+                field,
+                format!("unknown unit {unit:?} in {text:?} (use GB or MiB)"),
+            ))
+        }
+    };
+    match n.checked_mul(factor) {
+        Some(mib) if mib <= MAX_MEMORY_MIB => Ok(mib),
+        _ => Err(too_big()),
+    }
+}
+
+/// The per-attempt time limit `d` given for `field` (the CLI's `--timeout`),
+/// in whole seconds, under the same rule as a spec file's `timeout_s`: at
+/// least one second (a shorter one is refused, not rounded up).
+pub fn timeout_secs(field: &str, d: Duration) -> Result<u64, SpecError> {
+    let secs = d.as_secs();
+    check_timeout(field, secs)?;
+    Ok(secs)
+}
+
+fn check_timeout(field: &str, secs: u64) -> Result<(), SpecError> {
+    if secs == 0 {
+        return Err(bad(field, "must be at least 1 second"));
+    }
+    Ok(())
+}
+
+/// A sweep grid: argument name → the values to try, one job per combination.
+pub type SweepGrid = BTreeMap<String, Vec<String>>;
+
+/// Parse sweep items `KEY=V1,V2,...` (the CLI's repeated `--sweep`) into a
+/// grid. Errors name the key (`sweep.lr`): no `=`, an empty key, a key given
+/// twice, or an empty value (`lr=`, `lr=1,,2`).
+pub fn parse_sweep<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<SweepGrid, SpecError> {
+    let mut grid = SweepGrid::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            return Err(bad(
+                "sweep",
+                format!("expected KEY=V1,V2,..., got {item:?}"),
+            ));
+        };
+        if grid.contains_key(k) {
+            return Err(bad(
+                &format!("sweep.{k}"),
+                "given twice; list all its values in one KEY=V1,V2,...",
+            ));
+        }
+        grid.insert(k.to_string(), v.split(',').map(str::to_string).collect());
+    }
+    check_grid(&grid)?;
+    Ok(grid)
+}
+
+fn check_grid(grid: &SweepGrid) -> Result<(), SpecError> {
+    for (k, values) in grid {
+        if values.is_empty() || values.iter().any(|v| v.is_empty()) {
+            return Err(bad(
+                &format!("sweep.{k}"),
+                "an empty value; give KEY=V1,V2,... with no empty values",
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl JobSpec {
     /// Parse a spec file's text: TOML, or JSON when it starts with `{`.
+    /// Errors name the field path (`gpus.count`, `inputs[1]`).
     pub fn parse(text: &str) -> Result<JobSpec, SpecError> {
         let spec: JobSpec = if text.trim_start().starts_with('{') {
-            serde_json::from_str(text).map_err(|e| bad(&json_field(&e), e.to_string()))?
+            let mut de = serde_json::Deserializer::from_str(text);
+            let spec: JobSpec = serde_path_to_error::deserialize(&mut de)
+                .map_err(|e| bad(&json_field(&e), e.inner().to_string()))?;
+            de.end().map_err(|e| bad("(json)", e.to_string()))?;
+            spec
         } else {
-            toml::from_str(text).map_err(|e| bad("(toml)", e.message().to_string()))?
+            let de = toml::Deserializer::parse(text)
+                .map_err(|e| bad("(toml)", toml_reason(text, &e)))?;
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = field_path(e.path(), e.inner().message());
+                let field = if field.is_empty() {
+                    "(toml)".into()
+                } else {
+                    field
+                };
+                bad(&field, toml_reason(text, e.inner()))
+            })?
         };
         spec.validate()?;
         Ok(spec)
@@ -180,8 +300,14 @@ impl JobSpec {
         if self.max_attempts == 0 {
             return Err(bad("max_attempts", "must be at least 1"));
         }
-        if self.timeout_s == Some(0) {
-            return Err(bad("timeout_s", "must be at least 1 second"));
+        if self.gpus.min_memory_mib > MAX_MEMORY_MIB {
+            return Err(bad(
+                "gpus.min_memory_mib",
+                format!("at most {MAX_MEMORY_MIB} MiB"),
+            ));
+        }
+        if let Some(t) = self.timeout_s {
+            check_timeout("timeout_s", t)?;
         }
         for (i, input) in self.inputs.iter().enumerate() {
             if let Err(e) = input.parse::<crate::store::DatasetRef>() {
@@ -228,8 +354,10 @@ impl JobSpec {
     }
 
     /// Expand a sweep: one spec per combination of the given argument values
-    /// (a grid), in a stable order.
-    pub fn sweep(&self, grid: &BTreeMap<String, Vec<String>>) -> Vec<JobSpec> {
+    /// (a grid), in a stable order. A key without values, or with an empty
+    /// value, is refused naming it (`sweep.lr`).
+    pub fn sweep(&self, grid: &SweepGrid) -> Result<Vec<JobSpec>, SpecError> {
+        check_grid(grid)?;
         let mut out = vec![self.clone()];
         for (k, values) in grid {
             out = out
@@ -243,7 +371,7 @@ impl JobSpec {
                 })
                 .collect();
         }
-        out
+        Ok(out)
     }
 }
 
@@ -258,17 +386,53 @@ fn shell_quote(s: &str) -> String {
     }
 }
 
-fn json_field(e: &serde_json::Error) -> String {
-    // serde_json names unknown/missing fields in its message; point at the position otherwise.
-    let msg = e.to_string();
+/// The field a deserialization error is about: the path serde tracked
+/// (`gpus.count`, `inputs[1]`), extended by the unknown or missing field the
+/// message names, else (at the top level) the position.
+fn field_path(path: &serde_path_to_error::Path, msg: &str) -> String {
+    // "." is the top level, "?" a place serde could not name (a syntax error).
+    let mut field = path.to_string();
+    while field == "." || field == "?" || field.ends_with(".?") {
+        let keep = field.len().saturating_sub(2);
+        field.truncate(if field.len() <= 1 { 0 } else { keep });
+    }
     for key in ["unknown field `", "missing field `"] {
-        if let Some(rest) = msg.split(key).nth(1) {
-            if let Some(name) = rest.split('`').next() {
-                return name.to_string();
+        if let Some(name) = msg.split(key).nth(1).and_then(|r| r.split('`').next()) {
+            // The path of an unknown field already ends with it.
+            if field.rsplit('.').next() != Some(name) {
+                if !field.is_empty() {
+                    field.push('.');
+                }
+                field.push_str(name);
             }
         }
     }
-    format!("(json line {} column {})", e.line(), e.column())
+    field
+}
+
+fn json_field(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let field = field_path(e.path(), &e.inner().to_string());
+    if field.is_empty() {
+        let j = e.inner();
+        format!("(json line {} column {})", j.line(), j.column())
+    } else {
+        field
+    }
+}
+
+/// A TOML error's message with its line and column (TOML errors carry a byte
+/// span; the full `Display` quotes the source, too long for one line).
+fn toml_reason(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            format!("{msg} at line {line} column {column}")
+        }
+        None => msg.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +491,100 @@ mod tests {
     }
 
     #[test]
+    fn field_paths_are_named_in_json_and_toml() {
+        let cases = [
+            (
+                r#"{"command": ["x"], "gpus": {"count": "two"}}"#,
+                "gpus.count",
+            ),
+            (r#"{"command": ["x"], "gpus": {"cont": 1}}"#, "gpus.cont"),
+            (r#"{"command": ["x"], "inputs": ["a", 1]}"#, "inputs[1]"),
+            (r#"{"command": ["x"], "git": {"repo": "r"}}"#, "git.rev"),
+            (r#"{"command": ["x"], "env": {"A": 1}}"#, "env.A"),
+            (r#"{"command": 5}"#, "command"),
+            (r#"{"command": ["x"], "timeout_s": -1}"#, "timeout_s"),
+            (
+                r#"{"command": ["x"], "gpus": {"min_memory_mib": 18446744073709551615}}"#,
+                "gpus.min_memory_mib",
+            ),
+            ("command = [\"x\"]\n[gpus]\ncount = \"two\"\n", "gpus.count"),
+            ("command = [\"x\"]\ntimeout_s = 0\n", "timeout_s"),
+            ("command = [\"x\"]\n[git]\nrepo = \"r\"\n", "git.rev"),
+        ];
+        for (text, field) in cases {
+            let e = JobSpec::parse(text).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+        // A syntax error names the position.
+        let e = JobSpec::parse("{\"command\": [\"x\"],,}").unwrap_err();
+        assert!(e.field.starts_with("(json line 1 column"), "{e}");
+        let e = JobSpec::parse("command = [\"x\"]\ngpus = {count = }\n").unwrap_err();
+        assert_eq!(e.field, "(toml)", "{e}");
+        assert!(e.reason.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn memory_sizes_never_wrap_around() {
+        assert_eq!(parse_memory_mib("--gpu-mem", "40GB").unwrap(), 40 * 1024);
+        assert_eq!(parse_memory_mib("--gpu-mem", "40GiB").unwrap(), 40 * 1024);
+        assert_eq!(parse_memory_mib("--gpu-mem", "20000MiB").unwrap(), 20000);
+        assert_eq!(parse_memory_mib("--gpu-mem", "20000").unwrap(), 20000);
+        for text in [
+            "18014398509481984GB",
+            "9007199254740992GB",
+            "99999999999999999999999",
+            "9223372036854775808",
+        ] {
+            let e = parse_memory_mib("--gpu-mem", text).unwrap_err();
+            assert_eq!(e.field, "--gpu-mem", "{text}: {e}");
+            assert!(e.reason.contains("too large"), "{text}: {e}");
+        }
+        for text in ["", "GB", "40TB", "-1GB", "4 0GB"] {
+            let e = parse_memory_mib("--gpu-mem", text).unwrap_err();
+            assert_eq!(e.field, "--gpu-mem", "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_timeout_under_a_second_is_refused_from_flags_and_files_alike() {
+        for d in [Duration::ZERO, Duration::from_millis(500)] {
+            let e = timeout_secs("--timeout", d).unwrap_err();
+            assert_eq!(e.field, "--timeout");
+            assert_eq!(e.reason, "must be at least 1 second");
+        }
+        assert_eq!(
+            timeout_secs("--timeout", Duration::from_secs(90)).unwrap(),
+            90
+        );
+        let e = JobSpec::parse(r#"{"command": ["x"], "timeout_s": 0}"#).unwrap_err();
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("timeout_s", "must be at least 1 second")
+        );
+    }
+
+    #[test]
+    fn sweep_values_are_never_empty() {
+        for (items, field) in [
+            (vec!["lr="], "sweep.lr"),
+            (vec!["lr=1,,2"], "sweep.lr"),
+            (vec!["lr=1,"], "sweep.lr"),
+            (vec!["lr=1", "lr=2"], "sweep.lr"),
+            (vec!["=1"], "sweep"),
+            (vec!["lr"], "sweep"),
+        ] {
+            let e = parse_sweep(items.iter().copied()).unwrap_err();
+            assert_eq!(e.field, field, "{items:?}: {e}");
+        }
+        let grid = parse_sweep(["lr=1e-3,1e-4", "seed=1"]).unwrap();
+        assert_eq!(grid["lr"], ["1e-3", "1e-4"]);
+        let s = JobSpec::parse(r#"{"command": ["t"]}"#).unwrap();
+        let mut empty = SweepGrid::new();
+        empty.insert("lr".into(), vec![]);
+        assert_eq!(s.sweep(&empty).unwrap_err().field, "sweep.lr");
+    }
+
+    #[test]
     fn sweep_is_a_grid() {
         let s = JobSpec::parse(r#"{"command": ["t"], "args": {"seed": "0"}}"#).unwrap();
         let mut grid = BTreeMap::new();
@@ -338,7 +596,7 @@ mod tests {
             "seed".to_string(),
             vec!["1".to_string(), "2".to_string(), "3".to_string()],
         );
-        let jobs = s.sweep(&grid);
+        let jobs = s.sweep(&grid).unwrap();
         assert_eq!(jobs.len(), 6);
         assert_eq!(jobs[5].args["lr"], "1e-4");
         assert_eq!(jobs[5].args["seed"], "3");

@@ -192,10 +192,20 @@ impl Server {
             url: self.url(),
             pid: std::process::id(),
         };
-        if let Err(e) = std::fs::write(
-            &daemon_file,
-            serde_json::to_vec_pretty(&info).expect("serializes"),
-        ) {
+        // Owner-only (0600), also when a stale file of a crashed daemon had another mode.
+        let write = |bytes: &[u8]| -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&daemon_file)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(bytes)
+        };
+        if let Err(e) = write(&serde_json::to_vec_pretty(&info).expect("serializes")) {
             tracing::warn!(path = %daemon_file.display(), error = %e, "cannot write the daemon file");
         }
         tracing::info!(url = %info.url, "daemon listening");

@@ -317,11 +317,13 @@ async fn append_log(
         let io = |e: std::io::Error| ApiError::internal(format!("log {}: {e}", path.display()));
         let _g = c.log_lock.lock().unwrap_or_else(|p| p.into_inner());
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
+        // Owner-only, like the rest of the home: a job's output may print secrets.
+        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().create(true).append(true),
+            0o600,
+        )
+        .open(&path)
+        .map_err(io)?;
         let size = f.metadata().map_err(io)?.len();
         if q.offset > size {
             return Err(ApiError::new(

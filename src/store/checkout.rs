@@ -4,8 +4,12 @@
 //! or copied out; nothing outside the directory is written (manifests are
 //! validated, and an existing symlink or file is never written through);
 //! files the version does not own are never overwritten or deleted without
-//! `force`. Files are written under a temporary name and renamed into place,
-//! so an interrupted checkout leaves no half-written file.
+//! `force`. Files are written under a temporary name
+//! (`.trainyard-tmp-<pid>-<ns>-<n>`) beside their destination and renamed
+//! into place, so an interrupted checkout leaves no half-written file under a
+//! real name. The temp files a killed checkout leaves behind are removed by
+//! the next checkout of the same directory, but only those whose writer pid
+//! is no longer running, so a concurrent checkout's files are left alone.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -21,7 +25,7 @@ use super::manifest::{Entry, Kind, Manifest};
 use super::objects::{hash_file, read_full};
 use super::pack::Location;
 use super::snapshot::canonical;
-use super::walk::{WalkEntry, TEMP_PREFIX};
+use super::walk::{temp_writer_pid, WalkEntry, TEMP_PREFIX};
 use super::{DatasetRef, Error, ObjectId, Result, Store};
 use crate::progress::Progress;
 
@@ -91,6 +95,8 @@ pub struct CheckoutReport {
     pub unchanged: u64,
     /// Paths of the previous checkout removed.
     pub removed: u64,
+    /// Temp files of interrupted checkouts (writer no longer running) removed.
+    pub cleaned: u64,
     /// The link mode used for files (the one `auto` settled on).
     pub link: LinkMode,
 }
@@ -138,7 +144,8 @@ impl Store {
 
         progress.phase("scanning", None);
         let gen = self.catalog.gc_generation()?;
-        let (mut current, gone) = self.scan(&abs, &key, true, gen)?;
+        let (mut current, gone, temps) = self.scan(&abs, &key, gen)?;
+        let cleaned = remove_debris(&abs, &temps, &target)?;
         // Hash only what matters: paths the target or the previous checkout name.
         current
             .par_iter_mut()
@@ -316,6 +323,7 @@ impl Store {
             bytes: bytes.into_inner(),
             unchanged,
             removed,
+            cleaned,
             link,
         })
     }
@@ -462,6 +470,50 @@ fn temp_name(dest: &Path) -> PathBuf {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     dest.with_file_name(name)
+}
+
+/// Remove the temp files (relative to `abs`) that interrupted checkouts
+/// left: only those whose writer is no longer running. A pid that is
+/// running (or is ours) may be a concurrent checkout still writing; the
+/// worst a reused pid causes is debris left for a later checkout. A path the
+/// target version itself names is never touched. Returns how many went.
+fn remove_debris(abs: &Path, temps: &[String], target: &Manifest) -> Result<u64> {
+    let me = std::process::id();
+    let mut removed = 0u64;
+    for rel in temps {
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let Some(pid) = temp_writer_pid(name) else {
+            continue;
+        };
+        if pid == me || target.get(rel).is_some() || writer_alive(pid) {
+            continue;
+        }
+        let p = abs.join(rel);
+        match fs::remove_file(&p) {
+            Ok(()) => removed += 1,
+            // Another checkout cleaned it first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("remove leftover temp file", &p, e)),
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %abs.display(), removed, "removed temp files left by an interrupted checkout");
+    }
+    Ok(removed)
+}
+
+/// Whether process `pid` exists (signal 0: EPERM means it does, as another user's).
+fn writer_alive(pid: u32) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    !matches!(
+        rustix::process::test_kill_process(pid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 fn rename(from: &Path, to: &Path) -> Result<()> {

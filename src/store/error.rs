@@ -75,6 +75,9 @@ pub enum Error {
         /// Why it is refused.
         reason: &'static str,
     },
+    /// `NAME@` with nothing after the `@` (it does not mean latest).
+    #[error("empty ref after '@' in {0}: use NAME or NAME@REF")]
+    EmptyRef(String),
     /// No dataset of this name.
     #[error("no dataset named {0:?} (see `trainyard data list`)")]
     UnknownDataset(String),

@@ -1,5 +1,6 @@
 //! Names and references: `NAME`, `NAME@REF` where REF is a tag, `latest`, or
-//! a version id prefix of at least 4 hex digits.
+//! a version id prefix of at least 4 hex digits. `NAME@` (an empty REF) is
+//! refused.
 
 use std::fmt;
 use std::str::FromStr;
@@ -29,7 +30,9 @@ impl FromStr for DatasetRef {
     fn from_str(s: &str) -> Result<Self> {
         let (name, reference) = match s.split_once('@') {
             Some((n, r)) if !r.is_empty() => (n, Some(r.to_string())),
-            Some((n, _)) => (n, None),
+            // `ds@` is a typo or a shell variable that expanded to nothing
+            // (`ds@$TAG`): refuse it rather than silently take the latest.
+            Some(_) => return Err(Error::EmptyRef(s.to_string())),
             None => (s, None),
         };
         validate_dataset_name(name)?;
@@ -97,5 +100,16 @@ mod tests {
         assert!("../x".parse::<DatasetRef>().is_err());
         assert!("a b".parse::<DatasetRef>().is_err());
         assert!(validate_tag_name("latest").is_err());
+    }
+
+    #[test]
+    fn an_empty_ref_is_refused_not_taken_as_latest() {
+        let e = "ds@".parse::<DatasetRef>().unwrap_err();
+        assert!(matches!(&e, Error::EmptyRef(s) if s == "ds@"), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "empty ref after '@' in ds@: use NAME or NAME@REF"
+        );
+        assert!("@".parse::<DatasetRef>().is_err());
     }
 }

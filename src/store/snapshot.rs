@@ -5,6 +5,9 @@
 //! file + rename) → manifest object → one filesystem flush → the version row
 //! in one catalog transaction → stat cache. A kill at any point leaves either
 //! no new version or a complete one; stray objects are reclaimed by `gc`.
+//!
+//! Neither `add` nor `status` sees a checkout's temporary files
+//! (`.trainyard-tmp-<pid>-<ns>-<n>`): they are not the user's data.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +19,7 @@ use super::catalog::NewVersion;
 use super::manifest::{diff, encode_parts, Change, Entry, Kind, Manifest};
 use super::objects::{hash_file, Stored};
 use super::pack::{PackWriter, PACK_THRESHOLD};
-use super::walk::{walk, WalkEntry};
+use super::walk::{walk, Walk, WalkEntry};
 use super::{refs, DatasetRef, Error, ObjectId, Result, Store};
 use crate::progress::Progress;
 
@@ -132,18 +135,18 @@ pub(crate) fn default_name(abs: &Path) -> Result<String> {
 }
 
 impl Store {
-    /// Walk `abs`, take ids from the stat cache, and return the entries plus
-    /// the cache's vanished paths.
+    /// Walk `abs`, take ids from the stat cache, and return the entries, the
+    /// cache's vanished paths, and the checkout temp files found (never
+    /// entries: a snapshot or status does not see them).
     pub(super) fn scan(
         &self,
         abs: &Path,
         root_key: &str,
-        skip_temp: bool,
         gen: i64,
-    ) -> Result<(Vec<WalkEntry>, Vec<String>)> {
-        let mut entries = walk(abs, skip_temp)?;
+    ) -> Result<(Vec<WalkEntry>, Vec<String>, Vec<String>)> {
+        let Walk { mut entries, temps } = walk(abs)?;
         let lookup = self.statcache.lookup(root_key, &mut entries, gen)?;
-        Ok((entries, lookup.gone))
+        Ok((entries, lookup.gone, temps))
     }
 
     /// Path of an entry on disk.
@@ -178,7 +181,7 @@ impl Store {
         let t0 = std::time::Instant::now();
         progress.phase("scanning", None);
         let gen = self.catalog.gc_generation()?;
-        let (mut entries, gone) = self.scan(&abs, &root_key, false, gen)?;
+        let (mut entries, gone, _temps) = self.scan(&abs, &root_key, gen)?;
         tracing::debug!(entries = entries.len(), elapsed = ?t0.elapsed(), "scanned");
 
         let total_bytes: u64 = entries
@@ -372,7 +375,7 @@ impl Store {
         };
         let is_dir = abs.is_dir();
         progress.phase("scanning", None);
-        let (mut entries, gone) = self.scan(&abs, &root_key, false, -2)?;
+        let (mut entries, gone, _temps) = self.scan(&abs, &root_key, -2)?;
         let todo: u64 = entries
             .iter()
             .filter(|e| e.kind == Kind::File && e.id.is_none())

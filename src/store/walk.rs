@@ -1,6 +1,9 @@
 //! Walking a directory tree into sorted entries, in parallel, never following
 //! symlinks. Only UTF-8 names are accepted; FIFOs, sockets and devices are
-//! refused with the path named.
+//! refused with the path named. A checkout's temporary files
+//! (`.trainyard-tmp-<pid>-<ns>-<n>`) are never entries: they are returned
+//! apart, so that `add` and `status` ignore them and `checkout` can remove
+//! those of dead writers.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -13,8 +16,36 @@ use super::manifest::{Entry, Kind};
 use super::objects::FileStamp;
 use super::{Error, ObjectId, Result};
 
-/// Names Trainyard itself leaves in checkout directories while writing.
+/// Names Trainyard itself leaves in checkout directories while writing:
+/// `.trainyard-tmp-<pid>-<ns>-<n>` (writer pid, time, counter).
 pub(crate) const TEMP_PREFIX: &str = ".trainyard-tmp-";
+
+/// The writer's pid if `name` is exactly a checkout temp name
+/// (`.trainyard-tmp-<pid>-<ns>-<n>`, all decimal); `None` for anything else,
+/// so a user's own `.trainyard-tmp-notes` is an ordinary file.
+pub(crate) fn temp_writer_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(TEMP_PREFIX)?;
+    let mut parts = rest.split('-');
+    let mut field = || {
+        parts
+            .next()
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let pid = field()?.parse().ok()?;
+    field()?;
+    field()?;
+    parts.next().is_none().then_some(pid)
+}
+
+/// What a walk found.
+#[derive(Debug, Default)]
+pub(crate) struct Walk {
+    /// The entries, sorted by path bytes.
+    pub entries: Vec<WalkEntry>,
+    /// Checkout temp files (not directories) found, relative to the root:
+    /// never entries.
+    pub temps: Vec<String>,
+}
 
 /// One path found by a walk, with what we know of its content so far.
 #[derive(Debug, Clone)]
@@ -107,8 +138,8 @@ fn entry(path: &Path, rel: String, meta: &fs::Metadata) -> Result<WalkEntry> {
 
 /// Walk `root`. A directory yields all its descendants (not itself) with
 /// paths relative to it; a file or symlink yields one entry named after it.
-/// `skip` names top-level-or-deeper file names to leave out (checkout temp files).
-pub(crate) fn walk(root: &Path, skip_temp: bool) -> Result<Vec<WalkEntry>> {
+/// Checkout temp files below a directory are set apart in [`Walk::temps`].
+pub(crate) fn walk(root: &Path) -> Result<Walk> {
     let meta = fs::symlink_metadata(root).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound(root.to_path_buf())
@@ -121,27 +152,35 @@ pub(crate) fn walk(root: &Path, skip_temp: bool) -> Result<Vec<WalkEntry>> {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| Error::NonUtf8Path(root.to_path_buf()))?;
-        return Ok(vec![entry(root, name.to_string(), &meta)?]);
+        return Ok(Walk {
+            entries: vec![entry(root, name.to_string(), &meta)?],
+            temps: Vec::new(),
+        });
     }
     // One shared vector that every directory appends to: a large Vec grows
     // by mremap without copying, where concatenating per-directory vectors
     // would hold every entry twice at the peak (1M files: ~100 MB more).
-    let out = Mutex::new(Vec::new());
-    walk_dir(root.to_path_buf(), String::new(), skip_temp, &out)?;
-    let mut out = out.into_inner().map_err(|_| {
-        Error::io(
-            "walk",
-            root,
-            std::io::Error::other("a walker thread panicked"),
-        )
-    })?;
-    out.par_sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+    let out = Mutex::new(Walk::default());
+    walk_dir(root.to_path_buf(), String::new(), &out)?;
+    let mut out = out.into_inner().map_err(|_| panicked(root))?;
+    out.entries
+        .par_sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+    out.temps.sort();
     Ok(out)
 }
 
-fn walk_dir(abs: PathBuf, rel: String, skip_temp: bool, all: &Mutex<Vec<WalkEntry>>) -> Result<()> {
+fn panicked(dir: &Path) -> Error {
+    Error::io(
+        "walk",
+        dir,
+        std::io::Error::other("a walker thread panicked"),
+    )
+}
+
+fn walk_dir(abs: PathBuf, rel: String, all: &Mutex<Walk>) -> Result<()> {
     let rd = fs::read_dir(&abs).map_err(|e| Error::io("read directory", &abs, e))?;
     let mut out = Vec::new();
+    let mut temps = Vec::new();
     let mut subdirs: Vec<(PathBuf, String)> = Vec::new();
     for de in rd {
         let de = de.map_err(|e| Error::io("read directory", &abs, e))?;
@@ -150,31 +189,66 @@ fn walk_dir(abs: PathBuf, rel: String, skip_temp: bool, all: &Mutex<Vec<WalkEntr
             .file_name()
             .into_string()
             .map_err(|_| Error::NonUtf8Path(path.clone()))?;
-        if skip_temp && name.starts_with(TEMP_PREFIX) {
-            continue;
-        }
         let meta = de.metadata().map_err(|e| Error::io("stat", &path, e))?;
+        let is_temp = !meta.is_dir() && temp_writer_pid(&name).is_some();
         let child_rel = if rel.is_empty() {
             name
         } else {
             format!("{rel}/{name}")
         };
+        if is_temp {
+            temps.push(child_rel);
+            continue;
+        }
         let e = entry(&path, child_rel, &meta)?;
         if e.kind == Kind::Dir {
             subdirs.push((path, e.rel.clone()));
         }
         out.push(e);
     }
-    all.lock()
-        .map_err(|_| {
-            Error::io(
-                "walk",
-                &abs,
-                std::io::Error::other("a walker thread panicked"),
-            )
-        })?
-        .extend(out);
+    {
+        let mut all = all.lock().map_err(|_| panicked(&abs))?;
+        all.entries.extend(out);
+        all.temps.extend(temps);
+    }
     subdirs
         .into_par_iter()
-        .try_for_each(|(p, r)| walk_dir(p, r, skip_temp, all))
+        .try_for_each(|(p, r)| walk_dir(p, r, all))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_recognised_exactly() {
+        assert_eq!(
+            temp_writer_pid(".trainyard-tmp-123-1700000000000-7"),
+            Some(123)
+        );
+        for not in [
+            ".trainyard-tmp-notes",
+            ".trainyard-tmp-123-456",
+            ".trainyard-tmp-123-456-7-8",
+            ".trainyard-tmp--456-7",
+            ".trainyard-tmp-12a-456-7",
+            "trainyard-tmp-1-2-3",
+            ".trainyard-tmp-99999999999-1-2",
+        ] {
+            assert_eq!(temp_writer_pid(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn temps_are_set_apart_from_entries() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir(d.path().join("sub")).unwrap();
+        fs::write(d.path().join("a"), b"a").unwrap();
+        fs::write(d.path().join("sub/.trainyard-tmp-1-2-3"), b"x").unwrap();
+        fs::write(d.path().join(".trainyard-tmp-notes"), b"mine").unwrap();
+        let w = walk(d.path()).unwrap();
+        let rels: Vec<&str> = w.entries.iter().map(|e| e.rel.as_str()).collect();
+        assert_eq!(rels, [".trainyard-tmp-notes", "a", "sub"]);
+        assert_eq!(w.temps, ["sub/.trainyard-tmp-1-2-3"]);
+    }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod api_guard;
 mod daemon_home;
+mod hardening;
 mod queue_daemon;
 mod remote_s3;
 mod runs_index;
