@@ -23,7 +23,7 @@ pub enum DataCommand {
     Add {
         /// The directory or file to snapshot.
         path: PathBuf,
-        /// Dataset name [default: the path's file name].
+        /// Dataset name [default: the dataset this path was last added to, else the path's file name].
         #[arg(long)]
         name: Option<String>,
         /// A message describing this version.
@@ -37,7 +37,7 @@ pub enum DataCommand {
     Status {
         /// The directory or file.
         path: PathBuf,
-        /// Dataset name [default: the path's file name].
+        /// Dataset name [default: the dataset this path was last added to, else the path's file name].
         #[arg(long)]
         name: Option<String>,
         /// Compare with this version (tag, id prefix or `latest`) instead.
@@ -200,7 +200,15 @@ pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
                 output::json(&r)?;
             } else {
                 match r.against {
-                    None => println!("{}: not yet versioned; everything is new", r.dataset),
+                    None if r.other_datasets.is_empty() => {
+                        println!("{}: not yet versioned; everything is new", r.dataset)
+                    }
+                    None => println!(
+                        "{}: not yet versioned; everything is new (this store has {}: pass \
+                         --name NAME to compare with one)",
+                        r.dataset,
+                        r.other_datasets.join(", ")
+                    ),
                     Some(v) => println!("{} against {}:", r.dataset, v.short()),
                 }
                 print_changes(&r.changes);

@@ -301,6 +301,22 @@ impl Catalog {
         }
     }
 
+    /// The datasets that have versions snapshotted from `source` (a
+    /// canonical path), the one with the newest such version first.
+    pub fn datasets_from_source(&self, source: &str) -> Result<Vec<String>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare(
+                "SELECT d.name FROM versions v JOIN datasets d ON d.id = v.dataset_id
+                 WHERE v.source = ?1 GROUP BY d.id ORDER BY max(v.seq) DESC",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([source], |r| r.get(0))
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
     pub fn versions(&self, dataset_id: i64) -> Result<Vec<VersionInfo>> {
         let conn = self.conn()?;
         let mut tags = conn

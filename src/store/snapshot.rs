@@ -72,6 +72,10 @@ pub struct StatusReport {
     pub files: u64,
     /// Files that had to be read because the stat cache could not vouch for them.
     pub hashed_files: u64,
+    /// When there was nothing to compare against: the datasets this store
+    /// has, so the user can pick one with `--name`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_datasets: Vec<String>,
 }
 
 fn lock(m: &Mutex<PackWriter>) -> Result<MutexGuard<'_, PackWriter>> {
@@ -358,7 +362,16 @@ impl Store {
                 refs::validate_dataset_name(n)?;
                 n.to_string()
             }
-            None => default_name(&abs)?,
+            None => {
+                // A directory added under another --name is still that
+                // dataset's: find it by where its versions came from.
+                let default = default_name(&abs)?;
+                let known = self.catalog.find_dataset(&default)?;
+                match self.catalog.datasets_from_source(&root_key)?.first() {
+                    Some(from) if known.is_none_or(|d| d.versions == 0) => from.clone(),
+                    _ => default,
+                }
+            }
         };
         let base = match (self.catalog.find_dataset(&name)?, against) {
             (None, None) => None,
@@ -414,12 +427,23 @@ impl Store {
         let current: Vec<Entry> = entries.into_iter().map(WalkEntry::into_entry).collect();
         let changes = diff(&base_manifest.entries, &current);
         progress.finish();
+        let other_datasets = match base {
+            Some(_) => Vec::new(),
+            None => self
+                .catalog
+                .datasets()?
+                .into_iter()
+                .filter(|d| d.versions > 0 && d.name != name)
+                .map(|d| d.name)
+                .collect(),
+        };
         Ok(StatusReport {
             dataset: name,
             against: base,
             changes,
             files,
             hashed_files: hashed,
+            other_datasets,
         })
     }
 

@@ -5,6 +5,7 @@ mod support;
 
 mod api_guard;
 mod daemon_home;
+mod field_store;
 mod hardening;
 mod queue_daemon;
 mod remote_s3;
