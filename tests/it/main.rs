@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agent_crash;
 mod queue_daemon;
 mod remote_s3;
 mod runs_index;
