@@ -246,10 +246,10 @@ fn a_restarted_agent_stops_what_its_killed_run_left_before_new_work() {
         let first = &attempts[0];
         assert_ne!(first["state"], "running", "{j:#}");
     }
-    assert!(old.iter().all(|&p| !alive(p)), "an old attempt still runs");
     let rep = watch.finish();
     assert!(rep.samples > 10);
     assert!(rep.overlaps.is_empty(), "{:#?}", rep.overlaps);
+    assert!(old.iter().all(|&p| !alive(p)), "an old attempt still runs");
     assert_eq!(rep.seen.len(), 4, "{rep:?}");
     // Everything was reported: no record is left.
     wait_for(Duration::from_secs(10), || {
@@ -450,9 +450,9 @@ fn cancel_reaches_a_setsid_grandchild_through_the_cgroup() {
     let sid = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let f: Vec<&str> = sid.rsplit_once(") ").unwrap().1.split(' ').collect();
     assert_eq!(f[3], pid.to_string(), "setsid did not make a new session");
-    assert!(d.stderr().contains("one cgroup v2 per attempt"), "{}", d.stderr());
     env.ok(&["cancel", "--server", &url, &id.to_string()]);
     wait_for(Duration::from_secs(10), || !alive(pid));
+    assert!(d.stderr().contains("one cgroup v2 per attempt"), "{}", d.stderr());
     // No cgroup of this daemon's agent is left behind.
     let base = trainyard::agent::cgroup::Cgroups::detect().unwrap();
     let prefix = format!("trainyard-{}-", d.pid());
