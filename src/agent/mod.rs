@@ -15,4 +15,6 @@ mod run;
 mod worker;
 
 pub use run::{start, Outcome, RunError, RunSpec, Running, StopFlag};
-pub use worker::{hostname, run as run_agent, AgentConfig, LEASE_GRACE, LEASE_STOP};
+pub use worker::{
+    hostname, run as run_agent, stop_left_behind, AgentConfig, LEASE_GRACE, LEASE_STOP,
+};

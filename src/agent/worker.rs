@@ -699,35 +699,71 @@ fn finish_local(a: &Agent, job: JobId, n: u32, dir: &Path, log: &Path) {
     tracing::debug!(job = job.0, attempt = n, "attempt done");
 }
 
-/// Before taking work: stop the processes of the attempts a previous run of
-/// this agent left (it was killed or crashed), then report them ended in the
-/// background (their tokens are never run again).
-async fn recover(a: &Arc<Agent>) {
-    let mut recs = Vec::new();
-    for (path, r) in a.records.load() {
+/// Stop the processes of the attempts a previous run of this agent left
+/// behind (it was killed or crashed): SIGTERM, SIGKILL after the grace
+/// period. Their records are marked ended with the reason, for [`run`] to
+/// report. Blocking. `trainyard up` calls it before its server starts, so a
+/// requeued attempt cannot start on another agent while they live; [`run`]
+/// calls it again before it takes work. Returns how many were stopped.
+pub fn stop_left_behind(cfg: &AgentConfig) -> usize {
+    let records = Records::new(work_root(cfg).join("attempts"));
+    let mut live = Vec::new();
+    for (path, r) in records.load() {
         match r {
-            Ok(r) => recs.push(r),
+            Ok(r) if r.end.is_none() => live.push(r),
+            Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "discarding a damaged attempt record");
                 Records::discard(&path);
             }
         }
     }
-    if recs.is_empty() {
-        return;
+    if live.is_empty() {
+        return 0;
     }
-    let live: Vec<AttemptRecord> = recs.iter().filter(|r| r.end.is_none()).cloned().collect();
     tracing::warn!(
-        attempts = recs.len(),
-        running = live.len(),
+        attempts = live.len(),
         "this agent's previous run left attempts; stopping them before taking work"
     );
-    let grace = a.cfg.grace;
-    let left = tokio::task::spawn_blocking(move || record::stop_orphans(&live, grace))
-        .await
-        .unwrap_or_default();
+    let left = record::stop_orphans(&live, cfg.grace);
     for r in &left {
         tracing::error!(job = r.job.0, attempt = r.attempt, pid = ?r.pid, cgroup = ?r.cgroup, "an attempt left by the previous run could not be stopped");
+    }
+    let root = work_root(cfg);
+    for mut r in live {
+        let msg = format!(
+            "attempt {} was stopped: agent {} restarted while it ran (its previous run was killed or crashed)",
+            r.attempt, cfg.name
+        );
+        append_line(
+            &root.join(format!("{}-{}.log", r.job, r.attempt)),
+            &format!("trainyard: {msg}"),
+        );
+        r.end = Some(RecordedEnd {
+            exit_code: None,
+            error: Some(msg),
+        });
+        if let Err(e) = records.write(&r) {
+            tracing::warn!(job = r.job.0, attempt = r.attempt, error = %e, "cannot record the attempt's end");
+        }
+    }
+    left.len()
+}
+
+/// Before taking work: stop what a previous run left ([`stop_left_behind`]),
+/// then report those attempts ended in the background; their tokens are
+/// never run again, even if the daemon delivers them.
+async fn recover(a: &Arc<Agent>) {
+    let cfg = a.cfg.clone();
+    let _ = tokio::task::spawn_blocking(move || stop_left_behind(&cfg)).await;
+    let recs: Vec<AttemptRecord> = a
+        .records
+        .load()
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .collect();
+    if recs.is_empty() {
+        return;
     }
     {
         let mut retired = a.retired.lock().unwrap_or_else(|p| p.into_inner());
@@ -742,14 +778,7 @@ async fn recover(a: &Arc<Agent>) {
             let log = root.join(format!("{job}-{n}.log"));
             let (exit_code, error) = match r.end {
                 Some(end) => (end.exit_code, end.error),
-                None => {
-                    let msg = format!(
-                        "attempt {n} was stopped: agent {} restarted while it ran (its previous run was killed or crashed)",
-                        a.cfg.name
-                    );
-                    append_line(&log, &format!("trainyard: {msg}"));
-                    (None, Some(msg))
-                }
+                None => (None, Some(format!("attempt {n} could not be stopped when its agent restarted"))),
             };
             // From offset 0: the daemon keeps only bytes beyond its copy.
             report_end(&a, job, n, &r.token, &log, 0, exit_code, error).await;

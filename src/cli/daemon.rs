@@ -139,6 +139,11 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(agent_config(ctx, &args.agent)?)
     };
+    // Jobs a killed predecessor left running are stopped before the server
+    // can requeue them to another agent.
+    if let Some((cfg, _)) = &agent {
+        trainyard::agent::stop_left_behind(cfg);
+    }
     rt.block_on(async move {
         let server = Server::bind(Config {
             home: ctx.home.clone(),

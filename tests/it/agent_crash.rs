@@ -463,3 +463,73 @@ fn cancel_reaches_a_setsid_grandchild_through_the_cgroup() {
             .all(|e| !e.file_name().to_string_lossy().starts_with(&prefix))
     });
 }
+
+/// `trainyard up` killed with SIGKILL takes its embedded agent with it, not
+/// the jobs that agent ran. Restarted after the lease, it stops them before
+/// its server starts, so the requeued jobs, which another agent takes at
+/// once, never run alongside them (they take 1.5 s to exit on SIGTERM).
+#[test]
+fn a_restarted_daemon_stops_its_embedded_agents_jobs_before_serving() {
+    let env = Env::new();
+    let tag = format!("up-restart-{}", std::process::id());
+    let _cleanup = KillTagged(tag.clone());
+    let port = free_port().to_string();
+    let up_args = [
+        "--lease",
+        "2s",
+        "--port",
+        port.as_str(),
+        "--agent-name",
+        "emb",
+        "--fake-gpus",
+        "2xA100-80GB",
+        "--grace",
+        "3s",
+    ];
+    let (mut d, url) = env.up("up1", &up_args);
+    let marks = env.path("marks");
+    let watch = Watch::start(&tag);
+    let script = format!(
+        "echo \"start $TRAINYARD_JOB_ID $TRAINYARD_ATTEMPT $$\" >> {m}; \
+         trap 'sleep 1.5; exit 1' TERM; \
+         if [ \"$TRAINYARD_ATTEMPT\" = 1 ]; then sleep 60 & wait; else sleep 0.3; fi",
+        m = marks.display()
+    );
+    let tag_env = format!("TYTAG={tag}");
+    let ids: Vec<u64> = (0..2)
+        .map(|_| {
+            submit(
+                &env,
+                &url,
+                &[
+                    "--gpus", "1", "--max-attempts", "2", "--env", &tag_env, "--shell", "--",
+                    &script,
+                ],
+            )
+        })
+        .collect();
+    for &id in &ids {
+        assert_eq!(wait_state(&url, id, "running", Duration::from_secs(20))["agent"], "emb");
+    }
+    wait_for(Duration::from_secs(10), || first_attempt_pids(&marks).len() == 2);
+    let old = first_attempt_pids(&marks);
+    // Another host, ready to take whatever is requeued.
+    let mut b = env.spawn(
+        "agent-b",
+        &["agent", "--server", &url, "--name", "b", "--fake-gpus", "2xA100-80GB"],
+    );
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(old.iter().all(|&p| alive(p)), "the jobs died with the daemon");
+    let (mut d2, _) = env.up("up2", &up_args);
+    assert!(old.iter().all(|&p| !alive(p)), "an orphan outlived the restart");
+    for &id in &ids {
+        let j = wait_state(&url, id, "succeeded", Duration::from_secs(30));
+        assert_eq!(j["attempt_log"].as_array().unwrap().len(), 2, "{j:#}");
+    }
+    let rep = watch.finish();
+    assert!(rep.overlaps.is_empty(), "{:#?}", rep.overlaps);
+    assert_eq!(rep.seen.len(), 2, "{rep:?}");
+    b.term();
+    d2.term();
+}
