@@ -328,7 +328,8 @@ mod tests {
     fn orphans_are_stopped_but_a_recycled_pid_is_left_alone() {
         // A group whose leader ignores SIGTERM, with a background member.
         let mut c = std::process::Command::new("sh");
-        c.args(["-c", "trap '' TERM; sleep 300 & wait"]).process_group(0);
+        c.args(["-c", "trap '' TERM; sleep 300 & wait"])
+            .process_group(0);
         let mut leader = c.spawn().unwrap();
         let pid = leader.id();
         std::thread::sleep(Duration::from_millis(100));
@@ -337,7 +338,10 @@ mod tests {
         let t = start_ticks(pid).unwrap();
         let left = stop_orphans(&[rec(Some(pid), Some(t + 1))], Duration::from_millis(50));
         assert!(left.is_empty());
-        assert!(group_members(pid).len() >= 2, "a recycled PID was signalled");
+        assert!(
+            group_members(pid).len() >= 2,
+            "a recycled PID was signalled"
+        );
         let started = Instant::now();
         let left = stop_orphans(&[rec(Some(pid), Some(t))], Duration::from_millis(300));
         assert!(left.is_empty(), "{left:?}");

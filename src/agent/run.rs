@@ -417,7 +417,11 @@ mod tests {
             assert!(Instant::now() < end);
             std::thread::sleep(Duration::from_millis(20));
         }
-        let child: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        let child: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert!(alive(child));
         let cancel = StopFlag::default();
         cancel.request();

@@ -365,8 +365,7 @@ async fn poll_loop(a: Arc<Agent>) {
                 a.stop(&orders.stop);
                 for w in orders.assignments {
                     let token = w.assignment.token.clone();
-                    if a
-                        .retired
+                    if a.retired
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .contains(&token)
@@ -618,7 +617,9 @@ fn start_recorded(
                 rec.cgroup = Some(dir.clone());
                 spec.cgroup = Some(dir);
             }
-            Err(e) => tracing::warn!(job = job.0, attempt = n, cgroup = %cg.path(&name).display(), error = %e, "cannot create the attempt's cgroup; using its process group only"),
+            Err(e) => {
+                tracing::warn!(job = job.0, attempt = n, cgroup = %cg.path(&name).display(), error = %e, "cannot create the attempt's cgroup; using its process group only")
+            }
         }
     }
     let fail = |rec: &AttemptRecord, msg: String| {
@@ -778,7 +779,12 @@ async fn recover(a: &Arc<Agent>) {
             let log = root.join(format!("{job}-{n}.log"));
             let (exit_code, error) = match r.end {
                 Some(end) => (end.exit_code, end.error),
-                None => (None, Some(format!("attempt {n} could not be stopped when its agent restarted"))),
+                None => (
+                    None,
+                    Some(format!(
+                        "attempt {n} could not be stopped when its agent restarted"
+                    )),
+                ),
             };
             // From offset 0: the daemon keeps only bytes beyond its copy.
             report_end(&a, job, n, &r.token, &log, 0, exit_code, error).await;

@@ -23,7 +23,10 @@ fn wait_state(url: &str, id: u64, state: &str, limit: Duration) -> serde_json::V
         if j["state"] == state {
             return j;
         }
-        assert!(Instant::now() < end, "job {id} never reached {state}: {j:#}");
+        assert!(
+            Instant::now() < end,
+            "job {id} never reached {state}: {j:#}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -229,7 +232,9 @@ fn a_restarted_agent_stops_what_its_killed_run_left_before_new_work() {
     for &id in &ids {
         wait_state(&url, id, "running", Duration::from_secs(20));
     }
-    wait_for(Duration::from_secs(10), || first_attempt_pids(&marks).len() == 4);
+    wait_for(Duration::from_secs(10), || {
+        first_attempt_pids(&marks).len() == 4
+    });
     let old = first_attempt_pids(&marks);
     assert!(old.iter().all(|&p| alive(p)));
     let records = env.home.join("agent/a/attempts");
@@ -237,7 +242,10 @@ fn a_restarted_agent_stops_what_its_killed_run_left_before_new_work() {
     a1.kill9();
     // Orphans: the jobs outlive their agent.
     std::thread::sleep(Duration::from_millis(300));
-    assert!(old.iter().all(|&p| alive(p)), "the jobs died with the agent");
+    assert!(
+        old.iter().all(|&p| alive(p)),
+        "the jobs died with the agent"
+    );
     let mut a2 = agent(&env, "agent2", &url, &["--no-cgroup"]);
     for &id in &ids {
         let j = wait_state(&url, id, "succeeded", Duration::from_secs(30));
@@ -281,7 +289,9 @@ fn an_agent_without_its_daemon_stops_jobs_before_the_lease_ends() {
     for &id in &ids {
         wait_state(&url, id, "running", Duration::from_secs(20));
     }
-    wait_for(Duration::from_secs(10), || first_attempt_pids(&marks).len() == 3);
+    wait_for(Duration::from_secs(10), || {
+        first_attempt_pids(&marks).len() == 3
+    });
     let old = first_attempt_pids(&marks);
     d.kill9();
     let down = Instant::now();
@@ -290,7 +300,11 @@ fn an_agent_without_its_daemon_stops_jobs_before_the_lease_ends() {
     assert!(old.iter().all(|&p| alive(p)), "jobs stopped too early");
     // By 0.8 of the lease they are gone.
     wait_for(Duration::from_secs(3), || old.iter().all(|&p| !alive(p)));
-    assert!(down.elapsed() < Duration::from_millis(2900), "{:?}", down.elapsed());
+    assert!(
+        down.elapsed() < Duration::from_millis(2900),
+        "{:?}",
+        down.elapsed()
+    );
     std::thread::sleep(Duration::from_millis(4000).saturating_sub(down.elapsed()));
     let (_d2, url2) = env.up("up2", &up_args);
     assert_eq!(url, url2);
@@ -452,7 +466,11 @@ fn cancel_reaches_a_setsid_grandchild_through_the_cgroup() {
     assert_eq!(f[3], pid.to_string(), "setsid did not make a new session");
     env.ok(&["cancel", "--server", &url, &id.to_string()]);
     wait_for(Duration::from_secs(10), || !alive(pid));
-    assert!(d.stderr().contains("one cgroup v2 per attempt"), "{}", d.stderr());
+    assert!(
+        d.stderr().contains("one cgroup v2 per attempt"),
+        "{}",
+        d.stderr()
+    );
     // No cgroup of this daemon's agent is left behind.
     let base = trainyard::agent::cgroup::Cgroups::detect().unwrap();
     let prefix = format!("trainyard-{}-", d.pid());
@@ -502,27 +520,53 @@ fn a_restarted_daemon_stops_its_embedded_agents_jobs_before_serving() {
                 &env,
                 &url,
                 &[
-                    "--gpus", "1", "--max-attempts", "2", "--env", &tag_env, "--shell", "--",
+                    "--gpus",
+                    "1",
+                    "--max-attempts",
+                    "2",
+                    "--env",
+                    &tag_env,
+                    "--shell",
+                    "--",
                     &script,
                 ],
             )
         })
         .collect();
     for &id in &ids {
-        assert_eq!(wait_state(&url, id, "running", Duration::from_secs(20))["agent"], "emb");
+        assert_eq!(
+            wait_state(&url, id, "running", Duration::from_secs(20))["agent"],
+            "emb"
+        );
     }
-    wait_for(Duration::from_secs(10), || first_attempt_pids(&marks).len() == 2);
+    wait_for(Duration::from_secs(10), || {
+        first_attempt_pids(&marks).len() == 2
+    });
     let old = first_attempt_pids(&marks);
     // Another host, ready to take whatever is requeued.
     let mut b = env.spawn(
         "agent-b",
-        &["agent", "--server", &url, "--name", "b", "--fake-gpus", "2xA100-80GB"],
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--name",
+            "b",
+            "--fake-gpus",
+            "2xA100-80GB",
+        ],
     );
     d.kill9();
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(old.iter().all(|&p| alive(p)), "the jobs died with the daemon");
+    assert!(
+        old.iter().all(|&p| alive(p)),
+        "the jobs died with the daemon"
+    );
     let (mut d2, _) = env.up("up2", &up_args);
-    assert!(old.iter().all(|&p| !alive(p)), "an orphan outlived the restart");
+    assert!(
+        old.iter().all(|&p| !alive(p)),
+        "an orphan outlived the restart"
+    );
     for &id in &ids {
         let j = wait_state(&url, id, "succeeded", Duration::from_secs(30));
         assert_eq!(j["attempt_log"].as_array().unwrap().len(), 2, "{j:#}");
