@@ -94,7 +94,7 @@ impl Watch {
                         continue;
                     };
                     let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
-                    if !vars.iter().any(|v| *v == needle.as_bytes()) {
+                    if !vars.contains(&needle.as_bytes()) {
                         continue;
                     }
                     if matches!(state(&pid), None | Some('Z') | Some('X')) {
