@@ -116,6 +116,30 @@ impl Cgroups {
     }
 }
 
+impl Cgroups {
+    /// Remove empty attempt cgroups (`trainyard-<pid>-…`) left by agents
+    /// that no longer run (killed and not restarted here). A cgroup that
+    /// still holds a process is never touched (`rmdir` refuses it).
+    pub fn sweep_stale(&self) {
+        let Ok(rd) = fs::read_dir(&self.base) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("trainyard-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() && fs::remove_dir(e.path()).is_ok() {
+                tracing::debug!(cgroup = %e.path().display(), "removed an empty cgroup of an agent that is gone");
+            }
+        }
+    }
+}
+
 /// Open `cgroup.procs` of `dir` for writing: the child writes `0` to it
 /// between fork and exec to move itself in.
 pub fn open_procs(dir: &Path) -> io::Result<fs::File> {

@@ -223,13 +223,18 @@ pub fn start(spec: &RunSpec) -> Result<Running, RunError> {
         source,
     })?;
     drop(procs);
-    let cgroup = spec.cgroup.clone().filter(|dir| {
-        let inside = cgroup::contains(dir, child.id());
-        if !inside {
-            tracing::warn!(pid = child.id(), cgroup = %dir.display(), "the process is not in its cgroup; using its process group only");
+    // The cgroup is kept (and removed at the end) even when the process
+    // turns out not to be inside: it may simply have exited already.
+    let cgroup = spec.cgroup.clone();
+    if let Some(dir) = &cgroup {
+        let running = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+            .unwrap_or(false);
+        if running && !cgroup::contains(dir, child.id()) {
+            tracing::warn!(pid = child.id(), cgroup = %dir.display(), "the process did not enter its cgroup; its process group still applies");
         }
-        inside
-    });
+    }
     tracing::info!(pid = child.id(), program = %program, cgroup = ?cgroup, "attempt started");
     Ok(Running {
         child,

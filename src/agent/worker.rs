@@ -190,6 +190,7 @@ pub async fn run(
         match Cgroups::detect() {
             Ok(c) => {
                 tracing::info!(cgroup = %c.base().display(), "job containment: one cgroup v2 per attempt");
+                c.sweep_stale();
                 Some(c)
             }
             Err(e) => {
