@@ -83,15 +83,13 @@ fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
     let name = trainyard::agent::hostname();
     let fake = std::env::var(trainyard::gpu::FAKE_GPUS_ENV).ok();
     let gpus = trainyard::gpu::detect(fake.as_deref(), &name)?;
-    let cfg = AgentConfig {
+    let cfg = AgentConfig::new(
         name,
         home,
-        cpu_slots: std::thread::available_parallelism()
+        std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
-        grace: Duration::from_secs(10),
-        keep_work: false,
-    };
+    );
     tauri::async_runtime::spawn(run_agent(cfg, client.clone(), gpus, std::future::pending()));
     tauri::async_runtime::spawn(notify_job_ends(app.clone(), client.clone(), events));
     Ok(Daemon {

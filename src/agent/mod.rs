@@ -1,12 +1,20 @@
 //! The agent: runs attempts on a GPU host. `worker` is the daemon connection
-//! (long poll, heartbeats, log shipping, reporting ends), `run` the process
-//! runner (process group, GPU visibility, timeout, cancel), `git` the job
-//! sources. The agent talks to the daemon only through the HTTP API, the
-//! agent embedded in `trainyard up` included.
+//! (long poll, heartbeats, log shipping, reporting ends, the lease rule),
+//! `run` the process runner (clean environment, process group and cgroup,
+//! GPU visibility, timeout, cancel), `env` the job environment, `cgroup`
+//! cgroup v2 containment, `record` the per-attempt files that let a
+//! restarted agent stop what its previous run left, `git` the job sources.
+//! The agent talks to the daemon only through the HTTP API, the agent
+//! embedded in `trainyard up` included.
 
+pub mod cgroup;
+pub mod env;
 pub mod git;
+mod record;
 mod run;
 mod worker;
 
-pub use run::{start, Outcome, RunError, RunSpec, Running};
-pub use worker::{hostname, run as run_agent, AgentConfig};
+pub use run::{start, Outcome, RunError, RunSpec, Running, StopFlag};
+pub use worker::{
+    hostname, run as run_agent, stop_left_behind, AgentConfig, LEASE_GRACE, LEASE_STOP,
+};

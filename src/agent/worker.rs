@@ -5,14 +5,24 @@
 //!
 //! The agent never decides placement; it runs what it is given on the GPUs
 //! named, and stops what the daemon says is no longer current.
+//!
+//! Two rules keep an attempt from ever overlapping its own retry:
+//! - every attempt with a process is recorded in the agent's home
+//!   (`record`); a restarted agent stops what its previous run left behind
+//!   before it takes new work;
+//! - an agent that cannot renew an attempt's lease stops the attempt itself
+//!   once [`LEASE_STOP`] of the lease has passed since the last renewal that
+//!   succeeded (measured on the monotonic clock from when that request was
+//!   sent), with at most [`LEASE_GRACE`] of the lease between SIGTERM and
+//!   SIGKILL, so it is dead before the daemon can expire the lease.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::api::{AgentReport, FinishRequest, Work};
 use crate::client::{Client, ClientError};
@@ -21,7 +31,19 @@ use crate::queue::JobId;
 use crate::store::{CheckoutOptions, DatasetRef, Store};
 use crate::Home;
 
-use super::run::{self, Outcome, RunSpec};
+use super::cgroup::{self, Cgroups};
+use super::record::{self, AttemptRecord, RecordedEnd, Records};
+use super::run::{self, Outcome, RunSpec, StopFlag};
+
+/// The share of the lease after the last successful renewal at which an
+/// agent that cannot reach its daemon starts stopping its attempts.
+pub const LEASE_STOP: f64 = 0.6;
+/// The share of the lease an attempt stopped for that reason gets between
+/// SIGTERM and SIGKILL (at most; `--grace` when shorter). With
+/// [`LEASE_STOP`] the process is dead by 0.8 of the lease, before the
+/// daemon, whose lease started no earlier than the request was sent, can
+/// expire it and start the next attempt.
+pub const LEASE_GRACE: f64 = 0.2;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -37,13 +59,40 @@ pub struct AgentConfig {
     pub grace: Duration,
     /// Keep each attempt's work directory after it ends.
     pub keep_work: bool,
+    /// Patterns of the agent's environment variables that jobs also see,
+    /// beyond the base set of `env::BASE` (`TRAINYARD_TOKEN` never).
+    pub pass_env: Vec<String>,
+    /// Put each attempt in its own cgroup when cgroup v2 allows it (else, or
+    /// when false, process groups only).
+    pub cgroups: bool,
+}
+
+impl AgentConfig {
+    /// A configuration with the defaults: 10 s grace, work directories
+    /// removed, no extra environment, cgroups when available.
+    pub fn new(name: String, home: Home, cpu_slots: u32) -> AgentConfig {
+        AgentConfig {
+            name,
+            home,
+            cpu_slots,
+            grace: Duration::from_secs(10),
+            keep_work: false,
+            pass_env: Vec::new(),
+            cgroups: true,
+        }
+    }
 }
 
 struct Held {
     job: JobId,
     attempt: u32,
-    cancel: Arc<AtomicBool>,
+    cancel: Arc<StopFlag>,
     pgid: Option<u32>,
+    cgroup: Option<PathBuf>,
+    /// When the last request that renewed this attempt's lease was sent.
+    renewed: Instant,
+    /// Stopped because its lease could not be renewed.
+    lease_stopped: bool,
 }
 
 struct GpuState {
@@ -60,6 +109,11 @@ struct Agent {
     gpu: Mutex<GpuState>,
     lease_ms: AtomicU64,
     hostname: String,
+    records: Records,
+    cgroups: Option<Cgroups>,
+    /// Tokens of attempts a previous run of this agent left behind: stopped,
+    /// never run again even if the daemon delivers them.
+    retired: Mutex<HashSet<String>>,
 }
 
 impl Agent {
@@ -91,7 +145,21 @@ impl Agent {
                     attempt = h.attempt,
                     "stopping: the daemon says this attempt is no longer current"
                 );
-                h.cancel.store(true, Ordering::Relaxed);
+                h.cancel.request();
+            }
+        }
+    }
+
+    /// A request sent at `sent` that named `included` succeeded: the leases
+    /// of those not in `stop` were renewed no earlier than `sent`.
+    fn renewed(&self, sent: Instant, included: &[String], stop: &[String]) {
+        let mut held = self.held();
+        for t in included {
+            if stop.contains(t) {
+                continue;
+            }
+            if let Some(h) = held.get_mut(t) {
+                h.renewed = h.renewed.max(sent);
             }
         }
     }
@@ -101,8 +169,12 @@ impl Agent {
     }
 
     fn work_root(&self) -> PathBuf {
-        self.cfg.home.root().join("agent").join(&self.cfg.name)
+        work_root(&self.cfg)
     }
+}
+
+fn work_root(cfg: &AgentConfig) -> PathBuf {
+    cfg.home.root().join("agent").join(&cfg.name)
 }
 
 /// Run the agent until `shutdown` completes; then stop its attempts
@@ -114,7 +186,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let first = gpus.snapshot().unwrap_or_default();
+    let cgroups = if cfg.cgroups {
+        match Cgroups::detect() {
+            Ok(c) => {
+                tracing::info!(cgroup = %c.base().display(), "job containment: one cgroup v2 per attempt");
+                c.sweep_stale();
+                Some(c)
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "job containment: process groups only (a job that calls setsid can escape a cancel)");
+                None
+            }
+        }
+    } else {
+        tracing::info!("job containment: process groups only (--no-cgroup)");
+        None
+    };
     let agent = Arc::new(Agent {
+        records: Records::new(work_root(&cfg).join("attempts")),
+        cgroups,
+        retired: Mutex::new(HashSet::new()),
         hostname: hostname(),
         held: Mutex::new(HashMap::new()),
         gpu: Mutex::new(GpuState {
@@ -128,6 +219,8 @@ pub async fn run(
         cfg,
     });
     tracing::info!(agent = %agent.cfg.name, server = %agent.client.url(), gpus = gpus.kind(), "agent starting");
+    // What a previous run left behind is stopped before anything new runs.
+    recover(&agent).await;
     let stop_sampler = Arc::new(AtomicBool::new(false));
     let sampler = {
         let a = agent.clone();
@@ -135,11 +228,13 @@ pub async fn run(
         std::thread::spawn(move || sample_gpus(&a, gpus.as_mut(), &stop))
     };
     let hb = tokio::spawn(heartbeat_loop(agent.clone()));
+    let watch = tokio::spawn(lease_watch(agent.clone()));
     tokio::select! {
         _ = poll_loop(agent.clone()) => {}
         _ = shutdown => {}
     }
     hb.abort();
+    watch.abort();
     // Stop everything still running and let the attempt tasks report it.
     let tokens: Vec<String> = agent.held().keys().cloned().collect();
     agent.stop(&tokens);
@@ -180,8 +275,19 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
                 None
             }
         };
-        let groups: Vec<u32> = a.held().values().filter_map(|h| h.pgid).collect();
-        let pids = processes_in_groups(&groups);
+        let (groups, cgroups): (Vec<u32>, Vec<PathBuf>) = {
+            let held = a.held();
+            (
+                held.values().filter_map(|h| h.pgid).collect(),
+                held.values().filter_map(|h| h.cgroup.clone()).collect(),
+            )
+        };
+        let mut pids = processes_in_groups(&groups);
+        for dir in &cgroups {
+            pids.extend(cgroup::procs(dir));
+        }
+        pids.sort_unstable();
+        pids.dedup();
         {
             let mut g = a.gpu.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(gpus) = gpus {
@@ -222,13 +328,16 @@ fn processes_in_groups(groups: &[u32]) -> Vec<u32> {
 async fn heartbeat_loop(a: Arc<Agent>) {
     let mut down = false;
     loop {
-        match a.client.heartbeat(&a.cfg.name, &a.report()).await {
+        let report = a.report();
+        let sent = Instant::now();
+        match a.client.heartbeat(&a.cfg.name, &report).await {
             Ok(o) => {
                 if down {
                     tracing::info!("daemon reachable again");
                     down = false;
                 }
                 a.lease_ms.store(o.lease_ms, Ordering::Relaxed);
+                a.renewed(sent, &report.attempts, &o.stop);
                 a.stop(&o.stop);
             }
             Err(e) => {
@@ -246,19 +355,32 @@ async fn poll_loop(a: Arc<Agent>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let wait = (a.lease() / 3).min(Duration::from_secs(25));
-        match a.client.poll(&a.cfg.name, a.report(), wait).await {
+        let report = a.report();
+        let included = report.attempts.clone();
+        let sent = Instant::now();
+        match a.client.poll(&a.cfg.name, report, wait).await {
             Ok(orders) => {
                 backoff = Duration::from_millis(100);
                 a.lease_ms.store(orders.lease_ms, Ordering::Relaxed);
+                a.renewed(sent, &included, &orders.stop);
                 a.stop(&orders.stop);
                 for w in orders.assignments {
                     let token = w.assignment.token.clone();
-                    let cancel = Arc::new(AtomicBool::new(false));
+                    if a.retired
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(&token)
+                    {
+                        continue;
+                    }
+                    let cancel = Arc::new(StopFlag::default());
                     {
                         let mut held = a.held();
                         if held.contains_key(&token) {
                             continue;
                         }
+                        // The daemon renews an assignment's lease when it
+                        // delivers it, after this request was sent.
                         held.insert(
                             token,
                             Held {
@@ -266,6 +388,9 @@ async fn poll_loop(a: Arc<Agent>) {
                                 attempt: w.assignment.attempt,
                                 cancel: cancel.clone(),
                                 pgid: None,
+                                cgroup: None,
+                                renewed: sent,
+                                lease_stopped: false,
                             },
                         );
                     }
@@ -293,6 +418,7 @@ fn prepare(a: &Agent, w: &Work, dir: &Path) -> Result<RunSpec, String> {
     let job = w.assignment.job;
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the work directory {}: {e}", dir.display()))?;
+    // The job's own variables, then Trainyard's, over a clean base.
     let mut env: BTreeMap<String, String> = spec.env.clone();
     env.insert("TRAINYARD_JOB_ID".into(), job.to_string());
     env.insert("TRAINYARD_ATTEMPT".into(), w.assignment.attempt.to_string());
@@ -362,17 +488,19 @@ fn prepare(a: &Agent, w: &Work, dir: &Path) -> Result<RunSpec, String> {
     }
     Ok(RunSpec {
         argv: spec.argv(),
+        base_env: super::env::base_env(std::env::vars_os(), &a.cfg.pass_env),
         env,
         workdir,
         gpus,
         log: PathBuf::new(),
         timeout: spec.timeout_s.map(Duration::from_secs),
         grace: a.cfg.grace,
+        cgroup: None,
     })
 }
 
 /// Run one attempt from assignment to acknowledged end.
-async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
+async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<StopFlag>) {
     let job = w.assignment.job;
     let n = w.assignment.attempt;
     let token = w.assignment.token.clone();
@@ -388,12 +516,21 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
             .await
             .unwrap_or_else(|e| Err(format!("preparing panicked: {e}")))
     };
+    let mut rec = AttemptRecord {
+        job,
+        attempt: n,
+        token: token.clone(),
+        pid: None,
+        start_ticks: None,
+        cgroup: None,
+        end: None,
+    };
     let started = prepared.and_then(|mut spec| {
         spec.log = log.clone();
-        if cancel.load(Ordering::Relaxed) {
+        if cancel.requested() {
             return Err("cancelled before it started".into());
         }
-        run::start(&spec).map_err(|e| e.to_string())
+        start_recorded(&a, &mut spec, &mut rec)
     });
     let mut sent = 0u64;
     let (exit_code, error) = match started {
@@ -406,6 +543,7 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
             let pid = running.pid();
             if let Some(h) = a.held().get_mut(&token) {
                 h.pgid = Some(pid);
+                h.cgroup = running.cgroup().map(Path::to_path_buf);
             }
             report_started(&a, job, n, &token, &cancel).await;
             let c2 = cancel.clone();
@@ -418,6 +556,7 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
                     }
                 }
             };
+            let lease_stopped = a.held().get(&token).is_some_and(|h| h.lease_stopped);
             match outcome {
                 Ok(Ok(Outcome::Exited(c))) => (Some(c), None),
                 Ok(Ok(Outcome::Signaled(s))) => {
@@ -431,6 +570,15 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
                     append_line(&log, &format!("trainyard: {msg}"));
                     (None, Some(msg))
                 }
+                Ok(Ok(Outcome::Cancelled)) if lease_stopped => {
+                    let msg = format!(
+                        "attempt {n} was stopped by agent {}: it could not reach the daemon to renew the lease ({} s)",
+                        a.cfg.name,
+                        a.lease().as_secs_f64()
+                    );
+                    append_line(&log, &format!("trainyard: {msg}"));
+                    (None, Some(msg))
+                }
                 Ok(Ok(Outcome::Cancelled)) => (
                     None,
                     Some(format!("attempt {n} was stopped (cancelled or reassigned)")),
@@ -440,10 +588,81 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
             }
         }
     };
-    // Ship the whole log, then report the end; both retry until heard.
+    if rec.pid.is_some() || rec.cgroup.is_some() {
+        // The process is gone; what is left to do is telling the daemon.
+        rec.end = Some(RecordedEnd {
+            exit_code,
+            error: error.clone(),
+        });
+        if let Err(e) = a.records.write(&rec) {
+            tracing::warn!(job = job.0, attempt = n, error = %e, "cannot record the attempt's end");
+        }
+    }
+    report_end(&a, job, n, &token, &log, sent, exit_code, error).await;
+    a.held().remove(&token);
+    finish_local(&a, job, n, &dir, &log);
+}
+
+/// Start the process with its record in place: the record names the cgroup
+/// before the spawn and the process group leader right after it.
+fn start_recorded(
+    a: &Agent,
+    spec: &mut RunSpec,
+    rec: &mut AttemptRecord,
+) -> Result<run::Running, String> {
+    let (job, n) = (rec.job, rec.attempt);
+    if let Some(cg) = &a.cgroups {
+        let name = format!("trainyard-{}-{job}-{n}", std::process::id());
+        match cg.create(&name) {
+            Ok(dir) => {
+                rec.cgroup = Some(dir.clone());
+                spec.cgroup = Some(dir);
+            }
+            Err(e) => {
+                tracing::warn!(job = job.0, attempt = n, cgroup = %cg.path(&name).display(), error = %e, "cannot create the attempt's cgroup; using its process group only")
+            }
+        }
+    }
+    let fail = |rec: &AttemptRecord, msg: String| {
+        if let Some(dir) = &rec.cgroup {
+            cgroup::destroy(dir);
+        }
+        let _ = a.records.remove(job, n);
+        msg
+    };
+    if let Err(e) = a.records.write(rec) {
+        return Err(fail(
+            rec,
+            format!("cannot record attempt {n} before starting it: {e}"),
+        ));
+    }
+    let running = run::start(spec).map_err(|e| fail(rec, e.to_string()))?;
+    rec.pid = Some(running.pid());
+    rec.start_ticks = record::start_ticks(running.pid());
+    rec.cgroup = running.cgroup().map(Path::to_path_buf);
+    if let Err(e) = a.records.write(rec) {
+        tracing::warn!(job = job.0, attempt = n, error = %e, "cannot record the attempt's process; a crash of this agent would leave it running");
+    }
+    Ok(running)
+}
+
+/// Ship the whole log from `sent` on, then report the end; both retry
+/// until the daemon hears them (or says the attempt is no longer current).
+/// Then the attempt's record is removed.
+#[allow(clippy::too_many_arguments)]
+async fn report_end(
+    a: &Agent,
+    job: JobId,
+    n: u32,
+    token: &str,
+    log: &Path,
+    mut sent: u64,
+    exit_code: Option<i32>,
+    error: Option<String>,
+) {
     loop {
-        let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-        sent = ship_log(&a, job, n, &token, &log, sent).await;
+        let size = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+        sent = ship_log(a, job, n, token, log, sent).await;
         if sent >= size {
             break;
         }
@@ -452,7 +671,7 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
     let finish = FinishRequest { exit_code, error };
     let mut backoff = Duration::from_millis(100);
     loop {
-        match a.client.finish(job, n, &token, &finish).await {
+        match a.client.finish(job, n, token, &finish).await {
             Ok(j) => {
                 tracing::info!(job = job.0, attempt = n, state = %j.state, "attempt reported");
                 break;
@@ -468,14 +687,139 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<AtomicBool>) {
             }
         }
     }
-    a.held().remove(&token);
-    if !a.cfg.keep_work {
-        let _ = std::fs::remove_dir_all(&dir);
-        let _ = std::fs::remove_file(&log);
+    if let Err(e) = a.records.remove(job, n) {
+        tracing::warn!(job = job.0, attempt = n, error = %e, "cannot remove the attempt's record");
     }
 }
 
-async fn report_started(a: &Agent, job: JobId, n: u32, token: &str, cancel: &AtomicBool) {
+/// Remove the attempt's work directory and local log (unless kept).
+fn finish_local(a: &Agent, job: JobId, n: u32, dir: &Path, log: &Path) {
+    if !a.cfg.keep_work {
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::remove_file(log);
+    }
+    tracing::debug!(job = job.0, attempt = n, "attempt done");
+}
+
+/// Stop the processes of the attempts a previous run of this agent left
+/// behind (it was killed or crashed): SIGTERM, SIGKILL after the grace
+/// period. Their records are marked ended with the reason, for [`run`] to
+/// report. Blocking. `trainyard up` calls it before its server starts, so a
+/// requeued attempt cannot start on another agent while they live; [`run`]
+/// calls it again before it takes work. Returns how many were stopped.
+pub fn stop_left_behind(cfg: &AgentConfig) -> usize {
+    let records = Records::new(work_root(cfg).join("attempts"));
+    let mut live = Vec::new();
+    for (path, r) in records.load() {
+        match r {
+            Ok(r) if r.end.is_none() => live.push(r),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "discarding a damaged attempt record");
+                Records::discard(&path);
+            }
+        }
+    }
+    if live.is_empty() {
+        return 0;
+    }
+    tracing::warn!(
+        attempts = live.len(),
+        "this agent's previous run left attempts; stopping them before taking work"
+    );
+    let left = record::stop_orphans(&live, cfg.grace);
+    for r in &left {
+        tracing::error!(job = r.job.0, attempt = r.attempt, pid = ?r.pid, cgroup = ?r.cgroup, "an attempt left by the previous run could not be stopped");
+    }
+    let root = work_root(cfg);
+    for mut r in live {
+        let msg = format!(
+            "attempt {} was stopped: agent {} restarted while it ran (its previous run was killed or crashed)",
+            r.attempt, cfg.name
+        );
+        append_line(
+            &root.join(format!("{}-{}.log", r.job, r.attempt)),
+            &format!("trainyard: {msg}"),
+        );
+        r.end = Some(RecordedEnd {
+            exit_code: None,
+            error: Some(msg),
+        });
+        if let Err(e) = records.write(&r) {
+            tracing::warn!(job = r.job.0, attempt = r.attempt, error = %e, "cannot record the attempt's end");
+        }
+    }
+    left.len()
+}
+
+/// Before taking work: stop what a previous run left ([`stop_left_behind`]),
+/// then report those attempts ended in the background; their tokens are
+/// never run again, even if the daemon delivers them.
+async fn recover(a: &Arc<Agent>) {
+    let cfg = a.cfg.clone();
+    let _ = tokio::task::spawn_blocking(move || stop_left_behind(&cfg)).await;
+    let recs: Vec<AttemptRecord> = a
+        .records
+        .load()
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .collect();
+    if recs.is_empty() {
+        return;
+    }
+    {
+        let mut retired = a.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.extend(recs.iter().map(|r| r.token.clone()));
+    }
+    let root = a.work_root();
+    for r in recs {
+        let a = a.clone();
+        let root = root.clone();
+        tokio::spawn(async move {
+            let (job, n) = (r.job, r.attempt);
+            let log = root.join(format!("{job}-{n}.log"));
+            let (exit_code, error) = match r.end {
+                Some(end) => (end.exit_code, end.error),
+                None => (
+                    None,
+                    Some(format!(
+                        "attempt {n} could not be stopped when its agent restarted"
+                    )),
+                ),
+            };
+            // From offset 0: the daemon keeps only bytes beyond its copy.
+            report_end(&a, job, n, &r.token, &log, 0, exit_code, error).await;
+            finish_local(&a, job, n, &root.join(format!("{job}-{n}")), &log);
+        });
+    }
+}
+
+/// Stop the attempts whose lease could not be renewed for [`LEASE_STOP`] of
+/// the lease (the daemon is unreachable, or does not answer).
+async fn lease_watch(a: Arc<Agent>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let lease = a.lease();
+        let limit = lease.mul_f64(LEASE_STOP);
+        let grace = lease.mul_f64(LEASE_GRACE);
+        let mut held = a.held();
+        for h in held.values_mut() {
+            if !h.lease_stopped && h.renewed.elapsed() >= limit {
+                tracing::warn!(
+                    job = h.job.0,
+                    attempt = h.attempt,
+                    since_renewal_ms = h.renewed.elapsed().as_millis() as u64,
+                    lease_ms = lease.as_millis() as u64,
+                    "stopping: the lease could not be renewed and the daemon will requeue this attempt"
+                );
+                h.lease_stopped = true;
+                h.cancel.request_within(grace);
+            }
+        }
+    }
+}
+
+async fn report_started(a: &Agent, job: JobId, n: u32, token: &str, cancel: &StopFlag) {
     let mut backoff = Duration::from_millis(50);
     loop {
         match a.client.started(job, n, token).await {
@@ -486,7 +830,7 @@ async fn report_started(a: &Agent, job: JobId, n: u32, token: &str, cancel: &Ato
             }
             Err(e) => {
                 tracing::info!(job = job.0, attempt = n, error = %e, "start refused; stopping");
-                cancel.store(true, Ordering::Relaxed);
+                cancel.request();
                 return;
             }
         }

@@ -34,6 +34,18 @@ pub struct AgentArgs {
     /// Keep each attempt's work directory (checkout, inputs) after it ends.
     #[arg(long)]
     pub keep_work: bool,
+    /// Also give jobs these variables of the agent's environment (repeat, or
+    /// comma-separate in TRAINYARD_PASS_ENV; `*` and `?` globs, e.g. HF_*).
+    /// Jobs otherwise see only PATH, HOME, USER, LOGNAME, SHELL, LANG,
+    /// LANGUAGE, LC_*, TZ, TERM, TMPDIR, LD_LIBRARY_PATH, CUDA_* and
+    /// NVIDIA_*; TRAINYARD_TOKEN is never passed.
+    #[arg(long = "pass-env", env = "TRAINYARD_PASS_ENV", value_delimiter = ',', value_name = "PATTERN", value_parser = trainyard::agent::env::check_pattern)]
+    pub pass_env: Vec<String>,
+    /// Run jobs in process groups only, even where cgroup v2 would let each
+    /// attempt have its own cgroup (which also catches processes that
+    /// leave the group with setsid).
+    #[arg(long)]
+    pub no_cgroup: bool,
 }
 
 /// `trainyard up`.
@@ -105,11 +117,11 @@ fn agent_config(
         .unwrap_or(1);
     Ok((
         AgentConfig {
-            name,
-            home: ctx.home.clone(),
-            cpu_slots: a.cpu_slots.unwrap_or(cpus),
             grace: a.grace,
             keep_work: a.keep_work,
+            pass_env: a.pass_env.clone(),
+            cgroups: !a.no_cgroup,
+            ..AgentConfig::new(name, ctx.home.clone(), a.cpu_slots.unwrap_or(cpus))
         },
         gpus,
     ))
@@ -151,6 +163,12 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
             token: None,
         })
         .await?;
+        // The home is ours now (one daemon per home). Jobs a killed
+        // predecessor left running are stopped before the server can
+        // requeue them to another agent (nothing is served yet).
+        if let Some((cfg, _)) = &agent {
+            trainyard::agent::stop_left_behind(cfg);
+        }
         let url = server.url();
         eprintln!(
             "trainyard daemon listening on {url} (home {})",

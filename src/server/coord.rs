@@ -128,6 +128,13 @@ impl Coord {
                 });
             }
         }
+        // A delivered assignment's lease starts now, after the agent sent
+        // this request: the agent measures its lease rule from that moment.
+        let delivered: Vec<String> = assignments
+            .iter()
+            .map(|w| w.assignment.token.clone())
+            .collect();
+        self.queue.renew(&delivered, self.lease_ns())?;
         Ok(AgentOrders {
             assignments,
             stop,

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agent_crash;
 mod api_guard;
 mod daemon_home;
 mod field_store;
