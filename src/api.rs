@@ -82,6 +82,10 @@ pub struct JobDetail {
 pub struct AgentReport {
     /// Trainyard version of the agent.
     pub version: String,
+    /// The agent's id (created once in its home): the daemon refuses a
+    /// second live agent that reports the same name with another id.
+    #[serde(default)]
+    pub agent_id: String,
     /// Host name.
     pub hostname: String,
     /// `nvml`, `fake` or `none`.

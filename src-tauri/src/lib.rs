@@ -13,7 +13,7 @@ use tauri::tray::TrayIconBuilder;
 use tauri::{AppHandle, Manager, WebviewUrl, WebviewWindowBuilder};
 use tauri_plugin_dialog::DialogExt;
 use tauri_plugin_notification::NotificationExt;
-use trainyard::agent::{run_agent, AgentConfig};
+use trainyard::agent::{run_agent, AgentConfig, Identity};
 use trainyard::api::Event;
 use trainyard::client::Client;
 use trainyard::queue::{JobId, JobState};
@@ -80,17 +80,26 @@ fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
         }
     });
     // The local agent: NVML, or a fake inventory only when asked for.
-    let name = trainyard::agent::hostname();
+    // Its identity is held (locked) for the app's lifetime.
+    let identity: &'static Identity = Box::leak(Box::new(Identity::take(
+        &home,
+        &trainyard::agent::hostname(),
+    )?));
     let fake = std::env::var(trainyard::gpu::FAKE_GPUS_ENV).ok();
-    let gpus = trainyard::gpu::detect(fake.as_deref(), &name)?;
+    let gpus = trainyard::gpu::detect(fake.as_deref(), &identity.gpu_seed())?;
     let cfg = AgentConfig::new(
-        name,
+        identity,
         home,
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
     );
-    tauri::async_runtime::spawn(run_agent(cfg, client.clone(), gpus, std::future::pending()));
+    let agent_client = client.clone();
+    tauri::async_runtime::spawn(async move {
+        if let Err(e) = run_agent(cfg, agent_client, gpus, std::future::pending()).await {
+            tracing::error!(error = %e, "the local agent stopped");
+        }
+    });
     tauri::async_runtime::spawn(notify_job_ends(app.clone(), client.clone(), events));
     Ok(Daemon {
         url,

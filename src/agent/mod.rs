@@ -3,18 +3,22 @@
 //! `run` the process runner (clean environment, process group and cgroup,
 //! GPU visibility, timeout, cancel), `env` the job environment, `cgroup`
 //! cgroup v2 containment, `record` the per-attempt files that let a
-//! restarted agent stop what its previous run left, `git` the job sources.
+//! restarted agent stop what its previous run left, `identity` its name and
+//! the id kept in its home, `git` the job sources.
 //! The agent talks to the daemon only through the HTTP API, the agent
 //! embedded in `trainyard up` included.
 
 pub mod cgroup;
 pub mod env;
 pub mod git;
+pub mod identity;
 mod record;
 mod run;
 mod worker;
 
+pub use identity::{Identity, IdentityError};
 pub use run::{start, Outcome, RunError, RunSpec, Running, StopFlag};
 pub use worker::{
-    hostname, run as run_agent, stop_left_behind, AgentConfig, LEASE_GRACE, LEASE_STOP,
+    hostname, run as run_agent, stop_left_behind, AgentConfig, AgentError, LEASE_GRACE, LEASE_STOP,
+    NAME_TAKEN,
 };

@@ -32,12 +32,17 @@ use crate::store::{CheckoutOptions, DatasetRef, Store};
 use crate::Home;
 
 use super::cgroup::{self, Cgroups};
+use super::identity::Identity;
 use super::record::{self, AttemptRecord, RecordedEnd, Records};
 use super::run::{self, Outcome, RunSpec, StopFlag};
 
 /// The share of the lease after the last successful renewal at which an
 /// agent that cannot reach its daemon starts stopping its attempts.
 pub const LEASE_STOP: f64 = 0.6;
+
+/// The API error code for an agent name held by a live agent of another
+/// identity.
+pub const NAME_TAKEN: &str = "agent_name_taken";
 /// The share of the lease an attempt stopped for that reason gets between
 /// SIGTERM and SIGKILL (at most; `--grace` when shorter). With
 /// [`LEASE_STOP`] the process is dead by 0.8 of the lease, before the
@@ -50,6 +55,9 @@ pub const LEASE_GRACE: f64 = 0.2;
 pub struct AgentConfig {
     /// Its name (unique in the lab; the host name by default).
     pub name: String,
+    /// Its id (see [`super::identity`]): a second agent that registers the
+    /// same name with another id is refused while this one is alive.
+    pub id: String,
     /// Its home: the dataset store inputs come from, work directories, the
     /// git cache.
     pub home: Home,
@@ -70,9 +78,10 @@ pub struct AgentConfig {
 impl AgentConfig {
     /// A configuration with the defaults: 10 s grace, work directories
     /// removed, no extra environment, cgroups when available.
-    pub fn new(name: String, home: Home, cpu_slots: u32) -> AgentConfig {
+    pub fn new(identity: &Identity, home: Home, cpu_slots: u32) -> AgentConfig {
         AgentConfig {
-            name,
+            name: identity.name.clone(),
+            id: identity.id.clone(),
             home,
             cpu_slots,
             grace: Duration::from_secs(10),
@@ -126,6 +135,7 @@ impl Agent {
         let g = self.gpu.lock().unwrap_or_else(|p| p.into_inner());
         AgentReport {
             version: env!("CARGO_PKG_VERSION").to_string(),
+            agent_id: self.cfg.id.clone(),
             hostname: self.hostname.clone(),
             gpu_source: g.kind.to_string(),
             gpu_error: g.note.clone(),
@@ -184,7 +194,7 @@ pub async fn run(
     client: Client,
     mut gpus: Box<dyn GpuSource>,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), AgentError> {
     let first = gpus.snapshot().unwrap_or_default();
     let cgroups = if cfg.cgroups {
         match Cgroups::detect() {
@@ -229,10 +239,10 @@ pub async fn run(
     };
     let hb = tokio::spawn(heartbeat_loop(agent.clone()));
     let watch = tokio::spawn(lease_watch(agent.clone()));
-    tokio::select! {
-        _ = poll_loop(agent.clone()) => {}
-        _ = shutdown => {}
-    }
+    let result = tokio::select! {
+        r = poll_loop(agent.clone()) => r,
+        _ = shutdown => Ok(()),
+    };
     hb.abort();
     watch.abort();
     // Stop everything still running and let the attempt tasks report it.
@@ -247,6 +257,18 @@ pub async fn run(
     stop_sampler.store(true, Ordering::Relaxed);
     let _ = tokio::task::spawn_blocking(move || sampler.join()).await;
     tracing::info!("agent stopped");
+    result
+}
+
+/// Why an agent stopped by itself.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The daemon has a live agent of this name with another identity.
+    #[error("{message}")]
+    NameTaken {
+        /// The daemon's explanation (which host holds the name).
+        message: String,
+    },
 }
 
 /// This host's name (the default agent name).
@@ -351,7 +373,7 @@ async fn heartbeat_loop(a: Arc<Agent>) {
     }
 }
 
-async fn poll_loop(a: Arc<Agent>) {
+async fn poll_loop(a: Arc<Agent>) -> Result<(), AgentError> {
     let mut backoff = Duration::from_millis(100);
     loop {
         let wait = (a.lease() / 3).min(Duration::from_secs(25));
@@ -396,6 +418,10 @@ async fn poll_loop(a: Arc<Agent>) {
                     }
                     tokio::spawn(attempt(a.clone(), w, cancel));
                 }
+            }
+            Err(ClientError::Api { code, message, .. }) if code == NAME_TAKEN => {
+                tracing::error!(%message, "the daemon refused this agent's name");
+                return Err(AgentError::NameTaken { message });
             }
             Err(ClientError::Unauthorized { url, message }) => {
                 tracing::error!(%url, %message, "the daemon refused this agent's token; retrying in 10 s");

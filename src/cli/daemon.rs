@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use trainyard::agent::{run_agent, AgentConfig};
+use trainyard::agent::{run_agent, AgentConfig, Identity};
 use trainyard::client::Client;
 use trainyard::gpu::{self, FAKE_GPUS_ENV};
 use trainyard::server::{self, Config, Secret, Server};
@@ -106,12 +106,15 @@ pub struct AgentCmdArgs {
     agent: AgentArgs,
 }
 
-fn agent_config(
-    ctx: &Ctx,
-    a: &AgentArgs,
-) -> anyhow::Result<(AgentConfig, Box<dyn gpu::GpuSource>)> {
+/// An agent's configuration, its GPU inventory, and its identity (held,
+/// locked, while the agent runs).
+type LocalAgent = (AgentConfig, Box<dyn gpu::GpuSource>, Identity);
+
+fn agent_config(ctx: &Ctx, a: &AgentArgs) -> anyhow::Result<LocalAgent> {
     let name = a.name.clone().unwrap_or_else(trainyard::agent::hostname);
-    let gpus = gpu::detect(a.fake_gpus.as_deref(), &name)?;
+    let identity = Identity::take(&ctx.home, &name)?;
+    // Fake GPU UUIDs come from the identity: unique per agent, not per name.
+    let gpus = gpu::detect(a.fake_gpus.as_deref(), &identity.gpu_seed())?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -121,9 +124,10 @@ fn agent_config(
             keep_work: a.keep_work,
             pass_env: a.pass_env.clone(),
             cgroups: !a.no_cgroup,
-            ..AgentConfig::new(name, ctx.home.clone(), a.cpu_slots.unwrap_or(cpus))
+            ..AgentConfig::new(&identity, ctx.home.clone(), a.cpu_slots.unwrap_or(cpus))
         },
         gpus,
+        identity,
     ))
 }
 
@@ -146,11 +150,6 @@ async fn stop_signal() {
 
 pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
-    let agent = if args.no_agent {
-        None
-    } else {
-        Some(agent_config(ctx, &args.agent)?)
-    };
     if args.require_token {
         tracing::info!("--require-token: the token is always required now");
     }
@@ -163,10 +162,17 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
             token: None,
         })
         .await?;
-        // The home is ours now (one daemon per home). Jobs a killed
+        // The home is ours now (one daemon per home): then the local
+        // agent's identity.
+        let agent = if args.no_agent {
+            None
+        } else {
+            Some(agent_config(ctx, &args.agent)?)
+        };
+        // Jobs a killed
         // predecessor left running are stopped before the server can
         // requeue them to another agent (nothing is served yet).
-        if let Some((cfg, _)) = &agent {
+        if let Some((cfg, _, _)) = &agent {
             trainyard::agent::stop_left_behind(cfg);
         }
         let url = server.url();
@@ -207,10 +213,18 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
         let serving = tokio::spawn(server.serve(async move {
             let _ = stop_server_rx.await;
         }));
-        let agent_task = agent.map(|(cfg, gpus)| {
-            tokio::spawn(run_agent(cfg, client, gpus, async move {
-                let _ = stop_agent_rx.await;
-            }))
+        let agent_task = agent.map(|(cfg, gpus, identity)| {
+            tokio::spawn(async move {
+                let r = run_agent(cfg, client, gpus, async move {
+                    let _ = stop_agent_rx.await;
+                })
+                .await;
+                if let Err(e) = &r {
+                    eprintln!("error: the local agent stopped: {e}");
+                }
+                drop(identity);
+                r
+            })
         });
         stop_signal().await;
         eprintln!("stopping: ending local jobs, then the daemon");
@@ -235,7 +249,7 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
             f.exists().then(|| server::read_token(&f)).transpose()?
         }
     };
-    let (cfg, gpus) = agent_config(ctx, &args.agent)?;
+    let (cfg, gpus, _identity) = agent_config(ctx, &args.agent)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let client = Client::new(&args.server, token);
@@ -253,7 +267,7 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => eprintln!("warning: {e}; retrying in the background"),
         }
-        run_agent(cfg, client, gpus, stop_signal()).await;
+        run_agent(cfg, client, gpus, stop_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -24,6 +24,20 @@ pub(crate) struct AgentEntry {
     pub wake: Arc<Notify>,
 }
 
+/// An agent name held by a live agent of another identity.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the agent name {name:?} is taken by a live agent on host {holder:?} (heard from {}s ago); \
+     this agent (host {reporter:?}) has another identity: start it with --agent-name OTHER",
+    seen_ago.as_secs()
+)]
+pub(crate) struct NameTaken {
+    pub name: String,
+    pub holder: String,
+    pub seen_ago: Duration,
+    pub reporter: String,
+}
+
 /// Shared daemon state.
 pub(crate) struct Coord {
     pub queue: Queue,
@@ -79,8 +93,31 @@ impl Coord {
     }
 
     /// Record an agent's report; returns its wake-up handle.
-    pub fn report(&self, name: &str, report: AgentReport) -> Arc<Notify> {
+    /// Record an agent's report. A live agent (heard from within the
+    /// lease) keeps its name: a report under that name with another agent
+    /// id is refused, naming the host that holds it. A silent one's name is
+    /// free for whoever reports next.
+    pub fn report(&self, name: &str, report: AgentReport) -> Result<Arc<Notify>, NameTaken> {
         let mut agents = self.agents();
+        if let Some(e) = agents.get(name) {
+            let age = e.last_seen.elapsed();
+            if e.report.agent_id != report.agent_id && age < self.lease {
+                return Err(NameTaken {
+                    name: name.to_string(),
+                    holder: e.report.hostname.clone(),
+                    seen_ago: age,
+                    reporter: report.hostname,
+                });
+            }
+            if e.report.agent_id != report.agent_id {
+                tracing::warn!(
+                    agent = name,
+                    from = %e.report.hostname,
+                    to = %report.hostname,
+                    "agent name taken over by another agent (the previous one was silent for a lease)"
+                );
+            }
+        }
         let new = !agents.contains_key(name);
         let e = agents
             .entry(name.to_string())
@@ -103,7 +140,7 @@ impl Coord {
         if new || changed {
             self.wake_sched.notify_one();
         }
-        wake
+        Ok(wake)
     }
 
     /// What an agent should do now: renew the leases it holds, learn which

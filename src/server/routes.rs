@@ -212,13 +212,21 @@ async fn heartbeat(
     valid_agent_name(&name)?;
     let report: AgentReport = parse(&body)?;
     let held = report.attempts.clone();
-    c.report(&name, report);
+    c.report(&name, report).map_err(name_taken)?;
     let stop = blocking(&c, move |c| Ok(c.queue.renew(&held, c.lease_ns())?)).await?;
     Ok(Json(api::AgentOrders {
         assignments: Vec::new(),
         stop,
         lease_ms: c.lease.as_millis() as u64,
     }))
+}
+
+fn name_taken(e: super::coord::NameTaken) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        crate::agent::NAME_TAKEN,
+        e.to_string(),
+    )
 }
 
 /// Long poll: answer at once when the agent has something to do, else wait
@@ -231,7 +239,7 @@ async fn poll(
     valid_agent_name(&name)?;
     let req: PollRequest = parse(&body)?;
     let held = req.report.attempts.clone();
-    let wake = c.report(&name, req.report);
+    let wake = c.report(&name, req.report).map_err(name_taken)?;
     let wait = Duration::from_millis(req.wait_ms).min(c.lease / 3);
     let deadline = Instant::now() + wait;
     loop {

@@ -311,9 +311,7 @@ impl Catalog {
                  WHERE v.source = ?1 GROUP BY d.id ORDER BY max(v.seq) DESC",
             )
             .map_err(self.err())?;
-        let rows = st
-            .query_map([source], |r| r.get(0))
-            .map_err(self.err())?;
+        let rows = st.query_map([source], |r| r.get(0)).map_err(self.err())?;
         rows.collect::<rusqlite::Result<_>>().map_err(self.err())
     }
 

@@ -102,3 +102,95 @@ fn logs_written_to_a_file_have_no_colour_codes() {
     assert!(!log.contains('\u{1b}'), "ANSI codes in a log file: {log:?}");
     assert!(log.contains("trainyard ui"), "{log}");
 }
+
+#[test]
+fn two_agents_cannot_share_a_name_and_fake_gpus_are_unique_per_agent() {
+    let env = Env::new();
+    let (_d, url) = env.up("up", &["--no-agent", "--lease", "3s"]);
+    let token = env.token();
+    let token_file = env.path("token");
+    std::fs::write(&token_file, &token).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let tf = token_file.to_str().unwrap().to_string();
+    let agent = |home: &str, log: &str| {
+        let h = env.path(home).to_str().unwrap().to_string();
+        env.spawn(
+            log,
+            &[
+                "agent",
+                "--server",
+                &url,
+                "--agent-name",
+                "vm",
+                "--token-file",
+                &tf,
+                "--fake-gpus",
+                "1xA100-80GB",
+                "--home",
+                &h,
+            ],
+        )
+    };
+    // Two cloned servers: same name, each with its own home (identity).
+    let mut first = agent("server-a", "agent-a");
+    wait_for(Duration::from_secs(10), || {
+        get_json(&url, "/api/v1/agents", None)
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    });
+    let uuid_a = get_json(&url, "/api/v1/agents", None)[0]["report"]["gpus"][0]["uuid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut second = agent("server-b", "agent-b");
+    let status = second.child.wait().unwrap();
+    assert!(!status.success(), "a second live agent took the name");
+    let err = second.stderr();
+    assert!(err.contains("taken by a live agent"), "{err}");
+    assert!(err.contains("--agent-name"), "{err}");
+    // The first kept its GPUs.
+    let agents = get_json(&url, "/api/v1/agents", None);
+    assert_eq!(agents[0]["report"]["gpus"][0]["uuid"], uuid_a.as_str());
+    // In one home, a second agent of the same name is refused at once.
+    let o = env
+        .cmd()
+        .args([
+            "agent",
+            "--server",
+            &url,
+            "--agent-name",
+            "vm",
+            "--token-file",
+            &tf,
+            "--home",
+        ])
+        .arg(env.path("server-a"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("already runs from the Trainyard home"),
+        "{err}"
+    );
+    // Once the first is gone for a lease, the name is free; the newcomer
+    // has GPUs of its own (UUIDs from its identity, not the name).
+    first.kill9();
+    std::thread::sleep(Duration::from_millis(3500));
+    let _b = agent("server-b", "agent-b2");
+    wait_for(Duration::from_secs(10), || {
+        let a = get_json(&url, "/api/v1/agents", None);
+        a[0]["report"]["gpus"][0]["uuid"]
+            .as_str()
+            .is_some_and(|u| u != uuid_a)
+    });
+    // A restarted agent keeps its identity (and so its GPU UUIDs).
+    let id_b = std::fs::read_to_string(env.path("server-b/agent/vm/id")).unwrap();
+    assert_eq!(id_b.trim().len(), 32);
+}
