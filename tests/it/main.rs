@@ -4,6 +4,7 @@
 mod support;
 
 mod queue_daemon;
+mod remote_hostile;
 mod remote_s3;
 mod runs_index;
 mod store_cli;
