@@ -81,10 +81,10 @@ fn add_remote(env: &Env, endpoint: &str) {
 /// A bucket holding two versions of `ds`: X (tag `v1`) and Y (newer, with
 /// `evil.txt`); each has a 200 KiB file stored loose and small files packed.
 struct Lab {
-    env: Env,
+    /// Holds the temp dir (and the pushing machine's home).
+    _env: Env,
     s3: S3Server,
     data_x: PathBuf,
-    data_y: PathBuf,
     x: String,
     y: String,
     big_id: String,
@@ -131,10 +131,9 @@ fn lab() -> Lab {
     add_remote(&env, &s3.url);
     ok(&env, &["data", "push", "--all"]);
     Lab {
-        env,
+        _env: env,
         s3,
         data_x,
-        data_y,
         x,
         y,
         big_id: blake3::hash(&big).to_hex().to_string(),
