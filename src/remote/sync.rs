@@ -166,6 +166,8 @@ impl RemoteIndex {
 /// warnings about keys skipped.
 struct Conn<'a> {
     remote: &'a Remote,
+    /// The directory of a `file://` remote, listed by [`dir_list`].
+    dir: Option<PathBuf>,
     cache: PathBuf,
     requests: AtomicU64,
     warnings: Mutex<Vec<String>>,
@@ -181,8 +183,13 @@ fn hex_id(remote: &Remote, key: &str, s: &str) -> Result<ObjectId> {
 
 impl<'a> Conn<'a> {
     fn new(remote: &'a Remote, home: &crate::Home) -> Conn<'a> {
+        let dir = match super::config::parse_url(&remote.config.url) {
+            Ok(super::config::Location::Dir(p)) => Some(p),
+            _ => None,
+        };
         Conn {
             remote,
+            dir,
             cache: home.root().join("remotes").join(&remote.name),
             requests: AtomicU64::new(0),
             warnings: Mutex::new(Vec::new()),
@@ -293,6 +300,25 @@ impl<'a> Conn<'a> {
     async fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
         let prefix = self.remote.key(rel);
         self.count();
+        if let Some(dir) = &self.dir {
+            // object_store's directory listing ends at the first file name
+            // it cannot represent, losing every key after it: walk it here.
+            let (dir, rel_owned) = (dir.clone(), rel.to_string());
+            let (items, bad) = tokio::task::spawn_blocking(move || dir_list(&dir, &rel_owned))
+                .await
+                .map_err(|e| {
+                    self.remote.err(
+                        "list",
+                        &prefix,
+                        object_store::Error::JoinError { source: e },
+                    )
+                })?
+                .map_err(|e| self.remote.err("list", &prefix, e))?;
+            for (k, reason) in bad {
+                self.warn(&k, &reason);
+            }
+            return Ok(items);
+        }
         let root_parts = self.remote.root.parts().count();
         let mut items: Vec<object_store::ObjectMeta> = Vec::new();
         let mut listing = self.remote.store.list(Some(&prefix));
@@ -600,6 +626,71 @@ impl<'a> Conn<'a> {
             tracing::warn!(error = %e, "could not record the remote tags seen");
         }
     }
+}
+
+/// The files below `rel` of a directory remote `dir`, as (key relative to
+/// the remote, size), like `LocalFileSystem::list` (symlinks followed, its
+/// `NAME#123` staging files left out), plus the names skipped because they
+/// are not valid keys (not UTF-8, control characters, …) with the reason.
+#[allow(clippy::type_complexity)]
+fn dir_list(
+    dir: &Path,
+    rel: &str,
+) -> object_store::Result<(Vec<(String, u64)>, Vec<(String, String)>)> {
+    let io = |path: &Path, e: std::io::Error| object_store::Error::Generic {
+        store: "directory",
+        source: format!("{}: {e}", path.display()).into(),
+    };
+    let mut items = Vec::new();
+    let mut bad = Vec::new();
+    let rel = rel.trim_matches('/').to_string();
+    let mut stack = vec![(dir.join(&rel), rel, 0usize)];
+    while let Some((path, key, depth)) = stack.pop() {
+        let entries = match std::fs::read_dir(&path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path, e)),
+        };
+        for e in entries {
+            let e = e.map_err(|e| io(&path, e))?;
+            let name = e.file_name();
+            let shown = name.to_string_lossy().to_string();
+            let k = if key.is_empty() {
+                shown.clone()
+            } else {
+                format!("{key}/{shown}")
+            };
+            let valid = name
+                .to_str()
+                .is_some_and(|n| object_store::path::PathPart::parse(n).is_ok() && !n.is_empty());
+            if !valid {
+                bad.push((
+                    k,
+                    "not a valid key (control or reserved characters, or not UTF-8)".to_string(),
+                ));
+                continue;
+            }
+            let p = e.path();
+            // Follows symlinks, as object_store does; a dangling one is skipped.
+            let Ok(m) = std::fs::metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                // Keys are at most 5 levels deep; deeper is a loop or junk.
+                if depth < 8 {
+                    stack.push((p, k, depth + 1));
+                }
+            } else if m.is_file()
+                && !shown
+                    .split_once('#')
+                    .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                items.push((k, m.len()));
+            }
+        }
+    }
+    items.sort();
+    Ok((items, bad))
 }
 
 /// Upload one large object from its loose file, in parts.

@@ -517,6 +517,8 @@ fn control_characters_from_a_remote_are_escaped_by_log() {
             "ds",
             "-m",
             message,
+            "--tag",
+            "good",
         ])
         .output()
         .unwrap();
@@ -536,6 +538,19 @@ fn control_characters_from_a_remote_are_escaped_by_log() {
             .to_string()
             .as_bytes(),
     );
+
+    // Valid tags beside it, so a listing that ended at the bad name would
+    // lose some (readdir order is arbitrary: 20 make that near certain).
+    for i in 0..20 {
+        write(
+            &env.path(&format!(
+                "nas/datasets/ds/tags/ok{i:02}/00000000000000000001.json"
+            )),
+            serde_json::json!({"format": 1, "version": id, "author": "m", "set_ns": 1})
+                .to_string()
+                .as_bytes(),
+        );
+    }
 
     let b = Env::new();
     b.ok(&["remote", "add", "nas", &url]);
@@ -558,8 +573,54 @@ fn control_characters_from_a_remote_are_escaped_by_log() {
         "{text}"
     );
     assert!(text.contains("mal\\u{1b}]0;title\\u{7}lory"), "{text}");
+    let ls = b.ok(&["data", "ls", "--remote"]);
+    assert!(
+        !ls.contains('\x1b') && !ls.contains('\r'),
+        "raw in ls --remote: {ls:?}"
+    );
+    assert!(ls.contains("line one\\u{1b}[2J"), "{ls}");
     let j = b.json(&["data", "log", "ds"]);
     assert_eq!(j[0]["message"], message);
     assert_eq!(j[0]["author"], author);
-    assert_eq!(j[0]["tags"], serde_json::json!([]));
+    // The bad tag is skipped; the good one beside it is not lost with it.
+    let mut want = vec!["good".to_string()];
+    want.extend((0..20).map(|i| format!("ok{i:02}")));
+    let mut got: Vec<String> = serde_json::from_value(j[0]["tags"].clone()).unwrap();
+    got.sort();
+    assert_eq!(got, want);
+}
+
+/// Locally too, 64 hex digits always mean that version: `data tag` refuses
+/// such a name, and in a catalog that already holds one (copied from a
+/// remote by an older Trainyard) the full id still wins over the tag.
+#[test]
+fn a_full_version_id_is_never_shadowed_by_a_local_tag() {
+    let env = Env::new();
+    let (a, b) = (env.path("a"), env.path("b"));
+    write(&a.join("a.txt"), b"a\n");
+    write(&b.join("b.txt"), b"b\n");
+    env.ok(&["data", "add", a.to_str().unwrap(), "--name", "ds"]);
+    env.ok(&["data", "add", b.to_str().unwrap(), "--name", "ds"]);
+    let log = env.json(&["data", "log", "ds"]);
+    let (y, x) = (
+        log[0]["id"].as_str().unwrap().to_string(),
+        log[1]["id"].as_str().unwrap().to_string(),
+    );
+    let e = env.fail(&["data", "tag", &format!("ds@{y}"), &x]);
+    assert!(e.contains("64 hex digits"), "{e}");
+    let e = env.fail(&["data", "tag", &format!("ds@{y}"), &x.to_uppercase()]);
+    assert!(e.contains("64 hex digits"), "{e}");
+    env.ok(&["data", "tag", &format!("ds@{y}"), "2024"]);
+
+    let db = rusqlite::Connection::open(env.home.join("catalog.db")).unwrap();
+    db.execute(
+        "INSERT INTO tags (dataset_id, name, manifest, created_ns)
+         SELECT dataset_id, ?1, manifest, 1 FROM tags WHERE name = '2024'",
+        rusqlite::params![x],
+    )
+    .unwrap();
+    drop(db);
+    let co = env.path("co");
+    env.ok(&["data", "checkout", &format!("ds@{x}"), co.to_str().unwrap()]);
+    assert!(co.join("a.txt").exists() && !co.join("b.txt").exists());
 }
