@@ -200,16 +200,17 @@ impl<'a> Conn<'a> {
         Error::Corrupt {
             remote: self.remote.name.clone(),
             key: format::printable(key),
-            reason: reason.into(),
+            reason: format::printable(&reason.into()),
         }
     }
 
     /// Report a key skipped as damaged or not in the format (once).
     fn warn(&self, key: &str, reason: &str) {
         let msg = format!(
-            "remote {}: {}: {reason}; skipped",
+            "remote {}: {}: {}; skipped",
             self.remote.name,
-            format::printable(key)
+            format::printable(key),
+            format::printable(reason)
         );
         tracing::warn!("{msg}");
         if let Ok(mut w) = self.warnings.lock() {
@@ -1103,8 +1104,9 @@ pub async fn fetch(
     let conn = Conn::new(remote, home);
     conn.check_marker(false).await?;
     let rec = resolve_remote(&conn, &r.dataset, r.reference.as_deref()).await?;
-    let vkey = format::version_key(&r.dataset, &rec.id.parse().unwrap_or(ObjectId::ZERO));
-    let vid = hex_id(remote, &vkey, &rec.id)?;
+    // (version_record checked that the id is its key's.)
+    let vid = hex_id(remote, &format!("datasets/{}/versions", r.dataset), &rec.id)?;
+    let vkey = format::version_key(&r.dataset, &vid);
     // resolve_remote checks this already; a full id asked for is the id got.
     if let Some(want) = r
         .reference
