@@ -245,17 +245,20 @@ pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
             if ctx.json {
                 output::json(&vs)?;
             } else {
+                // Messages, authors and sources may come from a remote:
+                // escaped here, exact in --json.
                 for v in vs {
                     let tags = if v.tags.is_empty() {
                         String::new()
                     } else {
-                        format!(" ({})", v.tags.join(", "))
+                        let t: Vec<String> = v.tags.iter().map(|t| output::clean(t)).collect();
+                        format!(" ({})", t.join(", "))
                     };
                     println!("version {}{tags}", v.id);
                     println!(
                         "  date:    {}   author: {}",
                         output::time(v.created_ns),
-                        v.author
+                        output::clean(&v.author)
                     );
                     println!(
                         "  content: {} files, {} ({} new)",
@@ -264,10 +267,10 @@ pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
                         output::bytes(v.new_bytes)
                     );
                     if let Some(s) = &v.source {
-                        println!("  from:    {s}");
+                        println!("  from:    {}", output::clean(s));
                     }
                     if !v.message.is_empty() {
-                        println!("\n    {}", v.message);
+                        println!("\n    {}", output::clean(&v.message));
                     }
                     println!();
                 }

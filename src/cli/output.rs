@@ -29,6 +29,13 @@ pub fn time(ns: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Text from elsewhere (a remote's messages, authors, tags) made safe to
+/// print: control characters and invisible reordering characters escaped
+/// (`\n`, `\u{1b}`), so it cannot move the cursor, recolour or fake lines.
+pub fn clean(s: &str) -> String {
+    trainyard::remote::format::printable(s)
+}
+
 /// `s` cut to `n` characters, with an ellipsis when cut.
 pub fn short(s: &str, n: usize) -> String {
     if s.chars().count() <= n {

@@ -446,7 +446,7 @@ pub fn ls(ctx: &Ctx, name: Option<&str>, dataset: Option<&str>) -> anyhow::Resul
                 output::time(v.created_ns),
                 v.files,
                 output::bytes(v.bytes),
-                v.message
+                output::clean(&v.message)
             );
         }
     }

@@ -26,6 +26,17 @@ pub const MARKER: &str = "trainyard-remote.json";
 pub const IDX_MAGIC: &[u8; 8] = b"TYIDX\0\0\0";
 /// Bytes per index entry: id, u64 offset, u32 length.
 const IDX_ENTRY: usize = 44;
+/// Where the first object's bytes start in a pack: the 12-byte pack header
+/// and the 36-byte object header. No index entry may point before it.
+pub const PACK_FIRST_BYTES: u64 = 12 + 36;
+/// The largest JSON record (marker, version record, tag step) a reader
+/// accepts; it reads no further.
+pub const MAX_RECORD: u64 = 1 << 20;
+/// The largest pack index a reader accepts (a 32 MiB pack of empty objects
+/// has an index of about 40 MiB).
+pub const MAX_IDX: u64 = 256 << 20;
+/// The largest manifest a reader accepts (about 20 million files).
+pub const MAX_MANIFEST: u64 = 2 << 30;
 
 /// The key of a pack.
 pub fn pack_key(id: &ObjectId) -> String {
@@ -112,7 +123,10 @@ pub fn encode_idx(entries: &[(ObjectId, u64, u64)]) -> Vec<u8> {
     out
 }
 
-/// Decode a pack index, checking its checksum; `Err` says what is wrong.
+/// Decode a pack index, checking its checksum, that its entries are sorted
+/// by id without duplicates, and that each lies after the pack's first
+/// object header without overflowing; `Err` says what is wrong. (Whether the
+/// entries fit in the pack is checked against the pack's size by the reader.)
 pub fn decode_idx(bytes: &[u8]) -> Result<Vec<(ObjectId, u64, u64)>, String> {
     if bytes.len() < 16 + 32 || &bytes[..8] != IDX_MAGIC {
         return Err("not a Trainyard pack index (bad magic or too short)".into());
@@ -129,16 +143,42 @@ pub fn decode_idx(bytes: &[u8]) -> Result<Vec<(ObjectId, u64, u64)>, String> {
     if body.len() != 16 + n * IDX_ENTRY {
         return Err(format!("pack index length does not match its {n} entries"));
     }
-    Ok(body[16..]
-        .chunks_exact(IDX_ENTRY)
-        .map(|c| {
-            (
-                ObjectId(c[..32].try_into().expect("32 bytes")),
-                u64::from_le_bytes(c[32..40].try_into().expect("8 bytes")),
-                u64::from(u32::from_le_bytes(c[40..44].try_into().expect("4 bytes"))),
-            )
-        })
-        .collect())
+    let mut out: Vec<(ObjectId, u64, u64)> = Vec::with_capacity(n);
+    for c in body[16..].chunks_exact(IDX_ENTRY) {
+        let id = ObjectId(c[..32].try_into().expect("32 bytes"));
+        let off = u64::from_le_bytes(c[32..40].try_into().expect("8 bytes"));
+        let len = u64::from(u32::from_le_bytes(c[40..44].try_into().expect("4 bytes")));
+        if out.last().is_some_and(|p| p.0 >= id) {
+            return Err(format!(
+                "pack index entries are not sorted by id, or object {id} is listed twice"
+            ));
+        }
+        if off < PACK_FIRST_BYTES || off.checked_add(len).is_none() {
+            return Err(format!(
+                "pack index entry for object {id} has an impossible offset {off} (length {len})"
+            ));
+        }
+        out.push((id, off, len));
+    }
+    Ok(out)
+}
+
+/// `s` with control characters (and the invisible Unicode format characters
+/// that reorder or hide text) escaped as `\n`, `\r`, `\t` or `\u{1b}`, for
+/// showing text that came from a remote in a terminal.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let hidden = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || hidden => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -149,7 +189,7 @@ mod tests {
     fn idx_round_trip_and_damage() {
         let e = vec![
             (ObjectId::of_bytes(b"b"), 48, 1),
-            (ObjectId::of_bytes(b"a"), 12, 1),
+            (ObjectId::of_bytes(b"a"), 85, 1),
         ];
         let enc = encode_idx(&e);
         let mut sorted = e.clone();
@@ -160,5 +200,41 @@ mod tests {
         assert!(decode_idx(&bad).unwrap_err().contains("checksum"));
         assert!(decode_idx(b"nope").is_err());
         assert!(decode_idx(&enc[..enc.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn idx_entries_must_be_sorted_and_inside_a_pack() {
+        let (a, b) = (ObjectId::of_bytes(b"a"), ObjectId::of_bytes(b"b"));
+        // encode_idx sorts; build unsorted and impossible ones by hand.
+        let raw = |e: &[(ObjectId, u64, u32)]| {
+            let mut out = IDX_MAGIC.to_vec();
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+            for (id, off, len) in e {
+                out.extend_from_slice(&id.0);
+                out.extend_from_slice(&off.to_le_bytes());
+                out.extend_from_slice(&len.to_le_bytes());
+            }
+            let h = blake3::hash(&out);
+            out.extend_from_slice(h.as_bytes());
+            out
+        };
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        assert!(decode_idx(&raw(&[(lo, 48, 1), (hi, 85, 1)])).is_ok());
+        let e = decode_idx(&raw(&[(hi, 48, 1), (lo, 85, 1)])).unwrap_err();
+        assert!(e.contains("not sorted"), "{e}");
+        assert!(decode_idx(&raw(&[(lo, 48, 1), (lo, 85, 1)])).is_err());
+        let e = decode_idx(&raw(&[(lo, 12, 1)])).unwrap_err();
+        assert!(e.contains("impossible offset"), "{e}");
+        assert!(decode_idx(&raw(&[(lo, u64::MAX - 2, 9)])).is_err());
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_obey() {
+        assert_eq!(printable("plain é ✓"), "plain é ✓");
+        assert_eq!(
+            printable("a\u{1b}[2J\r\n\t\u{7}\u{202e}\u{9b}z"),
+            "a\\u{1b}[2J\\r\\n\\t\\u{7}\\u{202e}\\u{9b}z"
+        );
     }
 }

@@ -7,12 +7,22 @@
 //! worst packs without an index (ignored, and re-sent) and objects no
 //! version names yet; a re-run sends only what is still missing.
 //!
-//! Pull verifies every object against its id before the store sees it and
-//! records the version only when all its objects are in the store.
+//! Pull trusts nothing the remote says until it is checked against what was
+//! asked for: a version record must name the version its key names, the
+//! manifest must hash to that id, every object must hash to its id and may
+//! not be longer than the manifest says (reading stops there), and pack
+//! index entries must lie inside their pack. Everything is checked before
+//! the version is recorded, so a refused pull leaves the catalog as it was.
+//! Garbage keys that a pull does not need (a tag step that is not a tag, an
+//! index that is not an index, a name that is not an id) are skipped and
+//! reported by key in [`PullReport::warnings`] and as `tracing` warnings;
+//! text from the remote is escaped ([`format::printable`]) wherever it
+//! names a key.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -120,6 +130,9 @@ pub struct PullReport {
     pub tags_set: Vec<String>,
     /// Remote tags not copied because the local tag names another version.
     pub tags_kept: Vec<String>,
+    /// Keys on the remote that were skipped as damaged or not in the
+    /// format (each names the remote and the key, escaped).
+    pub warnings: Vec<String>,
     /// Seconds.
     pub seconds: f64,
 }
@@ -149,11 +162,15 @@ impl RemoteIndex {
     }
 }
 
-/// A remote plus the local cache directory and a request counter.
+/// A remote plus the local cache directory, a request counter and the
+/// warnings about keys skipped.
 struct Conn<'a> {
     remote: &'a Remote,
+    /// The directory of a `file://` remote, listed by [`dir_list`].
+    dir: Option<PathBuf>,
     cache: PathBuf,
     requests: AtomicU64,
+    warnings: Mutex<Vec<String>>,
 }
 
 fn hex_id(remote: &Remote, key: &str, s: &str) -> Result<ObjectId> {
@@ -166,29 +183,93 @@ fn hex_id(remote: &Remote, key: &str, s: &str) -> Result<ObjectId> {
 
 impl<'a> Conn<'a> {
     fn new(remote: &'a Remote, home: &crate::Home) -> Conn<'a> {
+        let dir = match super::config::parse_url(&remote.config.url) {
+            Ok(super::config::Location::Dir(p)) => Some(p),
+            _ => None,
+        };
         Conn {
             remote,
+            dir,
             cache: home.root().join("remotes").join(&remote.name),
             requests: AtomicU64::new(0),
+            warnings: Mutex::new(Vec::new()),
         }
+    }
+
+    fn corrupt(&self, key: &str, reason: impl Into<String>) -> Error {
+        Error::Corrupt {
+            remote: self.remote.name.clone(),
+            key: format::printable(key),
+            reason: format::printable(&reason.into()),
+        }
+    }
+
+    /// Report a key skipped as damaged or not in the format (once).
+    fn warn(&self, key: &str, reason: &str) {
+        let msg = format!(
+            "remote {}: {}: {}; skipped",
+            self.remote.name,
+            format::printable(key),
+            format::printable(reason)
+        );
+        tracing::warn!("{msg}");
+        if let Ok(mut w) = self.warnings.lock() {
+            if !w.contains(&msg) {
+                w.push(msg);
+            }
+        }
+    }
+
+    /// Skip what [`Error::Corrupt`] names (with a warning); pass other errors.
+    fn skip<T>(&self, r: Result<Option<T>>) -> Result<Option<T>> {
+        match r {
+            Err(Error::Corrupt { key, reason, .. }) => {
+                self.warn(&key, &reason);
+                Ok(None)
+            }
+            r => r,
+        }
+    }
+
+    fn take_warnings(&self) -> Vec<String> {
+        self.warnings
+            .lock()
+            .map(|mut w| std::mem::take(&mut *w))
+            .unwrap_or_default()
     }
 
     fn count(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    async fn get(&self, rel: &str) -> Result<Option<Bytes>> {
+    /// Read a whole key, refusing (and reading no further than) `max` bytes.
+    async fn get(&self, rel: &str, max: u64) -> Result<Option<Bytes>> {
         let key = self.remote.key(rel);
         self.count();
-        match self.remote.store.get(&key).await {
-            Ok(r) => Ok(Some(
-                r.bytes()
-                    .await
-                    .map_err(|e| self.remote.err("read", &key, e))?,
-            )),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(self.remote.err("read", &key, e)),
+        let got = match self.remote.store.get(&key).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.remote.err("read", &key, e)),
+        };
+        let too_big = || {
+            self.corrupt(
+                rel,
+                format!("larger than {max} bytes, the most a reader accepts here"),
+            )
+        };
+        if got.meta.size > max {
+            return Err(too_big());
         }
+        let mut buf = Vec::with_capacity(got.meta.size as usize);
+        let mut s = got.into_stream();
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| self.remote.err("read", &key, e))?;
+            if (buf.len() + chunk.len()) as u64 > max {
+                return Err(too_big());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Some(Bytes::from(buf)))
     }
 
     async fn put(&self, rel: &str, body: Bytes, create: bool) -> Result<bool> {
@@ -214,18 +295,41 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// Keys under `rel` (recursively), relative to the remote root.
+    /// Keys under `rel` (recursively), relative to the remote root. A key
+    /// that is not a valid path (control characters in a directory remote's
+    /// file name, say) is skipped with a warning.
     async fn list(&self, rel: &str) -> Result<Vec<(String, u64)>> {
         let prefix = self.remote.key(rel);
         self.count();
+        if let Some(dir) = &self.dir {
+            // object_store's directory listing ends at the first file name
+            // it cannot represent, losing every key after it: walk it here.
+            let (dir, rel_owned) = (dir.clone(), rel.to_string());
+            let (items, bad) = tokio::task::spawn_blocking(move || dir_list(&dir, &rel_owned))
+                .await
+                .map_err(|e| {
+                    self.remote.err(
+                        "list",
+                        &prefix,
+                        object_store::Error::JoinError { source: e },
+                    )
+                })?
+                .map_err(|e| self.remote.err("list", &prefix, e))?;
+            for (k, reason) in bad {
+                self.warn(&k, &reason);
+            }
+            return Ok(items);
+        }
         let root_parts = self.remote.root.parts().count();
-        let items: Vec<object_store::ObjectMeta> = self
-            .remote
-            .store
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.remote.err("list", &prefix, e))?;
+        let mut items: Vec<object_store::ObjectMeta> = Vec::new();
+        let mut listing = self.remote.store.list(Some(&prefix));
+        while let Some(item) = listing.next().await {
+            match item {
+                Ok(m) => items.push(m),
+                Err(e @ object_store::Error::InvalidPath { .. }) => self.warn(rel, &e.to_string()),
+                Err(e) => return Err(self.remote.err("list", &prefix, e)),
+            }
+        }
         // One request per 1000 keys, as S3 pages them.
         self.requests
             .fetch_add((items.len() / 1000) as u64, Ordering::Relaxed);
@@ -245,7 +349,7 @@ impl<'a> Conn<'a> {
 
     /// Check (or on push, write) the format marker.
     async fn check_marker(&self, create: bool) -> Result<()> {
-        match self.get(format::MARKER).await? {
+        match self.get(format::MARKER, format::MAX_RECORD).await? {
             Some(b) => {
                 let v: serde_json::Value =
                     serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
@@ -273,50 +377,90 @@ impl<'a> Conn<'a> {
     }
 
     /// Which objects the remote has: every pack index (cached locally, they
-    /// never change) and the loose objects.
+    /// never change) and the loose objects. An index that is damaged, names
+    /// a pack that is not there, or has an entry outside its pack is skipped
+    /// with a warning (its objects count as absent).
     async fn index(&self, jobs: usize) -> Result<RemoteIndex> {
         let idx_dir = self.cache.join("idx");
         std::fs::create_dir_all(&idx_dir)
             .map_err(|e| Error::Config(format!("cannot create {}: {e}", idx_dir.display())))?;
         let listed = self.list("packs").await?;
         let mut idx = RemoteIndex::default();
-        let ids: Vec<ObjectId> = listed
-            .iter()
-            .filter_map(|(k, _)| k.strip_prefix("packs/")?.strip_suffix(".idx"))
-            .map(|h| hex_id(self.remote, h, h))
-            .collect::<Result<_>>()?;
-        let loaded: Vec<(ObjectId, Vec<IdxEntry>)> = stream::iter(ids)
+        let mut pack_sizes: HashMap<ObjectId, u64> = HashMap::new();
+        let mut ids: Vec<ObjectId> = Vec::new();
+        for (k, size) in &listed {
+            let name = k.strip_prefix("packs/").unwrap_or(k);
+            if let Some(h) = name.strip_suffix(".idx") {
+                match h.parse::<ObjectId>() {
+                    Ok(id) => ids.push(id),
+                    Err(_) => self.warn(k, "not a pack index key (packs/<64 hex digits>.idx)"),
+                }
+            } else if let Some(id) = name
+                .strip_suffix(".pack")
+                .and_then(|h| h.parse::<ObjectId>().ok())
+            {
+                pack_sizes.insert(id, *size);
+            } else {
+                self.warn(k, "not a pack or pack index key");
+            }
+        }
+        let pack_sizes = &pack_sizes;
+        let loaded: Vec<Option<(ObjectId, Vec<IdxEntry>)>> = stream::iter(ids)
             .map(|pack| {
                 let idx_dir = &idx_dir;
                 async move {
+                    let key = format::idx_key(&pack);
                     let cached = idx_dir.join(format!("{}.idx", pack.to_hex()));
-                    let bytes = match std::fs::read(&cached) {
-                        Ok(b) => Bytes::from(b),
-                        Err(_) => {
-                            let key = format::idx_key(&pack);
-                            let b = self.get(&key).await?.ok_or_else(|| Error::Corrupt {
-                                remote: self.remote.name.clone(),
-                                key: key.clone(),
-                                reason: "listed but gone".into(),
-                            })?;
-                            b
+                    // A cached index was checked when cached; one damaged
+                    // since is read again from the remote.
+                    let from_cache = std::fs::read(&cached)
+                        .ok()
+                        .and_then(|b| format::decode_idx(&b).ok());
+                    let (entries, fresh) = match from_cache {
+                        Some(e) => (e, None),
+                        None => {
+                            let Some(b) = self.get(&key, format::MAX_IDX).await? else {
+                                self.warn(&key, "listed but gone");
+                                return Ok(None);
+                            };
+                            match format::decode_idx(&b) {
+                                Ok(e) => (e, Some(b)),
+                                Err(reason) => {
+                                    self.warn(&key, &reason);
+                                    return Ok(None);
+                                }
+                            }
                         }
                     };
-                    let entries = format::decode_idx(&bytes).map_err(|reason| Error::Corrupt {
-                        remote: self.remote.name.clone(),
-                        key: format::idx_key(&pack),
-                        reason,
-                    })?;
-                    if !cached.exists() {
-                        let _ = crate::store::write_file_atomic(&cached, &bytes);
+                    let Some(&size) = pack_sizes.get(&pack) else {
+                        self.warn(
+                            &key,
+                            &format!("its pack {} is not on the remote", format::pack_key(&pack)),
+                        );
+                        return Ok(None);
+                    };
+                    if let Some((id, off, len)) =
+                        entries.iter().find(|(_, off, len)| off + len > size)
+                    {
+                        self.warn(
+                            &key,
+                            &format!(
+                                "object {id} at bytes {off}..{} lies outside its {size}-byte pack",
+                                off + len
+                            ),
+                        );
+                        return Ok(None);
                     }
-                    Ok::<_, Error>((pack, entries))
+                    if let Some(b) = fresh {
+                        let _ = crate::store::write_file_atomic(&cached, &b);
+                    }
+                    Ok::<_, Error>(Some((pack, entries)))
                 }
             })
             .buffer_unordered(jobs.max(1) * 2)
             .try_collect()
             .await?;
-        for (pack, entries) in loaded {
+        for (pack, entries) in loaded.into_iter().flatten() {
             for (id, off, len) in entries {
                 idx.packed.entry(id).or_insert((pack, off, len));
             }
@@ -324,48 +468,89 @@ impl<'a> Conn<'a> {
         for (k, _) in self.list("objects").await? {
             if let Some(h) = k.rsplit('/').next() {
                 if let Ok(id) = h.parse::<ObjectId>() {
-                    idx.loose.insert(id);
+                    if k == format::object_key(&id) {
+                        idx.loose.insert(id);
+                        continue;
+                    }
                 }
             }
+            self.warn(&k, "not an object key (objects/<xx>/<64 hex digits>)");
         }
         Ok(idx)
     }
 
+    /// The versions of `dataset` the remote lists; keys that are not
+    /// `versions/<id>.json` are skipped with a warning.
     async fn version_ids(&self, dataset: &str) -> Result<Vec<ObjectId>> {
         let prefix = format!("datasets/{dataset}/versions");
         let mut out = Vec::new();
         for (k, _) in self.list(&prefix).await? {
-            if let Some(h) = k.rsplit('/').next().and_then(|n| n.strip_suffix(".json")) {
-                out.push(hex_id(self.remote, &k, h)?);
+            match k
+                .rsplit('/')
+                .next()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|h| h.parse::<ObjectId>().ok())
+            {
+                Some(id) if k == format::version_key(dataset, &id) => out.push(id),
+                _ => self.warn(
+                    &k,
+                    "not a version record key (versions/<64 hex digits>.json)",
+                ),
             }
         }
         Ok(out)
     }
 
+    /// The version record of `id`, checked: it must be version `id` of
+    /// `dataset` (a record naming another version under this key would make
+    /// a pull of `id` fetch that one instead).
     async fn version_record(&self, dataset: &str, id: &ObjectId) -> Result<Option<VersionRecord>> {
         let key = format::version_key(dataset, id);
-        let Some(b) = self.get(&key).await? else {
+        let Some(b) = self.get(&key, format::MAX_RECORD).await? else {
             return Ok(None);
         };
-        let r: VersionRecord = serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
-            remote: self.remote.name.clone(),
-            key: key.clone(),
-            reason: e.to_string(),
-        })?;
+        let r: VersionRecord =
+            serde_json::from_slice(&b).map_err(|e| self.corrupt(&key, e.to_string()))?;
+        if r.format != format::FORMAT {
+            return Err(self.corrupt(
+                &key,
+                format!("record format {} is not {}", r.format, format::FORMAT),
+            ));
+        }
+        if r.id != id.to_hex() {
+            return Err(self.corrupt(
+                &key,
+                format!(
+                    "the record names version {}, not {id} as its key does; refusing the substituted version",
+                    format::printable(&r.id)
+                ),
+            ));
+        }
+        if r.dataset != dataset {
+            return Err(self.corrupt(
+                &key,
+                format!(
+                    "the record is of dataset {}, not {dataset}",
+                    format::printable(&r.dataset)
+                ),
+            ));
+        }
         Ok(Some(r))
     }
 
-    /// A tag's current (seq, record) on the remote.
+    /// A tag's current (seq, record) on the remote, checked: the step must
+    /// be a tag record of this format naming a version id.
     async fn tag(&self, dataset: &str, tag: &str) -> Result<Option<(u64, TagRecord)>> {
         let prefix = format!("datasets/{dataset}/tags/{tag}");
         let mut best: Option<(u64, String)> = None;
         for (k, _) in self.list(&prefix).await? {
             let Some(seq) = k
-                .rsplit('/')
-                .next()
+                .strip_prefix(&format!("{prefix}/"))
                 .and_then(|n| n.strip_suffix(".json"))
+                .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|n| n.parse::<u64>().ok())
             else {
+                self.warn(&k, "not a tag step key (tags/<tag>/<20 digits>.json)");
                 continue;
             };
             if best.as_ref().is_none_or(|(s, _)| seq > *s) {
@@ -375,32 +560,50 @@ impl<'a> Conn<'a> {
         let Some((seq, key)) = best else {
             return Ok(None);
         };
-        let b = self.get(&key).await?.ok_or_else(|| Error::Corrupt {
-            remote: self.remote.name.clone(),
-            key: key.clone(),
-            reason: "listed but gone".into(),
-        })?;
-        let r: TagRecord = serde_json::from_slice(&b).map_err(|e| Error::Corrupt {
-            remote: self.remote.name.clone(),
-            key,
-            reason: e.to_string(),
-        })?;
+        let b = self
+            .get(&key, format::MAX_RECORD)
+            .await?
+            .ok_or_else(|| self.corrupt(&key, "listed but gone"))?;
+        let r: TagRecord =
+            serde_json::from_slice(&b).map_err(|e| self.corrupt(&key, e.to_string()))?;
+        if r.format != format::FORMAT {
+            return Err(self.corrupt(
+                &key,
+                format!("tag step format {} is not {}", r.format, format::FORMAT),
+            ));
+        }
+        if r.version.parse::<ObjectId>().is_err() {
+            return Err(self.corrupt(
+                &key,
+                format!("{} is not a version id", format::printable(&r.version)),
+            ));
+        }
         Ok(Some((seq, r)))
     }
 
-    /// Tags on the remote for a dataset: name → (seq, version hex).
+    /// Tags on the remote for a dataset: name → (seq, version hex). A tag
+    /// whose name is not a valid local tag name (in particular one that
+    /// looks like a full version id, which would shadow that id) or whose
+    /// current step is damaged is skipped with a warning: one bad tag must
+    /// not stop every pull of the dataset.
     async fn tags(&self, dataset: &str) -> Result<BTreeMap<String, (u64, String)>> {
         let prefix = format!("datasets/{dataset}/tags");
-        let mut names = HashSet::new();
+        let mut names = BTreeMap::new();
         for (k, _) in self.list(&prefix).await? {
             let parts: Vec<&str> = k.split('/').collect();
             if parts.len() == 5 {
-                names.insert(parts[3].to_string());
+                names.entry(parts[3].to_string()).or_insert(k);
+            } else {
+                self.warn(&k, "not a tag step key (tags/<tag>/<20 digits>.json)");
             }
         }
         let mut out = BTreeMap::new();
-        for n in names {
-            if let Some((seq, r)) = self.tag(dataset, &n).await? {
+        for (n, key) in names {
+            if let Err(e) = crate::store::validate_tag_name(&n) {
+                self.warn(&key, &e.to_string());
+                continue;
+            }
+            if let Some((seq, r)) = self.skip(self.tag(dataset, &n).await)? {
                 out.insert(n, (seq, r.version));
             }
         }
@@ -424,6 +627,71 @@ impl<'a> Conn<'a> {
             tracing::warn!(error = %e, "could not record the remote tags seen");
         }
     }
+}
+
+/// The files below `rel` of a directory remote `dir`, as (key relative to
+/// the remote, size), like `LocalFileSystem::list` (symlinks followed, its
+/// `NAME#123` staging files left out), plus the names skipped because they
+/// are not valid keys (not UTF-8, control characters, …) with the reason.
+#[allow(clippy::type_complexity)]
+fn dir_list(
+    dir: &Path,
+    rel: &str,
+) -> object_store::Result<(Vec<(String, u64)>, Vec<(String, String)>)> {
+    let io = |path: &Path, e: std::io::Error| object_store::Error::Generic {
+        store: "directory",
+        source: format!("{}: {e}", path.display()).into(),
+    };
+    let mut items = Vec::new();
+    let mut bad = Vec::new();
+    let rel = rel.trim_matches('/').to_string();
+    let mut stack = vec![(dir.join(&rel), rel, 0usize)];
+    while let Some((path, key, depth)) = stack.pop() {
+        let entries = match std::fs::read_dir(&path) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&path, e)),
+        };
+        for e in entries {
+            let e = e.map_err(|e| io(&path, e))?;
+            let name = e.file_name();
+            let shown = name.to_string_lossy().to_string();
+            let k = if key.is_empty() {
+                shown.clone()
+            } else {
+                format!("{key}/{shown}")
+            };
+            let valid = name
+                .to_str()
+                .is_some_and(|n| object_store::path::PathPart::parse(n).is_ok() && !n.is_empty());
+            if !valid {
+                bad.push((
+                    k,
+                    "not a valid key (control or reserved characters, or not UTF-8)".to_string(),
+                ));
+                continue;
+            }
+            let p = e.path();
+            // Follows symlinks, as object_store does; a dangling one is skipped.
+            let Ok(m) = std::fs::metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                // Keys are at most 5 levels deep; deeper is a loop or junk.
+                if depth < 8 {
+                    stack.push((p, k, depth + 1));
+                }
+            } else if m.is_file()
+                && !shown
+                    .split_once('#')
+                    .is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                items.push((k, m.len()));
+            }
+        }
+    }
+    items.sort();
+    Ok((items, bad))
 }
 
 /// Upload one large object from its loose file, in parts.
@@ -743,9 +1011,10 @@ async fn resolve_remote(
     let reference = reference.filter(|r| *r != "latest");
     let id = match reference {
         None => {
+            // A damaged record is skipped (with a warning), not chosen.
             let mut best: Option<VersionRecord> = None;
             for id in &ids {
-                if let Some(r) = conn.version_record(dataset, id).await? {
+                if let Some(r) = conn.skip(conn.version_record(dataset, id).await)? {
                     if best.as_ref().is_none_or(|b| r.created_ns > b.created_ns) {
                         best = Some(r);
                     }
@@ -754,8 +1023,18 @@ async fn resolve_remote(
             return best.ok_or_else(|| not_found(format!("versions of {dataset}")));
         }
         Some(r) => {
-            if let Some((_, t)) = conn.tag(dataset, r).await? {
-                hex_id(conn.remote, r, &t.version)?
+            // Only a valid tag name is looked up as a tag: never a full
+            // version id, so a remote tag cannot stand in for an id.
+            let tag = match crate::store::validate_tag_name(r) {
+                Ok(()) => conn.tag(dataset, r).await?,
+                Err(_) => None,
+            };
+            if let Some((_, t)) = tag {
+                hex_id(
+                    conn.remote,
+                    &format!("datasets/{dataset}/tags/{r}"),
+                    &t.version,
+                )?
             } else {
                 let is_hex = r.len() >= 4 && r.bytes().all(|b| b.is_ascii_hexdigit());
                 let m: Vec<&ObjectId> = ids
@@ -825,13 +1104,29 @@ pub async fn fetch(
     let conn = Conn::new(remote, home);
     conn.check_marker(false).await?;
     let rec = resolve_remote(&conn, &r.dataset, r.reference.as_deref()).await?;
-    let vid = hex_id(remote, &rec.id, &rec.id)?;
+    // (version_record checked that the id is its key's.)
+    let vid = hex_id(remote, &format!("datasets/{}/versions", r.dataset), &rec.id)?;
+    let vkey = format::version_key(&r.dataset, &vid);
+    // resolve_remote checks this already; a full id asked for is the id got.
+    if let Some(want) = r
+        .reference
+        .as_deref()
+        .and_then(|x| x.to_ascii_lowercase().parse::<ObjectId>().ok())
+    {
+        if want != vid {
+            return Err(conn.corrupt(
+                &vkey,
+                format!("asked for version {want}, the remote answered {vid}"),
+            ));
+        }
+    }
     let mkey = format::manifest_key(&vid);
-    let mbytes = conn.get(&mkey).await?.ok_or_else(|| Error::Corrupt {
-        remote: remote.name.clone(),
-        key: mkey.clone(),
-        reason: "the version record exists but its manifest does not".into(),
-    })?;
+    let mbytes = conn
+        .get(&mkey, format::MAX_MANIFEST)
+        .await?
+        .ok_or_else(|| {
+            conn.corrupt(&mkey, "the version record exists but its manifest does not")
+        })?;
     let mut import = store.import()?;
     let manifest = import
         .put_manifest(&vid, &mbytes)
@@ -862,7 +1157,20 @@ pub async fn fetch(
         let mut by_pack: HashMap<ObjectId, Vec<(ObjectId, u64, u64)>> = HashMap::new();
         let mut loose = Vec::new();
         for (id, size) in &missing {
-            if let Some((pack, off, len)) = index.packed.get(id) {
+            // Large objects are stored loose; a pack index claiming one
+            // would make a pull hold it in memory whole, so it is not used.
+            let packed = index.packed.get(id);
+            if *size >= LOOSE && index.loose.contains(id) {
+                loose.push((*id, *size));
+            } else if let Some((pack, off, len)) = packed {
+                if *size >= LOOSE {
+                    return Err(conn.corrupt(
+                        &format::idx_key(pack),
+                        format!(
+                            "object {id} is {size} bytes and so stored loose, but only this index lists it (packed)"
+                        ),
+                    ));
+                }
                 if len != size {
                     return Err(Error::Corrupt {
                         remote: remote.name.clone(),
@@ -877,13 +1185,18 @@ pub async fn fetch(
             } else if index.loose.contains(id) {
                 loose.push((*id, *size));
             } else {
-                return Err(Error::Corrupt {
-                    remote: remote.name.clone(),
-                    key: format::version_key(&r.dataset, &vid),
-                    reason: format!(
-                        "object {id} of this version is on the remote neither packed nor loose"
+                let skipped = conn.warnings.lock().map(|w| w.len()).unwrap_or(0);
+                return Err(conn.corrupt(
+                    &format::version_key(&r.dataset, &vid),
+                    format!(
+                        "object {id} of this version is on the remote neither packed nor loose{}",
+                        if skipped > 0 {
+                            " (keys were skipped as damaged: see the warnings above)"
+                        } else {
+                            ""
+                        }
                     ),
-                });
+                ));
             }
         }
         let total: u64 = missing.iter().map(|m| m.1).sum();
@@ -923,6 +1236,21 @@ pub async fn fetch(
                     .get_ranges(&key, &ranges)
                     .await
                     .map_err(|e| conn_ref.remote.err("read", &key, e))?;
+                // A server answering a range with fewer bytes is refused,
+                // not sliced past.
+                for (r, b) in ranges.iter().zip(&got) {
+                    if b.len() as u64 != r.end - r.start {
+                        return Err(conn_ref.corrupt(
+                            &format::pack_key(&pack),
+                            format!(
+                                "asked for bytes {}..{}, got {} bytes",
+                                r.start,
+                                r.end,
+                                b.len()
+                            ),
+                        ));
+                    }
+                }
                 let mut out = Vec::with_capacity(objs.len());
                 for (id, off, len) in objs {
                     let i = ranges.partition_point(|r| r.end <= off);
@@ -961,31 +1289,51 @@ pub async fn fetch(
                     .await
                     .map_err(|e| conn_ref.remote.err("read", &key, e))?;
                 let file = tmp.join(format!(".pull-{}", id.to_hex()));
-                let mut f = tokio::fs::File::create(&file)
-                    .await
-                    .map_err(|e| Error::Local(crate::store::Error::io("create", &file, e)))?;
-                let mut s = got.into_stream();
-                let mut n = 0u64;
-                while let Some(chunk) = s.next().await {
-                    let chunk = chunk.map_err(|e| conn_ref.remote.err("read", &key, e))?;
-                    n += chunk.len() as u64;
-                    f.write_all(&chunk)
+                let rel = format::object_key(&id);
+                // Reading stops at the size the manifest declares: a remote
+                // cannot make a pull write more than the version needs.
+                let written = async {
+                    let mut f = tokio::fs::File::create(&file)
+                        .await
+                        .map_err(|e| Error::Local(crate::store::Error::io("create", &file, e)))?;
+                    if got.meta.size > size {
+                        return Err(conn_ref.corrupt(
+                            &rel,
+                            format!("{} bytes, the manifest says {size}; not downloaded", got.meta.size),
+                        ));
+                    }
+                    let mut s = got.into_stream();
+                    let mut n = 0u64;
+                    while let Some(chunk) = s.next().await {
+                        let chunk = chunk.map_err(|e| conn_ref.remote.err("read", &key, e))?;
+                        if n + chunk.len() as u64 > size {
+                            return Err(conn_ref.corrupt(
+                                &rel,
+                                format!("more than the {size} bytes the manifest says; stopped reading at {n}"),
+                            ));
+                        }
+                        n += chunk.len() as u64;
+                        f.write_all(&chunk)
+                            .await
+                            .map_err(|e| Error::Local(crate::store::Error::io("write", &file, e)))?;
+                        progress.inc(chunk.len() as u64);
+                    }
+                    f.flush()
                         .await
                         .map_err(|e| Error::Local(crate::store::Error::io("write", &file, e)))?;
-                    progress.inc(chunk.len() as u64);
+                    if n != size {
+                        return Err(conn_ref.corrupt(&rel, format!("{n} bytes, the manifest says {size}")));
+                    }
+                    Ok(n)
                 }
-                f.flush()
-                    .await
-                    .map_err(|e| Error::Local(crate::store::Error::io("write", &file, e)))?;
-                if n != size {
-                    let _ = std::fs::remove_file(&file);
-                    return Err(Error::Corrupt {
-                        remote: conn_ref.remote.name.clone(),
-                        key: key.to_string(),
-                        reason: format!("{n} bytes, the manifest says {size}"),
-                    });
+                .await;
+                match written {
+                    Ok(n) => Ok::<_, Error>((id, file, key, n)),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&file);
+                        Err(e)
+                    }
                 }
-                Ok::<_, Error>((id, file, key, n))
             })
             .buffer_unordered(jobs.clamp(1, 4));
         while let Some(r) = results.next().await {
@@ -1000,6 +1348,9 @@ pub async fn fetch(
         }
     }
     progress.finish();
+    // The remote's tags are read (and bad ones skipped) before anything is
+    // recorded, so a remote failing here leaves the catalog untouched.
+    let remote_tags = conn.tags(&r.dataset).await?;
     report.new_version = import.commit(
         &Incoming {
             dataset: &r.dataset,
@@ -1020,7 +1371,7 @@ pub async fn fetch(
         .map(|t| (t.name, t.version))
         .collect();
     let mut state = conn.tag_state();
-    for (tag, (seq, version)) in conn.tags(&r.dataset).await? {
+    for (tag, (seq, version)) in remote_tags {
         if version != rec.id {
             continue;
         }
@@ -1042,6 +1393,7 @@ pub async fn fetch(
         }
     }
     conn.save_tag_state(&state);
+    report.warnings = conn.take_warnings();
     report.requests = conn.requests.load(Ordering::Relaxed);
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
@@ -1051,19 +1403,21 @@ pub async fn fetch(
 pub async fn list(remote: &Remote, home: &crate::Home) -> Result<Vec<RemoteDataset>> {
     let conn = Conn::new(remote, home);
     conn.check_marker(false).await?;
-    let mut names: Vec<String> = conn
-        .list("datasets")
-        .await?
-        .into_iter()
-        .filter_map(|(k, _)| k.split('/').nth(1).map(str::to_string))
-        .collect();
-    names.sort();
-    names.dedup();
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    for (k, _) in conn.list("datasets").await? {
+        if let Some(n) = k.split('/').nth(1) {
+            names.entry(n.to_string()).or_insert(k);
+        }
+    }
     let mut out = Vec::new();
-    for name in names {
+    for (name, key) in names {
+        if let Err(e) = crate::store::validate_dataset_name(&name) {
+            conn.warn(&key, &e.to_string());
+            continue;
+        }
         let mut versions = Vec::new();
         for id in conn.version_ids(&name).await? {
-            if let Some(r) = conn.version_record(&name, &id).await? {
+            if let Some(r) = conn.skip(conn.version_record(&name, &id).await)? {
                 versions.push(r);
             }
         }

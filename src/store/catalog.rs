@@ -372,6 +372,12 @@ impl Catalog {
         if reference == "latest" {
             return Ok(versions.into_iter().next().expect("not empty"));
         }
+        // A full id names that version, whatever the tags say.
+        if let Ok(id) = reference.to_ascii_lowercase().parse::<ObjectId>() {
+            if let Some(v) = versions.iter().find(|v| v.id == id) {
+                return Ok(v.clone());
+            }
+        }
         if let Some(v) = versions
             .iter()
             .find(|v| v.tags.iter().any(|t| t == reference))

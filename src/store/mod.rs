@@ -26,7 +26,7 @@ pub use error::{Error, Result};
 pub use id::{ObjectId, ParseIdError};
 pub use maint::{FsckProblem, FsckReport, GcReport};
 pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Manifest};
-pub use refs::{validate_dataset_name, DatasetRef};
+pub use refs::{validate_dataset_name, validate_tag_name, DatasetRef};
 pub use snapshot::current_user;
 pub use snapshot::{AddOptions, AddReport, StatusReport};
 pub use transfer::{write_file_atomic, Export, Import, Incoming, ObjectReader};

@@ -73,15 +73,23 @@ pub fn validate_dataset_name(name: &str) -> Result<()> {
     check_name("dataset", name)
 }
 
-/// Check a tag name: as dataset names, and not `latest` (which always means
-/// the newest version).
-pub(crate) fn validate_tag_name(name: &str) -> Result<()> {
+/// Check a tag name: as dataset names, not `latest` (which always means
+/// the newest version), and not 64 hex digits (which always mean that
+/// version: a tag so named would shadow it, e.g. one copied from a remote).
+pub fn validate_tag_name(name: &str) -> Result<()> {
     check_name("tag", name)?;
     if name == "latest" {
         return Err(Error::InvalidName {
             what: "tag",
             name: name.into(),
             reason: "'latest' always means the newest version",
+        });
+    }
+    if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidName {
+            what: "tag",
+            name: name.into(),
+            reason: "64 hex digits always mean the version with that id",
         });
     }
     Ok(())
@@ -100,6 +108,8 @@ mod tests {
         assert!("../x".parse::<DatasetRef>().is_err());
         assert!("a b".parse::<DatasetRef>().is_err());
         assert!(validate_tag_name("latest").is_err());
+        assert!(validate_tag_name(&"Ab".repeat(32)).is_err());
+        assert!(validate_tag_name("2024").is_ok());
     }
 
     #[test]
