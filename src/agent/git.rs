@@ -29,6 +29,20 @@ pub enum GitError {
         /// The rev.
         rev: String,
     },
+    /// The commit has no such file (or it is not a file).
+    #[error("{repo} at {rev} (commit {commit}) has no file {path}{detail}")]
+    MissingFile {
+        /// The repository.
+        repo: String,
+        /// The rev asked for.
+        rev: String,
+        /// The commit it resolved to.
+        commit: String,
+        /// The path in the repository.
+        path: String,
+        /// What is there instead, if anything.
+        detail: String,
+    },
     /// Checking out or the cache failed.
     #[error("git checkout of {repo}@{rev} into {dir}: {message}")]
     Checkout {
@@ -112,15 +126,21 @@ pub fn fetch_commit(
             let mut fo = FetchOptions::new();
             fo.remote_callbacks(callbacks());
             fo.download_tags(git2::AutotagOption::All);
+            // Branches, tags, the remote's HEAD (its default branch, the
+            // documented default rev), and a full ref name if one was asked
+            // for (`refs/pull/7/head`): anything the remote advertises.
+            let mut specs = vec![
+                "+refs/heads/*:refs/remotes/origin/*".to_string(),
+                "+refs/tags/*:refs/tags/*".to_string(),
+                "+HEAD:refs/remotes/origin/HEAD".to_string(),
+            ];
+            if let Some(rest) = rev.strip_prefix("refs/") {
+                if !rest.starts_with("heads/") && !rest.starts_with("tags/") {
+                    specs.push(format!("+{rev}:refs/trainyard/{rest}"));
+                }
+            }
             remote
-                .fetch(
-                    &[
-                        "+refs/heads/*:refs/remotes/origin/*",
-                        "+refs/tags/*:refs/tags/*",
-                    ],
-                    Some(&mut fo),
-                    None,
-                )
+                .fetch(&specs, Some(&mut fo), None)
                 .map_err(|e| GitError::Fetch {
                     repo: repo_url.to_string(),
                     message: e.message().to_string(),
@@ -155,12 +175,17 @@ pub fn read_file(
         .find_commit(commit)
         .and_then(|c| c.tree())
         .map_err(|e| missing(e.message().to_string()))?;
-    let entry = tree
-        .get_path(Path::new(path))
-        .map_err(|_| missing(format!("no file {path} in commit {commit}")))?;
+    let absent = |detail: &str| GitError::MissingFile {
+        repo: repo_url.to_string(),
+        rev: rev.to_string(),
+        commit: commit.to_string()[..12].to_string(),
+        path: path.to_string(),
+        detail: detail.to_string(),
+    };
+    let entry = tree.get_path(Path::new(path)).map_err(|_| absent(""))?;
     let blob = repo
         .find_blob(entry.id())
-        .map_err(|_| missing(format!("{path} is not a file in commit {commit}")))?;
+        .map_err(|_| absent(" (a directory or link is there)"))?;
     Ok((commit, blob.content().to_vec()))
 }
 
@@ -186,13 +211,26 @@ pub fn checkout(cache: &Path, src: &GitSource, dest: &Path) -> Result<Oid, GitEr
     Ok(commit)
 }
 
-/// A branch, tag or (possibly abbreviated) commit id, as a commit.
+/// `HEAD` (the remote's), a branch, a tag, a full ref name the remote
+/// advertises, or a (possibly abbreviated) commit id, as a commit. Never
+/// the cache repository's own HEAD or branches.
 fn resolve(repo: &Repository, rev: &str) -> Option<Oid> {
-    let candidates = [
-        format!("refs/remotes/origin/{rev}"),
-        format!("refs/tags/{rev}"),
-        rev.to_string(),
-    ];
+    let full = rev.strip_prefix("refs/").map(|rest| {
+        match (rest.strip_prefix("heads/"), rest.strip_prefix("tags/")) {
+            (Some(b), _) => format!("refs/remotes/origin/{b}"),
+            (_, Some(_)) => rev.to_string(),
+            _ => format!("refs/trainyard/{rest}"),
+        }
+    });
+    let candidates = match full {
+        Some(f) => vec![f],
+        None if rev == "HEAD" => vec!["refs/remotes/origin/HEAD".to_string()],
+        None => vec![
+            format!("refs/remotes/origin/{rev}"),
+            format!("refs/tags/{rev}"),
+            rev.to_string(),
+        ],
+    };
     candidates.iter().find_map(|name| {
         repo.revparse_single(name)
             .ok()
@@ -251,6 +289,18 @@ mod tests {
                 std::fs::read_to_string(dest.join("train.py")).unwrap(),
                 text
             );
+        }
+        // The remote's HEAD (the documented default rev), full ref names,
+        // and a ref outside heads and tags that the remote advertises.
+        repo.reference("refs/custom/exp", c1, false, "test").unwrap();
+        for (rev, want) in [
+            ("HEAD", c2),
+            (format!("refs/heads/{branch}").as_str(), c2),
+            ("refs/tags/v1.0", c1),
+            ("refs/custom/exp", c1),
+        ] {
+            let dest = d.path().join(format!("co-{}", rev.replace('/', "-")));
+            assert_eq!(checkout(&cache, &src(rev), &dest).unwrap(), want, "{rev}");
         }
         let e = checkout(&cache, &src("no-such-branch"), &d.path().join("x")).unwrap_err();
         assert!(

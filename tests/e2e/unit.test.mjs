@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { sseParser } from '../../ui/lib/sse.js';
 import { keyValues, parseDuration, shellWords } from '../../ui/lib/util.js';
-import { bytes, duration, mib, num } from '../../ui/lib/format.js';
+import { axisNums, bytes, duration, mib, num } from '../../ui/lib/format.js';
 
 function parse(chunks) {
   const out = [];
@@ -57,4 +57,20 @@ test('formatting', () => {
   assert.equal(num(0.0033333), '0.003333');
   assert.equal(num(1499), '1499');
   assert.equal(num(1e-5), '1.000e-5');
+});
+
+test('axisNums: chart ticks differ and stay short (train/lr at 1e-4)', () => {
+  // Small values that num() formats alike or too long for the axis.
+  assert.deepEqual(axisNums([1e-4, 1.5e-4, 2e-4, 2.5e-4]), ['1e-4', '1.5e-4', '2e-4', '2.5e-4']);
+  assert.deepEqual(axisNums([3.00001e-4, 3.00002e-4, 3.00003e-4]), ['3.00001e-4', '3.00002e-4', '3.00003e-4']);
+  assert.deepEqual(axisNums([0, 0.0005, 0.001, 0.0015]), ['0', '0.0005', '0.001', '0.0015']);
+  assert.deepEqual(axisNums([0, 0.25, 0.5, 0.75, 1]), ['0', '0.25', '0.5', '0.75', '1']);
+  assert.deepEqual(axisNums([0, 500, 1000]), ['0', '500', '1000']);
+  assert.deepEqual(axisNums([2e6, 4e6, 6e6]), ['2e6', '4e6', '6e6']);
+  assert.deepEqual(axisNums([-0.2, 0, 0.2]), ['-0.2', '0', '0.2']);
+  for (const ticks of [[1e-7, 2e-7], [0.1, 0.2, 0.30000000000000004], [1.23456e-5, 1.23457e-5]]) {
+    const out = axisNums(ticks);
+    assert.equal(new Set(out).size, ticks.length, `${out}`);
+    assert.ok(out.every((s) => s.length <= 11), `${out}`);
+  }
 });

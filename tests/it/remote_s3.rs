@@ -547,7 +547,25 @@ fn git_registry_pins_and_gets_an_exact_version() {
             "ds-v1",
         ],
     );
-    assert!(e.contains("no file missing.toml"), "{e}");
+    assert!(
+        e.contains("at ds-v1") && e.contains("has no file missing.toml"),
+        "{e}"
+    );
+    assert!(!e.contains("git checkout of"), "{e}");
+    // The documented default rev, HEAD: the registry's default branch.
+    let out3 = imp.path("at-head");
+    let g = json(
+        &imp,
+        &[
+            "data",
+            "get",
+            bare.to_str().unwrap(),
+            "ds.trainyard.toml",
+            "-o",
+            out3.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(g["pointer"]["version"], pinned_version(&env));
 }
 
 fn pinned_version(env: &Env) -> serde_json::Value {

@@ -4,7 +4,7 @@
 
 import uPlot from '../vendor/uplot/uPlot.esm.js';
 import { cssVar } from './theme.js';
-import { num } from './format.js';
+import { axisNums, num } from './format.js';
 
 /** Run colors, in order (main run first). Readable on light and dark. */
 export const PALETTE = ['#4f7cff', '#f59e0b', '#10b981', '#ef4444', '#a855f7', '#06b6d4', '#ec4899', '#84cc16', '#f97316', '#64748b'];
@@ -59,7 +59,12 @@ export function lineChart(el, { title, x, series, xLabel = 'step', height = 220 
     scales: { x: { time: false } },
     axes: [
       { ...axis, label: null },
-      { ...axis, size: 56, values: (_u, ticks) => ticks.map((t) => num(t)) },
+      {
+        ...axis,
+        values: (_u, ticks) => axisNums(ticks),
+        // Wide enough for the longest label (never cut off).
+        size: (_u, values) => Math.max(40, 14 + 7 * Math.max(0, ...(values ?? []).map((v) => String(v).length))),
+      },
     ],
     cursor: { sync: { key: 'trainyard-runs' }, points: { size: 6 } },
     legend: { live: true },

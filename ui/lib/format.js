@@ -94,6 +94,45 @@ export function num(v) {
   return String(Number(v.toPrecision(4)));
 }
 
+/**
+ * Labels for a chart axis's ticks (evenly spaced numbers): as short as
+ * possible, and never two alike. Fixed notation with as many decimals as
+ * the spacing needs; scientific with one shared exponent for very small or
+ * large values (`1.5e-4`, `2e-4`, …), with as many mantissa digits as the
+ * spacing needs.
+ */
+export function axisNums(ticks) {
+  const finite = ticks.filter((t) => Number.isFinite(t));
+  if (finite.length === 0) return ticks.map((t) => num(t));
+  const steps = [];
+  for (let i = 1; i < finite.length; i++) steps.push(Math.abs(finite[i] - finite[i - 1]));
+  const step = Math.min(...steps.filter((d) => d > 0), Infinity);
+  const top = Math.max(...finite.map(Math.abs));
+  const sci = top !== 0 && (top < 1e-3 || top >= 1e6);
+  const exp = sci ? Math.floor(Math.log10(top)) : 0;
+  const scale = 10 ** exp;
+  // Values in the unit shown (the mantissa for scientific notation).
+  const shown = (t) => t / scale;
+  // Enough decimals that each label says its tick, within a thousandth of
+  // the spacing (floating-point noise like 0.30000000000000004 is dropped).
+  const tol = Number.isFinite(step) ? step / scale / 1000 : 0;
+  const need = Number.isFinite(step) ? Math.max(0, -Math.floor(Math.log10(step / scale))) : 0;
+  let digits = Math.min(12, need);
+  while (digits < 12 && finite.some((t) => Math.abs(Number(shown(t).toFixed(digits)) - shown(t)) > tol)) digits++;
+  const label = (t) => {
+    if (!Number.isFinite(t)) return num(t);
+    if (t === 0) return '0';
+    const m = trimZeros(shown(t).toFixed(digits));
+    return sci ? `${m}e${exp}` : m;
+  };
+  const out = ticks.map(label);
+  return new Set(out).size === new Set(ticks).size ? out : ticks.map((t) => String(t));
+}
+
+function trimZeros(s) {
+  return s.includes('.') ? s.replace(/\.?0+$/, '') : s;
+}
+
 /** The first `n` characters of a content id. */
 export const shortId = (id, n = 10) => (id ? id.slice(0, n) : '—');
 
