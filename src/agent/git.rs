@@ -292,7 +292,8 @@ mod tests {
         }
         // The remote's HEAD (the documented default rev), full ref names,
         // and a ref outside heads and tags that the remote advertises.
-        repo.reference("refs/custom/exp", c1, false, "test").unwrap();
+        repo.reference("refs/custom/exp", c1, false, "test")
+            .unwrap();
         for (rev, want) in [
             ("HEAD", c2),
             (format!("refs/heads/{branch}").as_str(), c2),

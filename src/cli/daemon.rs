@@ -153,6 +153,19 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.require_token {
         tracing::info!("--require-token: the token is always required now");
     }
+    // With another daemon on this home, bind below refuses (naming it):
+    // take no agent identity and touch none of its jobs.
+    let agent = if args.no_agent || server::home_in_use(&ctx.home) {
+        None
+    } else {
+        Some(agent_config(ctx, &args.agent)?)
+    };
+    // Jobs a killed predecessor left running are stopped before the server
+    // listens: it could requeue them to another agent, and agents' requests
+    // waiting in a listening socket would see their leases age.
+    if let Some((cfg, _, _)) = &agent {
+        trainyard::agent::stop_left_behind(cfg);
+    }
     rt.block_on(async move {
         let server = Server::bind(Config {
             home: ctx.home.clone(),
@@ -162,19 +175,6 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
             token: None,
         })
         .await?;
-        // The home is ours now (one daemon per home): then the local
-        // agent's identity.
-        let agent = if args.no_agent {
-            None
-        } else {
-            Some(agent_config(ctx, &args.agent)?)
-        };
-        // Jobs a killed
-        // predecessor left running are stopped before the server can
-        // requeue them to another agent (nothing is served yet).
-        if let Some((cfg, _, _)) = &agent {
-            trainyard::agent::stop_left_behind(cfg);
-        }
         let url = server.url();
         eprintln!(
             "trainyard daemon listening on {url} (home {})",

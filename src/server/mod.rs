@@ -271,6 +271,13 @@ fn lock_home(home: &Home) -> Result<std::fs::File, ServerError> {
     }
 }
 
+/// Whether a daemon holds this home's lock now (starting or serving).
+pub fn home_in_use(home: &Home) -> bool {
+    use rustix::fs::{flock, FlockOperation};
+    std::fs::File::open(home.root().join(LOCK_FILE))
+        .is_ok_and(|f| flock(&f, FlockOperation::NonBlockingLockShared).is_err())
+}
+
 /// The daemon that serves this home now, if one does: its `daemon.json`,
 /// trusted only while some process holds the home's daemon lock (a killed
 /// daemon leaves a stale file behind).

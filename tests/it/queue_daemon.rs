@@ -56,9 +56,14 @@ fn jobs_get_best_fit_gpus_in_nvml_order_and_their_logs() {
     let j = wait_state(&url, small, "succeeded", Duration::from_secs(20));
     assert_eq!(j["agent"], "ws");
     let out = logs(&env, &url, small);
+    // Fake UUIDs carry the agent's name and the first digits of its id.
+    let id = std::fs::read_to_string(env.home.join("agent/ws/id")).unwrap();
     assert_eq!(
         out.trim(),
-        "visible=2 order=PCI_BUS_ID uuids=GPU-fake-ws-2 args=--lr 1e-3",
+        format!(
+            "visible=2 order=PCI_BUS_ID uuids=GPU-fake-ws-{}-2 args=--lr 1e-3",
+            &id.trim()[..8]
+        ),
         "{out}"
     );
     let big = submit(
