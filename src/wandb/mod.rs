@@ -17,6 +17,7 @@
 //! the checks made against real files: `docs/wandb-format.md`.
 
 pub mod index;
+pub mod meta;
 pub mod proto;
 pub mod record;
 mod run;
@@ -34,6 +35,7 @@ use prost::Message;
 
 pub use record::{ChunkCounts, Diagnostic, DiagnosticKind, HeaderError};
 pub use run::{
+    ArtifactRef,
     read_run, read_run_dir, ConsoleLine, DirFile, Environment, FileKind, FilePolicy, HistoryRow,
     Run, RunDir, RunFile, RunReader, RunState, Stream, SystemSample, Update, Values,
 };

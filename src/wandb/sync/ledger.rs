@@ -48,6 +48,11 @@ CREATE TABLE files (
     PRIMARY KEY (server, dir, path),
     FOREIGN KEY (server, dir) REFERENCES runs (server, dir) ON DELETE CASCADE
 ) WITHOUT ROWID;
+", "
+ALTER TABLE runs ADD COLUMN base_history INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN base_events INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN base_log INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN step_offset INTEGER NOT NULL DEFAULT 0;
 "];
 
 /// One run's sync record against one server.
@@ -89,6 +94,13 @@ pub struct Entry {
     pub files: u64,
     /// Last change (Unix seconds).
     pub updated_at: f64,
+    /// Lines of each stream (history, events, console) the server held
+    /// from earlier fragments of the run when this directory's first sync
+    /// began: its lines go after them. 0 for a run in one directory.
+    pub base: [u64; 3],
+    /// Added to every `_step` of this directory's rows (a resumed fragment
+    /// continues after the steps of the fragments before it).
+    pub step_offset: i64,
 }
 
 impl Entry {
@@ -177,13 +189,17 @@ impl Ledger {
 
     /// A sync of `dir` to `path` on `server` begins: the entry exists and is
     /// `partial` until [`Ledger::complete`]. A different remote path (a new
-    /// `--id`) starts the record over.
+    /// `--id`) starts the record over. `base` and `step_offset` are recorded
+    /// only by the first sync of `dir` to `path`; later ones keep them, so a
+    /// fragment's lines always go to the same place.
     pub fn begin(
         &self,
         server: &str,
         dir: &Path,
         path: &RunPath,
         storage_id: &str,
+        base: [u64; 3],
+        step_offset: i64,
     ) -> Result<(), DbError> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(db::err(&self.path))?;
@@ -204,8 +220,9 @@ impl Ledger {
             .map_err(db::err(&self.path))?;
         }
         tx.execute(
-            "INSERT INTO runs (server, dir, entity, project, name, storage_id, state, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'partial', ?7)
+            "INSERT INTO runs (server, dir, entity, project, name, storage_id, state, updated_at,
+                 base_history, base_events, base_log, step_offset)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'partial', ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (server, dir) DO UPDATE SET storage_id = excluded.storage_id,
                  complete = 0, state = 'partial', error = '', updated_at = excluded.updated_at",
             params![
@@ -215,11 +232,41 @@ impl Ledger {
                 path.project,
                 path.name,
                 storage_id,
-                now()
+                now(),
+                base[0] as i64,
+                base[1] as i64,
+                base[2] as i64,
+                step_offset
             ],
         )
         .map_err(db::err(&self.path))?;
         tx.commit().map_err(db::err(&self.path))
+    }
+
+    /// Every directory synced to the run `name` of `project` on `server`
+    /// (the fragments of a resumed run), earliest base first.
+    pub fn fragments(
+        &self,
+        server: &str,
+        project: &str,
+        name: &str,
+    ) -> Result<Vec<Entry>, DbError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(&format!(
+                "{SELECT} WHERE r.server = ?1 AND r.project = ?2 AND r.name = ?3
+                 ORDER BY r.base_history, r.base_events, r.base_log, r.dir"
+            ))
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![server, project, name], entry)
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// The ledger's file (its directory holds the sync locks).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The server now holds this many lines of each stream.
@@ -368,7 +415,8 @@ impl Ledger {
 const SELECT: &str = "SELECT r.server, r.dir, r.entity, r.project, r.name, r.storage_id,
     r.history_lines, r.events_lines, r.log_lines, r.complete, r.exit_code, r.fingerprint,
     r.state, r.error, r.verified_at, r.mismatches, r.updated_at,
-    (SELECT count(*) FROM files f WHERE f.server = r.server AND f.dir = r.dir)
+    (SELECT count(*) FROM files f WHERE f.server = r.server AND f.dir = r.dir),
+    r.base_history, r.base_events, r.base_log, r.step_offset
     FROM runs r";
 
 fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
@@ -392,5 +440,11 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         mismatches: serde_json::from_str(&mismatches).unwrap_or_default(),
         updated_at: r.get(16)?,
         files: r.get::<_, i64>(17)? as u64,
+        base: [
+            r.get::<_, i64>(18)? as u64,
+            r.get::<_, i64>(19)? as u64,
+            r.get::<_, i64>(20)? as u64,
+        ],
+        step_offset: r.get(21)?,
     })
 }
