@@ -217,7 +217,14 @@ fn print_report(ctx: &Ctx, report: &SyncReport) -> anyhow::Result<()> {
             "verified" => println!("differs    {what}"),
             _ => {}
         }
-        for m in &r.mismatches {
+        for a in &r.artifacts_not_synced {
+            println!("  not synced: artifact {a} (trainyard does not sync artifacts yet)");
+        }
+        for m in r
+            .mismatches
+            .iter()
+            .filter(|m| !m.starts_with("artifact "))
+        {
             println!("  mismatch: {m}");
         }
         for f in &r.files_missing {

@@ -36,7 +36,7 @@ pub struct Record {
     /// The payload; `None` for record types this reader does not declare.
     #[prost(
         oneof = "RecordType",
-        tags = "2, 3, 4, 5, 6, 7, 11, 13, 17, 18, 20, 21, 22, 23, 26, 27"
+        tags = "2, 3, 4, 5, 6, 7, 8, 11, 13, 17, 18, 20, 21, 22, 23, 26, 27"
     )]
     pub record_type: Option<RecordType>,
     /// Writer-side identifier of the record, usually empty in the file.

@@ -14,4 +14,5 @@ mod store_crash;
 mod store_golden;
 mod store_safety;
 mod wandb_server;
+mod wandb_field;
 mod wandb_sync;
