@@ -220,11 +220,7 @@ fn print_report(ctx: &Ctx, report: &SyncReport) -> anyhow::Result<()> {
         for a in &r.artifacts_not_synced {
             println!("  not synced: artifact {a} (trainyard does not sync artifacts yet)");
         }
-        for m in r
-            .mismatches
-            .iter()
-            .filter(|m| !m.starts_with("artifact "))
-        {
+        for m in r.mismatches.iter().filter(|m| !m.starts_with("artifact ")) {
             println!("  mismatch: {m}");
         }
         for f in &r.files_missing {

@@ -1108,4 +1108,5 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// The host of a run, in SQL (the run record's, else the environment's).
-const HOST: &str = "COALESCE(NULLIF(json_extract(meta, '$.host'), ''), json_extract(meta, '$.environment.host'))";
+const HOST: &str =
+    "COALESCE(NULLIF(json_extract(meta, '$.host'), ''), json_extract(meta, '$.environment.host'))";

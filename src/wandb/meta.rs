@@ -237,7 +237,10 @@ mod tests {
         assert_eq!(t(1_796_582_957, 666_630_000), "2026-12-06T18:49:17.666630Z");
         assert_eq!(t(1_796_582_957, 0), "2026-12-06T18:49:17Z");
         assert_eq!(t(1_796_582_957, 5_000_000), "2026-12-06T18:49:17.005Z");
-        assert_eq!(t(1_796_582_957, 123_456_789), "2026-12-06T18:49:17.123456789Z");
+        assert_eq!(
+            t(1_796_582_957, 123_456_789),
+            "2026-12-06T18:49:17.123456789Z"
+        );
     }
 
     #[test]
@@ -254,13 +257,8 @@ mod tests {
             writer_id: "w".into(),
             ..Default::default()
         };
-        b.disk.insert(
-            "/".into(),
-            proto::DiskInfo {
-                total: 10,
-                used: 0,
-            },
-        );
+        b.disk
+            .insert("/".into(), proto::DiskInfo { total: 10, used: 0 });
         let mut acc = environment_json(&a);
         merge(&mut acc, environment_json(&b));
         let v = Value::Object(acc).to_extended_json();

@@ -35,9 +35,8 @@ use prost::Message;
 
 pub use record::{ChunkCounts, Diagnostic, DiagnosticKind, HeaderError};
 pub use run::{
-    ArtifactRef,
-    read_run, read_run_dir, ConsoleLine, DirFile, Environment, FileKind, FilePolicy, HistoryRow,
-    Run, RunDir, RunFile, RunReader, RunState, Stream, SystemSample, Update, Values,
+    read_run, read_run_dir, ArtifactRef, ConsoleLine, DirFile, Environment, FileKind, FilePolicy,
+    HistoryRow, Run, RunDir, RunFile, RunReader, RunState, Stream, SystemSample, Update, Values,
 };
 pub use value::Value;
 

@@ -60,7 +60,12 @@ fn real_client() -> Option<PathBuf> {
 fn parts(r: &StoredRun) -> Vec<i64> {
     r.history
         .iter()
-        .map(|l| parse(l).pointer(&["part"]).and_then(Value::as_i64).unwrap_or(0))
+        .map(|l| {
+            parse(l)
+                .pointer(&["part"])
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+        })
         .collect()
 }
 
@@ -94,7 +99,16 @@ fn resumed_fragments_merge_into_one_run_like_the_real_client() {
     let root = dirs[0].parent().unwrap().to_str().unwrap().to_string();
     let rep = ok_json(
         sync_cmd(&env, &server.url, API_KEY),
-        &["wandb", &root, "-p", "ours", "-e", DEFAULT_ENTITY, "-j", "4"],
+        &[
+            "wandb",
+            &root,
+            "-p",
+            "ours",
+            "-e",
+            DEFAULT_ENTITY,
+            "-j",
+            "4",
+        ],
     );
     for r in rep["runs"].as_array().unwrap() {
         assert_eq!(r["outcome"], "synced", "{rep}");
@@ -104,11 +118,29 @@ fn resumed_fragments_merge_into_one_run_like_the_real_client() {
     assert_merged(&ours);
 
     // again: nothing to send; forced: still nothing sent twice, rows unchanged
-    let rep = ok_json(sync_cmd(&env, &server.url, API_KEY), &["wandb", &root, "-p", "ours", "-e", DEFAULT_ENTITY]);
-    assert!(rep["runs"].as_array().unwrap().iter().all(|r| r["outcome"] == "unchanged"), "{rep}");
     let rep = ok_json(
         sync_cmd(&env, &server.url, API_KEY),
-        &["wandb", &root, "-p", "ours", "-e", DEFAULT_ENTITY, "--force"],
+        &["wandb", &root, "-p", "ours", "-e", DEFAULT_ENTITY],
+    );
+    assert!(
+        rep["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["outcome"] == "unchanged"),
+        "{rep}"
+    );
+    let rep = ok_json(
+        sync_cmd(&env, &server.url, API_KEY),
+        &[
+            "wandb",
+            &root,
+            "-p",
+            "ours",
+            "-e",
+            DEFAULT_ENTITY,
+            "--force",
+        ],
     );
     for r in rep["runs"].as_array().unwrap() {
         assert_eq!(r["history_sent"], 0, "{rep}");
@@ -122,7 +154,13 @@ fn resumed_fragments_merge_into_one_run_like_the_real_client() {
     let theirs = stored(&server, "theirs", "resume01");
     assert_merged(&theirs);
     same_lines("resume01", "history", &ours.history, &theirs.history, &[]);
-    same_lines("resume01", "system metrics", &ours.events, &theirs.events, &[]);
+    same_lines(
+        "resume01",
+        "system metrics",
+        &ours.events,
+        &theirs.events,
+        &[],
+    );
     let summary = |r: &StoredRun| canon(r.summary.as_deref().unwrap_or("{}"));
     assert_eq!(summary(&ours), summary(&theirs), "summary differs");
     let user_config = |r: &StoredRun| {
@@ -140,7 +178,10 @@ fn fragments_synced_one_by_one_or_by_two_processes_at_once_are_merged() {
     let server = WandbServer::start();
     let dirs = copy_runs(env.tmp.path(), &["resume01"]);
     for d in &dirs {
-        let rep = ok_json(sync_cmd(&env, &server.url, API_KEY), &["wandb", d.to_str().unwrap()]);
+        let rep = ok_json(
+            sync_cmd(&env, &server.url, API_KEY),
+            &["wandb", d.to_str().unwrap()],
+        );
         assert_eq!(rep["runs"][0]["mismatches"], json!([]), "{rep}");
     }
     assert_merged(&stored(&server, PROJECT, "resume01"));
@@ -183,7 +224,10 @@ fn fragments_synced_one_by_one_or_by_two_processes_at_once_are_merged() {
         let mut p = parts(&r);
         let first = p[0];
         let n_first = if first == 1 { 50 } else { 30 };
-        assert!(p[..n_first].iter().all(|x| *x == first), "round {round}: {p:?}");
+        assert!(
+            p[..n_first].iter().all(|x| *x == first),
+            "round {round}: {p:?}"
+        );
         p.sort();
         assert_eq!(
             p,
@@ -210,8 +254,12 @@ fn metadata_and_run_fields_match_the_real_client_for_default_settings() {
         assert_eq!(r["mismatches"], json!([]), "{rep}");
     }
     let meta = |r: &StoredRun| -> serde_json::Value {
-        serde_json::from_slice(r.files.get("wandb-metadata.json").expect("metadata uploaded"))
-            .expect("metadata is JSON")
+        serde_json::from_slice(
+            r.files
+                .get("wandb-metadata.json")
+                .expect("metadata uploaded"),
+        )
+        .expect("metadata is JSON")
     };
     let m = meta(&stored(&server, "ours", "meta0001"));
     for k in [
@@ -238,7 +286,11 @@ fn metadata_and_run_fields_match_the_real_client_for_default_settings() {
     for id in ["meta0001", "gpu00001"] {
         let ours = stored(&server, "ours", id);
         let theirs = stored(&server, "theirs", id);
-        assert_eq!(meta(&ours), meta(&theirs), "{id}: wandb-metadata.json differs");
+        assert_eq!(
+            meta(&ours),
+            meta(&theirs),
+            "{id}: wandb-metadata.json differs"
+        );
         same_lines(id, "history", &ours.history, &theirs.history, &[]);
         same_lines(id, "system metrics", &ours.events, &theirs.events, &[]);
         let names = |r: &StoredRun| r.files.keys().cloned().collect::<BTreeSet<_>>();
@@ -250,7 +302,12 @@ fn metadata_and_run_fields_match_the_real_client_for_default_settings() {
         );
         assert_eq!(
             (&ours.tags, &ours.display_name, &ours.host, ours.exitcode),
-            (&theirs.tags, &theirs.display_name, &theirs.host, theirs.exitcode),
+            (
+                &theirs.tags,
+                &theirs.display_name,
+                &theirs.host,
+                theirs.exitcode
+            ),
             "{id}: run fields differ"
         );
     }
@@ -272,7 +329,10 @@ fn a_resync_keeps_tags_set_on_the_server() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(stored(&server, PROJECT, "meta0001").tags, ["best", "paper"]);
-    let rep = ok_json(sync_cmd(&env, &server.url, API_KEY), &["wandb", d, "--force"]);
+    let rep = ok_json(
+        sync_cmd(&env, &server.url, API_KEY),
+        &["wandb", d, "--force"],
+    );
     assert_eq!(rep["runs"][0]["outcome"], "synced", "{rep}");
     assert_eq!(
         stored(&server, PROJECT, "meta0001").tags,
@@ -287,8 +347,14 @@ fn artifacts_not_synced_are_named_per_run_and_fail_the_sync() {
     let server = WandbServer::start();
     let dir = copy_runs(env.tmp.path(), &["table001"]).remove(0);
     let d = dir.to_str().unwrap();
-    let o = run(sync_cmd(&env, &server.url, API_KEY), &["--json", "wandb", d]);
-    assert!(!o.status.success(), "a run with unsynced artifacts must not exit 0");
+    let o = run(
+        sync_cmd(&env, &server.url, API_KEY),
+        &["--json", "wandb", d],
+    );
+    assert!(
+        !o.status.success(),
+        "a run with unsynced artifacts must not exit 0"
+    );
     let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let r = &rep["runs"][0];
     let names: Vec<&str> = r["artifacts_not_synced"]
@@ -298,7 +364,8 @@ fn artifacts_not_synced_are_named_per_run_and_fail_the_sync() {
         .map(|a| a.as_str().unwrap())
         .collect();
     assert!(
-        names.iter().any(|a| a.contains("run_table")) && names.iter().any(|a| a.contains("model-weights")),
+        names.iter().any(|a| a.contains("run_table"))
+            && names.iter().any(|a| a.contains("model-weights")),
         "{rep}"
     );
     assert!(r["mismatches"].to_string().contains("not synced"), "{rep}");
@@ -311,7 +378,10 @@ fn artifacts_not_synced_are_named_per_run_and_fail_the_sync() {
     assert!(!o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("unchanged"), "{text}");
-    let o = run(sync_cmd(&env, &server.url, API_KEY), &["wandb", d, "--force"]);
+    let o = run(
+        sync_cmd(&env, &server.url, API_KEY),
+        &["wandb", d, "--force"],
+    );
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
         text.contains("not synced: artifact") && text.contains("model-weights"),
@@ -325,7 +395,12 @@ fn artifacts_not_synced_are_named_per_run_and_fail_the_sync() {
 fn runs_cli_expands_globs_lists_keys_and_filters() {
     let env = Env::new();
     let old = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wandb");
-    env.json(&["runs", "scan", old.to_str().unwrap(), fixtures().to_str().unwrap()]);
+    env.json(&[
+        "runs",
+        "scan",
+        old.to_str().unwrap(),
+        fixtures().to_str().unwrap(),
+    ]);
 
     // globs, as the help says: every system metric of the run
     let h = env.json(&["runs", "history", "meta0001", "--keys", "system.*"]);
@@ -335,7 +410,11 @@ fn runs_cli_expands_globs_lists_keys_and_filters() {
     assert!(cols.iter().any(|c| *c == "system.cpu"), "{cols:?}");
     let h = env.json(&["runs", "history", "meta0001", "--keys", "?"]);
     let cols: BTreeSet<&String> = h["columns"].as_object().unwrap().keys().collect();
-    assert_eq!(cols, BTreeSet::from([&"x".to_string(), &"y".to_string()]), "{h}");
+    assert_eq!(
+        cols,
+        BTreeSet::from([&"x".to_string(), &"y".to_string()]),
+        "{h}"
+    );
     let err = env.fail(&["runs", "history", "meta0001", "--keys", "nothing*"]);
     assert!(err.contains("no metric"), "{err}");
 
@@ -344,7 +423,10 @@ fn runs_cli_expands_globs_lists_keys_and_filters() {
     assert!(text.contains("metrics   x, y"), "{text}");
     assert!(text.contains("system.cpu"), "{text}");
     let text = env.ok(&["runs", "show", "gpu00001"]);
-    assert!(text.contains("gpu       2 x NVIDIA H100 80GB HBM3"), "{text}");
+    assert!(
+        text.contains("gpu       2 x NVIDIA H100 80GB HBM3"),
+        "{text}"
+    );
 
     // ls: metadata in --json, filters by tag, time and host
     let ids = |v: &serde_json::Value| -> BTreeSet<String> {
@@ -363,10 +445,17 @@ fn runs_cli_expands_globs_lists_keys_and_filters() {
         .unwrap();
     assert_eq!(
         (&gpu["gpu"], &gpu["gpu_count"], &gpu["host"]),
-        (&json!("NVIDIA H100 80GB HBM3"), &json!(2), &json!("fixture-host")),
+        (
+            &json!("NVIDIA H100 80GB HBM3"),
+            &json!(2),
+            &json!("fixture-host")
+        ),
         "{gpu}"
     );
-    assert_eq!(ids(&env.json(&["runs", "ls", "--tag", "plain"])), BTreeSet::from(["plain001".to_string()]));
+    assert_eq!(
+        ids(&env.json(&["runs", "ls", "--tag", "plain"])),
+        BTreeSet::from(["plain001".to_string()])
+    );
     assert_eq!(
         ids(&env.json(&["runs", "ls", "--tag", "fixture", "--tag", "plain"])),
         BTreeSet::from(["plain001".to_string()])
@@ -382,8 +471,19 @@ fn runs_cli_expands_globs_lists_keys_and_filters() {
     );
     let before = ids(&env.json(&["runs", "ls", "--until", "2026-12-01"]));
     assert_eq!(before.len(), 6, "{before:?}");
-    assert!(ids(&env.json(&["runs", "ls", "--since", "2026-11-22T13:38:50Z", "--until", "2026-11-22T13:38:52Z"])).contains("killed01"));
-    assert_eq!(ids(&env.json(&["runs", "ls", "--host", "fixture-host"])), ids(&all));
+    assert!(ids(&env.json(&[
+        "runs",
+        "ls",
+        "--since",
+        "2026-11-22T13:38:50Z",
+        "--until",
+        "2026-11-22T13:38:52Z"
+    ]))
+    .contains("killed01"));
+    assert_eq!(
+        ids(&env.json(&["runs", "ls", "--host", "fixture-host"])),
+        ids(&all)
+    );
     assert!(ids(&env.json(&["runs", "ls", "--host", "elsewhere"])).is_empty());
     let err = env.fail(&["runs", "ls", "--since", "last tuesday"]);
     assert!(err.contains("not a date"), "{err}");

@@ -646,6 +646,15 @@ fn same_result_as_the_real_wandb_sync() {
         );
         let names = |r: &StoredRun| r.files.keys().cloned().collect::<BTreeSet<_>>();
         assert_eq!(names(&ours), names(&theirs), "{id}: files differ");
+        let meta = |r: &StoredRun| -> serde_json::Value {
+            serde_json::from_slice(r.files.get("wandb-metadata.json").expect("metadata"))
+                .expect("metadata is JSON")
+        };
+        assert_eq!(
+            meta(&ours),
+            meta(&theirs),
+            "{id}: wandb-metadata.json differs"
+        );
         for f in ["output.log", "requirements.txt", "wandb-summary.json"] {
             if let (Some(a), Some(b)) = (ours.files.get(f), theirs.files.get(f)) {
                 if f == "wandb-summary.json" {

@@ -18,7 +18,8 @@ use serde::Serialize;
 use super::api::RunPath;
 use crate::db::{self, DbError};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE runs (
     server TEXT NOT NULL,
     dir TEXT NOT NULL,
@@ -48,12 +49,14 @@ CREATE TABLE files (
     PRIMARY KEY (server, dir, path),
     FOREIGN KEY (server, dir) REFERENCES runs (server, dir) ON DELETE CASCADE
 ) WITHOUT ROWID;
-", "
+",
+    "
 ALTER TABLE runs ADD COLUMN base_history INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN base_events INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN base_log INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN step_offset INTEGER NOT NULL DEFAULT 0;
-"];
+",
+];
 
 /// One run's sync record against one server.
 #[derive(Debug, Clone, Serialize)]

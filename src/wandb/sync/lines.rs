@@ -34,10 +34,13 @@ pub fn history_line(row: &HistoryRow, shift: i64) -> String {
     let mut out = String::with_capacity(64 + 24 * row.values.len());
     let step = Value::Int(row.step + shift);
     if row.values.contains_key("_step") {
-        let entries = row
-            .values
-            .iter()
-            .map(|(k, v)| if k == "_step" && shift != 0 { (k, &step) } else { (k, v) });
+        let entries = row.values.iter().map(|(k, v)| {
+            if k == "_step" && shift != 0 {
+                (k, &step)
+            } else {
+                (k, v)
+            }
+        });
         write_object(&mut out, entries);
     } else {
         // `_step` in its sorted place among the keys

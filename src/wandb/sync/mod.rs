@@ -585,7 +585,9 @@ fn run_groups(dirs: &[PathBuf], id: Option<&str>) -> Vec<Vec<(usize, PathBuf)>> 
     }
     let when = |d: &Path| {
         let n = name(d);
-        n.split_once("run-").map(|(_, t)| t.to_string()).unwrap_or(n)
+        n.split_once("run-")
+            .map(|(_, t)| t.to_string())
+            .unwrap_or(n)
     };
     groups
         .into_iter()
@@ -599,8 +601,7 @@ fn run_groups(dirs: &[PathBuf], id: Option<&str>) -> Vec<Vec<(usize, PathBuf)>> 
 /// Adds the server's config keys that the local config lacks (a resumed
 /// fragment keeps what earlier fragments set, as `wandb sync` does).
 fn merge_server_config(local: &mut Value, server: Option<&str>) {
-    let (Value::Object(mine), Some(Ok(Value::Object(theirs)))) =
-        (local, server.map(Value::parse))
+    let (Value::Object(mine), Some(Ok(Value::Object(theirs)))) = (local, server.map(Value::parse))
     else {
         return;
     };
@@ -951,8 +952,7 @@ impl Syncer {
         // Stream the rows. A blocking thread reads the windows, at most two
         // ahead, while the requests for the ones before are in flight.
         let request_bytes = self.opts.request_bytes;
-        let (mut rx, done) =
-            spawn_reader(reader, self.opts.window, !has_output_log, shift, eof);
+        let (mut rx, done) = spawn_reader(reader, self.opts.window, !has_output_log, shift, eof);
         loop {
             if verify_only {
                 pending.lines = Default::default();
@@ -1287,7 +1287,11 @@ fn compare(local: &Local, remote: Option<&RemoteRun>, path: &RunPath) -> Vec<Str
     let mut out = Vec::new();
     for (what, server, here) in [
         ("history", r.history_lines, local.base[0] + local.history),
-        ("system metrics", r.events_lines, local.base[1] + local.events),
+        (
+            "system metrics",
+            r.events_lines,
+            local.base[1] + local.events,
+        ),
         ("console", r.log_lines, local.base[2] + local.log),
     ] {
         let short = if local.superseded {
