@@ -293,6 +293,21 @@ fn metadata_and_run_fields_match_the_real_client_for_default_settings() {
         );
         same_lines(id, "history", &ours.history, &theirs.history, &[]);
         same_lines(id, "system metrics", &ours.events, &theirs.events, &[]);
+        assert_eq!(
+            canon(ours.summary.as_deref().unwrap_or("{}")),
+            canon(theirs.summary.as_deref().unwrap_or("{}")),
+            "{id}: summary differs"
+        );
+        let user_config = |r: &StoredRun| {
+            let mut c = r.config.clone();
+            c.as_object_mut().map(|m| m.remove("_wandb"));
+            c
+        };
+        assert_eq!(
+            user_config(&ours),
+            user_config(&theirs),
+            "{id}: config differs"
+        );
         let names = |r: &StoredRun| r.files.keys().cloned().collect::<BTreeSet<_>>();
         assert_eq!(names(&ours), names(&theirs), "{id}: files differ");
         assert_eq!(

@@ -14,6 +14,13 @@
 //! exit record, as `wandb sync` does) → verification: the server's line
 //! counts, summary, state and file list against the local run.
 //!
+//! Resumed runs (wandb's `resume=` fragments, one directory each) are merged
+//! into one server run as `wandb sync` does: each directory's lines go after
+//! those the server held when its first sync began (recorded in the ledger),
+//! its steps shifted past the server's last one. Syncs of one server run
+//! hold a per-run file lock, so they never interleave, in one process or
+//! several. Artifacts are not synced; they are reported per run.
+//!
 //! Layers: `creds` (server URL and API key), `api` (the protocol, retries),
 //! `lines` (what the wire content looks like), `ledger` (what was sent).
 //! This module reads run directories and never writes into them.
@@ -113,7 +120,7 @@ pub enum SyncError {
         message: String,
     },
     /// Another directory was already synced to the same run.
-    #[error("run {path} on {host} was already synced from {other}; several directories of one run (wandb resume fragments, or copies) are not merged into one server run, since their rows would overlap. Sync this one as its own run with `trainyard sync wandb {dir} --id NEWID`")]
+    #[error("run {path} on {host} was already synced from {other}, and {dir} is not a resumed fragment of it (its run record has no resume flag), so its rows would repeat the run's (a copy of the run?). Sync it as its own run with `trainyard sync wandb {dir} --id NEWID`")]
     SyncedFromElsewhere {
         /// host:port.
         host: String,
