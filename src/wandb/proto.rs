@@ -76,8 +76,10 @@ pub enum RecordType {
     #[prost(message, tag = "13")]
     OutputRaw(OutputRawRecord),
     /// The run's identity, initial config and settings (field 17).
-    #[prost(message, tag = "17")]
-    Run(RunRecord),
+    /// Boxed, like the environment: one or two per run, much larger than
+    /// the history and summary records that make up the rest.
+    #[prost(message, boxed, tag = "17")]
+    Run(Box<RunRecord>),
     /// The run ended (field 18).
     #[prost(message, tag = "18")]
     Exit(RunExitRecord),
@@ -93,9 +95,11 @@ pub enum RecordType {
     /// The run is being preempted (field 23).
     #[prost(message, tag = "23")]
     Preempting(Empty),
-    /// System metadata, merged by writer id (field 26).
-    #[prost(message, tag = "26")]
-    Environment(EnvironmentRecord),
+    /// System metadata, merged by writer id (field 26). Boxed: it is by far
+    /// the largest record type, and two per run do not justify the size of
+    /// every other record.
+    #[prost(message, boxed, tag = "26")]
+    Environment(Box<EnvironmentRecord>),
     /// Output from the client's own logger (field 27).
     #[prost(message, tag = "27")]
     OutputLogger(OutputLoggerRecord),
