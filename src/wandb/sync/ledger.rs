@@ -451,3 +451,57 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         step_offset: r.get(21)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-1 ledger (before resumed fragments) opens, migrates, and
+    /// reads its runs as runs of one directory: base 0, no step shift.
+    #[test]
+    fn a_version_1_ledger_reads_as_single_directory_runs() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let path = tmp.path().join("sync.db");
+        {
+            let mut conn = db::open(&path).expect("open");
+            db::migrate(&mut conn, &path, &MIGRATIONS[..1]).expect("v1");
+            conn.execute(
+                "INSERT INTO runs (server, dir, entity, project, name, history_lines, complete,
+                     state, updated_at) VALUES ('http://w', '/r', 'lab', 'p', 'id1', 30, 1, 'synced', 1.0)",
+                [],
+            )
+            .expect("insert");
+        }
+        let l = Ledger::open(&path).expect("migrated");
+        let e = l
+            .get("http://w", Path::new("/r"))
+            .expect("get")
+            .expect("entry");
+        assert_eq!((e.history_lines, e.base, e.step_offset), (30, [0; 3], 0));
+        let path_ = RunPath {
+            entity: "lab".into(),
+            project: "p".into(),
+            name: "id1".into(),
+        };
+        // a later sync of the same directory keeps what was recorded first
+        l.begin("http://w", Path::new("/r"), &path_, "sid", [5, 6, 7], 9)
+            .expect("begin");
+        let e = l
+            .get("http://w", Path::new("/r"))
+            .expect("get")
+            .expect("entry");
+        assert_eq!((e.base, e.step_offset), ([0; 3], 0));
+        // a new directory of the run records its own
+        l.begin("http://w", Path::new("/r2"), &path_, "sid", [30, 2, 1], 30)
+            .expect("begin");
+        let frags = l.fragments("http://w", "p", "id1").expect("fragments");
+        let got: Vec<_> = frags.iter().map(|e| (e.dir.clone(), e.base)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (PathBuf::from("/r"), [0; 3]),
+                (PathBuf::from("/r2"), [30, 2, 1])
+            ]
+        );
+    }
+}
