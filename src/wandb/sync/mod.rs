@@ -772,14 +772,21 @@ impl Syncer {
                 path: file.clone(),
                 source,
             };
-            std::fs::create_dir_all(&dir).map_err(|source| SyncError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            // private like the rest of the home: 0700, files 0600
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| SyncError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
             let f = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
+                .mode(0o600)
                 .open(&file)
                 .map_err(io)?;
             rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
