@@ -171,6 +171,44 @@ fn resumed_fragments_merge_into_one_run_like_the_real_client() {
     assert_eq!(user_config(&ours), user_config(&theirs), "config differs");
 }
 
+/// Fragments whose rows carry explicit steps (`wandb.log(..., step=i)`):
+/// overlapping steps (a restart from an older checkpoint) move up just past
+/// the earlier fragment, a gap is kept — as the real client does.
+#[test]
+fn explicit_steps_of_resumed_fragments_are_shifted_as_the_client_does() {
+    let env = Env::new();
+    let server = WandbServer::start();
+    let dirs = copy_runs(env.tmp.path(), &["resume02", "resume03"]);
+    assert_eq!(dirs.len(), 4);
+    let args: Vec<&str> = dirs.iter().map(|d| d.to_str().unwrap()).collect();
+    let mut a = vec!["wandb", "-p", "ours", "-e", DEFAULT_ENTITY];
+    a.extend(&args);
+    let rep = ok_json(sync_cmd(&env, &server.url, API_KEY), &a);
+    for r in rep["runs"].as_array().unwrap() {
+        assert_eq!(r["mismatches"], json!([]), "{rep}");
+    }
+    let overlap = stored(&server, "ours", "resume02");
+    assert_eq!(steps(&overlap), (0..80).collect::<Vec<_>>());
+    let gap = stored(&server, "ours", "resume03");
+    assert_eq!(
+        steps(&gap),
+        (0..50).chain(60..90).collect::<Vec<_>>(),
+        "a gap in the steps is the run's own"
+    );
+    let Some(cli) = real_client() else { return };
+    real_wandb_sync(&cli, &server.url, env.tmp.path(), &args, "theirs");
+    for id in ["resume02", "resume03"] {
+        let ours = stored(&server, "ours", id);
+        let theirs = stored(&server, "theirs", id);
+        same_lines(id, "history", &ours.history, &theirs.history, &[]);
+        assert_eq!(
+            canon(ours.summary.as_deref().unwrap_or("{}")),
+            canon(theirs.summary.as_deref().unwrap_or("{}")),
+            "{id}: summary differs"
+        );
+    }
+}
+
 #[test]
 fn fragments_synced_one_by_one_or_by_two_processes_at_once_are_merged() {
     // one after the other, in two commands: the second continues the first
@@ -479,7 +517,7 @@ fn runs_cli_expands_globs_lists_keys_and_filters() {
     let new = ids(&env.json(&["runs", "ls", "--since", "2026-12-01"]));
     assert_eq!(
         new,
-        ["gpu00001", "meta0001", "resume01", "table001"]
+        ["gpu00001", "meta0001", "resume01", "resume02", "resume03", "table001"]
             .map(String::from)
             .into_iter()
             .collect(),

@@ -479,6 +479,22 @@ async fn read_until_named(
     .await
 }
 
+/// Reads on until the reader holds a history row (or the file ends),
+/// keeping the rows.
+async fn read_until_history(
+    mut reader: RunReader,
+    window: u64,
+    mut eof: bool,
+) -> Result<(RunReader, bool), SyncError> {
+    blocking(move || {
+        while !eof && reader.run().history.is_empty() {
+            eof = reader.read_some(Some(window))?.1;
+        }
+        Ok((reader, eof))
+    })
+    .await
+}
+
 /// Reads one window and turns its rows into wire lines.
 fn next_window(
     reader: &mut RunReader,
@@ -835,7 +851,11 @@ impl Syncer {
         let has_output_log = rd.dir.join("files").join(lines::OUTPUT).is_file();
         let mut pending = Pending::default();
         let mut log_text = Vec::new();
-        let (reader, eof) = read_until_named(rd.reader(), self.opts.window).await?;
+        let (mut reader, mut eof) = read_until_named(rd.reader(), self.opts.window).await?;
+        // A resumed fragment's step shift depends on its first step.
+        if reader.run().resume {
+            (reader, eof) = read_until_history(reader, self.opts.window, eof).await?;
+        }
         if reader.run().id.is_empty() {
             return Err(SyncError::NoRunRecord {
                 file: rd.wandb_file.clone(),
@@ -945,10 +965,16 @@ impl Syncer {
             let remote = self.api.resume_status(&path).await?.unwrap_or_default();
             let (base, shift) = match (&prior_same, &before) {
                 (Some(p), _) => (p.base, p.step_offset),
-                (None, Some(b)) => (
-                    [b.history_lines, b.events_lines, b.log_lines],
-                    starting_step(b),
-                ),
+                (None, Some(b)) => {
+                    // as wandb-core: the fragment's steps move up so that it
+                    // starts after the server's last step, never down (a
+                    // fragment that skips steps keeps its own)
+                    let first = reader.run().history.first().map_or(0, |r| r.step);
+                    (
+                        [b.history_lines, b.events_lines, b.log_lines],
+                        (starting_step(b) - first).max(0),
+                    )
+                }
                 (None, None) => ([0; 3], 0),
             };
             self.ledger
