@@ -67,7 +67,7 @@ fn windows(path: &Path, make_lines: bool) -> Counts {
         c.console += con.len() as u64;
         if make_lines {
             for r in &h {
-                c.line_bytes += lines::history_line(r).len() as u64;
+                c.line_bytes += lines::history_line(r, 0).len() as u64;
             }
             for x in &s {
                 c.line_bytes += lines::events_line(x, start).len() as u64;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use trainyard::wandb::index::{RunIndex, ScanOptions};
+use trainyard::wandb::index::{ListFilter, RunIndex, ScanOptions};
 use trainyard::wandb::Value;
 
 use super::output::{self, short};
@@ -52,6 +52,41 @@ pub struct LsArgs {
     /// Only this state (running, finished, crashed, killed).
     #[arg(long)]
     state: Option<String>,
+    /// Only runs with this tag (repeat for runs with all of them).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Only runs started at or after this time: a date (2026-11-22, UTC
+    /// midnight), a UTC time (2026-11-22T13:00:00Z), or an age (3d, 12h).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    since: Option<f64>,
+    /// Only runs started before this time (same forms as --since).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    until: Option<f64>,
+    /// Only runs on this host.
+    #[arg(long)]
+    host: Option<String>,
+}
+
+/// A point in time for --since/--until, as Unix seconds.
+fn parse_when(s: &str) -> Result<f64, String> {
+    let at = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .map_err(|e| e.to_string())
+    };
+    if let Ok(d) = humantime::parse_duration(s) {
+        return at(std::time::SystemTime::now() - d);
+    }
+    let full = if s.len() == 10 {
+        format!("{s}T00:00:00Z")
+    } else {
+        s.to_string()
+    };
+    humantime::parse_rfc3339_weak(full.trim_end_matches('Z'))
+        .map_err(|_| {
+            format!("{s:?} is not a date (2026-11-22), a UTC time (2026-11-22T13:00:00Z) or an age (3d)")
+        })
+        .and_then(at)
 }
 
 /// `runs history`.
@@ -59,8 +94,10 @@ pub struct LsArgs {
 pub struct HistoryArgs {
     /// Run id (or run directory).
     run: String,
-    /// Comma-separated metric keys (dotted for nested ones; `system.*` for
-    /// system metrics). Default: every logged metric.
+    /// Comma-separated metric keys (dotted for nested ones), or globs of
+    /// them: `*` matches any run of characters, `?` one (`system.*` is every
+    /// system metric, `loss*` every key starting with loss). Quote globs
+    /// from the shell. Default: every logged metric.
     #[arg(long, value_delimiter = ',')]
     keys: Vec<String>,
     /// Print CSV (step, runtime, then one column per key).
@@ -124,13 +161,23 @@ fn ls(ctx: &Ctx, index: &RunIndex, a: LsArgs) -> anyhow::Result<ExitCode> {
             "--state: unknown state {s:?} (running, finished, crashed, killed)"
         );
     }
-    let runs = index.list(a.project.as_deref(), a.state.as_deref())?;
+    if let (Some(s), Some(u)) = (a.since, a.until) {
+        anyhow::ensure!(s < u, "--since must be before --until");
+    }
+    let runs = index.list_filtered(&ListFilter {
+        project: a.project,
+        state: a.state,
+        tags: a.tags,
+        since: a.since,
+        until: a.until,
+        host: a.host,
+    })?;
     if ctx.json {
         output::json(&runs)?;
         return Ok(ExitCode::SUCCESS);
     }
     if runs.is_empty() {
-        println!("no runs indexed; `trainyard runs scan DIR` finds them");
+        println!("no runs (indexed and matching); `trainyard runs scan DIR` finds them");
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -198,8 +245,11 @@ fn show(ctx: &Ctx, index: &RunIndex, run: &str) -> anyhow::Result<ExitCode> {
     if !r.tags.is_empty() {
         println!("tags      {}", r.tags.join(", "));
     }
-    if !d.meta.host.is_empty() {
-        println!("host      {}", d.meta.host);
+    if !r.host.is_empty() {
+        println!("host      {}", r.host);
+    }
+    if r.gpu_count > 0 || !r.gpu.is_empty() {
+        println!("gpu       {} x {}", r.gpu_count, r.gpu);
     }
     println!("dir       {}", r.dir);
     println!(
@@ -220,6 +270,12 @@ fn show(ctx: &Ctx, index: &RunIndex, run: &str) -> anyhow::Result<ExitCode> {
         .filter(|(k, _)| k.as_str() != "_wandb")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    if !r.keys.is_empty() {
+        println!("metrics   {}", r.keys.join(", "));
+    }
+    if !d.system_keys.is_empty() {
+        println!("system    {}", d.system_keys.join(", "));
+    }
     println!("config:");
     print_tree("", &config);
     println!("summary:");

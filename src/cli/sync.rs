@@ -26,6 +26,12 @@ pub enum SyncCommand {
     /// nothing, and one that grew sends only its new rows. Afterwards the
     /// server's copy is checked against the run (--no-verify skips that).
     ///
+    /// A run resumed with its id (wandb.init(id=..., resume="allow")) leaves
+    /// one directory per attempt: they are merged into one server run, later
+    /// rows after earlier ones, as `wandb sync` does. Artifacts (wandb.Table,
+    /// log_artifact) are not synced yet: they are listed per run as "not
+    /// synced", count as mismatches, and make the exit status 1.
+    ///
     /// The server: --host, else $WANDB_BASE_URL, else base_url in
     /// ~/.config/wandb/settings (what `wandb login --host` writes). The API
     /// key: $WANDB_API_KEY, else the ~/.netrc entry for the server's
@@ -217,7 +223,10 @@ fn print_report(ctx: &Ctx, report: &SyncReport) -> anyhow::Result<()> {
             "verified" => println!("differs    {what}"),
             _ => {}
         }
-        for m in &r.mismatches {
+        for a in &r.artifacts_not_synced {
+            println!("  not synced: artifact {a} (trainyard does not sync artifacts yet)");
+        }
+        for m in r.mismatches.iter().filter(|m| !m.starts_with("artifact ")) {
             println!("  mismatch: {m}");
         }
         for f in &r.files_missing {

@@ -243,8 +243,32 @@ pub struct RunSummary {
     pub keys: Vec<String>,
     /// Summary.
     pub summary: BTreeMap<String, Value>,
+    /// Host the run ran on (the run record's, else the environment's).
+    pub host: String,
+    /// GPU model (environment record; empty when none was seen).
+    pub gpu: String,
+    /// GPUs the run's host had.
+    pub gpu_count: u32,
     /// Sync state per server.
     pub sync: Vec<SyncState>,
+}
+
+/// Which runs [`RunIndex::list_filtered`] returns; every field that is set
+/// must hold.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this project.
+    pub project: Option<String>,
+    /// Only this state.
+    pub state: Option<String>,
+    /// Only runs carrying every one of these tags.
+    pub tags: Vec<String>,
+    /// Only runs started at or after this time (Unix seconds).
+    pub since: Option<f64>,
+    /// Only runs started before this time (Unix seconds).
+    pub until: Option<f64>,
+    /// Only runs on this host.
+    pub host: Option<String>,
 }
 
 /// Everything the index knows about a run.
@@ -845,6 +869,9 @@ impl RunIndex {
                 history_rows: r.get::<_, i64>(12)? as u64,
                 system_rows: r.get::<_, i64>(13)? as u64,
                 keys: Vec::new(),
+                host: r.get::<_, Option<String>>(14)?.unwrap_or_default(),
+                gpu: r.get::<_, Option<String>>(15)?.unwrap_or_default(),
+                gpu_count: r.get::<_, Option<u32>>(16)?.unwrap_or(0),
                 sync: Vec::new(),
             },
         ))
@@ -852,14 +879,31 @@ impl RunIndex {
 
     /// Runs in the index, newest first, optionally of one project and state.
     pub fn list(&self, project: Option<&str>, state: Option<&str>) -> Result<Vec<RunSummary>> {
+        self.list_filtered(&ListFilter {
+            project: project.map(str::to_string),
+            state: state.map(str::to_string),
+            ..ListFilter::default()
+        })
+    }
+
+    /// Runs in the index that pass `f`, newest first.
+    pub fn list_filtered(&self, f: &ListFilter) -> Result<Vec<RunSummary>> {
         let conn = self.conn();
+        let tags = serde_json::to_string(&f.tags).unwrap_or_else(|_| "[]".into());
         let mut st = self.db(conn.prepare(&format!(
             "SELECT {SUMMARY_COLS} FROM runs
              WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR state = ?2)
+               AND NOT EXISTS (SELECT 1 FROM json_each(?3) w
+                               WHERE w.value NOT IN (SELECT value FROM json_each(runs.tags)))
+               AND (?4 IS NULL OR start_time >= ?4) AND (?5 IS NULL OR start_time < ?5)
+               AND (?6 IS NULL OR {HOST} = ?6)
              ORDER BY start_time DESC, rid DESC"
         )))?;
         let rows = self.db(st
-            .query_map(params![project, state], Self::summary_row)
+            .query_map(
+                params![f.project, f.state, tags, f.since, f.until, f.host],
+                Self::summary_row,
+            )
             .and_then(|it| it.collect::<rusqlite::Result<Vec<_>>>()))?;
         let mut out = Vec::with_capacity(rows.len());
         for (rid, mut s) in rows {
@@ -888,9 +932,9 @@ impl RunIndex {
                 let (_, s) = Self::summary_row(r)?;
                 Ok((
                     s,
-                    r.get::<_, String>(14)?,
-                    r.get::<_, String>(15)?,
-                    r.get::<_, i64>(16)?,
+                    r.get::<_, String>(17)?,
+                    r.get::<_, String>(18)?,
+                    r.get::<_, i64>(19)?,
                 ))
             },
         ))?;
@@ -912,9 +956,43 @@ impl RunIndex {
 
     /// Columns of a run's history (or, for `system.`-prefixed keys, system
     /// samples; the two cannot be mixed). No keys: every user metric.
+    ///
+    /// A key with `*` (any run of characters, dots included) or `?` (one
+    /// character) is a glob, replaced by the run's keys that match it, in
+    /// order: `system.*` is every system metric, `train/*` every metric
+    /// under `train/`. A glob that matches nothing stays as it is (an empty
+    /// column the caller can report).
     pub fn history(&self, key: &str, keys: &[String]) -> Result<Table> {
         let rid = self.resolve(key)?;
         let conn = self.conn();
+        let keys: Vec<String> = if keys.iter().any(|k| is_glob(k)) {
+            let mut all: Vec<String> = self.user_keys(&conn, rid)?;
+            all.extend(
+                self.keys_of(&conn, rid, Series::System)?
+                    .into_iter()
+                    .map(|k| format!("system.{k}")),
+            );
+            let mut out: Vec<String> = Vec::new();
+            for k in keys {
+                if !is_glob(k) {
+                    out.push(k.clone());
+                    continue;
+                }
+                let hits: Vec<&String> = all.iter().filter(|a| glob_match(k, a)).collect();
+                if hits.is_empty() {
+                    out.push(k.clone());
+                }
+                for h in hits {
+                    if !out.contains(h) {
+                        out.push(h.clone());
+                    }
+                }
+            }
+            out
+        } else {
+            keys.to_vec()
+        };
+        let keys = &keys[..];
         let system = !keys.is_empty() && keys.iter().all(|k| k.starts_with("system."));
         let series = if system {
             Series::System
@@ -988,6 +1066,47 @@ impl RunIndex {
     }
 }
 
-const SUMMARY_COLS: &str =
+const SUMMARY_COLS: &str = concat!(
     "rid, run_id, dir, entity, project, name, state, exit_code, start_time, \
-     runtime, tags, summary, history_rows, system_rows";
+     runtime, tags, summary, history_rows, system_rows, ",
+    "COALESCE(NULLIF(json_extract(meta, '$.host'), ''), json_extract(meta, '$.environment.host')), ",
+    "json_extract(meta, '$.environment.gpu_type'), json_extract(meta, '$.environment.gpu_count')"
+);
+
+/// Whether a metric key given to [`RunIndex::history`] is a glob.
+fn is_glob(k: &str) -> bool {
+    k.contains(['*', '?'])
+}
+
+/// Matches `name` against `pattern` (`*` any run of characters, `?` one).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+            }
+            Some(c) if *c == '?' || *c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    pi = sp + 1;
+                    ni = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// The host of a run, in SQL (the run record's, else the environment's).
+const HOST: &str =
+    "COALESCE(NULLIF(json_extract(meta, '$.host'), ''), json_extract(meta, '$.environment.host'))";

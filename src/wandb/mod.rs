@@ -17,6 +17,7 @@
 //! the checks made against real files: `docs/wandb-format.md`.
 
 pub mod index;
+pub mod meta;
 pub mod proto;
 pub mod record;
 mod run;
@@ -34,8 +35,8 @@ use prost::Message;
 
 pub use record::{ChunkCounts, Diagnostic, DiagnosticKind, HeaderError};
 pub use run::{
-    read_run, read_run_dir, ConsoleLine, DirFile, Environment, FileKind, FilePolicy, HistoryRow,
-    Run, RunDir, RunFile, RunReader, RunState, Stream, SystemSample, Update, Values,
+    read_run, read_run_dir, ArtifactRef, ConsoleLine, DirFile, Environment, FileKind, FilePolicy,
+    HistoryRow, Run, RunDir, RunFile, RunReader, RunState, Stream, SystemSample, Update, Values,
 };
 pub use value::Value;
 

@@ -36,7 +36,7 @@ pub struct Record {
     /// The payload; `None` for record types this reader does not declare.
     #[prost(
         oneof = "RecordType",
-        tags = "2, 3, 4, 5, 6, 7, 11, 13, 17, 18, 20, 21, 22, 23, 26, 27"
+        tags = "2, 3, 4, 5, 6, 7, 8, 11, 13, 17, 18, 20, 21, 22, 23, 26, 27"
     )]
     pub record_type: Option<RecordType>,
     /// Writer-side identifier of the record, usually empty in the file.
@@ -69,12 +69,17 @@ pub enum RecordType {
     /// Client telemetry (field 11).
     #[prost(message, tag = "11")]
     Telemetry(TelemetryRecord),
+    /// An artifact the run logged (field 8): a `wandb.Table`, `log_artifact`.
+    #[prost(message, tag = "8")]
+    Artifact(ArtifactRecord),
     /// Raw console output as 0.31 writes it (field 13).
     #[prost(message, tag = "13")]
     OutputRaw(OutputRawRecord),
     /// The run's identity, initial config and settings (field 17).
-    #[prost(message, tag = "17")]
-    Run(RunRecord),
+    /// Boxed, like the environment: one or two per run, much larger than
+    /// the history and summary records that make up the rest.
+    #[prost(message, boxed, tag = "17")]
+    Run(Box<RunRecord>),
     /// The run ended (field 18).
     #[prost(message, tag = "18")]
     Exit(RunExitRecord),
@@ -90,9 +95,11 @@ pub enum RecordType {
     /// The run is being preempted (field 23).
     #[prost(message, tag = "23")]
     Preempting(Empty),
-    /// System metadata, merged by writer id (field 26).
-    #[prost(message, tag = "26")]
-    Environment(EnvironmentRecord),
+    /// System metadata, merged by writer id (field 26). Boxed: it is by far
+    /// the largest record type, and two per run do not justify the size of
+    /// every other record.
+    #[prost(message, boxed, tag = "26")]
+    Environment(Box<EnvironmentRecord>),
     /// Output from the client's own logger (field 27).
     #[prost(message, tag = "27")]
     OutputLogger(OutputLoggerRecord),
@@ -108,6 +115,7 @@ impl RecordType {
             RecordType::Config(_) => "config",
             RecordType::Files(_) => "files",
             RecordType::Stats(_) => "stats",
+            RecordType::Artifact(_) => "artifact",
             RecordType::Telemetry(_) => "telemetry",
             RecordType::OutputRaw(_) => "output_raw",
             RecordType::Run(_) => "run",
@@ -435,8 +443,26 @@ pub struct TelemetryRecord {
     pub cli_version: String,
 }
 
-/// `EnvironmentRecord`, reduced to the scalar fields a run view shows.
+/// `ArtifactRecord`, reduced to what names the artifact.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct ArtifactRecord {
+    /// Artifact type (`run_table`, `model`, `dataset`, …).
+    #[prost(string, tag = "4")]
+    pub r#type: String,
+    /// Artifact (collection) name.
+    #[prost(string, tag = "5")]
+    pub name: String,
+    /// Content digest.
+    #[prost(string, tag = "6")]
+    pub digest: String,
+    /// Aliases (`latest`, …).
+    #[prost(string, repeated, tag = "11")]
+    pub aliases: Vec<String>,
+}
+
+/// `EnvironmentRecord` (0.31.0 descriptor): everything `wandb-metadata.json`
+/// is made of. `_info` (200) is left out.
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct EnvironmentRecord {
     /// Operating system.
     #[prost(string, tag = "1")]
@@ -447,12 +473,27 @@ pub struct EnvironmentRecord {
     /// When the process started.
     #[prost(message, optional, tag = "3")]
     pub started_at: Option<Timestamp>,
+    /// Docker image.
+    #[prost(string, tag = "4")]
+    pub docker: String,
     /// Command-line arguments.
     #[prost(string, repeated, tag = "5")]
     pub args: Vec<String>,
     /// The program (script) path.
     #[prost(string, tag = "6")]
     pub program: String,
+    /// The program relative to the git root.
+    #[prost(string, tag = "7")]
+    pub code_path: String,
+    /// The program relative to the working directory.
+    #[prost(string, tag = "8")]
+    pub code_path_local: String,
+    /// Git remote and commit.
+    #[prost(message, optional, tag = "9")]
+    pub git: Option<GitRepoRecord>,
+    /// User e-mail.
+    #[prost(string, tag = "10")]
+    pub email: String,
     /// Root directory of the run.
     #[prost(string, tag = "11")]
     pub root: String,
@@ -465,6 +506,9 @@ pub struct EnvironmentRecord {
     /// Python executable.
     #[prost(string, tag = "14")]
     pub executable: String,
+    /// Colab notebook URL.
+    #[prost(string, tag = "15")]
+    pub colab: String,
     /// Physical CPU count.
     #[prost(uint32, tag = "16")]
     pub cpu_count: u32,
@@ -477,10 +521,220 @@ pub struct EnvironmentRecord {
     /// GPU count.
     #[prost(uint32, tag = "19")]
     pub gpu_count: u32,
+    /// Disks by mount path.
+    #[prost(btree_map = "string, message", tag = "20")]
+    pub disk: std::collections::BTreeMap<String, DiskInfo>,
+    /// Memory.
+    #[prost(message, optional, tag = "21")]
+    pub memory: Option<MemoryInfo>,
+    /// CPU model.
+    #[prost(message, optional, tag = "22")]
+    pub cpu: Option<CpuInfo>,
+    /// Apple silicon.
+    #[prost(message, optional, tag = "23")]
+    pub apple: Option<AppleInfo>,
+    /// NVIDIA GPUs.
+    #[prost(message, repeated, tag = "24")]
+    pub gpu_nvidia: Vec<GpuNvidiaInfo>,
     /// CUDA version.
     #[prost(string, tag = "25")]
     pub cuda_version: String,
+    /// AMD GPUs.
+    #[prost(message, repeated, tag = "26")]
+    pub gpu_amd: Vec<GpuAmdInfo>,
+    /// SLURM environment.
+    #[prost(btree_map = "string, string", tag = "27")]
+    pub slurm: std::collections::BTreeMap<String, String>,
+    /// AWS Trainium.
+    #[prost(message, optional, tag = "28")]
+    pub trainium: Option<TrainiumInfo>,
+    /// Google TPU.
+    #[prost(message, optional, tag = "29")]
+    pub tpu: Option<TpuInfo>,
+    /// CoreWeave.
+    #[prost(message, optional, tag = "30")]
+    pub coreweave: Option<CoreWeaveInfo>,
     /// Which writer produced this part of the metadata.
     #[prost(string, tag = "199")]
     pub writer_id: String,
+}
+
+/// `DiskInfo`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct DiskInfo {
+    /// Bytes in all.
+    #[prost(uint64, tag = "1")]
+    pub total: u64,
+    /// Bytes used.
+    #[prost(uint64, tag = "2")]
+    pub used: u64,
+}
+
+/// `MemoryInfo`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct MemoryInfo {
+    /// Bytes in all.
+    #[prost(uint64, tag = "1")]
+    pub total: u64,
+}
+
+/// `CpuInfo`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CpuInfo {
+    /// Physical cores.
+    #[prost(uint32, tag = "1")]
+    pub count: u32,
+    /// Logical cores.
+    #[prost(uint32, tag = "2")]
+    pub count_logical: u32,
+    /// Model name.
+    #[prost(string, tag = "3")]
+    pub model: String,
+}
+
+/// `AppleInfo`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct AppleInfo {
+    /// Chip name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Efficiency cores.
+    #[prost(uint32, tag = "2")]
+    pub ecpu_cores: u32,
+    /// Performance cores.
+    #[prost(uint32, tag = "3")]
+    pub pcpu_cores: u32,
+    /// GPU cores.
+    #[prost(uint32, tag = "4")]
+    pub gpu_cores: u32,
+    /// Memory (GB).
+    #[prost(uint32, tag = "5")]
+    pub memory_gb: u32,
+    /// Swap bytes.
+    #[prost(uint64, tag = "6")]
+    pub swap_total_bytes: u64,
+    /// RAM bytes.
+    #[prost(uint64, tag = "7")]
+    pub ram_total_bytes: u64,
+    /// Mac model.
+    #[prost(string, tag = "8")]
+    pub mac_model: String,
+}
+
+/// `GpuNvidiaInfo`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GpuNvidiaInfo {
+    /// Model name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Memory bytes.
+    #[prost(uint64, tag = "2")]
+    pub memory_total: u64,
+    /// CUDA cores.
+    #[prost(uint32, tag = "3")]
+    pub cuda_cores: u32,
+    /// Architecture (`Hopper`, …).
+    #[prost(string, tag = "4")]
+    pub architecture: String,
+    /// GPU UUID.
+    #[prost(string, tag = "5")]
+    pub uuid: String,
+    /// PCI bus id.
+    #[prost(string, tag = "6")]
+    pub pci_bus_id: String,
+    /// NUMA node.
+    #[prost(uint32, tag = "7")]
+    pub numa_node: u32,
+}
+
+/// `GpuAmdInfo`: thirteen strings.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct GpuAmdInfo {
+    /// id.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// uniqueId.
+    #[prost(string, tag = "2")]
+    pub unique_id: String,
+    /// vbiosVersion.
+    #[prost(string, tag = "3")]
+    pub vbios_version: String,
+    /// performanceLevel.
+    #[prost(string, tag = "4")]
+    pub performance_level: String,
+    /// gpuOverdrive.
+    #[prost(string, tag = "5")]
+    pub gpu_overdrive: String,
+    /// gpuMemoryOverdrive.
+    #[prost(string, tag = "6")]
+    pub gpu_memory_overdrive: String,
+    /// maxPower.
+    #[prost(string, tag = "7")]
+    pub max_power: String,
+    /// series.
+    #[prost(string, tag = "8")]
+    pub series: String,
+    /// model.
+    #[prost(string, tag = "9")]
+    pub model: String,
+    /// vendor.
+    #[prost(string, tag = "10")]
+    pub vendor: String,
+    /// sku.
+    #[prost(string, tag = "11")]
+    pub sku: String,
+    /// sclkRange.
+    #[prost(string, tag = "12")]
+    pub sclk_range: String,
+    /// mclkRange.
+    #[prost(string, tag = "13")]
+    pub mclk_range: String,
+}
+
+/// `TrainiumInfo`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct TrainiumInfo {
+    /// name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// vendor.
+    #[prost(string, tag = "2")]
+    pub vendor: String,
+    /// neuronDeviceCount.
+    #[prost(uint32, tag = "3")]
+    pub neuron_device_count: u32,
+    /// neuroncorePerDeviceCount.
+    #[prost(uint32, tag = "4")]
+    pub neuroncore_per_device_count: u32,
+}
+
+/// `TPUInfo`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct TpuInfo {
+    /// name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// hbmGib.
+    #[prost(uint32, tag = "2")]
+    pub hbm_gib: u32,
+    /// devicesPerChip.
+    #[prost(uint32, tag = "3")]
+    pub devices_per_chip: u32,
+    /// count.
+    #[prost(uint32, tag = "4")]
+    pub count: u32,
+}
+
+/// `CoreWeaveInfo`.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CoreWeaveInfo {
+    /// clusterName.
+    #[prost(string, tag = "1")]
+    pub cluster_name: String,
+    /// orgId.
+    #[prost(string, tag = "2")]
+    pub org_id: String,
+    /// region.
+    #[prost(string, tag = "3")]
+    pub region: String,
 }

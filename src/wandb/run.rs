@@ -269,6 +269,22 @@ pub struct Environment {
     pub cuda_version: String,
     /// When the process started (Unix seconds).
     pub started_at: Option<f64>,
+    /// Every EnvironmentRecord field, merged, in the protobuf-JSON form
+    /// wandb-core uploads as `wandb-metadata.json` (`wandb::meta`).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, Value>,
+}
+
+/// An artifact the run logged (an `ArtifactRecord`: `wandb.Table`,
+/// `run.log_artifact`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// Artifact name (`run-<id>-<key>` for a table).
+    pub name: String,
+    /// Artifact type (`run_table`, `model`, …).
+    pub kind: String,
+    /// Content digest.
+    pub digest: String,
 }
 
 /// A run as read from its `.wandb` file.
@@ -330,6 +346,11 @@ pub struct Run {
     pub cli_version: String,
     /// The run is being preempted (a preempting record was seen).
     pub preempting: bool,
+    /// The run was started with `resume=` (one fragment of a run that may
+    /// have others, in other directories).
+    pub resume: bool,
+    /// Artifacts the run logged, in file order (one per record).
+    pub artifacts: Vec<ArtifactRef>,
     /// Records seen, by type name (`history`, `summary`, …, `unknown`).
     pub record_counts: BTreeMap<String, u64>,
     /// Problems stepped over, in file order (an incomplete tail is reported
@@ -459,6 +480,11 @@ impl Run {
                 }
             }
             RecordType::Environment(e) => self.apply_environment(e),
+            RecordType::Artifact(a) => self.artifacts.push(ArtifactRef {
+                name: a.name.clone(),
+                kind: a.r#type.clone(),
+                digest: a.digest.clone(),
+            }),
             RecordType::Preempting(_) => self.preempting = true,
             RecordType::Final(_) | RecordType::Footer(_) | RecordType::OutputLogger(_) => {}
         }
@@ -494,6 +520,7 @@ impl Run {
         set(&mut self.notes, &r.notes);
         set(&mut self.host, &r.host);
         set(&mut self.sweep_id, &r.sweep_id);
+        self.resume |= r.resume;
         if !r.tags.is_empty() {
             self.tags.clone_from(&r.tags);
         }
@@ -915,6 +942,7 @@ impl Run {
         if let Some(t) = e.started_at {
             env.started_at = Some(t.as_secs_f64());
         }
+        super::meta::merge(&mut env.metadata, super::meta::environment_json(e));
     }
 
     fn parse_value<S: AsRef<str>>(&mut self, path: &[S], json: &str, offset: u64) -> Option<Value> {

@@ -638,8 +638,8 @@ fn unknown_and_undecodable_records_are_skipped() {
         }),
         3,
     );
-    // Record{num: 1, artifact (field 8): {}}: a type this reader does not declare
-    let artifact = [0x08, 0x01, 0x42, 0x00];
+    // Record{num: 1, alert (field 10): {}}: a type this reader does not declare
+    let artifact = [0x08, 0x01, 0x52, 0x00];
     // field 2 (history) with a length running past the end
     let broken = [0x12, 0x50, 0x01];
     let log = write_log(&[&artifact, &broken, &exit]);

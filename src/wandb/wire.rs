@@ -18,7 +18,7 @@
 use std::ops::Range;
 
 /// The protobuf fields of `Record`'s `record_type` oneof (see `proto.rs`).
-const RECORD_ONEOF: [u32; 16] = [2, 3, 4, 5, 6, 7, 11, 13, 17, 18, 20, 21, 22, 23, 26, 27];
+const RECORD_ONEOF: [u32; 17] = [2, 3, 4, 5, 6, 7, 8, 11, 13, 17, 18, 20, 21, 22, 23, 26, 27];
 
 /// What a record payload holds, as far as the fast path is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,7 +511,7 @@ mod tests {
             .encode_to_vec(),
         );
         assert_eq!(peek(&two), Peek::Other);
-        // a record type the reader does not declare (field 9, artifact)
+        // a record type the reader does not declare (field 9, tbrecord)
         assert_eq!(peek(&[0x4a, 0x00]), Peek::Unknown);
         // a cold record type
         let exit = proto::Record {

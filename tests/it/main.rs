@@ -16,5 +16,6 @@ mod store_cli;
 mod store_crash;
 mod store_golden;
 mod store_safety;
+mod wandb_field;
 mod wandb_server;
 mod wandb_sync;

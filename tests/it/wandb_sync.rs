@@ -34,7 +34,7 @@ fn copy_runs(dest: &Path, ids: &[&str]) -> Vec<PathBuf> {
     out
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -49,7 +49,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 /// `trainyard sync …` with the server and key in the environment and a
 /// private HOME (so no real ~/.netrc or wandb settings leak in).
-fn sync_cmd(env: &Env, url: &str, key: &str) -> Command {
+pub(crate) fn sync_cmd(env: &Env, url: &str, key: &str) -> Command {
     let mut c = env.cmd();
     c.env("WANDB_BASE_URL", url)
         .env("WANDB_API_KEY", key)
@@ -60,11 +60,11 @@ fn sync_cmd(env: &Env, url: &str, key: &str) -> Command {
     c
 }
 
-fn run(mut c: Command, args: &[&str]) -> Output {
+pub(crate) fn run(mut c: Command, args: &[&str]) -> Output {
     c.args(args).output().expect("run trainyard")
 }
 
-fn ok_json(c: Command, args: &[&str]) -> serde_json::Value {
+pub(crate) fn ok_json(c: Command, args: &[&str]) -> serde_json::Value {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);
     let o = run(c, &a);
@@ -77,7 +77,7 @@ fn ok_json(c: Command, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("JSON report")
 }
 
-fn fail(c: Command, args: &[&str]) -> String {
+pub(crate) fn fail(c: Command, args: &[&str]) -> String {
     let o = run(c, args);
     assert!(
         !o.status.success(),
@@ -87,12 +87,12 @@ fn fail(c: Command, args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn parse(line: &str) -> Value {
+pub(crate) fn parse(line: &str) -> Value {
     Value::parse(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 /// A line in canonical form (sorted keys, one float format, NaN comparable).
-fn canon(line: &str) -> String {
+pub(crate) fn canon(line: &str) -> String {
     parse(line).to_extended_json()
 }
 
@@ -104,10 +104,10 @@ fn dir_of<'a>(dirs: &'a [PathBuf], id: &str) -> &'a Path {
 }
 
 /// The fixtures' project.
-const PROJECT: &str = "trainyard-fixtures";
+pub(crate) const PROJECT: &str = "trainyard-fixtures";
 
 /// `_step` of each history line, in order.
-fn steps(r: &StoredRun) -> Vec<i64> {
+pub(crate) fn steps(r: &StoredRun) -> Vec<i64> {
     r.history
         .iter()
         .map(|l| {
@@ -120,7 +120,7 @@ fn steps(r: &StoredRun) -> Vec<i64> {
 }
 
 /// `trainyard --json sync status`.
-fn sync_status(env: &Env) -> serde_json::Value {
+pub(crate) fn sync_status(env: &Env) -> serde_json::Value {
     let o = env
         .cmd()
         .args(["--json", "sync", "status"])
@@ -130,7 +130,7 @@ fn sync_status(env: &Env) -> serde_json::Value {
 }
 
 /// The run `id` in `project` (any entity: a run may name its own).
-fn stored(server: &WandbServer, project: &str, id: &str) -> StoredRun {
+pub(crate) fn stored(server: &WandbServer, project: &str, id: &str) -> StoredRun {
     server
         .runs()
         .into_iter()
@@ -557,7 +557,7 @@ fn many_runs_sync_concurrently_and_one_failure_does_not_stop_the_rest() {
 
 /// Two streams hold the same lines as values (key order and number
 /// formatting aside), `skip` keys left out; the first difference is shown.
-fn same_lines(id: &str, what: &str, ours: &[String], theirs: &[String], skip: &[&str]) {
+pub(crate) fn same_lines(id: &str, what: &str, ours: &[String], theirs: &[String], skip: &[&str]) {
     let strip = |l: &String| match parse(l) {
         Value::Object(mut m) => {
             for k in skip {
@@ -579,7 +579,7 @@ fn same_lines(id: &str, what: &str, ours: &[String], theirs: &[String], skip: &[
 
 /// Runs the real `wandb sync` of `dirs` into `project` of the test server,
 /// with everything of the client's kept under `tmp`.
-fn real_wandb_sync(cli: &Path, url: &str, tmp: &Path, dirs: &[&str], project: &str) {
+pub(crate) fn real_wandb_sync(cli: &Path, url: &str, tmp: &Path, dirs: &[&str], project: &str) {
     let h = tmp.join("wandb-home");
     std::fs::create_dir_all(&h).unwrap();
     let o = Command::new(cli)
@@ -646,6 +646,15 @@ fn same_result_as_the_real_wandb_sync() {
         );
         let names = |r: &StoredRun| r.files.keys().cloned().collect::<BTreeSet<_>>();
         assert_eq!(names(&ours), names(&theirs), "{id}: files differ");
+        let meta = |r: &StoredRun| -> serde_json::Value {
+            serde_json::from_slice(r.files.get("wandb-metadata.json").expect("metadata"))
+                .expect("metadata is JSON")
+        };
+        assert_eq!(
+            meta(&ours),
+            meta(&theirs),
+            "{id}: wandb-metadata.json differs"
+        );
         for f in ["output.log", "requirements.txt", "wandb-summary.json"] {
             if let (Some(a), Some(b)) = (ours.files.get(f), theirs.files.get(f)) {
                 if f == "wandb-summary.json" {

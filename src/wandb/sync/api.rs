@@ -89,6 +89,9 @@ pub struct RemoteRun {
     pub summary: Option<String>,
     /// The config, as the JSON string the server returns.
     pub config: Option<String>,
+    /// The last history lines (`historyTail`: a JSON string holding a list
+    /// of JSON-line strings; resume query only).
+    pub history_tail: Option<String>,
     /// Files: name, size, base64 MD5 (verification query only).
     pub files: Vec<RemoteFile>,
 }
@@ -520,6 +523,7 @@ fn remote_run(b: &Json) -> Option<RemoteRun> {
         state: s(&b["state"]),
         summary: s(&b["summaryMetrics"]),
         config: s(&b["config"]),
+        history_tail: s(&b["historyTail"]),
         files: Vec::new(),
     })
 }

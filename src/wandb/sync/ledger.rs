@@ -18,7 +18,8 @@ use serde::Serialize;
 use super::api::RunPath;
 use crate::db::{self, DbError};
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE runs (
     server TEXT NOT NULL,
     dir TEXT NOT NULL,
@@ -48,7 +49,14 @@ CREATE TABLE files (
     PRIMARY KEY (server, dir, path),
     FOREIGN KEY (server, dir) REFERENCES runs (server, dir) ON DELETE CASCADE
 ) WITHOUT ROWID;
-"];
+",
+    "
+ALTER TABLE runs ADD COLUMN base_history INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN base_events INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN base_log INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN step_offset INTEGER NOT NULL DEFAULT 0;
+",
+];
 
 /// One run's sync record against one server.
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +97,13 @@ pub struct Entry {
     pub files: u64,
     /// Last change (Unix seconds).
     pub updated_at: f64,
+    /// Lines of each stream (history, events, console) the server held
+    /// from earlier fragments of the run when this directory's first sync
+    /// began: its lines go after them. 0 for a run in one directory.
+    pub base: [u64; 3],
+    /// Added to every `_step` of this directory's rows (a resumed fragment
+    /// continues after the steps of the fragments before it).
+    pub step_offset: i64,
 }
 
 impl Entry {
@@ -177,13 +192,17 @@ impl Ledger {
 
     /// A sync of `dir` to `path` on `server` begins: the entry exists and is
     /// `partial` until [`Ledger::complete`]. A different remote path (a new
-    /// `--id`) starts the record over.
+    /// `--id`) starts the record over. `base` and `step_offset` are recorded
+    /// only by the first sync of `dir` to `path`; later ones keep them, so a
+    /// fragment's lines always go to the same place.
     pub fn begin(
         &self,
         server: &str,
         dir: &Path,
         path: &RunPath,
         storage_id: &str,
+        base: [u64; 3],
+        step_offset: i64,
     ) -> Result<(), DbError> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(db::err(&self.path))?;
@@ -204,8 +223,9 @@ impl Ledger {
             .map_err(db::err(&self.path))?;
         }
         tx.execute(
-            "INSERT INTO runs (server, dir, entity, project, name, storage_id, state, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'partial', ?7)
+            "INSERT INTO runs (server, dir, entity, project, name, storage_id, state, updated_at,
+                 base_history, base_events, base_log, step_offset)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'partial', ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (server, dir) DO UPDATE SET storage_id = excluded.storage_id,
                  complete = 0, state = 'partial', error = '', updated_at = excluded.updated_at",
             params![
@@ -215,11 +235,41 @@ impl Ledger {
                 path.project,
                 path.name,
                 storage_id,
-                now()
+                now(),
+                base[0] as i64,
+                base[1] as i64,
+                base[2] as i64,
+                step_offset
             ],
         )
         .map_err(db::err(&self.path))?;
         tx.commit().map_err(db::err(&self.path))
+    }
+
+    /// Every directory synced to the run `name` of `project` on `server`
+    /// (the fragments of a resumed run), earliest base first.
+    pub fn fragments(
+        &self,
+        server: &str,
+        project: &str,
+        name: &str,
+    ) -> Result<Vec<Entry>, DbError> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(&format!(
+                "{SELECT} WHERE r.server = ?1 AND r.project = ?2 AND r.name = ?3
+                 ORDER BY r.base_history, r.base_events, r.base_log, r.dir"
+            ))
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![server, project, name], entry)
+            .map_err(self.err())?;
+        rows.collect::<Result<_, _>>().map_err(self.err())
+    }
+
+    /// The ledger's file (its directory holds the sync locks).
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The server now holds this many lines of each stream.
@@ -368,7 +418,8 @@ impl Ledger {
 const SELECT: &str = "SELECT r.server, r.dir, r.entity, r.project, r.name, r.storage_id,
     r.history_lines, r.events_lines, r.log_lines, r.complete, r.exit_code, r.fingerprint,
     r.state, r.error, r.verified_at, r.mismatches, r.updated_at,
-    (SELECT count(*) FROM files f WHERE f.server = r.server AND f.dir = r.dir)
+    (SELECT count(*) FROM files f WHERE f.server = r.server AND f.dir = r.dir),
+    r.base_history, r.base_events, r.base_log, r.step_offset
     FROM runs r";
 
 fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
@@ -392,5 +443,65 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
         mismatches: serde_json::from_str(&mismatches).unwrap_or_default(),
         updated_at: r.get(16)?,
         files: r.get::<_, i64>(17)? as u64,
+        base: [
+            r.get::<_, i64>(18)? as u64,
+            r.get::<_, i64>(19)? as u64,
+            r.get::<_, i64>(20)? as u64,
+        ],
+        step_offset: r.get(21)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-1 ledger (before resumed fragments) opens, migrates, and
+    /// reads its runs as runs of one directory: base 0, no step shift.
+    #[test]
+    fn a_version_1_ledger_reads_as_single_directory_runs() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let path = tmp.path().join("sync.db");
+        {
+            let mut conn = db::open(&path).expect("open");
+            db::migrate(&mut conn, &path, &MIGRATIONS[..1]).expect("v1");
+            conn.execute(
+                "INSERT INTO runs (server, dir, entity, project, name, history_lines, complete,
+                     state, updated_at) VALUES ('http://w', '/r', 'lab', 'p', 'id1', 30, 1, 'synced', 1.0)",
+                [],
+            )
+            .expect("insert");
+        }
+        let l = Ledger::open(&path).expect("migrated");
+        let e = l
+            .get("http://w", Path::new("/r"))
+            .expect("get")
+            .expect("entry");
+        assert_eq!((e.history_lines, e.base, e.step_offset), (30, [0; 3], 0));
+        let path_ = RunPath {
+            entity: "lab".into(),
+            project: "p".into(),
+            name: "id1".into(),
+        };
+        // a later sync of the same directory keeps what was recorded first
+        l.begin("http://w", Path::new("/r"), &path_, "sid", [5, 6, 7], 9)
+            .expect("begin");
+        let e = l
+            .get("http://w", Path::new("/r"))
+            .expect("get")
+            .expect("entry");
+        assert_eq!((e.base, e.step_offset), ([0; 3], 0));
+        // a new directory of the run records its own
+        l.begin("http://w", Path::new("/r2"), &path_, "sid", [30, 2, 1], 30)
+            .expect("begin");
+        let frags = l.fragments("http://w", "p", "id1").expect("fragments");
+        let got: Vec<_> = frags.iter().map(|e| (e.dir.clone(), e.base)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (PathBuf::from("/r"), [0; 3]),
+                (PathBuf::from("/r2"), [30, 2, 1])
+            ]
+        );
+    }
 }

@@ -27,14 +27,23 @@ pub const CONFIG_YAML: &str = "config.yaml";
 /// The generated metadata file.
 pub const METADATA: &str = "wandb-metadata.json";
 
-/// A history row as a `wandb-history.jsonl` line.
-pub fn history_line(row: &HistoryRow) -> String {
+/// A history row as a `wandb-history.jsonl` line, its `_step` moved on by
+/// `shift` (a later fragment of a resumed run continues after the steps the
+/// server holds, as `wandb sync` does).
+pub fn history_line(row: &HistoryRow, shift: i64) -> String {
     let mut out = String::with_capacity(64 + 24 * row.values.len());
+    let step = Value::Int(row.step + shift);
     if row.values.contains_key("_step") {
-        write_object(&mut out, row.values.iter());
+        let entries = row.values.iter().map(|(k, v)| {
+            if k == "_step" && shift != 0 {
+                (k, &step)
+            } else {
+                (k, v)
+            }
+        });
+        write_object(&mut out, entries);
     } else {
         // `_step` in its sorted place among the keys
-        let step = Value::Int(row.step);
         let (before, after): (Vec<_>, Vec<_>) = row.values.iter().partition(|(k, _)| *k < "_step");
         let entries = before
             .into_iter()
@@ -203,43 +212,19 @@ fn yaml_scalar_string(s: &str) -> String {
     }
 }
 
-/// `wandb-metadata.json`: the run's environment, with wandb's key names.
+/// `wandb-metadata.json`: the run's EnvironmentRecords merged, in the
+/// protobuf-JSON form wandb-core writes (`wandb::meta`), indented. A run
+/// without any has `{}`.
 pub fn metadata_json(run: &Run) -> String {
-    let e = &run.environment;
-    let mut m = BTreeMap::new();
-    let mut put = |k: &str, v: Value| {
-        let empty = matches!(&v, Value::String(s) if s.is_empty())
-            || matches!(v, Value::Int(0))
-            || matches!(&v, Value::Array(a) if a.is_empty());
-        if !empty {
-            m.insert(k.to_string(), v);
-        }
-    };
-    put("os", Value::String(e.os.clone()));
-    put("python", Value::String(e.python.clone()));
-    put("program", Value::String(e.program.clone()));
-    put(
-        "args",
-        Value::Array(e.args.iter().cloned().map(Value::String).collect()),
-    );
-    put("host", Value::String(e.host.clone()));
-    put("username", Value::String(e.username.clone()));
-    put("executable", Value::String(e.executable.clone()));
-    put("cpu_count", Value::Int(i64::from(e.cpu_count)));
-    put(
-        "cpu_count_logical",
-        Value::Int(i64::from(e.cpu_count_logical)),
-    );
-    put("gpu", Value::String(e.gpu_type.clone()));
-    put("gpu_count", Value::Int(i64::from(e.gpu_count)));
-    put("cudaVersion", Value::String(e.cuda_version.clone()));
-    if let Some(t) = e.started_at.or(run.start_time) {
-        if let Ok(d) = std::time::Duration::try_from_secs_f64(t) {
-            let at = humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + d).to_string();
-            put("startedAt", Value::String(at));
-        }
+    let text = Value::Object(run.environment.metadata.clone()).to_extended_json();
+    // the metadata holds only strings, integers and objects: strict JSON
+    match serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+    {
+        Some(pretty) => pretty,
+        None => text,
     }
-    Value::Object(m).to_extended_json()
 }
 
 /// `output.log` for a run that has none on disk: the console lines' text.
@@ -268,7 +253,8 @@ mod tests {
             ])
             .into(),
         };
-        assert_eq!(history_line(&row), r#"{"_step":3,"loss":NaN}"#);
+        assert_eq!(history_line(&row, 0), r#"{"_step":3,"loss":NaN}"#);
+        assert_eq!(history_line(&row, 50), r#"{"_step":53,"loss":NaN}"#);
         let s = SystemSample {
             timestamp: Some(12.0),
             runtime: None,

@@ -14,6 +14,13 @@
 //! exit record, as `wandb sync` does) → verification: the server's line
 //! counts, summary, state and file list against the local run.
 //!
+//! Resumed runs (wandb's `resume=` fragments, one directory each) are merged
+//! into one server run as `wandb sync` does: each directory's lines go after
+//! those the server held when its first sync began (recorded in the ledger),
+//! its steps shifted past the server's last one. Syncs of one server run
+//! hold a per-run file lock, so they never interleave, in one process or
+//! several. Artifacts are not synced; they are reported per run.
+//!
 //! Layers: `creds` (server URL and API key), `api` (the protocol, retries),
 //! `lines` (what the wire content looks like), `ledger` (what was sent).
 //! This module reads run directories and never writes into them.
@@ -113,7 +120,7 @@ pub enum SyncError {
         message: String,
     },
     /// Another directory was already synced to the same run.
-    #[error("run {path} on {host} was already synced from {other}; several directories of one run (wandb resume fragments, or copies) are not merged into one server run, since their rows would overlap. Sync this one as its own run with `trainyard sync wandb {dir} --id NEWID`")]
+    #[error("run {path} on {host} was already synced from {other}, and {dir} is not a resumed fragment of it (its run record has no resume flag), so its rows would repeat the run's (a copy of the run?). Sync it as its own run with `trainyard sync wandb {dir} --id NEWID`")]
     SyncedFromElsewhere {
         /// host:port.
         host: String,
@@ -294,6 +301,9 @@ pub struct RunReport {
     pub files_missing: Vec<String>,
     /// The exit code sent.
     pub exit_code: Option<i64>,
+    /// Artifacts the run logged that were not synced (`name (type)`);
+    /// each is also a mismatch, so the run does not count as fully synced.
+    pub artifacts_not_synced: Vec<String>,
     /// Differences the verification found.
     pub mismatches: Vec<String>,
     /// Reader notes (damage stepped over, an incomplete tail).
@@ -314,6 +324,7 @@ impl RunReport {
             files_uploaded: 0,
             files_missing: Vec::new(),
             exit_code: None,
+            artifacts_not_synced: Vec::new(),
             mismatches: Vec::new(),
             notes: Vec::new(),
             error: None,
@@ -352,6 +363,11 @@ pub struct Syncer {
 /// The local side of a run, as the verification compares it.
 #[derive(Debug, Default)]
 struct Local {
+    /// Lines of earlier fragments before this directory's, per stream.
+    base: [u64; 3],
+    /// A later fragment of the run was synced after this one: the summary,
+    /// state and files on the server are that fragment's.
+    superseded: bool,
     history: u64,
     events: u64,
     log: u64,
@@ -370,7 +386,10 @@ struct LocalFile {
 /// Lines waiting to go out, per stream, starting at the server's count.
 #[derive(Default)]
 struct Pending {
-    /// Lines the server holds, per stream (history, events, log).
+    /// Lines of earlier fragments of the run, per stream: this directory's
+    /// line `i` is the server's line `base + i`.
+    base: [u64; 3],
+    /// Lines of this directory the server holds, per stream (history, events, log).
     have: [u64; 3],
     /// Local lines seen, per stream.
     seen: [u64; 3],
@@ -422,7 +441,7 @@ impl Pending {
             n[s] = take as u64;
             files.insert(
                 (*name).to_string(),
-                json!({"offset": self.have[s], "content": content}),
+                json!({"offset": self.base[s] + self.have[s], "content": content}),
             );
         }
         (json!({ "files": files }), n)
@@ -444,48 +463,84 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("a blocking sync task panicked")
 }
 
-async fn read_window(
+/// Reads on until the run record names the run, keeping the rows in the
+/// reader (they become lines once the step shift is known).
+async fn read_until_named(
     mut reader: RunReader,
     window: u64,
-    keep_text: bool,
-) -> Result<(RunReader, Window), SyncError> {
+) -> Result<(RunReader, bool), SyncError> {
     blocking(move || {
-        let w = next_window(&mut reader, window, keep_text)?;
-        Ok((reader, w))
+        let mut eof = false;
+        while !eof && reader.run().id.is_empty() {
+            eof = reader.read_some(Some(window))?.1;
+        }
+        Ok((reader, eof))
+    })
+    .await
+}
+
+/// Reads on until the reader holds a history row (or the file ends),
+/// keeping the rows.
+async fn read_until_history(
+    mut reader: RunReader,
+    window: u64,
+    mut eof: bool,
+) -> Result<(RunReader, bool), SyncError> {
+    blocking(move || {
+        while !eof && reader.run().history.is_empty() {
+            eof = reader.read_some(Some(window))?.1;
+        }
+        Ok((reader, eof))
     })
     .await
 }
 
 /// Reads one window and turns its rows into wire lines.
-fn next_window(reader: &mut RunReader, window: u64, keep_text: bool) -> Result<Window, SyncError> {
+fn next_window(
+    reader: &mut RunReader,
+    window: u64,
+    keep_text: bool,
+    shift: i64,
+) -> Result<Window, SyncError> {
     let (_, eof) = reader.read_some(Some(window))?;
+    Ok(take_window(reader, keep_text, shift, eof))
+}
+
+/// The rows the reader holds, as wire lines.
+fn take_window(reader: &mut RunReader, keep_text: bool, shift: i64, eof: bool) -> Window {
     let start = reader.run().start_time;
     let (h, s, c) = reader.take_rows();
-    Ok(Window {
-        history: h.iter().map(lines::history_line).collect(),
+    Window {
+        history: h.iter().map(|r| lines::history_line(r, shift)).collect(),
         events: s.iter().map(|x| lines::events_line(x, start)).collect(),
         log: c.iter().map(lines::console_line).collect(),
         log_text: if keep_text { c } else { Vec::new() },
         eof,
-    })
+    }
 }
 
 /// Reads the rest of the file on a blocking thread, window by window, into
-/// a channel of two; the thread ends at the end of the file, on an error
-/// (returned by the handle, with the reader otherwise), or when the
-/// receiver is dropped.
+/// a channel of two (the rows the reader already holds first); the thread
+/// ends at the end of the file, on an error (returned by the handle, with
+/// the reader otherwise), or when the receiver is dropped.
 fn spawn_reader(
     mut reader: RunReader,
     window: u64,
     keep_text: bool,
+    shift: i64,
+    eof: bool,
 ) -> (
     tokio::sync::mpsc::Receiver<Window>,
     tokio::task::JoinHandle<Result<RunReader, SyncError>>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     let done = tokio::task::spawn_blocking(move || {
+        let first = take_window(&mut reader, keep_text, shift, eof);
+        if tx.blocking_send(first).is_err() || eof {
+            return Ok(reader);
+        }
         loop {
-            let w = next_window(&mut reader, window, keep_text)?;
+            let w = next_window(&mut reader, window, keep_text, shift)?;
             let eof = w.eof;
             if tx.blocking_send(w).is_err() || eof {
                 break;
@@ -528,6 +583,74 @@ fn fingerprint(rd: &RunDir) -> Result<String, SyncError> {
         h.update(format!("{}\0{len}:{t}:{ns}\n", f.path).as_bytes());
     }
     Ok(h.finalize().to_hex()[..32].to_string())
+}
+
+/// The directories by the run they hold (the id at the end of a wandb run
+/// directory's name, or `id` for all when given), each group in start-time
+/// order (the `YYYYMMDD_HHMMSS` after `run-`), with their places in `dirs`.
+fn run_groups(dirs: &[PathBuf], id: Option<&str>) -> Vec<Vec<(usize, PathBuf)>> {
+    let name = |d: &Path| {
+        d.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut groups: Vec<(String, Vec<(usize, PathBuf)>)> = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let n = name(d);
+        let key = match id {
+            Some(id) => id.to_string(),
+            None => n.rsplit('-').next().unwrap_or_default().to_string(),
+        };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push((i, d.clone())),
+            None => groups.push((key, vec![(i, d.clone())])),
+        }
+    }
+    let when = |d: &Path| {
+        let n = name(d);
+        n.split_once("run-")
+            .map(|(_, t)| t.to_string())
+            .unwrap_or(n)
+    };
+    groups
+        .into_iter()
+        .map(|(_, mut g)| {
+            g.sort_by_key(|(_, d)| when(d));
+            g
+        })
+        .collect()
+}
+
+/// Adds the server's config keys that the local config lacks (a resumed
+/// fragment keeps what earlier fragments set, as `wandb sync` does).
+fn merge_server_config(local: &mut Value, server: Option<&str>) {
+    let (Value::Object(mine), Some(Ok(Value::Object(theirs)))) = (local, server.map(Value::parse))
+    else {
+        return;
+    };
+    for (k, v) in theirs {
+        mine.entry(k).or_insert(v);
+    }
+}
+
+/// The first step of a fragment that resumes `remote`: one past the last
+/// `_step` the server holds (its history tail, else its summary), as
+/// wandb-core's resume computes it.
+fn starting_step(remote: &RemoteRun) -> i64 {
+    let last_step = |line: &str| {
+        Value::parse(line)
+            .ok()
+            .and_then(|v| v.pointer(&["_step"]).and_then(Value::as_i64))
+    };
+    let from_tail = remote.history_tail.as_deref().and_then(|t| {
+        let lines: Vec<String> = serde_json::from_str(t).ok()?;
+        lines.last().and_then(|l| last_step(l))
+    });
+    let from_summary = remote.summary.as_deref().and_then(last_step);
+    match from_tail.or(from_summary) {
+        Some(s) => s + 1,
+        None => i64::try_from(remote.history_lines).unwrap_or(0),
+    }
 }
 
 /// A fresh 8-character run id, like wandb's.
@@ -603,9 +726,14 @@ impl Syncer {
             },
             Some(dirs.len() as u64),
         );
-        let mut runs: Vec<(usize, RunReport)> =
-            futures_util::stream::iter(dirs.iter().cloned().enumerate())
-                .map(|(i, d)| async move {
+        // Directories of one run (wandb's resumed fragments, named
+        // `…-<id>`) go one after the other in start-time order, as `wandb
+        // sync` does; different runs go `jobs` at a time.
+        let groups = run_groups(dirs, self.opts.id.as_deref());
+        let nested: Vec<Vec<(usize, RunReport)>> = futures_util::stream::iter(groups)
+            .map(|group| async move {
+                let mut out = Vec::with_capacity(group.len());
+                for (i, d) in group {
                     let mut report = RunReport::new(&d);
                     let r = self.one(&d, &mut report, verify_only).await;
                     if let Err(e) = r {
@@ -619,11 +747,14 @@ impl Syncer {
                         report.error = Some(e.to_string());
                     }
                     progress.inc(1);
-                    (i, report)
-                })
-                .buffer_unordered(self.opts.jobs.max(1))
-                .collect()
-                .await;
+                    out.push((i, report));
+                }
+                out
+            })
+            .buffer_unordered(self.opts.jobs.max(1))
+            .collect()
+            .await;
+        let mut runs: Vec<(usize, RunReport)> = nested.into_iter().flatten().collect();
         progress.finish();
         runs.sort_by_key(|(i, _)| *i);
         SyncReport {
@@ -635,6 +766,50 @@ impl Syncer {
 
     fn count(&self, n: u64) {
         self.requests.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Waits for, then holds, this machine's lock on the server run
+    /// `path` (a file in `sync-locks/` beside the ledger, locked with
+    /// `flock`; the kernel drops it when the holder dies). Every sync of a
+    /// run directory holds the lock of the run it goes to from before it
+    /// asks the ledger or the server what is there until it is done, so two
+    /// syncs (in one process or several) never send rows of one run at once.
+    async fn lock_run(&self, server: &str, path: &RunPath) -> Result<std::fs::File, SyncError> {
+        let dir = self
+            .ledger
+            .path()
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("sync-locks");
+        let key = blake3::hash(format!("{server}\0{}\0{}", path.project, path.name).as_bytes());
+        let file = dir.join(format!("{}.lock", &key.to_hex()[..32]));
+        blocking(move || {
+            let io = |source| SyncError::Io {
+                path: file.clone(),
+                source,
+            };
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            // private like the rest of the home: 0700, files 0600
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| SyncError::Io {
+                    path: dir.clone(),
+                    source,
+                })?;
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&file)
+                .map_err(io)?;
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+                .map_err(|e| io(e.into()))?;
+            Ok(f)
+        })
+        .await
     }
 
     async fn one(
@@ -665,6 +840,8 @@ impl Syncer {
                     report.outcome = "unchanged".into();
                     report.path = Some(p.path().to_string());
                     report.exit_code = p.exit_code;
+                    // what the last verification found still holds
+                    report.mismatches.clone_from(&p.mismatches);
                     return Ok(());
                 }
             }
@@ -672,16 +849,12 @@ impl Syncer {
 
         // Read until the run record names the run.
         let has_output_log = rd.dir.join("files").join(lines::OUTPUT).is_file();
-        let mut reader = rd.reader();
         let mut pending = Pending::default();
         let mut log_text = Vec::new();
-        let mut early: Vec<Window> = Vec::new();
-        let mut eof = false;
-        while !eof && reader.run().id.is_empty() {
-            let (r, w) = read_window(reader, self.opts.window, !has_output_log).await?;
-            reader = r;
-            eof = w.eof;
-            early.push(w);
+        let (mut reader, mut eof) = read_until_named(rd.reader(), self.opts.window).await?;
+        // A resumed fragment's step shift depends on its first step.
+        if reader.run().resume {
+            (reader, eof) = read_until_history(reader, self.opts.window, eof).await?;
         }
         if reader.run().id.is_empty() {
             return Err(SyncError::NoRunRecord {
@@ -703,8 +876,18 @@ impl Syncer {
                 .unwrap_or_else(|| "uncategorized".into()),
             name: self.opts.id.clone().unwrap_or_else(|| run.id.clone()),
         };
+        // One sync of a server run at a time, on this machine: the fragments
+        // of a resumed run (and copies of a run) go one after the other, so
+        // each sees what the one before left on the server.
+        let _lock = self.lock_run(&server, &wanted).await?;
+        let prior = self.ledger.get(&server, &dir)?;
+        let prior_same = prior
+            .as_ref()
+            .filter(|p| p.project == wanted.project && p.name == wanted.name)
+            .cloned();
 
-        let (path, config_sent) = if verify_only {
+        let mut server_config: Option<String> = None;
+        let (path, config_sent, shift) = if verify_only {
             let path = match &prior {
                 Some(p) => p.path(),
                 None if !wanted.entity.is_empty() => wanted.clone(),
@@ -716,20 +899,39 @@ impl Syncer {
                     })
                 }
             };
-            (path, None)
+            if let Some(p) = &prior {
+                pending.base = p.base;
+            }
+            (path, None, prior.as_ref().map_or(0, |p| p.step_offset))
         } else {
             let others = self
                 .ledger
                 .others(&server, &wanted.project, &wanted.name, &dir)?;
             if let Some(other) = others.into_iter().next() {
-                return Err(SyncError::SyncedFromElsewhere {
-                    host: self.host(),
-                    path: format!("{}/{}", wanted.project, wanted.name),
-                    other,
-                    dir: dir.clone(),
-                });
+                // wandb's resumed fragments are merged; anything else with
+                // the same id would overlap the rows already there
+                if !run.resume {
+                    return Err(SyncError::SyncedFromElsewhere {
+                        host: self.host(),
+                        path: format!("{}/{}", wanted.project, wanted.name),
+                        other,
+                        dir: dir.clone(),
+                    });
+                }
             }
-            let config0 = lines::wandb_config(run).to_extended_json();
+            // A resumed fragment continues the server's run: its config is
+            // merged into the server's, its lines and steps go after the
+            // server's, as `wandb sync` does.
+            let before = if run.resume {
+                self.count(1);
+                self.api.resume_status(&wanted).await?
+            } else {
+                None
+            };
+            server_config = before.as_ref().and_then(|b| b.config.clone());
+            let mut config0 = lines::wandb_config(run);
+            merge_server_config(&mut config0, server_config.as_deref());
+            let config0 = config0.to_extended_json();
             let fields = UpsertFields {
                 display_name: Some(run.display_name.clone()),
                 notes: Some(run.notes.clone()),
@@ -737,7 +939,9 @@ impl Syncer {
                 job_type: Some(run.job_type.clone()),
                 host: Some(run.host.clone()),
                 program: Some(run.environment.program.clone()),
-                tags: Some(run.tags.clone()),
+                // no tags: leave the server's alone (someone may have set
+                // some there), as `wandb sync` does
+                tags: Some(run.tags.clone()).filter(|t| !t.is_empty()),
                 config: Some(config0.clone()),
                 sweep: Some(run.sweep_id.clone()),
             };
@@ -759,25 +963,36 @@ impl Syncer {
             report.path = Some(path.to_string());
             self.count(1);
             let remote = self.api.resume_status(&path).await?.unwrap_or_default();
-            self.ledger.begin(&server, &dir, &path, &bucket.id)?;
-            pending.have = [remote.history_lines, remote.events_lines, remote.log_lines];
-            (path, Some(config0))
+            let (base, shift) = match (&prior_same, &before) {
+                (Some(p), _) => (p.base, p.step_offset),
+                (None, Some(b)) => {
+                    // as wandb-core: the fragment's steps move up so that it
+                    // starts after the server's last step, never down (a
+                    // fragment that skips steps keeps its own)
+                    let first = reader.run().history.first().map_or(0, |r| r.step);
+                    (
+                        [b.history_lines, b.events_lines, b.log_lines],
+                        (starting_step(b) - first).max(0),
+                    )
+                }
+                (None, None) => ([0; 3], 0),
+            };
+            self.ledger
+                .begin(&server, &dir, &path, &bucket.id, base, shift)?;
+            pending.base = base;
+            pending.have = [
+                remote.history_lines.saturating_sub(base[0]),
+                remote.events_lines.saturating_sub(base[1]),
+                remote.log_lines.saturating_sub(base[2]),
+            ];
+            (path, Some(config0), shift)
         };
         report.path = Some(path.to_string());
 
-        // Stream the rows.
-        for w in early.drain(..) {
-            feed(w, &mut pending, &mut log_text);
-        }
-        // A blocking thread reads the windows after these, at most two ahead,
-        // while the requests for the ones before are in flight.
+        // Stream the rows. A blocking thread reads the windows, at most two
+        // ahead, while the requests for the ones before are in flight.
         let request_bytes = self.opts.request_bytes;
-        let (mut windows, mut idle) = if eof {
-            (None, Some(reader))
-        } else {
-            let w = spawn_reader(reader, self.opts.window, !has_output_log);
-            (Some(w), None)
-        };
+        let (mut rx, done) = spawn_reader(reader, self.opts.window, !has_output_log, shift, eof);
         loop {
             if verify_only {
                 pending.lines = Default::default();
@@ -787,18 +1002,18 @@ impl Syncer {
                     self.flush(&server, &dir, &path, &mut pending).await?;
                 }
             }
-            let Some((rx, _)) = windows.as_mut() else {
-                break;
-            };
             match rx.recv().await {
                 Some(w) => feed(w, &mut pending, &mut log_text),
                 None => break,
             }
         }
-        if let Some((_, done)) = windows {
-            idle = Some(done.await.expect("a blocking sync task panicked")?);
+        let idle = done.await.expect("a blocking sync task panicked")?;
+        let mut run = idle.into_run();
+        if shift != 0 {
+            if let Some(Value::Int(step)) = run.summary.get_mut("_step") {
+                *step += shift;
+            }
         }
-        let run = idle.expect("the reader is back").into_run();
         let ended = run.exit_code.is_some();
         if ended {
             let tails: Vec<_> = run.console_tail().cloned().collect();
@@ -833,7 +1048,9 @@ impl Syncer {
         };
         let exit_code = i64::from(run.exit_code.unwrap_or(1));
         report.exit_code = Some(exit_code);
-        let local = Local {
+        let mut local = Local {
+            base: pending.base,
+            superseded: false,
             history: pending.seen[0],
             events: pending.seen[1],
             log: pending.seen[2],
@@ -843,7 +1060,11 @@ impl Syncer {
         };
 
         if !verify_only {
-            let config = lines::wandb_config(&run).to_extended_json();
+            let mut config = lines::wandb_config(&run);
+            if let Some(b) = &server_config {
+                merge_server_config(&mut config, Some(b));
+            }
+            let config = config.to_extended_json();
             if config_sent.as_deref() != Some(config.as_str()) {
                 self.count(1);
                 let fields = UpsertFields {
@@ -875,13 +1096,37 @@ impl Syncer {
             report.outcome = "verified".into();
         }
 
+        // Artifacts are not synced (yet): say so, run by run, and let the
+        // verification (and so the exit status) count them as differences.
+        report.artifacts_not_synced = run
+            .artifacts
+            .iter()
+            .map(|a| format!("{} ({})", a.name, a.kind))
+            .collect();
+        let left_out: Vec<String> = report
+            .artifacts_not_synced
+            .iter()
+            .map(|a| format!("artifact {a} was not synced: trainyard does not sync artifacts yet"))
+            .collect();
         if self.opts.verify || verify_only {
+            let mine: u64 = local.base.iter().sum();
+            local.superseded = self
+                .ledger
+                .fragments(&server, &path.project, &path.name)?
+                .iter()
+                .any(|e| {
+                    e.dir != dir
+                        && e.base.iter().sum::<u64>() > mine
+                        && e.base.iter().zip(local.base).all(|(a, b)| *a >= b)
+                });
             self.count(1);
             let state = self.api.run_state(&path).await?;
             report.mismatches = compare(&local, state.as_ref(), &path);
-            if prior.is_some() || !verify_only {
-                self.ledger.verified(&server, &dir, &report.mismatches)?;
-            }
+        }
+        report.mismatches.extend(left_out);
+        let verified = self.opts.verify || verify_only || !report.mismatches.is_empty();
+        if verified && (prior.is_some() || !verify_only) {
+            self.ledger.verified(&server, &dir, &report.mismatches)?;
         }
         Ok(())
     }
@@ -900,7 +1145,7 @@ impl Syncer {
             pending.have[s] += k;
             pending.sent[s] += k;
         }
-        let [h, e, l] = pending.have;
+        let [h, e, l] = [0, 1, 2].map(|s| pending.base[s] + pending.have[s]);
         self.ledger.set_counts(server, dir, h, e, l)?;
         Ok(())
     }
@@ -1081,15 +1326,28 @@ fn compare(local: &Local, remote: Option<&RemoteRun>, path: &RunPath) -> Vec<Str
     };
     let mut out = Vec::new();
     for (what, server, here) in [
-        ("history", r.history_lines, local.history),
-        ("system metrics", r.events_lines, local.events),
-        ("console", r.log_lines, local.log),
+        ("history", r.history_lines, local.base[0] + local.history),
+        (
+            "system metrics",
+            r.events_lines,
+            local.base[1] + local.events,
+        ),
+        ("console", r.log_lines, local.base[2] + local.log),
     ] {
-        if server != here {
+        let short = if local.superseded {
+            server < here
+        } else {
+            server != here
+        };
+        if short {
             out.push(format!(
                 "{what}: the server has {server} lines, the run {here}"
             ));
         }
+    }
+    if local.superseded {
+        // the summary, state and files are the later fragment's
+        return out;
     }
     let expected = if local.exit_code == 0 {
         "finished"
