@@ -4,7 +4,6 @@
 //! blocking threads; the async handlers call it through `spawn_blocking`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,8 +11,10 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::api::{AgentInfo, AgentOrders, AgentReport, Event, HeldGpu, Work};
 use crate::db::now_ns;
-use crate::queue::{Active, JobId, JobState, Queue, QueueError};
+use crate::queue::{Active, AttemptLogs, JobId, JobState, Queue, QueueError};
 use crate::sched::{self, HostView};
+
+use super::Retention;
 
 /// How many queued jobs one scheduling pass looks at.
 const PASS_WINDOW: usize = 512;
@@ -28,26 +29,26 @@ pub(crate) struct AgentEntry {
 pub(crate) struct Coord {
     pub queue: Queue,
     pub home: crate::Home,
-    pub logs: PathBuf,
+    /// Attempt logs (`logs/` in the home), capped per `retention`.
+    pub logs: AttemptLogs,
+    pub retention: Retention,
     pub lease: Duration,
     pub agents: Mutex<HashMap<String, AgentEntry>>,
     pub events: broadcast::Sender<Event>,
     pub wake_sched: Notify,
-    /// Serializes appends to log files.
-    pub log_lock: Mutex<()>,
 }
 
 impl Coord {
-    pub fn new(queue: Queue, home: crate::Home, lease: Duration) -> Coord {
+    pub fn new(queue: Queue, home: crate::Home, lease: Duration, retention: Retention) -> Coord {
         Coord {
-            logs: home.root().join("logs"),
+            logs: AttemptLogs::new(home.root().join("logs"), retention.max_log_bytes),
+            retention,
             home,
             queue,
             lease,
             agents: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             wake_sched: Notify::new(),
-            log_lock: Mutex::new(()),
         }
     }
 
@@ -194,6 +195,7 @@ impl Coord {
     /// (priority, then submission) on live agents, reserving GPUs for a
     /// blocked job that would fit once Trainyard's own attempts end.
     pub fn schedule(&self) -> Result<(), QueueError> {
+        let t0 = Instant::now();
         for (id, state) in self.queue.expire_leases(now_ns())? {
             tracing::warn!(job = id.0, %state, "attempt lease expired");
             self.job_event(id, state);
@@ -201,15 +203,31 @@ impl Coord {
         let active = self.queue.active()?;
         let mut hosts = self.host_views(&active);
         let jobs = self.queue.runnable(PASS_WINDOW)?;
+        let considered = jobs.len();
+        let mut assigned = 0usize;
         let mut changed = Vec::new();
         for job in jobs {
             let req = &job.gpus;
             match sched::place(req, &hosts) {
                 Ok(p) => {
-                    let a = match self
-                        .queue
-                        .assign(job.id, &p.agent, &p.gpus, self.lease_ns())
-                    {
+                    let indices: Vec<u32> = hosts
+                        .iter()
+                        .find(|h| h.agent == p.agent)
+                        .map(|h| {
+                            p.gpus
+                                .iter()
+                                .filter_map(|u| h.gpus.iter().find(|g| &g.uuid == u))
+                                .map(|g| g.index)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let a = match self.queue.assign_at(
+                        job.id,
+                        &p.agent,
+                        &p.gpus,
+                        &indices,
+                        self.lease_ns(),
+                    ) {
                         Ok(a) => a,
                         // Cancelled between the read and now.
                         Err(QueueError::BadState { .. }) => continue,
@@ -224,9 +242,13 @@ impl Coord {
                     }
                     self.wake_agent(&p.agent);
                     self.job_event(job.id, JobState::Assigned);
+                    assigned += 1;
                 }
                 Err(why) => {
-                    let why = match sched::reserve(req, &hosts) {
+                    let why = if let Some(never) = sched::unsatisfiable(req, &hosts) {
+                        never
+                    } else {
+                        match sched::reserve(req, &hosts) {
                         Some(r) => {
                             let n = r.gpus.len();
                             if let Some(h) = hosts.iter_mut().find(|h| h.agent == r.agent) {
@@ -237,7 +259,8 @@ impl Coord {
                                 r.agent, req.count
                             )
                         }
-                        None => why,
+                            None => format!("waiting for GPUs: {why}"),
+                        }
                     };
                     // Write only changes: a pass over a long queue stays read-only.
                     if job.reason.as_deref() != Some(&why) {
@@ -250,6 +273,29 @@ impl Coord {
         for (id, _) in &changed {
             self.job_event(*id, JobState::Queued);
         }
+        tracing::debug!(
+            considered,
+            assigned,
+            reasons = changed.len(),
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "scheduling pass"
+        );
         Ok(())
+    }
+
+    /// Apply the retention settings once: forget finished jobs beyond the
+    /// count or age kept, and delete their logs. Returns how many went.
+    pub fn apply_retention(&self) -> Result<usize, QueueError> {
+        let r = &self.retention;
+        let before = r
+            .keep_for
+            .map(|d| now_ns().saturating_sub(d.as_nanos().min(i64::MAX as u128) as i64));
+        let gone = self.queue.purge_finished(r.keep_jobs, before, 1000)?;
+        for id in &gone {
+            if let Err(e) = self.logs.remove_job(*id) {
+                tracing::warn!(job = id.0, error = %e, "cannot remove a purged job's logs");
+            }
+        }
+        Ok(gone.len())
     }
 }
