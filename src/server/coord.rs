@@ -255,7 +255,7 @@ impl Coord {
                                 h.held.extend(r.gpus);
                             }
                             format!(
-                                "{why}; waiting for GPUs on {} ({n} of {} reserved)",
+                                "waiting for GPUs on {} ({n} of {} reserved): {why}",
                                 r.agent, req.count
                             )
                         }

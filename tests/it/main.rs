@@ -7,6 +7,7 @@ mod api_guard;
 mod daemon_home;
 mod hardening;
 mod queue_daemon;
+mod queue_scale;
 mod remote_s3;
 mod runs_index;
 mod store_cli;
