@@ -232,9 +232,7 @@ fn filter_sql(f: &JobFilter, order: JobOrder) -> (Vec<String>, Vec<Value>) {
                 );
                 params.push(Value::Integer(id));
             }
-            Err(_) => terms.push(
-                "(j.spec LIKE ? ESCAPE '\\' OR j.user LIKE ? ESCAPE '\\')".into(),
-            ),
+            Err(_) => terms.push("(j.spec LIKE ? ESCAPE '\\' OR j.user LIKE ? ESCAPE '\\')".into()),
         }
         params.push(Value::Text(like.clone()));
         params.push(Value::Text(like));

@@ -22,7 +22,8 @@ use super::JobId;
 pub const MIN_LOG_CAP: u64 = 64 * 1024;
 
 const MARK_HEAD: &str = "[trainyard: the first ";
-const MARK_TAIL: &str = " bytes of this log were dropped: it grew past the daemon's --max-log-size]\n";
+const MARK_TAIL: &str =
+    " bytes of this log were dropped: it grew past the daemon's --max-log-size]\n";
 /// Digits of the dropped count in the marker: fixed, so the marker's length is.
 const MARK_DIGITS: usize = 20;
 const MARK_LEN: u64 = (MARK_HEAD.len() + MARK_DIGITS + MARK_TAIL.len()) as u64;
@@ -194,7 +195,11 @@ impl AttemptLogs {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)?;
-        write!(out, "{MARK_HEAD}{dropped:0width$}{MARK_TAIL}", width = MARK_DIGITS)?;
+        write!(
+            out,
+            "{MARK_HEAD}{dropped:0width$}{MARK_TAIL}",
+            width = MARK_DIGITS
+        )?;
         f.seek(SeekFrom::Start(l.data_start + cut))?;
         std::io::copy(&mut f, &mut out)?;
         std::fs::rename(&tmp, path)?;
@@ -293,7 +298,11 @@ mod tests {
         assert!(mark.starts_with("[trainyard: the first "), "{mark}");
         assert!(mark.contains("bytes of this log were dropped"), "{mark}");
         assert!(all.ends_with(tail.as_bytes()), "the tail is intact");
-        assert!(tail.starts_with("line "), "it starts at a line: {}", &tail[..20]);
+        assert!(
+            tail.starts_with("line "),
+            "it starts at a line: {}",
+            &tail[..20]
+        );
         // A gap is refused; reading from inside the tail needs no marker.
         assert!(matches!(
             l.append(job, 1, sent + 1, b"x"),

@@ -197,7 +197,11 @@ fn pages_follow_cursors_in_either_order_with_filters() {
     let mut ids = Vec::new();
     for i in 0..25 {
         let user = if i % 2 == 0 { "ada" } else { "bob" };
-        let tag = if i % 5 == 0 { r#", "tags": ["five"]"# } else { "" };
+        let tag = if i % 5 == 0 {
+            r#", "tags": ["five"]"#
+        } else {
+            ""
+        };
         let prio = if i == 24 { 5 } else { 0 };
         ids.push(
             q.submit(&spec(&format!(
@@ -319,7 +323,10 @@ fn a_sweep_is_expanded_in_one_transaction_and_its_size_is_bounded() {
 fn retention_forgets_the_oldest_finished_jobs_but_not_a_pending_dependency() {
     let (_d, q) = queue();
     let ids: Vec<JobId> = (0..8)
-        .map(|i| q.submit(&spec(&format!(r#"{{"command": ["j{i}"]}}"#))).unwrap())
+        .map(|i| {
+            q.submit(&spec(&format!(r#"{{"command": ["j{i}"]}}"#)))
+                .unwrap()
+        })
         .collect();
     for id in &ids[..6] {
         run(&q, *id, 0);

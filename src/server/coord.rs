@@ -249,16 +249,16 @@ impl Coord {
                         never
                     } else {
                         match sched::reserve(req, &hosts) {
-                        Some(r) => {
-                            let n = r.gpus.len();
-                            if let Some(h) = hosts.iter_mut().find(|h| h.agent == r.agent) {
-                                h.held.extend(r.gpus);
+                            Some(r) => {
+                                let n = r.gpus.len();
+                                if let Some(h) = hosts.iter_mut().find(|h| h.agent == r.agent) {
+                                    h.held.extend(r.gpus);
+                                }
+                                format!(
+                                    "waiting for GPUs on {} ({n} of {} reserved): {why}",
+                                    r.agent, req.count
+                                )
                             }
-                            format!(
-                                "waiting for GPUs on {} ({n} of {} reserved): {why}",
-                                r.agent, req.count
-                            )
-                        }
                             None => format!("waiting for GPUs: {why}"),
                         }
                     };

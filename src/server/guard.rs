@@ -125,7 +125,7 @@ impl Guard {
         let bare = name.trim_start_matches('[').trim_end_matches(']');
         bare.parse::<IpAddr>().is_ok()
             || name == "localhost"
-            || self.names.iter().any(|n| *n == name)
+            || self.names.contains(&name)
     }
 
     /// Check a request against every rule: `api` says whether it is for

@@ -158,8 +158,7 @@ async fn read_body(body: Body, limit: usize, what: &str, advice: &str) -> ApiRes
     let mut stream = body.into_data_stream();
     let mut buf = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad(format!("reading the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::bad(format!("reading the request body: {e}")))?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -274,8 +273,9 @@ async fn list_jobs(
     let filter = q.filter()?;
     let order = match q.order.as_deref() {
         None | Some("") => JobOrder::Queue,
-        Some(o) => JobOrder::from_name(o)
-            .ok_or_else(|| ApiError::bad(format!("order: unknown order {o:?} (queue, finished)")))?,
+        Some(o) => JobOrder::from_name(o).ok_or_else(|| {
+            ApiError::bad(format!("order: unknown order {o:?} (queue, finished)"))
+        })?,
     };
     if order == JobOrder::Finished {
         if let Some(s) = filter.states.iter().find(|s| !s.is_terminal()) {
@@ -298,7 +298,10 @@ async fn list_jobs(
         Some(t) => Some(Cursor::parse(t, order)?),
         None => None,
     };
-    let page = blocking(&c, move |c| Ok(c.queue.page(&filter, order, cursor, limit)?)).await?;
+    let page = blocking(&c, move |c| {
+        Ok(c.queue.page(&filter, order, cursor, limit)?)
+    })
+    .await?;
     let mut resp = Json(page.jobs).into_response();
     let h = resp.headers_mut();
     h.insert(
@@ -316,7 +319,12 @@ async fn list_jobs(
             .map(str::to_string)
             .collect();
         query.push(format!("cursor={next}"));
-        let link = format!("<{}{}?{}>; rel=\"next\"", api::PREFIX, "/jobs", query.join("&"));
+        let link = format!(
+            "<{}{}?{}>; rel=\"next\"",
+            api::PREFIX,
+            "/jobs",
+            query.join("&")
+        );
         if let Ok(v) = HeaderValue::from_str(&link) {
             h.insert(header::LINK, v);
         }

@@ -33,7 +33,11 @@ fn call(url: &str, method: &str, path: &str, body: &str) -> (u16, String, String
     let _ = writer.join();
     let text = String::from_utf8_lossy(&resp).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
@@ -86,7 +90,10 @@ fn a_100000_job_sweep_is_one_small_request_and_the_list_comes_in_pages() {
     assert_eq!(job_ids(&body), (1..=500).collect::<Vec<_>>());
     assert_eq!(header(&head, "x-trainyard-total"), Some("100000"));
     let next = header(&head, "x-trainyard-next-cursor").expect("a next cursor");
-    assert!(header(&head, "link").is_some_and(|l| l.contains("rel=\"next\"")), "{head}");
+    assert!(
+        header(&head, "link").is_some_and(|l| l.contains("rel=\"next\"")),
+        "{head}"
+    );
     let (_, head2, body2) = call(
         &url,
         "GET",
@@ -111,7 +118,11 @@ fn a_100000_job_sweep_is_one_small_request_and_the_list_comes_in_pages() {
 
     // `ps` shows the first 100 of them and says how many more there are.
     let ps = env.ok(&["ps", "--server", &url]);
-    assert_eq!(ps.lines().filter(|l| l.contains(" queued ")).count(), 100, "{ps}");
+    assert_eq!(
+        ps.lines().filter(|l| l.contains(" queued ")).count(),
+        100,
+        "{ps}"
+    );
     assert!(ps.contains("(99900 more jobs not shown"), "{ps}");
 }
 
@@ -120,8 +131,7 @@ fn requests_over_a_limit_say_which_limit_and_what_to_do() {
     let env = Env::new();
     let (_d, url) = env.up("up", &["--no-agent"]);
     // 33 MiB of spelled-out jobs: over POST /jobs' 32 MiB.
-    let one = r#"{"command": ["true"], "args": {"pad": "PAD"}},"#
-        .replace("PAD", &"x".repeat(1000));
+    let one = r#"{"command": ["true"], "args": {"pad": "PAD"}},"#.replace("PAD", &"x".repeat(1000));
     let n = (33 << 20) / one.len() + 1;
     let body = format!(r#"{{"jobs": [{}]}}"#, one.repeat(n).trim_end_matches(','));
     let (status, _, answer) = call(&url, "POST", "/api/v1/jobs", &body);
@@ -138,7 +148,10 @@ fn requests_over_a_limit_say_which_limit_and_what_to_do() {
         &format!(r#"{{"version": "{}"}}"#, "x".repeat(3 << 20)),
     );
     assert_eq!(status, 413, "{answer}");
-    assert!(answer.contains("payload_too_large") && answer.contains("2 MiB"), "{answer}");
+    assert!(
+        answer.contains("payload_too_large") && answer.contains("2 MiB"),
+        "{answer}"
+    );
     // A sweep over the batch limit is refused before anything is stored.
     let big: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
     let out = env.fail(&[
@@ -188,7 +201,8 @@ fn retention_forgets_old_finished_jobs_and_logs_keep_their_tail() {
     let log = env.ok(&["logs", "--server", &url, &chatty.to_string()]);
     let first = log.lines().next().unwrap();
     assert!(
-        first.starts_with("[trainyard: the first ") && first.contains("bytes of this log were dropped"),
+        first.starts_with("[trainyard: the first ")
+            && first.contains("bytes of this log were dropped"),
         "{first}"
     );
     assert!(log.ends_with("399999\n400000\n"), "the tail is kept");
@@ -206,11 +220,26 @@ fn retention_forgets_old_finished_jobs_and_logs_keep_their_tail() {
         wait_for(Duration::from_secs(30), || finished(*id));
     }
     wait_for(Duration::from_secs(10), || {
-        let (s, _) = http(&url, "GET", &format!("/api/v1/jobs/{chatty}"), Some(&token_of(&url)), "");
+        let (s, _) = http(
+            &url,
+            "GET",
+            &format!("/api/v1/jobs/{chatty}"),
+            Some(&token_of(&url)),
+            "",
+        );
         s == 404
     });
-    assert!(!env.home.join(format!("logs/{chatty}")).exists(), "its logs went with it");
-    let (s, _) = http(&url, "GET", &format!("/api/v1/jobs/{}", ids[0]), Some(&token_of(&url)), "");
+    assert!(
+        !env.home.join(format!("logs/{chatty}")).exists(),
+        "its logs went with it"
+    );
+    let (s, _) = http(
+        &url,
+        "GET",
+        &format!("/api/v1/jobs/{}", ids[0]),
+        Some(&token_of(&url)),
+        "",
+    );
     assert_eq!(s, 404);
     for id in &ids[1..] {
         assert!(finished(*id));
@@ -231,7 +260,10 @@ fn ps_and_show_name_gpu_indices_and_an_impossible_request_says_so() {
         get_json(&url, &format!("/api/v1/jobs/{pair}"), None)["state"] == "succeeded"
     });
     let ps = env.ok(&["ps", "--server", &url]);
-    let line = ps.lines().find(|l| l.contains("pair")).expect("the job in ps");
+    let line = ps
+        .lines()
+        .find(|l| l.contains("pair"))
+        .expect("the job in ps");
     assert!(line.contains("vm:0,1"), "{ps}");
     let show = env.ok(&["show", "--server", &url, &pair.to_string()]);
     assert!(show.contains("state        succeeded"), "{show}");
@@ -239,7 +271,10 @@ fn ps_and_show_name_gpu_indices_and_an_impossible_request_says_so() {
         .lines()
         .find(|l| l.trim_start().starts_with("1 "))
         .expect("attempt 1");
-    assert!(attempt.contains("vm:0,1") && attempt.contains("succeeded"), "{show}");
+    assert!(
+        attempt.contains("vm:0,1") && attempt.contains("succeeded"),
+        "{show}"
+    );
 
     // No agent has an H100: the reason says so, not "waiting for GPUs".
     let h100 = submit(&["--gpus", "1", "--gpu-model", "H100", "--", "true"]);
@@ -261,5 +296,12 @@ fn ps_and_show_name_gpu_indices_and_an_impossible_request_says_so() {
     });
     let show = env.ok(&["show", "--server", &url, &h100.to_string()]);
     assert!(show.contains("reason       no agent has an H100"), "{show}");
-    env.ok(&["cancel", "--server", &url, &busy.to_string(), &one.to_string(), &h100.to_string()]);
+    env.ok(&[
+        "cancel",
+        "--server",
+        &url,
+        &busy.to_string(),
+        &one.to_string(),
+        &h100.to_string(),
+    ]);
 }
