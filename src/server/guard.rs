@@ -123,9 +123,7 @@ impl Guard {
             return false;
         }
         let bare = name.trim_start_matches('[').trim_end_matches(']');
-        bare.parse::<IpAddr>().is_ok()
-            || name == "localhost"
-            || self.names.contains(&name)
+        bare.parse::<IpAddr>().is_ok() || name == "localhost" || self.names.contains(&name)
     }
 
     /// Check a request against every rule: `api` says whether it is for
