@@ -188,20 +188,28 @@ const TERMINAL: [JobState; 4] = [
     JobState::Lost,
 ];
 
-/// The `WHERE` terms (on `j`) and their parameters for a filter.
-fn filter_sql(f: &JobFilter, order: JobOrder) -> (Vec<String>, Vec<Value>) {
+/// The `WHERE` terms (on `j`) and their parameters for a filter, for a
+/// page in `order` or (`count`) the number of jobs such pages hold.
+///
+/// Finished jobs are exactly those with a `finished_ns` (schema 3). A page
+/// of them is read along `jobs_by_finish` (`+j.state` keeps the planner
+/// from sorting every finished job found by `jobs_by_state` instead); their
+/// count needs no `finished_ns` and is answered from `jobs_by_state` alone.
+fn filter_sql(f: &JobFilter, order: JobOrder, count: bool) -> (Vec<String>, Vec<Value>) {
     let mut terms = Vec::new();
     let mut params = Vec::new();
     let mut states = f.states.clone();
-    if order == JobOrder::Finished {
+    let finished_page = order == JobOrder::Finished && !count;
+    if finished_page {
         terms.push("j.finished_ns IS NOT NULL".to_string());
-        if states.is_empty() {
-            states = TERMINAL.to_vec();
-        }
+    }
+    if states.is_empty() && order == JobOrder::Finished {
+        states = TERMINAL.to_vec();
     }
     if !states.is_empty() {
         terms.push(format!(
-            "j.state IN ({})",
+            "{}j.state IN ({})",
+            if finished_page { "+" } else { "" },
             vec!["?"; states.len()].join(", ")
         ));
         params.extend(states.iter().map(|s| Value::Text(s.as_str().into())));
@@ -260,16 +268,17 @@ impl Queue {
         limit: usize,
     ) -> Result<JobPage> {
         let limit = limit.clamp(1, MAX_PAGE);
-        let (mut terms, mut params) = filter_sql(filter, order);
         let conn = self.conn()?;
+        let (count_terms, count_params) = filter_sql(filter, order, true);
         let total: i64 = conn
             .prepare_cached(&format!(
                 "SELECT count(*) FROM jobs j{}",
-                where_clause(&terms)
+                where_clause(&count_terms)
             ))
             .map_err(self.sql())?
-            .query_row(params_from_iter(params.iter()), |r| r.get(0))
+            .query_row(params_from_iter(count_params.iter()), |r| r.get(0))
             .map_err(self.sql())?;
+        let (mut terms, mut params) = filter_sql(filter, order, false);
         if let Some(c) = after {
             // `k <= ?` first: the index range starts at the cursor.
             terms.push(match order {
@@ -335,7 +344,7 @@ impl Queue {
             states: Vec::new(),
             ..filter.clone()
         };
-        let (terms, params) = filter_sql(&f, JobOrder::Queue);
+        let (terms, params) = filter_sql(&f, JobOrder::Queue, true);
         let conn = self.conn()?;
         let mut st = conn
             .prepare_cached(&format!(

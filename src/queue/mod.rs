@@ -242,6 +242,19 @@ pub struct Active {
     pub running: bool,
 }
 
+/// A placement decided by a scheduling pass, for [`Queue::assign_many`].
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// The job.
+    pub job: JobId,
+    /// The agent.
+    pub agent: String,
+    /// GPU UUIDs.
+    pub gpus: Vec<String>,
+    /// Their NVML indices on the agent's host.
+    pub indices: Vec<u32>,
+}
+
 /// What an agent receives for one attempt.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Assignment {
@@ -675,12 +688,47 @@ impl Queue {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql())?;
+        let a = self.assign_in(&tx, id, agent, gpus, indices, lease_ns)?;
+        tx.commit().map_err(self.sql())?;
+        Ok(a)
+    }
+
+    /// Several assignments (a scheduling pass's) in one transaction: one
+    /// commit per pass, not one per job. A job that is no longer queued
+    /// (cancelled since it was read) gets `None`; any other error undoes all.
+    pub fn assign_many(&self, batch: &[Placed], lease_ns: i64) -> Result<Vec<Option<Assignment>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let mut out = Vec::with_capacity(batch.len());
+        for p in batch {
+            match self.assign_in(&tx, p.job, &p.agent, &p.gpus, &p.indices, lease_ns) {
+                Ok(a) => out.push(Some(a)),
+                Err(QueueError::BadState { .. }) => out.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(out)
+    }
+
+    fn assign_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: JobId,
+        agent: &str,
+        gpus: &[String],
+        indices: &[u32],
+        lease_ns: i64,
+    ) -> Result<Assignment> {
         let (state, attempts): (String, i64) = tx
-            .query_row(
-                "SELECT state, attempts FROM jobs WHERE id = ?1",
-                [id.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT state, attempts FROM jobs WHERE id = ?1")
+            .map_err(self.sql())?
+            .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(self.sql())?
             .ok_or(QueueError::UnknownJob(id))?;
@@ -702,28 +750,29 @@ impl Queue {
             gpus: gpus.to_vec(),
             lease_until_ns: now + lease_ns,
         };
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO attempts (job_id, n, token, agent, gpus, state, lease_until_ns, assigned_ns,
                                    gpu_indices)
              VALUES (?1, ?2, ?3, ?4, ?5, 'assigned', ?6, ?7, ?8)",
-            params![
-                id.0,
-                n,
-                a.token,
-                agent,
-                serde_json::to_string(gpus).expect("strings serialize"),
-                a.lease_until_ns,
-                now,
-                serde_json::to_string(indices).expect("numbers serialize")
-            ],
         )
+        .map_err(self.sql())?
+        .execute(params![
+            id.0,
+            n,
+            a.token,
+            agent,
+            serde_json::to_string(gpus).expect("strings serialize"),
+            a.lease_until_ns,
+            now,
+            serde_json::to_string(indices).expect("numbers serialize")
+        ])
         .map_err(self.sql())?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state = 'assigned', attempts = ?2, reason = NULL WHERE id = ?1",
-            params![id.0, n],
         )
+        .map_err(self.sql())?
+        .execute(params![id.0, n])
         .map_err(self.sql())?;
-        tx.commit().map_err(self.sql())?;
         Ok(a)
     }
 

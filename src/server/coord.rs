@@ -11,7 +11,7 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::api::{AgentInfo, AgentOrders, AgentReport, Event, HeldGpu, Work};
 use crate::db::now_ns;
-use crate::queue::{Active, AttemptLogs, JobId, JobState, Queue, QueueError};
+use crate::queue::{Active, AttemptLogs, JobId, JobState, Placed, Queue, QueueError};
 use crate::sched::{self, HostView};
 
 use super::Retention;
@@ -204,7 +204,7 @@ impl Coord {
         let mut hosts = self.host_views(&active);
         let jobs = self.queue.runnable(PASS_WINDOW)?;
         let considered = jobs.len();
-        let mut assigned = 0usize;
+        let mut planned = Vec::new();
         let mut changed = Vec::new();
         for job in jobs {
             let req = &job.gpus;
@@ -221,28 +221,18 @@ impl Coord {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let a = match self.queue.assign_at(
-                        job.id,
-                        &p.agent,
-                        &p.gpus,
-                        &indices,
-                        self.lease_ns(),
-                    ) {
-                        Ok(a) => a,
-                        // Cancelled between the read and now.
-                        Err(QueueError::BadState { .. }) => continue,
-                        Err(e) => return Err(e),
-                    };
-                    tracing::info!(job = job.id.0, agent = %p.agent, gpus = ?p.gpus, "assigned");
                     if let Some(h) = hosts.iter_mut().find(|h| h.agent == p.agent) {
-                        h.held.extend(a.gpus.iter().cloned());
-                        if a.gpus.is_empty() {
+                        h.held.extend(p.gpus.iter().cloned());
+                        if p.gpus.is_empty() {
                             h.cpu_free = h.cpu_free.saturating_sub(1);
                         }
                     }
-                    self.wake_agent(&p.agent);
-                    self.job_event(job.id, JobState::Assigned);
-                    assigned += 1;
+                    planned.push(Placed {
+                        job: job.id,
+                        agent: p.agent,
+                        gpus: p.gpus,
+                        indices,
+                    });
                 }
                 Err(why) => {
                     let why = if let Some(never) = sched::unsatisfiable(req, &hosts) {
@@ -268,6 +258,20 @@ impl Coord {
                     }
                 }
             }
+        }
+        // One transaction for the whole pass's assignments.
+        let mut assigned = 0usize;
+        for a in self
+            .queue
+            .assign_many(&planned, self.lease_ns())?
+            .into_iter()
+            // None: cancelled between the read and now.
+            .flatten()
+        {
+            tracing::info!(job = a.job.0, agent = %a.agent, gpus = ?a.gpus, "assigned");
+            self.wake_agent(&a.agent);
+            self.job_event(a.job, JobState::Assigned);
+            assigned += 1;
         }
         self.queue.set_reasons(&changed)?;
         for (id, _) in &changed {
