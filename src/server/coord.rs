@@ -203,6 +203,7 @@ impl Coord {
         let active = self.queue.active()?;
         let mut hosts = self.host_views(&active);
         let jobs = self.queue.runnable(PASS_WINDOW)?;
+        let read_us = t0.elapsed().as_micros() as u64;
         let considered = jobs.len();
         let mut planned = Vec::new();
         let mut changed = Vec::new();
@@ -260,6 +261,7 @@ impl Coord {
             }
         }
         // One transaction for the whole pass's assignments.
+        let placed_us = t0.elapsed().as_micros() as u64;
         let mut assigned = 0usize;
         for a in self
             .queue
@@ -282,6 +284,8 @@ impl Coord {
             assigned,
             reasons = changed.len(),
             elapsed_us = t0.elapsed().as_micros() as u64,
+            read_us,
+            placed_us,
             "scheduling pass"
         );
         Ok(())
