@@ -355,3 +355,41 @@ fn retention_forgets_the_oldest_finished_jobs_but_not_a_pending_dependency() {
     let new = q.submit(&spec(r#"{"command": ["n"]}"#)).unwrap();
     assert!(new.0 > waiting.0);
 }
+
+#[test]
+fn a_schema_2_queue_is_migrated_with_its_tags_and_finish_times() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("queue.db");
+    {
+        // A queue as schema 2 left it: a lost job had no finish time.
+        let mut conn = crate::db::open(&path).unwrap();
+        crate::db::migrate(&mut conn, &path, &MIGRATIONS[..2]).unwrap();
+        conn.execute_batch(
+            r#"INSERT INTO jobs (id, spec, project, user, priority, state, attempts, max_attempts,
+                                 submitted_ns, gpu_count)
+               VALUES (1, '{"command": ["a"], "tags": ["old", "x"]}', 'p', 'u', 0, 'lost', 1, 1, 100, 1),
+                      (2, '{"command": ["b"]}', 'p', 'u', 0, 'queued', 0, 1, 200, 0);
+               INSERT INTO attempts (job_id, n, token, agent, gpus, state, lease_until_ns, assigned_ns,
+                                     finished_ns)
+               VALUES (1, 1, 't1', 'h', '["GPU-1"]', 'lost', 0, 110, 150);"#,
+        )
+        .unwrap();
+    }
+    let q = Queue::open(&path).unwrap();
+    let j = q.get(JobId(1)).unwrap();
+    assert_eq!(j.finished_ns, Some(150), "the attempt's end");
+    assert!(j.gpu_indices.is_empty());
+    let tagged = q
+        .page(
+            &JobFilter {
+                tag: Some("old".into()),
+                ..Default::default()
+            },
+            JobOrder::Finished,
+            None,
+            10,
+        )
+        .unwrap();
+    assert_eq!(tagged.jobs.len(), 1);
+    assert_eq!(q.get(JobId(2)).unwrap().finished_ns, None);
+}
