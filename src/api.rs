@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gpu::Gpu;
-use crate::queue::{Assignment, AttemptInfo, Job, JobId, JobSpec};
+use crate::queue::{Assignment, AttemptInfo, Job, JobId, JobSpec, SweepGrid};
 
 /// API version prefix.
 pub const PREFIX: &str = "/api/v1";
@@ -21,6 +21,16 @@ pub const LOG_OFFSET_HEADER: &str = "x-trainyard-log-offset";
 /// byte of its log has been returned.
 pub const LOG_DONE_HEADER: &str = "x-trainyard-log-done";
 
+/// Response header of `GET /jobs`: the cursor of the next page (absent on
+/// the last page). Pass it back as `cursor=`.
+pub const NEXT_CURSOR_HEADER: &str = "x-trainyard-next-cursor";
+
+/// Response header of `GET /jobs`: how many jobs match the filters, on all pages.
+pub const TOTAL_HEADER: &str = "x-trainyard-total";
+
+/// `GET /jobs/counts`: state name → number of jobs in it (every state present).
+pub type JobCounts = std::collections::BTreeMap<String, u64>;
+
 /// Every error response: `{"error": {"code": ..., "message": ...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -32,7 +42,7 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// Machine-readable: `bad_request`, `unauthorized`, `not_found`,
-    /// `conflict`, `stale_attempt`, `internal`.
+    /// `conflict`, `stale_attempt`, `payload_too_large`, `internal`, ...
     pub code: String,
     /// What went wrong, naming the field, job or attempt at fault.
     pub message: String,
@@ -51,12 +61,18 @@ pub struct Health {
     pub features: Vec<String>,
 }
 
-/// `POST /jobs`: one or several specs, enqueued in one transaction.
+/// `POST /jobs`: one or several specs, enqueued in one transaction; or one
+/// spec and a sweep grid, expanded by the daemon into one job per
+/// combination (at most `queue::MAX_BATCH`), also in one transaction.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    /// The jobs.
+    /// The jobs; exactly one (the template) with `sweep`.
     pub jobs: Vec<JobSpec>,
+    /// Argument name → values: one job per combination, each the template
+    /// with `args` extended by one value per name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepGrid>,
 }
 
 /// The ids given to submitted jobs, in request order.

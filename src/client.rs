@@ -11,8 +11,55 @@ use crate::api::{
     self, AgentInfo, AgentOrders, AgentReport, ErrorBody, FinishRequest, Health, JobDetail,
     PollRequest, SubmitRequest, SubmitResponse,
 };
-use crate::queue::{Job, JobId, JobSpec, JobState};
+use crate::queue::{Job, JobId, JobOrder, JobSpec, JobState, SweepGrid};
 use crate::server::Secret;
+
+/// What `GET /jobs` is asked for; empty fields do not filter.
+#[derive(Debug, Clone)]
+pub struct JobsQuery {
+    /// Any of these states.
+    pub states: Vec<JobState>,
+    /// Submitted by this user.
+    pub user: Option<String>,
+    /// In this project.
+    pub project: Option<String>,
+    /// With this tag.
+    pub tag: Option<String>,
+    /// The id, or a substring of the spec or user.
+    pub text: Option<String>,
+    /// Scheduling order, or finished jobs newest first.
+    pub order: JobOrder,
+    /// Jobs per page [default: the daemon's, 500].
+    pub limit: Option<usize>,
+    /// Where to start: the `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl Default for JobsQuery {
+    fn default() -> JobsQuery {
+        JobsQuery {
+            states: Vec::new(),
+            user: None,
+            project: None,
+            tag: None,
+            text: None,
+            order: JobOrder::Queue,
+            limit: None,
+            cursor: None,
+        }
+    }
+}
+
+/// One page of jobs.
+#[derive(Debug, Clone)]
+pub struct JobsPage {
+    /// The jobs.
+    pub jobs: Vec<Job>,
+    /// The cursor of the next page; `None` on the last.
+    pub next: Option<String>,
+    /// Jobs matching the query, on all pages.
+    pub total: u64,
+}
 
 /// What went wrong talking to the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -180,23 +227,98 @@ impl Client {
 
     /// Submit jobs (one transaction).
     pub async fn submit(&self, jobs: Vec<JobSpec>) -> Result<Vec<JobId>> {
+        self.submit_request(&SubmitRequest { jobs, sweep: None })
+            .await
+    }
+
+    /// Submit one job per combination of `grid`, expanded by the daemon (one
+    /// transaction; the request stays small whatever the sweep's size).
+    pub async fn submit_sweep(&self, template: JobSpec, grid: SweepGrid) -> Result<Vec<JobId>> {
+        self.submit_request(&SubmitRequest {
+            jobs: vec![template],
+            sweep: Some(grid),
+        })
+        .await
+    }
+
+    async fn submit_request(&self, req: &SubmitRequest) -> Result<Vec<JobId>> {
         let r: SubmitResponse = self
-            .json(Self::body(
-                self.req(Method::POST, "/jobs"),
-                &SubmitRequest { jobs },
-            ))
+            .json(Self::body(self.req(Method::POST, "/jobs"), req))
             .await?;
         Ok(r.ids)
     }
 
-    /// Jobs in `states` (all when empty).
-    pub async fn jobs(&self, states: &[JobState]) -> Result<Vec<Job>> {
-        let mut r = self.req(Method::GET, "/jobs");
-        if !states.is_empty() {
-            let s: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
-            r = r.query(&[("state", s.join(","))]);
+    /// One page of jobs.
+    pub async fn jobs_page(&self, q: &JobsQuery) -> Result<JobsPage> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if !q.states.is_empty() {
+            let s: Vec<&str> = q.states.iter().map(|s| s.as_str()).collect();
+            params.push(("state", s.join(",")));
         }
-        self.json(r).await
+        for (k, v) in [
+            ("user", &q.user),
+            ("project", &q.project),
+            ("tag", &q.tag),
+            ("q", &q.text),
+            ("cursor", &q.cursor),
+        ] {
+            if let Some(v) = v {
+                params.push((k, v.clone()));
+            }
+        }
+        if q.order != JobOrder::Queue {
+            params.push(("order", q.order.as_str().to_string()));
+        }
+        if let Some(l) = q.limit {
+            params.push(("limit", l.to_string()));
+        }
+        let resp = self
+            .send(self.req(Method::GET, "/jobs").query(&params))
+            .await?;
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let next = header(api::NEXT_CURSOR_HEADER);
+        let total = header(api::TOTAL_HEADER).and_then(|t| t.parse().ok());
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        let jobs: Vec<Job> = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(JobsPage {
+            total: total.unwrap_or(jobs.len() as u64),
+            jobs,
+            next,
+        })
+    }
+
+    /// Every job in `states` (all when empty), following the pages.
+    pub async fn jobs(&self, states: &[JobState]) -> Result<Vec<Job>> {
+        let mut q = JobsQuery {
+            states: states.to_vec(),
+            limit: Some(crate::queue::MAX_PAGE),
+            ..JobsQuery::default()
+        };
+        let mut all = Vec::new();
+        loop {
+            let page = self.jobs_page(&q).await?;
+            all.extend(page.jobs);
+            match page.next {
+                Some(c) => q.cursor = Some(c),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// How many jobs are in each state.
+    pub async fn job_counts(&self) -> Result<api::JobCounts> {
+        self.json(self.req(Method::GET, "/jobs/counts")).await
     }
 
     /// One job with its attempts.

@@ -122,6 +122,66 @@ pub fn place(req: &GpuRequest, hosts: &[HostView]) -> Result<Placement, String> 
     })
 }
 
+/// Why a job can never run on the agents connected now, whatever ends:
+/// no agent has as many GPUs of the model and total memory it asks for
+/// (`no agent has an H100`, `no agent has 4 GPUs matching A100 (at most 2
+/// on h1)`). `None` when some agent could run it once its GPUs are free,
+/// and for CPU jobs. Distinct from the "waiting for GPUs" reasons of
+/// [`place`] and [`reserve`].
+pub fn unsatisfiable(req: &GpuRequest, hosts: &[HostView]) -> Option<String> {
+    if req.count == 0 || hosts.is_empty() {
+        return None;
+    }
+    let mut most = (0usize, "");
+    for h in hosts {
+        let n = h
+            .gpus
+            .iter()
+            .filter(|g| req.matches_model(&g.name) && g.memory_total_mib >= req.min_memory_mib)
+            .count();
+        if n >= req.count as usize {
+            return None;
+        }
+        if n > most.0 {
+            most = (n, &h.agent);
+        }
+    }
+    let mut what = if req.count == 1 {
+        match &req.model {
+            Some(m) if !m.contains('|') => format!("{} {m}", article(m)),
+            Some(m) => format!("a GPU matching {m}"),
+            None => "a GPU".to_string(),
+        }
+    } else {
+        let mut s = format!("{} GPUs", req.count);
+        if let Some(m) = &req.model {
+            s.push_str(&format!(" matching {m}"));
+        }
+        s
+    };
+    if req.min_memory_mib > 0 {
+        what.push_str(&format!(
+            " with ≥ {} GiB of memory",
+            req.min_memory_mib.div_ceil(1024)
+        ));
+    }
+    let mut r = format!("no agent has {what}");
+    if most.0 > 0 {
+        r.push_str(&format!(" (at most {} on {})", most.0, most.1));
+    }
+    r.push_str("; it cannot run until such an agent connects");
+    Some(r)
+}
+
+/// "a" or "an" before a model name, its first letter spelled out as it is
+/// read aloud: "an H100", "an A100", "an RTX4090", "a V100", "a T4".
+fn article(model: &str) -> &'static str {
+    match model.chars().next().map(|c| c.to_ascii_uppercase()) {
+        Some('A' | 'E' | 'F' | 'H' | 'I' | 'L' | 'M' | 'N' | 'O' | 'R' | 'S' | 'X' | '8') => "an",
+        _ => "a",
+    }
+}
+
 /// For a job that [`place`] could not fit: the host where it would fit once
 /// Trainyard's own attempts end (GPUs of the right model and total memory,
 /// free of foreign processes), and the currently free GPUs there to withhold
@@ -236,6 +296,30 @@ mod tests {
             place(&req(0, 0, None), &[a, b]).unwrap_err(),
             "every agent's CPU job slots are busy"
         );
+    }
+
+    #[test]
+    fn a_request_no_agent_can_ever_satisfy_says_so() {
+        let mut a = host("a", "2xA100-80GB");
+        a.held.push("GPU-fake-a-0".into());
+        let b = host("b", "1xRTX4090-24GB");
+        let hosts = [a, b];
+        assert_eq!(
+            unsatisfiable(&req(1, 0, Some("H100")), &hosts).unwrap(),
+            "no agent has an H100; it cannot run until such an agent connects"
+        );
+        assert_eq!(
+            unsatisfiable(&req(4, 0, None), &hosts).unwrap(),
+            "no agent has 4 GPUs (at most 2 on a); it cannot run until such an agent connects"
+        );
+        assert_eq!(
+            unsatisfiable(&req(1, 100, None), &hosts).unwrap(),
+            "no agent has a GPU with ≥ 100 GiB of memory; it cannot run until such an agent \
+             connects"
+        );
+        // Held GPUs still count: the job waits, it is not impossible.
+        assert_eq!(unsatisfiable(&req(2, 40, Some("A100")), &hosts), None);
+        assert_eq!(unsatisfiable(&req(0, 0, None), &hosts), None);
     }
 
     #[test]

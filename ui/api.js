@@ -120,8 +120,25 @@ export async function checkToken(t) {
 
 export const agents = (opts) => get('/agents', opts);
 
-/** Jobs in scheduling order; `states` is an array (all when empty). */
+/**
+ * One page of jobs: `{jobs, next, total}`. `query`: `state` (an array),
+ * `user`, `project`, `tag`, `q` (id or text), `order` (`queue`: scheduling
+ * order, the default; `finished`: finished jobs, newest first), `limit`
+ * (≤ 5000, default 500) and `cursor` (the `next` of the previous page).
+ */
+export async function jobsPage({ state = [], ...rest } = {}, opts) {
+  const res = await get('/jobs', { ...opts, raw: true, query: { state: state.join(','), ...rest } });
+  const jobs = await res.json();
+  return {
+    jobs,
+    next: res.headers.get('x-trainyard-next-cursor'),
+    total: Number(res.headers.get('x-trainyard-total') ?? jobs.length),
+  };
+}
+/** The first page (500) of jobs in scheduling order; `states` is an array (all when empty). */
 export const jobs = (states = [], opts) => get('/jobs', { ...opts, query: { state: states.join(',') } });
+/** `{queued: n, running: n, ...}`, with the filters `user`, `project`, `tag`, `q`. */
+export const jobCounts = (query = {}, opts) => get('/jobs/counts', { ...opts, query });
 export const job = (id, opts) => get(`/jobs/${seg(id)}`, opts);
 export const submit = (specs) => post('/jobs', { jobs: specs });
 export const cancel = (id) => post(`/jobs/${seg(id)}/cancel`);

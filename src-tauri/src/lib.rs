@@ -70,6 +70,7 @@ fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
         lease: Duration::from_secs(30),
         allow_hosts: Vec::new(),
         token: Some(secret),
+        retention: Default::default(),
     }))?;
     let url = server.url();
     let client = Client::new(&url, Some(Secret::new(token.clone())));

@@ -79,6 +79,22 @@ pub struct UpArgs {
     /// Do not run jobs on this host (a coordinator for LAN agents only).
     #[arg(long)]
     no_agent: bool,
+    /// Keep at most this many finished jobs (the most recently finished),
+    /// with their logs; 0 keeps them all.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    keep_jobs: u64,
+    /// Forget finished jobs (and their logs) that ended longer ago than
+    /// this, e.g. 30d; 0 keeps them whatever their age.
+    #[arg(long, value_name = "DURATION", default_value = "90days", value_parser = humantime::parse_duration)]
+    keep_for: Duration,
+    /// Cap each attempt's log at this size, e.g. 64MiB or 1GB: past it, the
+    /// start of the log is dropped and a marker line says how much; 0 keeps
+    /// whole logs.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB")]
+    max_log_size: String,
+    /// How often the daemon applies --keep-jobs and --keep-for.
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
+    retention_every: Duration,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -166,6 +182,13 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some((cfg, _, _)) = &agent {
         trainyard::agent::stop_left_behind(cfg);
     }
+    let max_log_mib = trainyard::queue::parse_memory_mib("--max-log-size", &args.max_log_size)?;
+    let retention = server::Retention {
+        keep_jobs: (args.keep_jobs > 0).then_some(args.keep_jobs),
+        keep_for: (!args.keep_for.is_zero()).then_some(args.keep_for),
+        max_log_bytes: (max_log_mib > 0).then_some(max_log_mib << 20),
+        every: args.retention_every,
+    };
     rt.block_on(async move {
         let server = Server::bind(Config {
             home: ctx.home.clone(),
@@ -173,6 +196,7 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
             lease: args.lease,
             allow_hosts: args.allow_hosts.clone(),
             token: None,
+            retention,
         })
         .await?;
         let url = server.url();

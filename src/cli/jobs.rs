@@ -1,5 +1,5 @@
-//! The queue commands: `submit`, `ps`, `logs`, `cancel`, `retry`, `gpus`,
-//! `agents`. They talk to the daemon over its HTTP API and hold no logic of
+//! The queue commands: `submit`, `ps`, `show`, `logs`, `cancel`, `retry`,
+//! `gpus`, `agents`. They talk to the daemon over its HTTP API and hold no logic of
 //! their own beyond turning flags into a job spec and results into tables.
 
 use std::io::Write;
@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use trainyard::client::Client;
-use trainyard::queue::{self, Command, GitSource, Job, JobId, JobSpec, JobState};
+use trainyard::api::JobDetail;
+use trainyard::client::{Client, JobsQuery};
+use trainyard::queue::{self, Command, GitSource, Job, JobId, JobOrder, JobSpec, JobState};
 use trainyard::server::{self, Secret};
 
 use super::output::{self, short};
@@ -172,7 +173,8 @@ fn os_user() -> String {
     format!("uid{uid}")
 }
 
-fn build_specs(a: SubmitArgs) -> anyhow::Result<Vec<JobSpec>> {
+/// The job (the template of a sweep) and the sweep grid (empty: one job).
+fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::SweepGrid)> {
     let mut spec = match &a.file {
         Some(f) => {
             let text =
@@ -239,30 +241,42 @@ fn build_specs(a: SubmitArgs) -> anyhow::Result<Vec<JobSpec>> {
         spec.user = Some(os_user());
     }
     let grid = queue::parse_sweep(a.sweep.iter().map(String::as_str))?;
-    let specs = spec.sweep(&grid)?;
-    for s in &specs {
-        s.validate()?;
+    spec.validate()?;
+    if let Some(first) = spec.sweep_iter(&grid)?.next() {
+        first.validate()?;
     }
-    Ok(specs)
+    Ok((spec, grid))
+}
+
+/// Ids as `3 4 5`, or `3-5000` when there are many in a row.
+fn id_list(ids: &[JobId]) -> String {
+    let contiguous = ids.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+    match (ids.first(), ids.last()) {
+        (Some(a), Some(b)) if ids.len() > 10 && contiguous => format!("{a}-{b}"),
+        _ => ids
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 pub fn submit(ctx: &Ctx, d: &DaemonArgs, a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let specs = build_specs(a)?;
+    let (spec, grid) = build_specs(a)?;
     let c = client(ctx, d)?;
-    let ids = rt()?.block_on(c.submit(specs))?;
+    // A sweep travels as its template and grid: the daemon expands it, so
+    // 100,000 combinations are one small request and one transaction.
+    let ids = if grid.is_empty() {
+        rt()?.block_on(c.submit(vec![spec]))?
+    } else {
+        rt()?.block_on(c.submit_sweep(spec, grid))?
+    };
     if ctx.json {
         output::json(&serde_json::json!({ "ids": ids }))?;
     } else if ids.len() == 1 {
         println!("submitted job {}", ids[0]);
     } else {
-        println!(
-            "submitted {} jobs: {}",
-            ids.len(),
-            ids.iter()
-                .map(|i| i.to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        println!("submitted {} jobs: {}", ids.len(), id_list(&ids));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -270,12 +284,25 @@ pub fn submit(ctx: &Ctx, d: &DaemonArgs, a: SubmitArgs) -> anyhow::Result<ExitCo
 /// `trainyard ps`.
 #[derive(Debug, Args)]
 pub struct PsArgs {
-    /// Show every job, not just active ones and the last 10 finished.
+    /// Show every job (page by page from the daemon), not just the first
+    /// --limit active ones and the last 10 finished.
     #[arg(short, long)]
     all: bool,
     /// Only these states (comma separated: queued,running,failed,...).
     #[arg(long, value_delimiter = ',')]
     state: Vec<String>,
+    /// Only this user's jobs.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only this project's jobs.
+    #[arg(long)]
+    project: Option<String>,
+    /// Only jobs with this tag.
+    #[arg(long)]
+    tag: Option<String>,
+    /// Show at most this many jobs of each kind (active, finished).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 100)]
+    limit: usize,
 }
 
 fn ago(ns: i64) -> String {
@@ -291,6 +318,45 @@ fn job_name(j: &Job) -> String {
         .unwrap_or_else(|| j.spec.argv().join(" "))
 }
 
+/// `host:0,1`: the host and the NVML indices of its GPUs (`host:2 GPUs`
+/// for attempts recorded before indices were).
+fn placement(agent: Option<&str>, uuids: &[String], indices: &[u32]) -> String {
+    match agent {
+        Some(a) if !indices.is_empty() => format!(
+            "{a}:{}",
+            indices
+                .iter()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        Some(a) if !uuids.is_empty() => format!(
+            "{a}:{} GPU{}",
+            uuids.len(),
+            if uuids.len() == 1 { "" } else { "s" }
+        ),
+        Some(a) => a.to_string(),
+        None => "-".into(),
+    }
+}
+
+/// Everything matching the query, page by page, up to `max` jobs.
+async fn fetch(c: &Client, mut q: JobsQuery, max: usize) -> anyhow::Result<(Vec<Job>, u64)> {
+    let mut jobs = Vec::new();
+    q.limit = Some(max.clamp(1, queue::MAX_PAGE));
+    loop {
+        let page = c.jobs_page(&q).await?;
+        jobs.extend(page.jobs);
+        match page.next {
+            Some(next) if jobs.len() < max => q.cursor = Some(next),
+            _ => {
+                jobs.truncate(max);
+                return Ok((jobs, page.total));
+            }
+        }
+    }
+}
+
 pub fn ps(ctx: &Ctx, d: &DaemonArgs, a: PsArgs) -> anyhow::Result<ExitCode> {
     let mut states = Vec::new();
     for s in &a.state {
@@ -298,15 +364,53 @@ pub fn ps(ctx: &Ctx, d: &DaemonArgs, a: PsArgs) -> anyhow::Result<ExitCode> {
             .push(JobState::from_name(s).with_context(|| format!("--state: unknown state {s:?}"))?);
     }
     let c = client(ctx, d)?;
-    let mut jobs = rt()?.block_on(c.jobs(&states))?;
-    let mut hidden = 0;
-    if !a.all && states.is_empty() {
-        let mut done: Vec<&Job> = jobs.iter().filter(|j| j.state.is_terminal()).collect();
-        done.sort_by_key(|j| std::cmp::Reverse(j.finished_ns.unwrap_or(0)));
-        let keep: std::collections::HashSet<JobId> = done.iter().take(10).map(|j| j.id).collect();
-        hidden = done.len().saturating_sub(10);
-        jobs.retain(|j| !j.state.is_terminal() || keep.contains(&j.id));
-    }
+    let base = JobsQuery {
+        user: a.user.clone(),
+        project: a.project.clone(),
+        tag: a.tag.clone(),
+        ..JobsQuery::default()
+    };
+    let max = if a.all { usize::MAX } else { a.limit.max(1) };
+    // Active jobs in scheduling order, then finished ones, newest first:
+    // two short paged queries, whatever the length of the history.
+    let (jobs, hidden) = rt()?.block_on(async {
+        if !states.is_empty() {
+            let (jobs, total) = fetch(
+                &c,
+                JobsQuery {
+                    states: states.clone(),
+                    ..base.clone()
+                },
+                max,
+            )
+            .await?;
+            let hidden = total.saturating_sub(jobs.len() as u64);
+            return anyhow::Ok((jobs, hidden));
+        }
+        let (mut jobs, active_total) = fetch(
+            &c,
+            JobsQuery {
+                states: vec![JobState::Queued, JobState::Assigned, JobState::Running],
+                ..base.clone()
+            },
+            max,
+        )
+        .await?;
+        let shown_active = jobs.len() as u64;
+        let (done, done_total) = fetch(
+            &c,
+            JobsQuery {
+                order: JobOrder::Finished,
+                ..base.clone()
+            },
+            if a.all { usize::MAX } else { 10 },
+        )
+        .await?;
+        let hidden = active_total.saturating_sub(shown_active)
+            + done_total.saturating_sub(done.len() as u64);
+        jobs.extend(done);
+        Ok((jobs, hidden))
+    })?;
     if ctx.json {
         output::json(&jobs)?;
         return Ok(ExitCode::SUCCESS);
@@ -316,11 +420,7 @@ pub fn ps(ctx: &Ctx, d: &DaemonArgs, a: PsArgs) -> anyhow::Result<ExitCode> {
         "ID", "STATE", "NAME", "USER", "HOST:GPUS", "TIME"
     );
     for j in &jobs {
-        let place = match &j.agent {
-            Some(a) if !j.gpus.is_empty() => format!("{a}:{}", j.gpus.len()),
-            Some(a) => a.clone(),
-            None => "-".into(),
-        };
+        let place = placement(j.agent.as_deref(), &j.gpus, &j.gpu_indices);
         let time = match (j.state, j.started_ns, j.finished_ns) {
             (JobState::Running, Some(s), _) => ago(s),
             (_, Some(s), Some(f)) if f >= s => {
@@ -342,7 +442,139 @@ pub fn ps(ctx: &Ctx, d: &DaemonArgs, a: PsArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if hidden > 0 {
-        println!("({hidden} older finished jobs not shown; --all shows them)");
+        println!("({hidden} more jobs not shown; --all shows them, --state/--user/--tag narrow)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `trainyard show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The job.
+    job: i64,
+}
+
+fn time_of(ns: Option<i64>) -> String {
+    ns.map(|ns| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64),
+        )
+        .to_string()
+    })
+    .unwrap_or_else(|| "-".into())
+}
+
+/// The commit an attempt ran, when the daemon records it. The agent does
+/// not report it yet (it is being added): this is the one place to read
+/// it from `AttemptInfo` once it does.
+fn attempt_commit(_a: &queue::AttemptInfo) -> Option<String> {
+    None
+}
+
+pub fn show(ctx: &Ctx, d: &DaemonArgs, a: ShowArgs) -> anyhow::Result<ExitCode> {
+    let c = client(ctx, d)?;
+    let detail: JobDetail = rt()?.block_on(c.job(JobId(a.job)))?;
+    if ctx.json {
+        output::json(&detail)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let j = &detail.job;
+    let s = &j.spec;
+    let field = |k: &str, v: String| println!("{k:<12} {v}");
+    field("job", j.id.to_string());
+    if let Some(n) = &s.name {
+        field("name", n.clone());
+    }
+    field("state", j.state.to_string());
+    if let Some(r) = &j.reason {
+        field("reason", r.clone());
+    }
+    field("user", s.user.clone().unwrap_or_else(|| "-".into()));
+    field("project", s.project.clone());
+    field("command", s.argv().join(" "));
+    if let Some(g) = &s.git {
+        field("git", format!("{} @ {}", g.repo, g.rev));
+    } else if let Some(w) = &s.workdir {
+        field("workdir", w.display().to_string());
+    }
+    let mut gpus = if s.gpus.count == 0 {
+        "none (CPU job)".to_string()
+    } else {
+        format!("{}", s.gpus.count)
+    };
+    if s.gpus.min_memory_mib > 0 {
+        gpus.push_str(&format!(", ≥ {} MiB free each", s.gpus.min_memory_mib));
+    }
+    if let Some(m) = &s.gpus.model {
+        gpus.push_str(&format!(", model {m}"));
+    }
+    field("gpus", gpus);
+    if !s.inputs.is_empty() {
+        field("inputs", s.inputs.join(" "));
+    }
+    if !s.env.is_empty() {
+        field("env", s.env.keys().cloned().collect::<Vec<_>>().join(" "));
+    }
+    if !s.tags.is_empty() {
+        field("tags", s.tags.join(" "));
+    }
+    if !s.depends_on.is_empty() {
+        field(
+            "after",
+            s.depends_on
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    field("priority", s.priority.to_string());
+    if let Some(t) = s.timeout_s {
+        field(
+            "timeout",
+            humantime::format_duration(Duration::from_secs(t)).to_string(),
+        );
+    }
+    field(
+        "attempts",
+        format!("{} of at most {}", j.attempts, s.max_attempts),
+    );
+    field("submitted", time_of(Some(j.submitted_ns)));
+    if j.finished_ns.is_some() {
+        field("finished", time_of(j.finished_ns));
+    }
+    if detail.attempt_log.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!();
+    println!(
+        "{:>3}  {:<10} {:<20} {:<10} {:<20} {:>9}  {:>4}  ERROR",
+        "#", "STATE", "HOST:GPUS", "COMMIT", "STARTED", "RAN", "EXIT"
+    );
+    for at in &detail.attempt_log {
+        let ran = match (at.started_ns, at.finished_ns) {
+            (Some(s), Some(f)) if f >= s => {
+                humantime::format_duration(Duration::from_secs(((f - s) / 1_000_000_000) as u64))
+                    .to_string()
+            }
+            (Some(s), None) => ago(s),
+            _ => "-".into(),
+        };
+        println!(
+            "{:>3}  {:<10} {:<20} {:<10} {:<20} {:>9}  {:>4}  {}",
+            at.n,
+            at.state,
+            short(&placement(Some(&at.agent), &at.gpus, &at.gpu_indices), 20),
+            attempt_commit(at)
+                .map(|c| short(&c, 10))
+                .unwrap_or_else(|| "-".into()),
+            time_of(at.started_ns),
+            short(&ran, 9),
+            at.exit_code
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            at.error.as_deref().unwrap_or("")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

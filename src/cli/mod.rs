@@ -77,6 +77,14 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
+    /// One job in detail: its spec, reason, and every attempt with its host,
+    /// GPU indices, times, exit code and error.
+    Show {
+        #[command(flatten)]
+        args: jobs::ShowArgs,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
     /// Print a job's output (-f follows it).
     Logs {
         #[command(flatten)]
@@ -211,6 +219,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => daemon::agent(&ctx, args),
         Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, *args),
         Command::Ps { args, daemon } => jobs::ps(&ctx, &daemon, args),
+        Command::Show { args, daemon } => jobs::show(&ctx, &daemon, args),
         Command::Logs { args, daemon } => jobs::logs(&ctx, &daemon, args),
         Command::Cancel { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, false),
         Command::Retry { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, true),

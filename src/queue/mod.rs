@@ -8,11 +8,15 @@
 //! or overwrite an attempt that was reassigned. The queue knows datasets by
 //! name only and knows nothing about GPUs beyond the ids it is told to record.
 
+mod list;
+mod logs;
 mod spec;
 
+pub use list::{Cursor, JobFilter, JobOrder, JobPage, MAX_PAGE};
+pub use logs::{AttemptLogs, LogChunk, LogError, MIN_LOG_CAP};
 pub use spec::{
-    parse_memory_mib, parse_sweep, timeout_secs, Command, GitSource, GpuRequest, JobSpec,
-    SpecError, SweepGrid, MAX_MEMORY_MIB,
+    parse_memory_mib, parse_sweep, sweep_len, timeout_secs, Command, GitSource, GpuRequest,
+    JobSpec, SpecError, SweepGrid, MAX_MEMORY_MIB,
 };
 
 use std::fmt;
@@ -139,7 +143,29 @@ pub enum QueueError {
         "attempt token is not current (the attempt was reassigned, cancelled or its lease expired)"
     )]
     StaleAttempt,
+    /// A list cursor that this daemon did not hand out (or for another order).
+    #[error("cursor: {cursor:?} is not a cursor of this listing; start again without one")]
+    BadCursor {
+        /// The cursor as given.
+        cursor: String,
+    },
+    /// One submission with more jobs than [`MAX_BATCH`].
+    #[error(
+        "too many jobs in one submission: {count} is over the limit of {limit}; split the sweep \
+         (fewer values per key) or submit it in several parts"
+    )]
+    TooManyJobs {
+        /// The jobs asked for.
+        count: u64,
+        /// [`MAX_BATCH`].
+        limit: u64,
+    },
 }
+
+/// The most jobs one submission (a sweep) may create. The batch is one
+/// transaction, during which the queue serves nobody else: 250,000 inserts
+/// take a few seconds, well under an attempt's lease.
+pub const MAX_BATCH: u64 = 250_000;
 
 type Result<T> = std::result::Result<T, QueueError>;
 
@@ -164,6 +190,9 @@ pub struct Job {
     pub agent: Option<String>,
     /// GPU UUIDs of the latest attempt.
     pub gpus: Vec<String>,
+    /// The NVML indices of those GPUs on their host, in the same order.
+    #[serde(default)]
+    pub gpu_indices: Vec<u32>,
     /// When the latest attempt's process started (ns since the epoch).
     pub started_ns: Option<i64>,
     /// When the job reached a final state (ns since the epoch).
@@ -179,6 +208,9 @@ pub struct AttemptInfo {
     pub agent: String,
     /// GPU UUIDs it held.
     pub gpus: Vec<String>,
+    /// Their NVML indices on the agent's host, in the same order.
+    #[serde(default)]
+    pub gpu_indices: Vec<u32>,
     /// assigned, running, succeeded, failed, cancelled or lost.
     pub state: String,
     /// Assignment time (ns).
@@ -208,6 +240,19 @@ pub struct Active {
     pub gpus: Vec<String>,
     /// Whether its process has started.
     pub running: bool,
+}
+
+/// A placement decided by a scheduling pass, for [`Queue::assign_many`].
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// The job.
+    pub job: JobId,
+    /// The agent.
+    pub agent: String,
+    /// GPU UUIDs.
+    pub gpus: Vec<String>,
+    /// Their NVML indices on the agent's host.
+    pub indices: Vec<u32>,
 }
 
 /// What an agent receives for one attempt.
@@ -272,6 +317,24 @@ const MIGRATIONS: &[&str] = &[
                     gpu_model = json_extract(spec, '$.gpus.model');
     CREATE INDEX deps_by_dependency ON deps(depends_on);
     CREATE INDEX attempts_in_flight ON attempts(job_id) WHERE state IN ('assigned', 'running');",
+    // 3: listing a long history page by page (filters by user, project and
+    // tag; finished jobs newest first), GPU indices per attempt, and a
+    // finish time on every finished job (lost ones had none) for retention.
+    "ALTER TABLE attempts ADD COLUMN gpu_indices TEXT NOT NULL DEFAULT '[]';
+    CREATE TABLE job_tags (
+        tag TEXT NOT NULL,
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        PRIMARY KEY (tag, job_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO job_tags (tag, job_id)
+        SELECT t.value, j.id FROM jobs j, json_each(j.spec, '$.tags') t;
+    UPDATE jobs SET finished_ns = coalesce(
+            (SELECT max(a.finished_ns) FROM attempts a WHERE a.job_id = jobs.id), submitted_ns)
+        WHERE finished_ns IS NULL AND state IN ('succeeded', 'failed', 'cancelled', 'lost');
+    CREATE INDEX jobs_by_order ON jobs(priority DESC, id);
+    CREATE INDEX jobs_by_user ON jobs(user, priority DESC, id);
+    CREATE INDEX jobs_by_project ON jobs(project, priority DESC, id);
+    CREATE INDEX jobs_by_finish ON jobs(finished_ns DESC, id DESC) WHERE finished_ns IS NOT NULL;",
 ];
 
 /// A queued job as the scheduler needs it: no spec parsing.
@@ -329,6 +392,7 @@ impl Queue {
     /// Validate and enqueue several jobs (a sweep) in one transaction: all or
     /// none. A job may depend on an earlier job of the same batch.
     pub fn submit_many(&self, specs: &[JobSpec]) -> Result<Vec<JobId>> {
+        check_batch(specs.len() as u64)?;
         for (i, spec) in specs.iter().enumerate() {
             spec.validate().map_err(|mut e| {
                 if specs.len() > 1 {
@@ -337,13 +401,35 @@ impl Queue {
                 e
             })?;
         }
+        self.insert_batch(specs.iter().cloned(), specs.len())
+    }
+
+    /// Enqueue one job per combination of `grid` (each `args` of `template`
+    /// extended by one value per key), in one transaction, expanding the
+    /// grid here rather than in the request: a 100,000-job sweep is a few
+    /// hundred bytes on the wire.
+    pub fn submit_sweep(&self, template: &JobSpec, grid: &SweepGrid) -> Result<Vec<JobId>> {
+        let count = sweep_len(grid);
+        check_batch(count)?;
+        template.validate()?;
+        let mut jobs = template.sweep_iter(grid)?;
+        // The grid only adds `args`, which validation does not restrict, so
+        // the template's check holds for every job; the first is checked to
+        // be sure.
+        if let Some(first) = template.sweep_iter(grid)?.next() {
+            first.validate()?;
+        }
+        self.insert_batch(&mut jobs, count as usize)
+    }
+
+    fn insert_batch(&self, specs: impl Iterator<Item = JobSpec>, n: usize) -> Result<Vec<JobId>> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql())?;
-        let mut ids = Vec::with_capacity(specs.len());
+        let mut ids = Vec::with_capacity(n);
         for spec in specs {
-            ids.push(self.insert_job(&tx, spec)?);
+            ids.push(self.insert_job(&tx, &spec)?);
         }
         tx.commit().map_err(self.sql())?;
         tracing::info!(
@@ -385,6 +471,12 @@ impl Queue {
         ])
         .map_err(self.sql())?;
         let id = tx.last_insert_rowid();
+        for t in &spec.tags {
+            tx.prepare_cached("INSERT OR IGNORE INTO job_tags (tag, job_id) VALUES (?1, ?2)")
+                .map_err(self.sql())?
+                .execute(params![t, id])
+                .map_err(self.sql())?;
+        }
         for d in &spec.depends_on {
             tx.execute(
                 "INSERT OR IGNORE INTO deps (job_id, depends_on) VALUES (?1, ?2)",
@@ -397,75 +489,19 @@ impl Queue {
 
     fn read_job(&self, conn: &Connection, id: JobId) -> Result<Job> {
         let row = conn
-            .prepare_cached(
-                "SELECT j.spec, j.state, j.attempts, j.reason, j.submitted_ns, j.exit_code, j.finished_ns,
-                        a.agent, a.gpus, a.started_ns
-                 FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts
-                 WHERE j.id = ?1",
-            )
+            .prepare_cached(&format!("{} WHERE j.id = ?1", list::JOB_SELECT))
             .map_err(self.sql())?
-            .query_row([id.0], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, Option<i32>>(5)?,
-                    r.get::<_, Option<i64>>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, Option<String>>(8)?,
-                    r.get::<_, Option<i64>>(9)?,
-                ))
-            })
+            .query_row([id.0], list::job_row)
             .optional()
             .map_err(self.sql())?
             .ok_or(QueueError::UnknownJob(id))?;
-        Ok(Job {
-            id,
-            spec: serde_json::from_str(&row.0).map_err(|e| {
-                QueueError::Spec(SpecError {
-                    field: "(stored spec)".into(),
-                    reason: e.to_string(),
-                })
-            })?,
-            state: JobState::parse(&row.1),
-            attempts: row.2 as u32,
-            reason: row.3,
-            submitted_ns: row.4,
-            exit_code: row.5,
-            finished_ns: row.6,
-            agent: row.7,
-            gpus: row
-                .8
-                .map(|g| serde_json::from_str(&g).unwrap_or_default())
-                .unwrap_or_default(),
-            started_ns: row.9,
-        })
+        list::job_of_row(row)
     }
 
     /// One job.
     pub fn get(&self, id: JobId) -> Result<Job> {
         let conn = self.conn()?;
         self.read_job(&conn, id)
-    }
-
-    /// Jobs in any of `states` (all when empty), in scheduling order:
-    /// priority, then submission.
-    pub fn list(&self, states: &[JobState]) -> Result<Vec<Job>> {
-        let conn = self.conn()?;
-        let mut st = conn
-            .prepare_cached("SELECT id, state FROM jobs ORDER BY priority DESC, id")
-            .map_err(self.sql())?;
-        let ids: Vec<(i64, String)> = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(self.sql())?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(self.sql())?;
-        ids.into_iter()
-            .filter(|(_, s)| states.is_empty() || states.contains(&JobState::parse(s)))
-            .map(|(id, _)| self.read_job(&conn, JobId(id)))
-            .collect()
     }
 
     /// Up to `limit` queued jobs whose dependencies have all succeeded, in
@@ -585,7 +621,8 @@ impl Queue {
         let conn = self.conn()?;
         let mut st = conn
             .prepare_cached(
-                "SELECT n, agent, gpus, state, assigned_ns, started_ns, finished_ns, exit_code, error
+                "SELECT n, agent, gpus, state, assigned_ns, started_ns, finished_ns, exit_code, error,
+                        gpu_indices
                  FROM attempts WHERE job_id = ?1 ORDER BY n",
             )
             .map_err(self.sql())?;
@@ -601,6 +638,7 @@ impl Queue {
                     finished_ns: r.get(6)?,
                     exit_code: r.get(7)?,
                     error: r.get(8)?,
+                    gpu_indices: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
                 })
             })
             .map_err(self.sql())?
@@ -633,16 +671,64 @@ impl Queue {
         gpus: &[String],
         lease_ns: i64,
     ) -> Result<Assignment> {
+        self.assign_at(id, agent, gpus, &[], lease_ns)
+    }
+
+    /// [`Queue::assign`], recording also the GPUs' NVML indices on the
+    /// agent's host (what `ps` and `show` print).
+    pub fn assign_at(
+        &self,
+        id: JobId,
+        agent: &str,
+        gpus: &[String],
+        indices: &[u32],
+        lease_ns: i64,
+    ) -> Result<Assignment> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql())?;
+        let a = self.assign_in(&tx, id, agent, gpus, indices, lease_ns)?;
+        tx.commit().map_err(self.sql())?;
+        Ok(a)
+    }
+
+    /// Several assignments (a scheduling pass's) in one transaction: one
+    /// commit per pass, not one per job. A job that is no longer queued
+    /// (cancelled since it was read) gets `None`; any other error undoes all.
+    pub fn assign_many(&self, batch: &[Placed], lease_ns: i64) -> Result<Vec<Option<Assignment>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let mut out = Vec::with_capacity(batch.len());
+        for p in batch {
+            match self.assign_in(&tx, p.job, &p.agent, &p.gpus, &p.indices, lease_ns) {
+                Ok(a) => out.push(Some(a)),
+                Err(QueueError::BadState { .. }) => out.push(None),
+                Err(e) => return Err(e),
+            }
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(out)
+    }
+
+    fn assign_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: JobId,
+        agent: &str,
+        gpus: &[String],
+        indices: &[u32],
+        lease_ns: i64,
+    ) -> Result<Assignment> {
         let (state, attempts): (String, i64) = tx
-            .query_row(
-                "SELECT state, attempts FROM jobs WHERE id = ?1",
-                [id.0],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT state, attempts FROM jobs WHERE id = ?1")
+            .map_err(self.sql())?
+            .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()
             .map_err(self.sql())?
             .ok_or(QueueError::UnknownJob(id))?;
@@ -664,18 +750,29 @@ impl Queue {
             gpus: gpus.to_vec(),
             lease_until_ns: now + lease_ns,
         };
-        tx.execute(
-            "INSERT INTO attempts (job_id, n, token, agent, gpus, state, lease_until_ns, assigned_ns)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'assigned', ?6, ?7)",
-            params![id.0, n, a.token, agent, serde_json::to_string(gpus).expect("strings"), a.lease_until_ns, now],
+        tx.prepare_cached(
+            "INSERT INTO attempts (job_id, n, token, agent, gpus, state, lease_until_ns, assigned_ns,
+                                   gpu_indices)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'assigned', ?6, ?7, ?8)",
         )
+        .map_err(self.sql())?
+        .execute(params![
+            id.0,
+            n,
+            a.token,
+            agent,
+            serde_json::to_string(gpus).expect("strings serialize"),
+            a.lease_until_ns,
+            now,
+            serde_json::to_string(indices).expect("numbers serialize")
+        ])
         .map_err(self.sql())?;
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE jobs SET state = 'assigned', attempts = ?2, reason = NULL WHERE id = ?1",
-            params![id.0, n],
         )
+        .map_err(self.sql())?
+        .execute(params![id.0, n])
         .map_err(self.sql())?;
-        tx.commit().map_err(self.sql())?;
         Ok(a)
     }
 
@@ -939,11 +1036,14 @@ impl Queue {
                 JobState::Lost
             };
             tx.execute(
-                "UPDATE jobs SET state = ?2, reason = ?3 WHERE id = ?1",
+                "UPDATE jobs SET state = ?2, reason = ?3,
+                     finished_ns = CASE WHEN ?2 = 'lost' THEN ?4 ELSE NULL END
+                 WHERE id = ?1",
                 params![
                     job,
                     state.as_str(),
-                    format!("attempt {n} lost: agent {agent} stopped renewing its lease")
+                    format!("attempt {n} lost: agent {agent} stopped renewing its lease"),
+                    now_ns
                 ],
             )
             .map_err(self.sql())?;
@@ -952,6 +1052,16 @@ impl Queue {
         tx.commit().map_err(self.sql())?;
         Ok(out)
     }
+}
+
+fn check_batch(count: u64) -> Result<()> {
+    if count > MAX_BATCH {
+        return Err(QueueError::TooManyJobs {
+            count,
+            limit: MAX_BATCH,
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -357,22 +357,41 @@ impl JobSpec {
     /// (a grid), in a stable order. A key without values, or with an empty
     /// value, is refused naming it (`sweep.lr`).
     pub fn sweep(&self, grid: &SweepGrid) -> Result<Vec<JobSpec>, SpecError> {
-        check_grid(grid)?;
-        let mut out = vec![self.clone()];
-        for (k, values) in grid {
-            out = out
-                .into_iter()
-                .flat_map(|s| {
-                    values.iter().map(move |v| {
-                        let mut s = s.clone();
-                        s.args.insert(k.clone(), v.clone());
-                        s
-                    })
-                })
-                .collect();
-        }
-        Ok(out)
+        Ok(self.sweep_iter(grid)?.collect())
     }
+
+    /// The jobs of a sweep one at a time, in the order of [`JobSpec::sweep`]
+    /// (the grid's first key varies slowest), without holding them all: the
+    /// daemon expands a 100,000-job sweep this way inside one transaction.
+    pub fn sweep_iter<'a>(
+        &'a self,
+        grid: &'a SweepGrid,
+    ) -> Result<impl Iterator<Item = JobSpec> + 'a, SpecError> {
+        check_grid(grid)?;
+        let total = sweep_len(grid);
+        let axes: Vec<(&String, &Vec<String>)> = grid.iter().collect();
+        Ok((0..total).map(move |mut i| {
+            let mut s = self.clone();
+            // Mixed-radix digits of i, the last key fastest.
+            let mut picks = vec![0usize; axes.len()];
+            for (d, (_, values)) in axes.iter().enumerate().rev() {
+                picks[d] = (i % values.len() as u64) as usize;
+                i /= values.len() as u64;
+            }
+            for ((k, values), p) in axes.iter().zip(picks) {
+                s.args.insert((*k).clone(), values[p].clone());
+            }
+            s
+        }))
+    }
+}
+
+/// How many jobs a sweep grid makes (the product of its value counts; 1 for
+/// an empty grid), saturating at `u64::MAX`.
+pub fn sweep_len(grid: &SweepGrid) -> u64 {
+    grid.values()
+        .try_fold(1u64, |n, v| n.checked_mul(v.len() as u64))
+        .unwrap_or(u64::MAX)
 }
 
 fn shell_quote(s: &str) -> String {

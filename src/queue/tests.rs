@@ -183,3 +183,213 @@ fn the_queue_survives_reopening() {
         JobState::Succeeded
     );
 }
+
+/// Run job `id` to the end with exit code `code`.
+fn run(q: &Queue, id: JobId, code: i32) {
+    let a = q.assign(id, "h", &[], 60 * SEC).unwrap();
+    q.started(&a.token).unwrap();
+    q.finish(&a.token, Some(code), None).unwrap();
+}
+
+#[test]
+fn pages_follow_cursors_in_either_order_with_filters() {
+    let (_d, q) = queue();
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let user = if i % 2 == 0 { "ada" } else { "bob" };
+        let tag = if i % 5 == 0 {
+            r#", "tags": ["five"]"#
+        } else {
+            ""
+        };
+        let prio = if i == 24 { 5 } else { 0 };
+        ids.push(
+            q.submit(&spec(&format!(
+                r#"{{"command": ["run{i}"], "user": "{user}", "priority": {prio}{tag}}}"#
+            )))
+            .unwrap(),
+        );
+    }
+    for id in &ids[..10] {
+        run(&q, *id, if id.0 % 3 == 0 { 1 } else { 0 });
+    }
+    // Queue order: priority first, then submission; pages of 4, no repeats.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let p = q
+            .page(&JobFilter::default(), JobOrder::Queue, cursor, 4)
+            .unwrap();
+        assert_eq!(p.total, 25);
+        seen.extend(p.jobs.iter().map(|j| j.id));
+        match p.next {
+            Some(c) => cursor = Some(Cursor::parse(&c.to_string(), JobOrder::Queue).unwrap()),
+            None => break,
+        }
+    }
+    let mut want = vec![ids[24]];
+    want.extend_from_slice(&ids[..24]);
+    assert_eq!(seen, want);
+    // Finished, newest first; a cursor of the other order is refused.
+    let f = JobFilter::default();
+    let p = q.page(&f, JobOrder::Finished, None, 3).unwrap();
+    assert_eq!(p.total, 10);
+    assert_eq!(
+        p.jobs.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[9], ids[8], ids[7]]
+    );
+    let next = p.next.unwrap().to_string();
+    assert!(matches!(
+        Cursor::parse(&next, JobOrder::Queue),
+        Err(QueueError::BadCursor { .. })
+    ));
+    let p2 = q
+        .page(
+            &f,
+            JobOrder::Finished,
+            Some(Cursor::parse(&next, JobOrder::Finished).unwrap()),
+            3,
+        )
+        .unwrap();
+    assert_eq!(p2.jobs[0].id, ids[6]);
+    // Filters: user, tag, text (id or substring), states.
+    let by = |f: JobFilter| {
+        q.page(&f, JobOrder::Queue, None, 100)
+            .unwrap()
+            .jobs
+            .into_iter()
+            .map(|j| j.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        by(JobFilter {
+            tag: Some("five".into()),
+            user: Some("ada".into()),
+            ..Default::default()
+        }),
+        vec![ids[0], ids[10], ids[20]]
+    );
+    assert_eq!(
+        by(JobFilter {
+            text: Some("run13".into()),
+            ..Default::default()
+        }),
+        vec![ids[13]]
+    );
+    // A number matches the id too (and, as text, commands containing it).
+    assert!(by(JobFilter {
+        text: Some(ids[3].to_string()),
+        ..Default::default()
+    })
+    .contains(&ids[3]));
+    let counts = q.counts(&JobFilter::default()).unwrap();
+    assert_eq!(counts["queued"], 15);
+    assert_eq!(counts["succeeded"] + counts["failed"], 10);
+    assert_eq!(counts["lost"], 0);
+}
+
+#[test]
+fn a_sweep_is_expanded_in_one_transaction_and_its_size_is_bounded() {
+    let (_d, q) = queue();
+    let t = spec(r#"{"command": ["train"], "tags": ["sw"]}"#);
+    let grid = parse_sweep(["lr=1,2,3", "seed=a,b"]).unwrap();
+    let ids = q.submit_sweep(&t, &grid).unwrap();
+    assert_eq!(ids.len(), 6);
+    let first = q.get(ids[0]).unwrap().spec.args;
+    assert_eq!((first["lr"].as_str(), first["seed"].as_str()), ("1", "a"));
+    let last = q.get(ids[5]).unwrap().spec.args;
+    assert_eq!((last["lr"].as_str(), last["seed"].as_str()), ("3", "b"));
+    let f = JobFilter {
+        tag: Some("sw".into()),
+        ..Default::default()
+    };
+    assert_eq!(q.page(&f, JobOrder::Queue, None, 10).unwrap().total, 6);
+    let huge: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let big = parse_sweep([
+        format!("a={}", huge.join(",")).as_str(),
+        format!("b={}", huge.join(",")).as_str(),
+    ])
+    .unwrap();
+    assert!(matches!(
+        q.submit_sweep(&t, &big),
+        Err(QueueError::TooManyJobs {
+            count: 1_000_000,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn retention_forgets_the_oldest_finished_jobs_but_not_a_pending_dependency() {
+    let (_d, q) = queue();
+    let ids: Vec<JobId> = (0..8)
+        .map(|i| {
+            q.submit(&spec(&format!(r#"{{"command": ["j{i}"]}}"#)))
+                .unwrap()
+        })
+        .collect();
+    for id in &ids[..6] {
+        run(&q, *id, 0);
+    }
+    // A queued job depends on job 0: job 0 stays while it waits.
+    let waiting = q
+        .submit(&spec(&format!(
+            r#"{{"command": ["w"], "depends_on": [{}], "gpus": {{"count": 1}}}}"#,
+            ids[0]
+        )))
+        .unwrap();
+    let gone = q.purge_finished(Some(2), None, 2).unwrap();
+    assert_eq!(gone, vec![ids[1], ids[2], ids[3]]);
+    assert!(matches!(q.get(ids[1]), Err(QueueError::UnknownJob(_))));
+    assert!(q.attempts(ids[1]).unwrap().is_empty());
+    for keep in [ids[0], ids[4], ids[5], ids[6], waiting] {
+        q.get(keep).unwrap();
+    }
+    // By age: everything finished before now goes, except the dependency.
+    let gone = q
+        .purge_finished(None, Some(crate::db::now_ns() + 1), 100)
+        .unwrap();
+    assert_eq!(gone, vec![ids[4], ids[5]]);
+    q.get(ids[0]).unwrap();
+    // Ids are never reused after a purge.
+    let new = q.submit(&spec(r#"{"command": ["n"]}"#)).unwrap();
+    assert!(new.0 > waiting.0);
+}
+
+#[test]
+fn a_schema_2_queue_is_migrated_with_its_tags_and_finish_times() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().join("queue.db");
+    {
+        // A queue as schema 2 left it: a lost job had no finish time.
+        let mut conn = crate::db::open(&path).unwrap();
+        crate::db::migrate(&mut conn, &path, &MIGRATIONS[..2]).unwrap();
+        conn.execute_batch(
+            r#"INSERT INTO jobs (id, spec, project, user, priority, state, attempts, max_attempts,
+                                 submitted_ns, gpu_count)
+               VALUES (1, '{"command": ["a"], "tags": ["old", "x"]}', 'p', 'u', 0, 'lost', 1, 1, 100, 1),
+                      (2, '{"command": ["b"]}', 'p', 'u', 0, 'queued', 0, 1, 200, 0);
+               INSERT INTO attempts (job_id, n, token, agent, gpus, state, lease_until_ns, assigned_ns,
+                                     finished_ns)
+               VALUES (1, 1, 't1', 'h', '["GPU-1"]', 'lost', 0, 110, 150);"#,
+        )
+        .unwrap();
+    }
+    let q = Queue::open(&path).unwrap();
+    let j = q.get(JobId(1)).unwrap();
+    assert_eq!(j.finished_ns, Some(150), "the attempt's end");
+    assert!(j.gpu_indices.is_empty());
+    let tagged = q
+        .page(
+            &JobFilter {
+                tag: Some("old".into()),
+                ..Default::default()
+            },
+            JobOrder::Finished,
+            None,
+            10,
+        )
+        .unwrap();
+    assert_eq!(tagged.jobs.len(), 1);
+    assert_eq!(q.get(JobId(2)).unwrap().finished_ns, None);
+}

@@ -4,7 +4,6 @@
 //! blocking threads; the async handlers call it through `spawn_blocking`.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,8 +11,10 @@ use tokio::sync::{broadcast, Notify};
 
 use crate::api::{AgentInfo, AgentOrders, AgentReport, Event, HeldGpu, Work};
 use crate::db::now_ns;
-use crate::queue::{Active, JobId, JobState, Queue, QueueError};
+use crate::queue::{Active, AttemptLogs, JobId, JobState, Placed, Queue, QueueError};
 use crate::sched::{self, HostView};
+
+use super::Retention;
 
 /// How many queued jobs one scheduling pass looks at.
 const PASS_WINDOW: usize = 512;
@@ -42,26 +43,26 @@ pub(crate) struct NameTaken {
 pub(crate) struct Coord {
     pub queue: Queue,
     pub home: crate::Home,
-    pub logs: PathBuf,
+    /// Attempt logs (`logs/` in the home), capped per `retention`.
+    pub logs: AttemptLogs,
+    pub retention: Retention,
     pub lease: Duration,
     pub agents: Mutex<HashMap<String, AgentEntry>>,
     pub events: broadcast::Sender<Event>,
     pub wake_sched: Notify,
-    /// Serializes appends to log files.
-    pub log_lock: Mutex<()>,
 }
 
 impl Coord {
-    pub fn new(queue: Queue, home: crate::Home, lease: Duration) -> Coord {
+    pub fn new(queue: Queue, home: crate::Home, lease: Duration, retention: Retention) -> Coord {
         Coord {
-            logs: home.root().join("logs"),
+            logs: AttemptLogs::new(home.root().join("logs"), retention.max_log_bytes),
+            retention,
             home,
             queue,
             lease,
             agents: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             wake_sched: Notify::new(),
-            log_lock: Mutex::new(()),
         }
     }
 
@@ -238,6 +239,7 @@ impl Coord {
     /// (priority, then submission) on live agents, reserving GPUs for a
     /// blocked job that would fit once Trainyard's own attempts end.
     pub fn schedule(&self) -> Result<(), QueueError> {
+        let t0 = Instant::now();
         for (id, state) in self.queue.expire_leases(now_ns())? {
             tracing::warn!(job = id.0, %state, "attempt lease expired");
             self.job_event(id, state);
@@ -245,43 +247,55 @@ impl Coord {
         let active = self.queue.active()?;
         let mut hosts = self.host_views(&active);
         let jobs = self.queue.runnable(PASS_WINDOW)?;
+        let read_us = t0.elapsed().as_micros() as u64;
+        let considered = jobs.len();
+        let mut planned = Vec::new();
         let mut changed = Vec::new();
         for job in jobs {
             let req = &job.gpus;
             match sched::place(req, &hosts) {
                 Ok(p) => {
-                    let a = match self
-                        .queue
-                        .assign(job.id, &p.agent, &p.gpus, self.lease_ns())
-                    {
-                        Ok(a) => a,
-                        // Cancelled between the read and now.
-                        Err(QueueError::BadState { .. }) => continue,
-                        Err(e) => return Err(e),
-                    };
-                    tracing::info!(job = job.id.0, agent = %p.agent, gpus = ?p.gpus, "assigned");
+                    let indices: Vec<u32> = hosts
+                        .iter()
+                        .find(|h| h.agent == p.agent)
+                        .map(|h| {
+                            p.gpus
+                                .iter()
+                                .filter_map(|u| h.gpus.iter().find(|g| &g.uuid == u))
+                                .map(|g| g.index)
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     if let Some(h) = hosts.iter_mut().find(|h| h.agent == p.agent) {
-                        h.held.extend(a.gpus.iter().cloned());
-                        if a.gpus.is_empty() {
+                        h.held.extend(p.gpus.iter().cloned());
+                        if p.gpus.is_empty() {
                             h.cpu_free = h.cpu_free.saturating_sub(1);
                         }
                     }
-                    self.wake_agent(&p.agent);
-                    self.job_event(job.id, JobState::Assigned);
+                    planned.push(Placed {
+                        job: job.id,
+                        agent: p.agent,
+                        gpus: p.gpus,
+                        indices,
+                    });
                 }
                 Err(why) => {
-                    let why = match sched::reserve(req, &hosts) {
-                        Some(r) => {
-                            let n = r.gpus.len();
-                            if let Some(h) = hosts.iter_mut().find(|h| h.agent == r.agent) {
-                                h.held.extend(r.gpus);
+                    let why = if let Some(never) = sched::unsatisfiable(req, &hosts) {
+                        never
+                    } else {
+                        match sched::reserve(req, &hosts) {
+                            Some(r) => {
+                                let n = r.gpus.len();
+                                if let Some(h) = hosts.iter_mut().find(|h| h.agent == r.agent) {
+                                    h.held.extend(r.gpus);
+                                }
+                                format!(
+                                    "waiting for GPUs on {} ({n} of {} reserved): {why}",
+                                    r.agent, req.count
+                                )
                             }
-                            format!(
-                                "{why}; waiting for GPUs on {} ({n} of {} reserved)",
-                                r.agent, req.count
-                            )
+                            None => format!("waiting for GPUs: {why}"),
                         }
-                        None => why,
                     };
                     // Write only changes: a pass over a long queue stays read-only.
                     if job.reason.as_deref() != Some(&why) {
@@ -290,10 +304,50 @@ impl Coord {
                 }
             }
         }
+        // One transaction for the whole pass's assignments.
+        let placed_us = t0.elapsed().as_micros() as u64;
+        let mut assigned = 0usize;
+        for a in self
+            .queue
+            .assign_many(&planned, self.lease_ns())?
+            .into_iter()
+            // None: cancelled between the read and now.
+            .flatten()
+        {
+            tracing::info!(job = a.job.0, agent = %a.agent, gpus = ?a.gpus, "assigned");
+            self.wake_agent(&a.agent);
+            self.job_event(a.job, JobState::Assigned);
+            assigned += 1;
+        }
         self.queue.set_reasons(&changed)?;
         for (id, _) in &changed {
             self.job_event(*id, JobState::Queued);
         }
+        tracing::debug!(
+            considered,
+            assigned,
+            reasons = changed.len(),
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            read_us,
+            placed_us,
+            "scheduling pass"
+        );
         Ok(())
+    }
+
+    /// Apply the retention settings once: forget finished jobs beyond the
+    /// count or age kept, and delete their logs. Returns how many went.
+    pub fn apply_retention(&self) -> Result<usize, QueueError> {
+        let r = &self.retention;
+        let before = r
+            .keep_for
+            .map(|d| now_ns().saturating_sub(d.as_nanos().min(i64::MAX as u128) as i64));
+        let gone = self.queue.purge_finished(r.keep_jobs, before, 1000)?;
+        for id in &gone {
+            if let Err(e) = self.logs.remove_job(*id) {
+                tracing::warn!(job = id.0, error = %e, "cannot remove a purged job's logs");
+            }
+        }
+        Ok(gone.len())
     }
 }

@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::coord::Coord;
 use crate::api::{ErrorBody, ErrorDetail};
-use crate::queue::QueueError;
+use crate::queue::{LogError, QueueError};
 
 /// An API error: status, machine code and a message naming what is at fault.
 #[derive(Debug)]
@@ -46,9 +46,10 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> ApiError {
         let (status, code) = match &e {
             QueueError::UnknownJob(_) => (StatusCode::NOT_FOUND, "not_found"),
-            QueueError::Spec(_) | QueueError::UnknownDependency(_) => {
-                (StatusCode::BAD_REQUEST, "bad_request")
-            }
+            QueueError::Spec(_)
+            | QueueError::UnknownDependency(_)
+            | QueueError::BadCursor { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            QueueError::TooManyJobs { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             QueueError::BadState { .. } => (StatusCode::CONFLICT, "conflict"),
             QueueError::StaleAttempt => (StatusCode::CONFLICT, "stale_attempt"),
             QueueError::Db(_) => {
@@ -57,6 +58,15 @@ impl From<QueueError> for ApiError {
             }
         };
         ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> ApiError {
+        match &e {
+            LogError::Gap { .. } => ApiError::new(StatusCode::CONFLICT, "log_gap", e.to_string()),
+            LogError::Io { .. } => ApiError::internal(e.to_string()),
+        }
     }
 }
 

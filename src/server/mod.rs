@@ -60,6 +60,35 @@ pub struct Config {
     /// Use this token instead of the home's `daemon.token` (the desktop
     /// shell's per-launch token).
     pub token: Option<Secret>,
+    /// How long finished jobs and their logs are kept, and how big a log grows.
+    pub retention: Retention,
+}
+
+/// What the daemon keeps of finished jobs, applied at start and then every
+/// `every`. `None` keeps everything on that count.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Keep at most this many finished jobs (the most recently finished).
+    pub keep_jobs: Option<u64>,
+    /// Forget finished jobs that ended longer ago than this.
+    pub keep_for: Option<Duration>,
+    /// Cap each attempt's log at this many bytes: past it, the head is
+    /// dropped and a marker line says how much (see `docs/queue-format.md`).
+    pub max_log_bytes: Option<u64>,
+    /// How often retention runs.
+    pub every: Duration,
+}
+
+impl Default for Retention {
+    /// 100,000 finished jobs, 90 days, 64 MiB per attempt log, every minute.
+    fn default() -> Retention {
+        Retention {
+            keep_jobs: Some(100_000),
+            keep_for: Some(Duration::from_secs(90 * 24 * 3600)),
+            max_log_bytes: Some(64 << 20),
+            every: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Why the daemon could not start or stopped.
@@ -147,7 +176,12 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
-        let coord = Arc::new(coord::Coord::new(queue, home.clone(), config.lease));
+        let coord = Arc::new(coord::Coord::new(
+            queue,
+            home.clone(),
+            config.lease,
+            config.retention,
+        ));
         let guard = Arc::new(guard::Guard::new(token.clone(), addr, &config.allow_hosts));
         Ok(Server {
             _lock: lock,
@@ -210,6 +244,7 @@ impl Server {
         }
         tracing::info!(url = %info.url, "daemon listening");
         let sched = tokio::spawn(scheduler_loop(self.coord.clone()));
+        let retention = tokio::spawn(retention_loop(self.coord.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = routes::router(self.coord.clone(), self.guard.clone());
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
@@ -224,6 +259,7 @@ impl Server {
             } => Ok(()),
         };
         sched.abort();
+        retention.abort();
         // Only remove the file if it is still ours.
         if let Ok(text) = std::fs::read_to_string(&daemon_file) {
             if serde_json::from_str::<DaemonFile>(&text).is_ok_and(|d| d.pid == info.pid) {
@@ -311,6 +347,20 @@ async fn scheduler_loop(coord: Arc<coord::Coord>) {
             }
             Err(e) => tracing::error!(error = %e, "scheduling pass panicked"),
         }
+    }
+}
+
+/// Apply retention now and then every `retention.every`.
+async fn retention_loop(coord: Arc<coord::Coord>) {
+    let every = coord.retention.every.max(Duration::from_millis(100));
+    loop {
+        let c = coord.clone();
+        match tokio::task::spawn_blocking(move || c.apply_retention()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+            Err(e) => tracing::error!(error = %e, "retention panicked"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

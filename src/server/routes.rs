@@ -2,14 +2,13 @@
 //! queue calls and their results to JSON. No scheduling logic lives here.
 
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,13 +24,33 @@ use crate::api::{
     self, AgentReport, Event, FinishRequest, Health, JobDetail, PollRequest, SubmitRequest,
     SubmitResponse,
 };
-use crate::queue::{JobId, JobState, QueueError};
+use crate::queue::{Cursor, JobFilter, JobId, JobOrder, JobState, QueueError, MAX_PAGE};
 
 /// The OpenAPI document, served at `/api/v1/openapi.json`.
 pub(crate) const OPENAPI: &str = include_str!("openapi.json");
 
 /// Longest log chunk returned by one read.
 const LOG_CHUNK: u64 = 1 << 20;
+
+/// The largest body `POST /jobs` reads. A sweep sent as a template and its
+/// grid (`"sweep"`) is a few hundred bytes for any number of jobs; this
+/// bounds lists of jobs spelled out one by one (~100,000 small specs).
+pub(crate) const SUBMIT_BODY_LIMIT: usize = 32 << 20;
+
+/// The largest body of every other route: axum's default, 2 MiB (an agent
+/// ships its log in chunks of at most 1 MiB).
+pub(crate) const BODY_LIMIT: usize = 2 << 20;
+
+/// Jobs per page of `GET /jobs` when `limit` is not given.
+pub(crate) const DEFAULT_PAGE: usize = 500;
+
+/// A submission larger than this is announced by one `job` event (for its
+/// last job) rather than one per job, so a sweep does not flood `/events`.
+const EVENTS_PER_BATCH: usize = 1000;
+
+fn mib(n: usize) -> String {
+    format!("{} MiB", n >> 20)
+}
 
 fn valid_agent_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
@@ -53,6 +72,7 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/health", get(health))
         .route("/openapi.json", get(openapi))
         .route("/jobs", get(list_jobs).post(submit))
+        .route("/jobs/counts", get(job_counts))
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}/retry", post(retry))
@@ -75,6 +95,7 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/runs/{id}/history", get(super::runs::history))
         .route("/runs/{id}/sync", post(super::runs::sync_run))
         .fallback(not_found)
+        .layer(middleware::from_fn(explain_body_limit))
         .layer(middleware::from_fn_with_state(
             guard.clone(),
             guard::admit_api,
@@ -84,6 +105,29 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .fallback(super::ui::serve)
         .layer(middleware::from_fn_with_state(guard, guard::admit))
         .with_state(coord)
+}
+
+/// A body over a route's limit is refused by axum with a plain-text 413;
+/// say instead, as JSON, which limit it was and what to do.
+async fn explain_body_limit(req: Request, next: Next) -> Response {
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE || json {
+        return resp;
+    }
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!(
+            "the request body of {what} is over its limit of {}; send it in smaller requests",
+            mib(BODY_LIMIT)
+        ),
+    )
+    .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -109,16 +153,63 @@ async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
+/// Read a body of at most `limit` bytes, or refuse it naming the limit.
+async fn read_body(body: Body, limit: usize, what: &str, advice: &str) -> ApiResult<Vec<u8>> {
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad(format!("reading the request body: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "the request body of {what} is over its limit of {}; {advice}",
+                    mib(limit)
+                ),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
 async fn submit(
     State(c): State<Arc<Coord>>,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
+    let body = read_body(
+        body,
+        SUBMIT_BODY_LIMIT,
+        "POST /api/v1/jobs",
+        "send a sweep as one job and its grid ({\"jobs\": [TEMPLATE], \"sweep\": {\"KEY\": \
+         [VALUES]}}, which `trainyard submit --sweep` does), or the jobs in several requests",
+    )
+    .await?;
     let req: SubmitRequest = parse(&body)?;
+    drop(body);
     if req.jobs.is_empty() {
         return Err(ApiError::bad("invalid request body: jobs: no jobs given"));
     }
-    let ids = blocking(&c, move |c| Ok(c.queue.submit_many(&req.jobs)?)).await?;
-    for id in &ids {
+    let ids = match req.sweep {
+        Some(grid) => {
+            let [template] = <[_; 1]>::try_from(req.jobs).map_err(|jobs: Vec<_>| {
+                ApiError::bad(format!(
+                    "invalid request body: jobs: a sweep takes exactly one job (its template), \
+                     got {}",
+                    jobs.len()
+                ))
+            })?;
+            blocking(&c, move |c| Ok(c.queue.submit_sweep(&template, &grid)?)).await?
+        }
+        None => blocking(&c, move |c| Ok(c.queue.submit_many(&req.jobs)?)).await?,
+    };
+    let announce = if ids.len() > EVENTS_PER_BATCH {
+        &ids[ids.len() - 1..]
+    } else {
+        &ids[..]
+    };
+    for id in announce {
         c.job_event(*id, JobState::Queued);
     }
     c.wake_sched.notify_one();
@@ -126,30 +217,148 @@ async fn submit(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     /// Comma-separated states.
     state: Option<String>,
+    user: Option<String>,
+    project: Option<String>,
+    tag: Option<String>,
+    /// Text search: the id, or a substring of the spec or user.
+    q: Option<String>,
+    /// `queue` (default) or `finished`.
+    order: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
 }
 
+fn nonempty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+impl ListQuery {
+    fn filter(&mut self) -> ApiResult<JobFilter> {
+        let mut states = Vec::new();
+        for s in self
+            .state
+            .iter()
+            .flat_map(|s| s.split(','))
+            .filter(|s| !s.is_empty())
+        {
+            states.push(JobState::from_name(s).ok_or_else(|| {
+                ApiError::bad(format!(
+                    "state: unknown state {s:?} (queued, assigned, running, succeeded, failed, cancelled, lost)"
+                ))
+            })?);
+        }
+        Ok(JobFilter {
+            states,
+            user: nonempty(self.user.take()),
+            project: nonempty(self.project.take()),
+            tag: nonempty(self.tag.take()),
+            text: nonempty(self.q.take()),
+        })
+    }
+}
+
+/// One page of jobs: the body is the JSON array of jobs (as before
+/// pagination); `x-trainyard-next-cursor` (absent on the last page) and a
+/// `Link: <...>; rel="next"` name the next page, `x-trainyard-total` counts
+/// the jobs matching the filters on all pages.
 async fn list_jobs(
     State(c): State<Arc<Coord>>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<crate::queue::Job>>> {
-    let mut states = Vec::new();
-    for s in q
-        .state
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty())
-    {
-        states.push(JobState::from_name(s).ok_or_else(|| {
-            ApiError::bad(format!(
-                "state: unknown state {s:?} (queued, assigned, running, succeeded, failed, cancelled, lost)"
-            ))
-        })?);
+    uri: axum::http::Uri,
+    Query(mut q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    let filter = q.filter()?;
+    let order = match q.order.as_deref() {
+        None | Some("") => JobOrder::Queue,
+        Some(o) => JobOrder::from_name(o).ok_or_else(|| {
+            ApiError::bad(format!("order: unknown order {o:?} (queue, finished)"))
+        })?,
+    };
+    if order == JobOrder::Finished {
+        if let Some(s) = filter.states.iter().find(|s| !s.is_terminal()) {
+            return Err(ApiError::bad(format!(
+                "state: {s} jobs have not finished; order=finished lists succeeded, failed, \
+                 cancelled and lost jobs"
+            )));
+        }
     }
+    let limit = match q.limit {
+        None => DEFAULT_PAGE,
+        Some(n @ 1..=MAX_PAGE) => n,
+        Some(n) => {
+            return Err(ApiError::bad(format!(
+                "limit: {n} is not between 1 and {MAX_PAGE}; follow the next cursor for more"
+            )))
+        }
+    };
+    let cursor = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(t) => Some(Cursor::parse(t, order)?),
+        None => None,
+    };
+    let page = blocking(&c, move |c| {
+        Ok(c.queue.page(&filter, order, cursor, limit)?)
+    })
+    .await?;
+    let mut resp = Json(page.jobs).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        api::TOTAL_HEADER,
+        HeaderValue::from_str(&page.total.to_string()).expect("digits"),
+    );
+    if let Some(next) = page.next {
+        let next = next.to_string();
+        // The same query with the cursor replaced.
+        let mut query: Vec<String> = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("cursor="))
+            .map(str::to_string)
+            .collect();
+        query.push(format!("cursor={next}"));
+        let link = format!(
+            "<{}{}?{}>; rel=\"next\"",
+            api::PREFIX,
+            "/jobs",
+            query.join("&")
+        );
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            h.insert(header::LINK, v);
+        }
+        h.insert(
+            api::NEXT_CURSOR_HEADER,
+            HeaderValue::from_str(&next).expect("cursor is ascii"),
+        );
+    }
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CountsQuery {
+    user: Option<String>,
+    project: Option<String>,
+    tag: Option<String>,
+    q: Option<String>,
+}
+
+/// How many jobs are in each state (with the filters of `GET /jobs`).
+async fn job_counts(
+    State(c): State<Arc<Coord>>,
+    Query(q): Query<CountsQuery>,
+) -> ApiResult<Json<api::JobCounts>> {
+    let filter = JobFilter {
+        states: Vec::new(),
+        user: nonempty(q.user),
+        project: nonempty(q.project),
+        tag: nonempty(q.tag),
+        text: nonempty(q.q),
+    };
     Ok(Json(
-        blocking(&c, move |c| Ok(c.queue.list(&states)?)).await?,
+        blocking(&c, move |c| Ok(c.queue.counts(&filter)?)).await?,
     ))
 }
 
@@ -320,34 +529,7 @@ async fn append_log(
     let id = JobId(id);
     let size = blocking(&c, move |c| {
         check_attempt(c, id, n, &headers)?;
-        let dir = c.logs.join(id.to_string());
-        let path = dir.join(format!("{n}.log"));
-        let io = |e: std::io::Error| ApiError::internal(format!("log {}: {e}", path.display()));
-        let _g = c.log_lock.lock().unwrap_or_else(|p| p.into_inner());
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        // Owner-only, like the rest of the home: a job's output may print secrets.
-        let mut f = std::os::unix::fs::OpenOptionsExt::mode(
-            std::fs::OpenOptions::new().create(true).append(true),
-            0o600,
-        )
-        .open(&path)
-        .map_err(io)?;
-        let size = f.metadata().map_err(io)?.len();
-        if q.offset > size {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "log_gap",
-                format!(
-                    "log offset {} is past the end of the daemon's copy ({size} bytes)",
-                    q.offset
-                ),
-            ));
-        }
-        let skip = (size - q.offset) as usize;
-        if skip < body.len() {
-            f.write_all(&body[skip..]).map_err(io)?;
-        }
-        Ok(size.max(q.offset + body.len() as u64))
+        Ok(c.logs.append(id, n, q.offset, &body)?)
     })
     .await?;
     c.emit(Event::Log {
@@ -370,6 +552,9 @@ struct LogQuery {
 struct LogChunk {
     attempt: u32,
     bytes: Vec<u8>,
+    /// The logical offset after `bytes` (a dropped head makes it differ
+    /// from `offset + bytes.len()`).
+    next: u64,
     done: bool,
     job_state: JobState,
 }
@@ -388,21 +573,12 @@ fn read_chunk(c: &Coord, id: JobId, attempt: Option<u32>, offset: u64) -> ApiRes
     }
     let ended = info.is_some_and(|a| !matches!(a.state.as_str(), "assigned" | "running"))
         || (info.is_none() && job.state.is_terminal());
-    let path = c.logs.join(id.to_string()).join(format!("{n}.log"));
-    let mut bytes = Vec::new();
-    let mut size = 0;
-    if let Ok(mut f) = std::fs::File::open(&path) {
-        let io = |e: std::io::Error| ApiError::internal(format!("log {}: {e}", path.display()));
-        size = f.metadata().map_err(io)?.len();
-        if offset < size {
-            f.seek(SeekFrom::Start(offset)).map_err(io)?;
-            f.take(LOG_CHUNK).read_to_end(&mut bytes).map_err(io)?;
-        }
-    }
+    let chunk = c.logs.read(id, n, offset, LOG_CHUNK)?;
     Ok(LogChunk {
         attempt: n,
-        done: ended && offset + bytes.len() as u64 >= size,
-        bytes,
+        done: ended && chunk.next >= chunk.size,
+        next: chunk.next,
+        bytes: chunk.bytes,
         job_state: job.state,
     })
 }
@@ -421,7 +597,7 @@ async fn read_log(
         let (attempt, offset) = (q.attempt, q.offset);
         let chunk = blocking(&c, move |c| read_chunk(c, id, attempt, offset)).await?;
         if !chunk.bytes.is_empty() || chunk.done || Instant::now() >= deadline {
-            let len = chunk.bytes.len() as u64;
+            let next = chunk.next;
             let mut resp = chunk.bytes.into_response();
             let h = resp.headers_mut();
             let num = |v: u64| HeaderValue::from_str(&v.to_string()).expect("digits");
@@ -429,7 +605,7 @@ async fn read_log(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            h.insert(api::LOG_OFFSET_HEADER, num(q.offset + len));
+            h.insert(api::LOG_OFFSET_HEADER, num(next));
             h.insert(api::LOG_DONE_HEADER, num(chunk.done as u64));
             h.insert("x-trainyard-log-attempt", num(chunk.attempt as u64));
             h.insert(

@@ -136,6 +136,37 @@ async function runTests() {
       (await page.locator(`tr[data-id="${id}"] .badge`).textContent()) === 'cancelled');
   });
 
+  await test('3b', 'Queue: 250 waiting jobs come page by page, with why they cannot run', async () => {
+    // A sweep the daemon expands: 250 jobs for a GPU model no agent has.
+    const values = Array.from({ length: 250 }, (_, i) => String(i));
+    const { ids } = await d.api('POST', '/jobs', {
+      jobs: [{ command: ['true'], gpus: { count: 1, model: 'NoSuchGPU' }, tags: ['e2e-paged'] }],
+      sweep: { i: values },
+    });
+    if (ids.length !== 250) throw new Error(`the sweep made ${ids.length} jobs`);
+    try {
+      await page.goto(`${ui.url}/#/queue`);
+      await page.locator('[data-key="f-queued"]').click();
+      const rows = page.locator('table.jobs tbody tr');
+      await until('the first page (100 rows)', async () => (await rows.count()) === 100);
+      const foot = page.locator('[data-key="jobs-shown"]');
+      await until('the footer to count all 250', async () => /Showing 100 of 25\d jobs/.test(await foot.textContent()));
+      const count = await page.locator('[data-key="f-queued"] .count').textContent();
+      if (Number(count) < 250) throw new Error(`the Queued filter counts ${count}`);
+      await until('the reason to say no agent can run it', async () =>
+        (await page.locator(`tr[data-id="${ids[0]}"] .reason`).textContent()).includes('no agent has'), 10_000);
+      await page.locator('[data-key="jobs-more"]').click();
+      await until('the second page (200 rows)', async () => (await rows.count()) === 200);
+      // The text search runs on the daemon: one job by its id.
+      await page.locator('[data-search]').fill(String(ids[249]));
+      await until('the search to find the last job', async () =>
+        (await page.locator(`tr[data-id="${ids[249]}"]`).count()) === 1 && (await rows.count()) < 10);
+      await page.locator('[data-search]').fill('');
+    } finally {
+      await Promise.all(ids.map((id) => d.api('POST', `/jobs/${id}/cancel`).catch(() => {})));
+    }
+  });
+
   await test(4, 'Datasets: 2 versions, the diff, and which versions a remote holds', async () => {
     await page.goto(`${ui.url}/#/datasets`);
     await page.getByRole('link', { name: 'mnist' }).click();

@@ -175,7 +175,7 @@ export async function scanFixtures(d) {
 
 /** Cancel whatever is still queued or running (before stopping a daemon). */
 export async function cancelActive(d) {
-  const jobs = await d.api('GET', '/jobs?state=queued,assigned,running').catch(() => []);
+  const jobs = await d.api('GET', '/jobs?state=queued,assigned,running&limit=5000').catch(() => []);
   await Promise.all(jobs.map((j) => d.api('POST', `/jobs/${j.id}/cancel`).catch(() => {})));
 }
 

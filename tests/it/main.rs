@@ -9,6 +9,7 @@ mod daemon_home;
 mod field_store;
 mod hardening;
 mod queue_daemon;
+mod queue_scale;
 mod remote_hostile;
 mod remote_s3;
 mod runs_index;

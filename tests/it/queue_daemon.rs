@@ -89,10 +89,7 @@ fn jobs_get_best_fit_gpus_in_nvml_order_and_their_logs() {
         job(&url, huge)["reason"].as_str().is_some()
     });
     let ps = env.ok(&["ps", "--server", &url]);
-    assert!(
-        ps.contains("no host has 4 free GPUs (at most 3 on ws)"),
-        "{ps}"
-    );
+    assert!(ps.contains("no agent has 4 GPUs (at most 3 on ws)"), "{ps}");
     env.ok(&["cancel", "--server", &url, &huge.to_string()]);
 
     // A missing program fails the attempt with the reason in its log.

@@ -1,6 +1,9 @@
-// Queue: every job in scheduling order (active ones first, then finished,
-// newest first), filtered by state and text, with the submit form, cancel
-// and retry. `#/queue/ID` is the job view (job.js). Live on `job` events.
+// Queue: jobs page by page from the daemon (active ones in scheduling order
+// first, then finished ones, newest first), filtered by state and text on
+// the daemon, with the submit form, cancel and retry. A lab's history is
+// 100,000 jobs: the page loads PAGE rows per list and "Show more" the next
+// ones (cursors), never the whole history. `#/queue/ID` is the job view
+// (job.js). Live on `job` events: the rows shown are reloaded.
 
 import * as api from '../api.js';
 import { h, swap, loading, empty, failure, alertLine, badge, icon } from '../lib/dom.js';
@@ -11,16 +14,19 @@ import {
   ACTIVE, commandLine, elapsed, gpuIndex, gpuList, jobActions, reasonText, tick,
 } from './jobs-common.js';
 
+// key, label, states, and whether the states are finished ones (listed
+// newest first rather than in scheduling order).
 const FILTERS = [
   ['all', 'All', null],
   ['active', 'Active', ACTIVE],
   ['queued', 'Queued', ['queued', 'assigned']],
   ['running', 'Running', ['running']],
-  ['succeeded', 'Succeeded', ['succeeded']],
-  ['failed', 'Failed', ['failed', 'lost']],
-  ['cancelled', 'Cancelled', ['cancelled']],
+  ['succeeded', 'Succeeded', ['succeeded'], true],
+  ['failed', 'Failed', ['failed', 'lost'], true],
+  ['cancelled', 'Cancelled', ['cancelled'], true],
 ];
-const SHOWN = 300; // rows drawn at most; the rest are counted
+const PAGE = 100; // rows fetched per list and per "Show more"
+const RELOAD_MAX = 2000; // a live refresh reloads at most this many rows per list
 const FORM_OPEN = 'trainyard.jobform.open';
 
 export function mount(root, route, ctx) {
@@ -28,15 +34,24 @@ export function mount(root, route, ctx) {
 
   let filter = FILTERS.some(([k]) => k === route.query.get('state')) ? route.query.get('state') : 'all';
   let search = route.query.get('q') ?? '';
-  let jobs = null;
+  // The lists shown, in order: each {query, rows, next, total}. "All" is the
+  // active jobs in scheduling order, then the finished ones, newest first.
+  let lists = null;
+  let counts = null;
   let gpus = new Map();
+  let searchTimer = null;
 
   const notice = h('div');
   const seg = h('div', { class: 'seg', role: 'group', 'aria-label': 'Filter by state' });
   const searchInput = h('input', {
     type: 'search', class: 'search', placeholder: 'Filter by id, name, command, user…', value: search,
     'aria-label': 'Filter jobs', 'data-search': '',
-    oninput() { search = searchInput.value; ctx.setQuery({ state: filter === 'all' ? null : filter, q: search }); draw(); },
+    oninput() {
+      search = searchInput.value;
+      ctx.setQuery({ state: filter === 'all' ? null : filter, q: search });
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(() => load(), 200);
+    },
   });
   const body = h('div', { class: 'panel table-panel' }, loading('Loading jobs…'));
 
@@ -67,47 +82,45 @@ export function mount(root, route, ctx) {
 
   const showError = (err) => swap(notice, alertLine('error', err.message));
 
-  function matches(j) {
-    const states = FILTERS.find(([k]) => k === filter)[2];
-    if (states && !states.includes(j.state)) return false;
-    if (!search) return true;
-    const q = search.toLowerCase();
-    return [String(j.id), j.spec.name, commandLine(j.spec), j.spec.user, j.spec.project, j.agent, j.state]
-      .some((s) => s && s.toLowerCase().includes(q));
+  function queries() {
+    const [, , states, finished] = FILTERS.find(([k]) => k === filter);
+    const q = search.trim() || undefined;
+    if (!states) return [{ state: ACTIVE, q }, { order: 'finished', q }];
+    return [{ state: states, order: finished ? 'finished' : undefined, q }];
   }
 
   function drawSeg() {
     swap(seg, FILTERS.map(([k, label, states]) => {
-      const n = jobs ? jobs.filter((j) => !states || states.includes(j.state)).length : null;
+      const n = counts ? Object.entries(counts).filter(([s]) => !states || states.includes(s)).reduce((a, [, c]) => a + c, 0) : null;
       return h('button', {
         type: 'button', class: 'seg-btn', 'aria-pressed': String(k === filter), 'data-key': `f-${k}`,
-        onclick() { filter = k; ctx.setQuery({ state: k === 'all' ? null : k, q: search }); draw(); },
+        onclick() { filter = k; ctx.setQuery({ state: k === 'all' ? null : k, q: search }); drawSeg(); load(); },
       }, label, n != null ? h('span', { class: 'count' }, String(n)) : null);
     }));
   }
 
   function draw() {
     drawSeg();
-    if (!jobs) return;
-    if (jobs.length === 0) {
-      swap(body, empty({
+    if (!lists) return;
+    const rows = lists.flatMap((l) => l.rows);
+    const total = lists.reduce((a, l) => a + l.total, 0);
+    if (rows.length === 0) {
+      const none = counts && Object.values(counts).every((n) => n === 0);
+      swap(body, none ? empty({
         icon: 'queue', title: 'No jobs yet',
         body: ['Submit one with ', h('strong', null, 'New job'), ' above, or from a shell: ',
           h('code', null, 'trainyard submit --gpus 1 -- python train.py')],
-      }));
+      }) : empty({ title: 'No jobs match', body: 'Try another state or clear the filter.' }));
       return;
     }
-    const rows = jobs.filter(matches);
-    if (rows.length === 0) {
-      swap(body, empty({ title: 'No jobs match', body: 'Try another state or clear the filter.' }));
-      return;
-    }
+    const more = lists.some((l) => l.next);
     swap(body, h('table', { class: 'table jobs' },
       h('thead', null, h('tr', null,
         h('th', { class: 'num' }, 'ID'), h('th', null, 'Job'), h('th', null, 'User'), h('th', null, 'State'),
         h('th', null, 'Reason'), h('th', null, 'Host · GPUs'), h('th', { class: 'num' }, 'Time'), h('th', { class: 'actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
-      h('tbody', null, rows.slice(0, SHOWN).map(row))),
-    rows.length > SHOWN ? h('p', { class: 'table-foot muted' }, `Showing ${SHOWN} of ${rows.length} jobs; filter to narrow.`) : null);
+      h('tbody', null, rows.map(row))),
+    h('p', { class: 'table-foot muted', 'data-key': 'jobs-shown' }, `Showing ${rows.length} of ${total} jobs`,
+      more ? [' · ', h('button', { class: 'btn btn-sm', type: 'button', 'data-key': 'jobs-more', onclick: showMore }, `Show ${PAGE} more`)] : null));
   }
 
   function row(j) {
@@ -125,39 +138,73 @@ export function mount(root, route, ctx) {
     h('td', null, j.spec.user || h('span', { class: 'muted' }, '—')),
     h('td', null, badge(j.state)),
     h('td', { class: 'truncate reason', title: reasonText(j) }, reasonText(j)),
-    h('td', { class: 'mono nowrap' }, j.agent ? [j.agent, j.gpus?.length ? h('span', { class: 'muted' }, ` · ${gpuList(j.gpus, gpus)}`) : null] : h('span', { class: 'muted' }, '—')),
+    h('td', { class: 'mono nowrap' }, j.agent ? [j.agent, j.gpus?.length ? h('span', { class: 'muted' }, ` · ${j.gpu_indices?.length ? j.gpu_indices.join(', ') : gpuList(j.gpus, gpus)}`) : null] : h('span', { class: 'muted' }, '—')),
     h('td', { class: 'num time-cell' }, elapsed(j), h('div', { class: 'muted small' }, 'submitted ', timeEl(nsToMs(j.submitted_ns)))),
     h('td', { class: 'actions' }, jobActions(j, showError, refresh)));
   }
 
-  // Active jobs keep the daemon's scheduling order; finished ones follow,
-  // most recently finished first.
-  function order(list) {
-    const active = list.filter((j) => ACTIVE.includes(j.state));
-    const done = list.filter((j) => !ACTIVE.includes(j.state))
-      .sort((a, b) => (b.finished_ns ?? b.submitted_ns) - (a.finished_ns ?? a.submitted_ns));
-    return [...active, ...done];
+  // Fetch each list's first `sizes[i]` rows (following cursors when more
+  // than one page's worth is wanted) and the counts, then draw.
+  let generation = 0;
+  async function fetchLists(sizes) {
+    const mine = ++generation;
+    const qs = queries();
+    const [fetched, c, g] = await Promise.all([
+      Promise.all(qs.map(async (query, i) => {
+        const want = Math.min(sizes?.[i] ?? PAGE, RELOAD_MAX);
+        const l = { query, rows: [], next: null, total: 0 };
+        let cursor;
+        do {
+          const p = await api.jobsPage({ ...query, limit: Math.min(want - l.rows.length, 5000), cursor }, { signal: ctx.signal });
+          l.rows.push(...p.jobs);
+          l.total = p.total;
+          l.next = p.next;
+          cursor = p.next;
+        } while (cursor && l.rows.length < want);
+        return l;
+      })),
+      api.jobCounts({ q: search.trim() || undefined }, { signal: ctx.signal }),
+      gpuIndex(ctx.signal).catch(() => gpus),
+    ]);
+    if (mine !== generation) return; // a newer load won
+    lists = fetched;
+    counts = c;
+    gpus = g;
+    if (Object.values(counts).every((n) => n === 0) && !search && sessionStorage.getItem(FORM_OPEN) == null) toggleForm(true);
+    draw();
   }
 
-  async function refresh() {
+  async function guarded(fn) {
     try {
-      const [list, g] = await Promise.all([
-        api.jobs([], { signal: ctx.signal }),
-        gpuIndex(ctx.signal).catch(() => gpus),
-      ]);
-      jobs = order(list);
-      gpus = g;
-      if (jobs.length === 0 && sessionStorage.getItem(FORM_OPEN) == null) toggleForm(true);
-      draw();
+      await fn();
     } catch (e) {
       if (e.name === 'AbortError') return;
-      if (!jobs) swap(body, failure(e, refresh));
+      if (!lists) swap(body, failure(e, refresh));
       else showError({ message: `Could not refresh: ${e.message}` });
     }
+  }
+
+  /** A new filter or search: the first page of each list. */
+  const load = () => guarded(() => { lists = null; return fetchLists(null); });
+  /** Live update: reload as many rows as are shown. */
+  const refresh = () => guarded(() => fetchLists(lists?.map((l) => Math.max(PAGE, l.rows.length))));
+
+  /** The next page of the first list that has one. */
+  async function showMore() {
+    const l = lists?.find((x) => x.next);
+    if (!l) return;
+    await guarded(async () => {
+      const p = await api.jobsPage({ ...l.query, limit: PAGE, cursor: l.next }, { signal: ctx.signal });
+      const seen = new Set(l.rows.map((j) => j.id));
+      l.rows.push(...p.jobs.filter((j) => !seen.has(j.id)));
+      l.next = p.next;
+      l.total = p.total;
+      draw();
+    });
   }
 
   ctx.live(['job'], refresh, 250);
   ctx.every(() => tick(body), 1000);
   drawSeg();
-  refresh();
+  load();
 }
