@@ -149,6 +149,15 @@ pub struct Work {
     pub spec: JobSpec,
 }
 
+/// `POST /jobs/{id}/attempts/{n}/start`: the process runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRequest {
+    /// The git commit the attempt checked out, for jobs with a git source.
+    #[serde(default)]
+    pub commit: Option<String>,
+}
+
 /// `POST /jobs/{id}/attempts/{n}/finish`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -426,8 +426,17 @@ impl Client {
     }
 
     /// Agent: the process started.
-    pub async fn started(&self, id: JobId, n: u32, token: &str) -> Result<()> {
-        self.send(Self::no_body(self.attempt(id, n, "start", token)))
+    pub async fn started(
+        &self,
+        id: JobId,
+        n: u32,
+        token: &str,
+        commit: Option<&str>,
+    ) -> Result<()> {
+        let req = api::StartRequest {
+            commit: commit.map(str::to_string),
+        };
+        self.send(Self::body(self.attempt(id, n, "start", token), &req))
             .await
             .map(|_| ())
     }

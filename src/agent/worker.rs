@@ -551,8 +551,10 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<StopFlag>) {
         cgroup: None,
         end: None,
     };
+    let mut commit = None;
     let started = prepared.and_then(|mut spec| {
         spec.log = log.clone();
+        commit = spec.env.get("TRAINYARD_GIT_COMMIT").cloned();
         if cancel.requested() {
             return Err("cancelled before it started".into());
         }
@@ -571,7 +573,7 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<StopFlag>) {
                 h.pgid = Some(pid);
                 h.cgroup = running.cgroup().map(Path::to_path_buf);
             }
-            report_started(&a, job, n, &token, &cancel).await;
+            report_started(&a, job, n, &token, commit.as_deref(), &cancel).await;
             let c2 = cancel.clone();
             let mut waiter = tokio::task::spawn_blocking(move || running.wait(&c2));
             let outcome = loop {
@@ -845,10 +847,17 @@ async fn lease_watch(a: Arc<Agent>) {
     }
 }
 
-async fn report_started(a: &Agent, job: JobId, n: u32, token: &str, cancel: &StopFlag) {
+async fn report_started(
+    a: &Agent,
+    job: JobId,
+    n: u32,
+    token: &str,
+    commit: Option<&str>,
+    cancel: &StopFlag,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match a.client.started(job, n, token).await {
+        match a.client.started(job, n, token, commit).await {
             Ok(()) => return,
             Err(e) if e.is_unreachable() => {
                 tokio::time::sleep(backoff).await;

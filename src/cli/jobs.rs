@@ -464,11 +464,9 @@ fn time_of(ns: Option<i64>) -> String {
     .unwrap_or_else(|| "-".into())
 }
 
-/// The commit an attempt ran, when the daemon records it. The agent does
-/// not report it yet (it is being added): this is the one place to read
-/// it from `AttemptInfo` once it does.
-fn attempt_commit(_a: &queue::AttemptInfo) -> Option<String> {
-    None
+/// The commit an attempt ran (jobs with a git source), abbreviated.
+fn attempt_commit(a: &queue::AttemptInfo) -> Option<String> {
+    a.commit.as_ref().map(|c| c.chars().take(12).collect())
 }
 
 pub fn show(ctx: &Ctx, d: &DaemonArgs, a: ShowArgs) -> anyhow::Result<ExitCode> {

@@ -223,6 +223,10 @@ pub struct AttemptInfo {
     pub exit_code: Option<i32>,
     /// Why it did not succeed.
     pub error: Option<String>,
+    /// The git commit it ran (jobs with a git source), as the agent
+    /// resolved the job's rev; also the job's `TRAINYARD_GIT_COMMIT`.
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 /// An attempt in flight (assigned or running): what holds GPUs.
@@ -335,6 +339,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_user ON jobs(user, priority DESC, id);
     CREATE INDEX jobs_by_project ON jobs(project, priority DESC, id);
     CREATE INDEX jobs_by_finish ON jobs(finished_ns DESC, id DESC) WHERE finished_ns IS NOT NULL;",
+    // 4: the exact git commit an attempt ran (resolved by the agent from
+    // the job's --rev), reported with its start.
+    "ALTER TABLE attempts ADD COLUMN git_commit TEXT;",
 ];
 
 /// A queued job as the scheduler needs it: no spec parsing.
@@ -622,7 +629,7 @@ impl Queue {
         let mut st = conn
             .prepare_cached(
                 "SELECT n, agent, gpus, state, assigned_ns, started_ns, finished_ns, exit_code, error,
-                        gpu_indices
+                        gpu_indices, git_commit
                  FROM attempts WHERE job_id = ?1 ORDER BY n",
             )
             .map_err(self.sql())?;
@@ -639,6 +646,7 @@ impl Queue {
                     exit_code: r.get(7)?,
                     error: r.get(8)?,
                     gpu_indices: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+                    commit: r.get(10)?,
                 })
             })
             .map_err(self.sql())?
@@ -846,7 +854,7 @@ impl Queue {
     }
 
     /// The attempt's process started.
-    pub fn started(&self, token: &str) -> Result<JobId> {
+    pub fn started(&self, token: &str, commit: Option<&str>) -> Result<JobId> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -854,8 +862,9 @@ impl Queue {
         let (job, n, _) = self.current(&tx, token)?;
         let now = now_ns();
         tx.execute(
-            "UPDATE attempts SET state = 'running', started_ns = ?3 WHERE job_id = ?1 AND n = ?2",
-            params![job.0, n, now],
+            "UPDATE attempts SET state = 'running', started_ns = ?3, git_commit = ?4
+             WHERE job_id = ?1 AND n = ?2",
+            params![job.0, n, now, commit],
         )
         .map_err(self.sql())?;
         tx.execute("UPDATE jobs SET state = 'running' WHERE id = ?1", [job.0])

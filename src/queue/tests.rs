@@ -35,10 +35,10 @@ fn happy_path_and_token_checks() {
         Err(QueueError::BadState { .. })
     ));
     assert!(matches!(
-        q.started("not-a-token"),
+        q.started("not-a-token", None),
         Err(QueueError::StaleAttempt)
     ));
-    q.started(&a.token).unwrap();
+    q.started(&a.token, None).unwrap();
     q.heartbeat(&a.token, 30 * SEC).unwrap();
     assert_eq!(
         q.finish(&a.token, Some(0), None).unwrap(),
@@ -94,7 +94,7 @@ fn expired_lease_is_lost_and_requeued_and_the_old_agent_cannot_finish() {
         .submit(&spec(r#"{"command": ["sleep", "100"], "max_attempts": 2}"#))
         .unwrap();
     let a1 = q.assign(id, "flaky", &["GPU-9".into()], SEC).unwrap();
-    q.started(&a1.token).unwrap();
+    q.started(&a1.token, None).unwrap();
     let lost = q.expire_leases(a1.lease_until_ns + 1).unwrap();
     assert_eq!(lost, vec![(id, JobState::Queued)]);
     assert!(q.get(id).unwrap().reason.unwrap().contains("flaky"));
@@ -109,7 +109,7 @@ fn expired_lease_is_lost_and_requeued_and_the_old_agent_cannot_finish() {
         Err(QueueError::StaleAttempt)
     ));
     assert_eq!(q.get(id).unwrap().agent.as_deref(), Some("steady"));
-    q.started(&a2.token).unwrap();
+    q.started(&a2.token, None).unwrap();
     // A live lease is not expired; the last attempt expiring makes the job lost.
     assert!(q.expire_leases(a2.lease_until_ns - SEC).unwrap().is_empty());
     assert_eq!(
@@ -136,7 +136,7 @@ fn cancel_returns_the_running_token_and_dependencies_gate_scheduling() {
     assert_eq!(ids(q.runnable(100).unwrap()), vec![second, other]);
 
     let b = q.assign(other, "h", &[], SEC).unwrap();
-    q.started(&b.token).unwrap();
+    q.started(&b.token, None).unwrap();
     assert_eq!(q.cancel(other).unwrap(), Some(b.token.clone()));
     assert!(matches!(
         q.finish(&b.token, Some(0), None),
@@ -177,7 +177,7 @@ fn the_queue_survives_reopening() {
     };
     let q = Queue::open(&path).unwrap();
     assert_eq!(q.get(id).unwrap().state, JobState::Assigned);
-    q.started(&token).unwrap();
+    q.started(&token, None).unwrap();
     assert_eq!(
         q.finish(&token, Some(0), None).unwrap(),
         JobState::Succeeded
@@ -187,7 +187,7 @@ fn the_queue_survives_reopening() {
 /// Run job `id` to the end with exit code `code`.
 fn run(q: &Queue, id: JobId, code: i32) {
     let a = q.assign(id, "h", &[], 60 * SEC).unwrap();
-    q.started(&a.token).unwrap();
+    q.started(&a.token, None).unwrap();
     q.finish(&a.token, Some(code), None).unwrap();
 }
 

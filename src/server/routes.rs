@@ -480,11 +480,24 @@ async fn started(
     State(c): State<Arc<Coord>>,
     Path((id, n)): Path<(i64, u32)>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> ApiResult<StatusCode> {
     let id = JobId(id);
+    let req: api::StartRequest = if body.is_empty() {
+        api::StartRequest::default()
+    } else {
+        parse(&body)?
+    };
+    if let Some(commit) = &req.commit {
+        if commit.len() != 40 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::bad(format!(
+                "commit: {commit:?} is not a full git commit id"
+            )));
+        }
+    }
     blocking(&c, move |c| {
         let token = check_attempt(c, id, n, &headers)?;
-        c.queue.started(&token)?;
+        c.queue.started(&token, req.commit.as_deref())?;
         Ok(())
     })
     .await?;

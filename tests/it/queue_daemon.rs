@@ -515,8 +515,24 @@ fn git_sources_and_dataset_inputs_are_prepared_on_the_agent() {
             "sh train.sh; echo commit=$TRAINYARD_GIT_COMMIT",
         ],
     );
-    wait_state(&url, id, "succeeded", Duration::from_secs(30));
+    let j = wait_state(&url, id, "succeeded", Duration::from_secs(30));
     assert_eq!(logs(&env, &url, id), format!("training v1\ncommit={c1}\n"));
+    // The exact commit the attempt ran is recorded on it, and `show` says it.
+    assert_eq!(
+        j["attempt_log"][0]["commit"],
+        c1.to_string().as_str(),
+        "{j:#}"
+    );
+    let shown = env.ok(&["show", &id.to_string(), "--server", &url]);
+    assert!(shown.contains(&c1.to_string()[..10]), "{shown}");
+    // The remote's HEAD (its default branch) is a rev too.
+    let head = submit(
+        &env,
+        &url,
+        &["--git", o, "--rev", "HEAD", "--shell", "--", "sh train.sh"],
+    );
+    wait_state(&url, head, "succeeded", Duration::from_secs(30));
+    assert_eq!(logs(&env, &url, head), "training v2\n");
     let bad = submit(
         &env,
         &url,

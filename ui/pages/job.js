@@ -168,6 +168,7 @@ export function mount(root, route, ctx) {
         h('span', { class: 'attempt-n' }, `#${a.n}`),
         badge(a.state),
         h('span', { class: 'mono' }, a.agent),
+        a.commit ? h('span', { class: 'mono muted', title: `git commit ${a.commit}` }, a.commit.slice(0, 10)) : null,
         h('span', { class: 'muted' }, s ? (f ? duration((f - s) / 1000) : 'running') : 'not started'),
         a.exit_code != null ? h('span', { class: 'muted' }, `exit ${a.exit_code}`) : null,
         a.error ? h('span', { class: 'attempt-error', title: a.error }, a.error) : null));
