@@ -466,7 +466,7 @@ fn time_of(ns: Option<i64>) -> String {
 
 /// The commit an attempt ran (jobs with a git source), abbreviated.
 fn attempt_commit(a: &queue::AttemptInfo) -> Option<String> {
-    a.commit.as_ref().map(|c| c.chars().take(12).collect())
+    a.commit.as_ref().map(|c| c.chars().take(10).collect())
 }
 
 pub fn show(ctx: &Ctx, d: &DaemonArgs, a: ShowArgs) -> anyhow::Result<ExitCode> {
@@ -563,9 +563,7 @@ pub fn show(ctx: &Ctx, d: &DaemonArgs, a: ShowArgs) -> anyhow::Result<ExitCode> 
             at.n,
             at.state,
             short(&placement(Some(&at.agent), &at.gpus, &at.gpu_indices), 20),
-            attempt_commit(at)
-                .map(|c| short(&c, 10))
-                .unwrap_or_else(|| "-".into()),
+            attempt_commit(at).unwrap_or_else(|| "-".into()),
             time_of(at.started_ns),
             short(&ran, 9),
             at.exit_code

@@ -412,7 +412,19 @@ fn jobs_start_from_a_clean_environment() {
         child: c.spawn().unwrap(),
         log: env.path("agent-b.stderr"),
     };
-    let id = submit(&env, &url, &["--gpus", "1", "--", "env"]);
+    // Agent a is gone but within its lease: the job must go to b.
+    wait_for(Duration::from_secs(20), || {
+        get_json(&url, "/api/v1/agents", None)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["name"] == "b")
+    });
+    let id = submit(
+        &env,
+        &url,
+        &["--gpus", "1", "--gpu-model", "RTX4090", "--", "env"],
+    );
     wait_state(&url, id, "succeeded", Duration::from_secs(20));
     let out = env.ok(&["logs", "--server", &url, &id.to_string()]);
     assert!(out.contains("HF_HOME=/hf/home\n"), "{out}");
