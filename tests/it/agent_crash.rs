@@ -10,32 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::jobs::{submit, wait_state};
 use crate::support::{free_port, get_json, wait_for, Env, Proc};
-
-fn job(url: &str, id: u64) -> serde_json::Value {
-    get_json(url, &format!("/api/v1/jobs/{id}"), None)
-}
-
-fn wait_state(url: &str, id: u64, state: &str, limit: Duration) -> serde_json::Value {
-    let end = Instant::now() + limit;
-    loop {
-        let j = job(url, id);
-        if j["state"] == state {
-            return j;
-        }
-        assert!(
-            Instant::now() < end,
-            "job {id} never reached {state}: {j:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn submit(env: &Env, url: &str, args: &[&str]) -> u64 {
-    let mut a = vec!["submit", "--server", url];
-    a.extend_from_slice(args);
-    env.json(&a)["ids"][0].as_u64().expect("id")
-}
 
 fn agent(env: &Env, log: &str, url: &str, extra: &[&str]) -> Proc {
     let mut a = vec![

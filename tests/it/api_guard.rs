@@ -2,36 +2,7 @@
 //! the attacks of the security review as raw HTTP requests, each refused
 //! before any handler runs, and nothing changed afterwards.
 
-use std::io::{Read, Write};
-use std::time::Duration;
-
-use crate::support::{get_json, Env};
-
-/// Send `head` (request line and headers, without the blank line) plus
-/// `body` as they are; returns (status, body).
-fn raw(url: &str, head: &str, body: &str) -> (u16, String) {
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-    let req = format!(
-        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).expect("send");
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
+use crate::support::{get_json, raw, Env};
 
 fn jobs(url: &str) -> Vec<serde_json::Value> {
     get_json(url, "/api/v1/jobs", None)

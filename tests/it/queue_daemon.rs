@@ -6,37 +6,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::support::jobs::{job, logs, submit, wait_state};
 use crate::support::{free_port, get_json, http, wait_for, write, Env};
-
-fn job(url: &str, id: u64) -> serde_json::Value {
-    get_json(url, &format!("/api/v1/jobs/{id}"), None)
-}
-
-/// Wait until job `id` is in `state`; panics with the job on timeout.
-fn wait_state(url: &str, id: u64, state: &str, limit: Duration) -> serde_json::Value {
-    let end = Instant::now() + limit;
-    loop {
-        let j = job(url, id);
-        if j["state"] == state {
-            return j;
-        }
-        assert!(
-            Instant::now() < end,
-            "job {id} never reached {state}: {j:#}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn submit(env: &Env, url: &str, args: &[&str]) -> u64 {
-    let mut a = vec!["submit", "--server", url];
-    a.extend_from_slice(args);
-    env.json(&a)["ids"][0].as_u64().expect("id")
-}
-
-fn logs(env: &Env, url: &str, id: u64) -> String {
-    env.ok(&["logs", "--server", url, &id.to_string()])
-}
 
 #[test]
 fn jobs_get_best_fit_gpus_in_nvml_order_and_their_logs() {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, SystemTime};
 
+pub mod jobs;
 pub mod s3;
 pub mod wandb;
 
@@ -274,17 +275,32 @@ pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) {
 
 /// A minimal HTTP/1.1 request over loopback: (status, body).
 pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let auth = token
+        .map(|t| format!("\r\nAuthorization: Bearer {t}"))
+        .unwrap_or_default();
+    raw(
+        url,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}{auth}\r\nContent-Type: application/json"
+        ),
+        body,
+    )
+}
+
+/// Send `head` (request line and headers, without the blank line) and
+/// `body` exactly as given, with `Connection: close` and the length added:
+/// (status, body); (0, "") when nothing answers. Chunked bodies are good
+/// enough for JSON answers, which axum sends with a length.
+pub fn raw(url: &str, head: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let addr = url.trim_start_matches("http://");
     let Ok(mut s) = std::net::TcpStream::connect(addr) else {
         return (0, String::new());
     };
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     if s.write_all(req.as_bytes()).is_err() {
@@ -302,7 +318,6 @@ pub fn http(url: &str, method: &str, path: &str, token: Option<&str>, body: &str
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    // Chunked bodies: good enough for JSON answers, which axum sends with a length.
     (status, body)
 }
 
