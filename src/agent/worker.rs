@@ -446,6 +446,7 @@ fn prepare(a: &Agent, w: &Work, dir: &Path) -> Result<RunSpec, String> {
         .map_err(|e| format!("cannot create the work directory {}: {e}", dir.display()))?;
     // The job's own variables, then Trainyard's, over a clean base.
     let mut env: BTreeMap<String, String> = spec.env.clone();
+    env.extend(spec.secret_env.clone());
     env.insert("TRAINYARD_JOB_ID".into(), job.to_string());
     env.insert("TRAINYARD_ATTEMPT".into(), w.assignment.attempt.to_string());
     env.insert("TRAINYARD_AGENT".into(), a.cfg.name.clone());

@@ -100,9 +100,20 @@ pub struct SubmitArgs {
     /// --sweep lr=1e-3,1e-4 --sweep seed=1,2,3 submits 6 jobs.
     #[arg(long, value_name = "KEY=V1,V2,...")]
     sweep: Vec<String>,
-    /// An environment variable for the job (repeatable).
+    /// An environment variable for the job (repeatable). Shown by `show`,
+    /// the UI and the API: use --secret-env or --env-file for keys.
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// A secret environment variable for the job, its value taken from
+    /// this command's environment (repeatable), e.g. --secret-env
+    /// WANDB_API_KEY. The value goes only to the agent that runs the job:
+    /// never in answers of the API, the UI, `show`, `ps` or logs.
+    #[arg(long = "secret-env", value_name = "KEY")]
+    secret_env: Vec<String>,
+    /// Secret environment variables from a file of KEY=VALUE lines (mode
+    /// 0600; `#` comments, `export ` allowed), handled like --secret-env.
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
     /// Working directory on the agent [default: the current directory, unless --git].
     #[arg(long, value_name = "DIR", conflicts_with = "git")]
     workdir: Option<PathBuf>,
@@ -149,6 +160,25 @@ fn kv(s: &str, what: &str) -> anyhow::Result<(String, String)> {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => bail!("{what}: expected KEY=VALUE, got {s:?}"),
     }
+}
+
+/// An `--env-file`: private (like the token file), then parsed by the core.
+fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| format!("--env-file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "--env-file {}: mode {mode:o} lets others read these secrets; chmod 600 it",
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--env-file {}", path.display()))?;
+    Ok(trainyard::queue::parse_env_file(
+        &text,
+        &path.display().to_string(),
+    )?)
 }
 
 fn os_user() -> String {
@@ -225,6 +255,15 @@ fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::SweepGrid)> {
     for s in &a.env {
         let (k, v) = kv(s, "--env")?;
         spec.env.insert(k, v);
+    }
+    for k in &a.secret_env {
+        let v = std::env::var(k).with_context(|| {
+            format!("--secret-env {k}: {k} is not set in this environment (export it first)")
+        })?;
+        spec.secret_env.insert(k.clone(), v);
+    }
+    for f in &a.env_file {
+        spec.secret_env.extend(read_env_file(f)?);
     }
     spec.inputs.extend(a.inputs);
     spec.depends_on.extend(a.depends_on);
@@ -512,6 +551,13 @@ pub fn show(ctx: &Ctx, d: &DaemonArgs, a: ShowArgs) -> anyhow::Result<ExitCode> 
     }
     if !s.env.is_empty() {
         field("env", s.env.keys().cloned().collect::<Vec<_>>().join(" "));
+    }
+    if !s.secret_env.is_empty() {
+        let names: Vec<&str> = s.secret_env.keys().map(String::as_str).collect();
+        field(
+            "secret env",
+            format!("{} (values never shown)", names.join(" ")),
+        );
     }
     if !s.tags.is_empty() {
         field("tags", s.tags.join(" "));

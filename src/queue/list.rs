@@ -440,6 +440,7 @@ impl Queue {
                     "DELETE FROM attempts WHERE job_id = ?1",
                     "DELETE FROM deps WHERE job_id = ?1 OR depends_on = ?1",
                     "DELETE FROM job_tags WHERE job_id = ?1",
+                    "DELETE FROM job_secrets WHERE job_id = ?1",
                     "DELETE FROM jobs WHERE id = ?1",
                 ] {
                     tx.prepare_cached(sql)

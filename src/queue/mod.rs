@@ -15,10 +15,11 @@ mod spec;
 pub use list::{Cursor, JobFilter, JobOrder, JobPage, MAX_PAGE};
 pub use logs::{AttemptLogs, LogChunk, LogError, MIN_LOG_CAP};
 pub use spec::{
-    parse_memory_mib, parse_sweep, sweep_len, timeout_secs, Command, GitSource, GpuRequest,
-    JobSpec, SpecError, SweepGrid, MAX_MEMORY_MIB,
+    parse_env_file, parse_memory_mib, parse_sweep, sweep_len, timeout_secs, Command, GitSource,
+    GpuRequest, JobSpec, SpecError, SweepGrid, MAX_MEMORY_MIB, SECRET_REDACTED,
 };
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -342,6 +343,14 @@ const MIGRATIONS: &[&str] = &[
     // 4: the exact git commit an attempt ran (resolved by the agent from
     // the job's --rev), reported with its start.
     "ALTER TABLE attempts ADD COLUMN git_commit TEXT;",
+    // 5: secret environment values, apart from the spec, so that no
+    // listing, answer or log that shows a spec can show them.
+    "CREATE TABLE job_secrets (
+        job_id INTEGER NOT NULL REFERENCES jobs(id),
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (job_id, name)
+    ) WITHOUT ROWID;",
 ];
 
 /// A queued job as the scheduler needs it: no spec parsing.
@@ -459,6 +468,16 @@ impl Queue {
             }
         }
         let user = spec.user.clone().unwrap_or_else(|| "unknown".into());
+        // The stored spec names its secrets; their values go to job_secrets.
+        let stored = if spec.secret_env.is_empty() {
+            None
+        } else {
+            let mut s = spec.clone();
+            for v in s.secret_env.values_mut() {
+                *v = SECRET_REDACTED.to_string();
+            }
+            Some(s)
+        };
         tx.prepare_cached(
             "INSERT INTO jobs (spec, project, user, priority, state, max_attempts, submitted_ns,
                                gpu_count, gpu_min_mib, gpu_model)
@@ -466,7 +485,7 @@ impl Queue {
         )
         .map_err(self.sql())?
         .execute(params![
-            serde_json::to_string(spec).expect("specs serialize"),
+            serde_json::to_string(stored.as_ref().unwrap_or(spec)).expect("specs serialize"),
             spec.project,
             user,
             spec.priority,
@@ -478,6 +497,12 @@ impl Queue {
         ])
         .map_err(self.sql())?;
         let id = tx.last_insert_rowid();
+        for (name, value) in &spec.secret_env {
+            tx.prepare_cached("INSERT INTO job_secrets (job_id, name, value) VALUES (?1, ?2, ?3)")
+                .map_err(self.sql())?
+                .execute(params![id, name, value])
+                .map_err(self.sql())?;
+        }
         for t in &spec.tags {
             tx.prepare_cached("INSERT OR IGNORE INTO job_tags (tag, job_id) VALUES (?1, ?2)")
                 .map_err(self.sql())?
@@ -624,6 +649,21 @@ impl Queue {
     }
 
     /// The attempts of a job, oldest first.
+    /// A job's secret environment values, for the agent that runs it (and
+    /// for nothing else: every other reader sees [`SECRET_REDACTED`]).
+    pub fn secret_env(&self, id: JobId) -> Result<BTreeMap<String, String>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare_cached("SELECT name, value FROM job_secrets WHERE job_id = ?1")
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map([id.0], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sql())?;
+        Ok(rows)
+    }
+
     pub fn attempts(&self, id: JobId) -> Result<Vec<AttemptInfo>> {
         let conn = self.conn()?;
         let mut st = conn

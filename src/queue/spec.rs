@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// What a secret environment value reads as everywhere but on the agent.
+pub const SECRET_REDACTED: &str = "<secret>";
+
 /// How the job's process is started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -82,6 +85,13 @@ pub struct JobSpec {
     /// Extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Secret environment variables (API keys): given at submission and
+    /// to the agent that runs an attempt, never returned by the API, shown
+    /// or logged. Stored apart from the spec (`job_secrets`); a spec read
+    /// back from the queue lists their names with the value
+    /// [`SECRET_REDACTED`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     /// Working directory on the agent (exclusive with `git`).
     #[serde(default)]
     pub workdir: Option<PathBuf>,
@@ -330,6 +340,26 @@ impl JobSpec {
                 ));
             }
         }
+        for (k, v) in &self.secret_env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(bad(
+                    &format!("secret_env.{k}"),
+                    "not a valid environment variable name",
+                ));
+            }
+            if self.env.contains_key(k) {
+                return Err(bad(
+                    &format!("secret_env.{k}"),
+                    "also given in env: a variable is either secret or not",
+                ));
+            }
+            if v.contains('\0') {
+                return Err(bad(
+                    &format!("secret_env.{k}"),
+                    "the value contains a NUL byte",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -454,8 +484,55 @@ fn toml_reason(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// Parse an env file (`--env-file`): `KEY=VALUE` lines, optionally
+/// prefixed by `export `, with `#` comments and blank lines; a value in
+/// matching single or double quotes loses them. Errors name `origin:line`.
+pub fn parse_env_file(text: &str, origin: &str) -> Result<Vec<(String, String)>, SpecError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let field = format!("{origin}:{}", i + 1);
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(bad(&field, "expected KEY=VALUE"));
+        };
+        let k = k.trim();
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(bad(&field, format!("{k:?} is not a variable name")));
+        }
+        let v = v.trim();
+        let v = match v.as_bytes() {
+            [q @ (b'"' | b'\''), .., last] if q == last && v.len() >= 2 => &v[1..v.len() - 1],
+            _ => v,
+        };
+        out.push((k.to_string(), v.to_string()));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn env_files_parse_and_errors_name_the_line() {
+        let text = "# keys\nexport WANDB_API_KEY=abc\n\nHF_TOKEN='x y'\nEMPTY=\nQ=\"a=b\"\n";
+        assert_eq!(
+            super::parse_env_file(text, "s.env").unwrap(),
+            vec![
+                ("WANDB_API_KEY".to_string(), "abc".to_string()),
+                ("HF_TOKEN".to_string(), "x y".to_string()),
+                ("EMPTY".to_string(), String::new()),
+                ("Q".to_string(), "a=b".to_string()),
+            ]
+        );
+        let e = super::parse_env_file("A=1\nnot a pair\n", "s.env").unwrap_err();
+        assert_eq!(e.field, "s.env:2");
+        let e = super::parse_env_file("BAD-NAME=1\n", "s.env").unwrap_err();
+        assert!(e.to_string().contains("s.env:1"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -152,7 +152,11 @@ impl Coord {
         let mut assignments = Vec::new();
         for a in self.queue.active()? {
             if a.agent == name && !a.running && !known.contains(a.token.as_str()) {
-                let job = self.queue.get(a.job)?;
+                let mut job = self.queue.get(a.job)?;
+                // Only the agent that runs it gets the secret values.
+                if !job.spec.secret_env.is_empty() {
+                    job.spec.secret_env = self.queue.secret_env(a.job)?;
+                }
                 assignments.push(Work {
                     assignment: crate::queue::Assignment {
                         job: a.job,

@@ -194,3 +194,88 @@ fn two_agents_cannot_share_a_name_and_fake_gpus_are_unique_per_agent() {
     let id_b = std::fs::read_to_string(env.path("server-b/agent/vm/id")).unwrap();
     assert_eq!(id_b.trim().len(), 32);
 }
+
+#[test]
+fn secret_env_reaches_the_job_and_nothing_else() {
+    use crate::support::jobs::{logs, wait_state};
+    let env = Env::new();
+    let (d, url) = env.up("up", &["--fake-gpus", "1xA100-80GB"]);
+    let file = env.path("keys.env");
+    std::fs::write(&file, "# lab keys\nexport HF_TOKEN='file-secret-41'\n").unwrap();
+    let f = file.to_str().unwrap();
+    // An env file others can read is refused.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let o = env
+        .cmd()
+        .args(["submit", "--server", &url, "--env-file", f, "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("chmod 600"));
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // A --secret-env that is not set says so.
+    let o = env
+        .cmd()
+        .args([
+            "submit",
+            "--server",
+            &url,
+            "--secret-env",
+            "NOT_SET_ANYWHERE",
+            "--",
+            "true",
+        ])
+        .env_remove("NOT_SET_ANYWHERE")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("NOT_SET_ANYWHERE is not set"));
+
+    let o = env
+        .cmd()
+        .args([
+            "--json",
+            "submit",
+            "--server",
+            &url,
+            "--secret-env",
+            "MY_API_KEY",
+            "--env-file",
+            f,
+            "--env",
+            "PLAIN=visible",
+            "--shell",
+            "--",
+            "echo \"$MY_API_KEY $HF_TOKEN\" > got.txt; echo done",
+        ])
+        .env("MY_API_KEY", "env-secret-17")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["ids"][0]
+        .as_u64()
+        .unwrap();
+    let j = wait_state(&url, id, "succeeded", Duration::from_secs(20));
+    assert_eq!(logs(&env, &url, id), "done\n");
+    // The job's working directory is the submitter's (this test's temp dir).
+    assert_eq!(
+        std::fs::read_to_string(env.tmp.path().join("got.txt")).unwrap(),
+        "env-secret-17 file-secret-41\n"
+    );
+    // The job got them; no answer, listing, `show`, `ps` or log has them.
+    assert_eq!(j["spec"]["secret_env"]["MY_API_KEY"], "<secret>", "{j}");
+    assert_eq!(j["spec"]["env"]["PLAIN"], "visible");
+    let seen = [
+        j.to_string(),
+        get_json(&url, "/api/v1/jobs", None).to_string(),
+        env.ok(&["show", &id.to_string(), "--server", &url]),
+        env.ok(&["ps", "--server", &url]),
+        env.ok(&["--json", "show", &id.to_string(), "--server", &url]),
+        d.stderr(),
+    ];
+    for text in &seen {
+        assert!(!text.contains("env-secret-17"), "secret shown: {text}");
+        assert!(!text.contains("file-secret-41"), "secret shown: {text}");
+    }
+    assert!(seen[2].contains("MY_API_KEY"), "{}", seen[2]);
+}
