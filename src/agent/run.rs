@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -151,9 +152,11 @@ pub struct Running {
 /// Start the process in a new process group (and in `spec.cgroup`).
 pub fn start(spec: &RunSpec) -> Result<Running, RunError> {
     let (program, args) = spec.argv.split_first().ok_or(RunError::Empty)?;
+    // Owner-only: a job's output may print secrets.
     let log = OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&spec.log)
         .map_err(|source| RunError::Log {
             path: spec.log.clone(),

@@ -220,8 +220,12 @@ impl<'a> Conn<'a> {
         }
     }
 
-    /// Skip what [`Error::Corrupt`] names (with a warning); pass other errors.
-    fn skip<T>(&self, r: Result<Option<T>>) -> Result<Option<T>> {
+    /// For reads over many keys (listing versions or tags, choosing the
+    /// latest): a key [`Error::Corrupt`] names is left out with a warning
+    /// that names the remote and key, so one bad key cannot fail every pull.
+    /// Other errors pass. A key asked for by name never goes through this:
+    /// its damage is an error.
+    fn unless_corrupt<T>(&self, r: Result<Option<T>>) -> Result<Option<T>> {
         match r {
             Err(Error::Corrupt { key, reason, .. }) => {
                 self.warn(&key, &reason);
@@ -603,7 +607,7 @@ impl<'a> Conn<'a> {
                 self.warn(&key, &e.to_string());
                 continue;
             }
-            if let Some((seq, r)) = self.skip(self.tag(dataset, &n).await)? {
+            if let Some((seq, r)) = self.unless_corrupt(self.tag(dataset, &n).await)? {
                 out.insert(n, (seq, r.version));
             }
         }
@@ -1014,7 +1018,7 @@ async fn resolve_remote(
             // A damaged record is skipped (with a warning), not chosen.
             let mut best: Option<VersionRecord> = None;
             for id in &ids {
-                if let Some(r) = conn.skip(conn.version_record(dataset, id).await)? {
+                if let Some(r) = conn.unless_corrupt(conn.version_record(dataset, id).await)? {
                     if best.as_ref().is_none_or(|b| r.created_ns > b.created_ns) {
                         best = Some(r);
                     }
@@ -1417,7 +1421,7 @@ pub async fn list(remote: &Remote, home: &crate::Home) -> Result<Vec<RemoteDatas
         }
         let mut versions = Vec::new();
         for id in conn.version_ids(&name).await? {
-            if let Some(r) = conn.skip(conn.version_record(&name, &id).await)? {
+            if let Some(r) = conn.unless_corrupt(conn.version_record(&name, &id).await)? {
                 versions.push(r);
             }
         }

@@ -220,7 +220,8 @@ fn mode(p: &Path) -> u32 {
 #[test]
 fn a_new_home_is_private_and_the_queue_wal_with_an_env_secret_too() {
     let env = Env::new();
-    let (_d, url) = env.up("up", &["--fake-gpus", "1xA100-80GB"]);
+    // --keep-work: the agent's own copy of the log stays to be checked.
+    let (_d, url) = env.up("up", &["--fake-gpus", "1xA100-80GB", "--keep-work"]);
     let out = env.json(&[
         "submit",
         "--server",
@@ -251,6 +252,36 @@ fn a_new_home_is_private_and_the_queue_wal_with_an_env_secret_too() {
     let log = h.join(format!("logs/{id}/1.log"));
     assert_eq!(fs::read_to_string(&log).unwrap().trim(), "done");
     assert_eq!(mode(&log), 0o600, "job log");
+    // Everything the daemon and its agent wrote for the job: logs, attempt
+    // records, the agent's id and locks.
+    let mut files = Vec::new();
+    let mut dirs = vec![h.join("agent"), h.join("logs")];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                // The job's own work directory holds what the job wrote.
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let work = name
+                    .split_once('-')
+                    .is_some_and(|(j, n)| [j, n].iter().all(|x| x.parse::<u64>().is_ok()));
+                if !work {
+                    dirs.push(p);
+                }
+            } else {
+                files.push(p);
+            }
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(&format!("{id}-1.log"))),
+        "{files:?}"
+    );
+    for f in &files {
+        assert_eq!(mode(f) & 0o077, 0, "{} is readable by others", f.display());
+    }
     // The data commands' databases, too.
     write(&env.path("ds/a"), b"a");
     env.ok(&["data", "add", "ds"]);
