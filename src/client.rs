@@ -12,7 +12,7 @@ use crate::api::{
     PollRequest, SubmitRequest, SubmitResponse,
 };
 use crate::queue::{Job, JobId, JobOrder, JobSpec, JobState, SweepGrid};
-use crate::server::Secret;
+use crate::secret::Secret;
 
 /// What `GET /jobs` is asked for; empty fields do not filter.
 #[derive(Debug, Clone)]

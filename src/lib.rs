@@ -14,6 +14,7 @@ pub mod progress;
 pub mod queue;
 pub mod remote;
 pub mod sched;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod wandb;

@@ -111,9 +111,7 @@ fn read_or_create_id(path: &Path) -> Result<String, IdentityError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(path)(e)),
     }
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the OS random number generator works");
-    let id: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let id = crate::secret::random_hex(16);
     // Written whole, then renamed: a crash leaves the old file or the new one.
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()

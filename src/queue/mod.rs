@@ -373,10 +373,7 @@ pub struct Queue {
 }
 
 fn new_token() -> String {
-    let mut b = [0u8; 16];
-    // The OS RNG failing is not recoverable in any useful way.
-    getrandom::fill(&mut b).expect("the OS random number generator works");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::secret::random_hex(16)
 }
 
 impl Queue {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use super::{Error, Result};
-use crate::server::Secret;
+use crate::secret::Secret;
 
 /// Resolved credentials and where they came from.
 #[derive(Debug)]

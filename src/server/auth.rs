@@ -1,36 +1,12 @@
-//! The daemon's bearer token: generated on first start, stored 0600 under
-//! the Trainyard home, compared in constant time. Required on every API call
-//! when the daemon listens beyond loopback (or when asked to).
+//! The daemon's bearer token file: generated on first start, stored 0600
+//! under the Trainyard home, refused when others may read it. The token is
+//! required on every API call but `GET /api/v1/health` (see `guard`).
 
-use std::fmt;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// A secret that never prints.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a secret.
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    /// The secret itself, for sending it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-    /// Constant-time comparison (BLAKE3 hashes compare in constant time).
-    pub fn matches(&self, offered: &str) -> bool {
-        blake3::hash(self.0.as_bytes()) == blake3::hash(offered.as_bytes())
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use crate::secret::Secret;
 
 /// A token file that could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +61,7 @@ pub fn load_or_create(path: &Path) -> Result<Secret, TokenError> {
         Err(TokenError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut b = [0u8; 32];
-    getrandom::fill(&mut b).expect("the OS random number generator works");
-    let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let token = crate::secret::random_hex(32);
     let io = |source| TokenError::Io {
         path: path.to_path_buf(),
         source,
