@@ -5,6 +5,18 @@ use std::time::Duration;
 
 use crate::support::{get_json, wait_for, Env};
 
+/// The daemon's token copied to a 0600 file, as a LAN agent gets it.
+fn token_file(env: &Env) -> std::path::PathBuf {
+    let f = env.path("token");
+    std::fs::write(&f, env.token()).unwrap();
+    set_mode(&f, 0o600);
+    f
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+}
+
 #[test]
 fn a_second_daemon_on_one_home_is_refused_naming_the_first() {
     let env = Env::new();
@@ -63,13 +75,7 @@ fn an_agent_says_connected_only_once_its_token_is_taken() {
     assert!(!err.contains("connected"), "{err}");
     assert!(err.contains("the token is wrong"), "{err}");
     // The right one, from a file of its own.
-    let token_file = env.path("token");
-    std::fs::write(&token_file, env.token()).unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let token_file = token_file(&env);
     let token_arg = token_file.to_str().unwrap().to_string();
     let home_arg = other_home.to_str().unwrap().to_string();
     let agent = env.spawn(
@@ -107,14 +113,7 @@ fn logs_written_to_a_file_have_no_colour_codes() {
 fn two_agents_cannot_share_a_name_and_fake_gpus_are_unique_per_agent() {
     let env = Env::new();
     let (_d, url) = env.up("up", &["--no-agent", "--lease", "3s"]);
-    let token = env.token();
-    let token_file = env.path("token");
-    std::fs::write(&token_file, &token).unwrap();
-    std::fs::set_permissions(
-        &token_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
+    let token_file = token_file(&env);
     let tf = token_file.to_str().unwrap().to_string();
     let agent = |home: &str, log: &str| {
         let h = env.path(home).to_str().unwrap().to_string();
@@ -204,7 +203,7 @@ fn secret_env_reaches_the_job_and_nothing_else() {
     std::fs::write(&file, "# lab keys\nexport HF_TOKEN='file-secret-41'\n").unwrap();
     let f = file.to_str().unwrap();
     // An env file others can read is refused.
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    set_mode(&file, 0o644);
     let o = env
         .cmd()
         .args(["submit", "--server", &url, "--env-file", f, "--", "true"])
@@ -212,7 +211,7 @@ fn secret_env_reaches_the_job_and_nothing_else() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("chmod 600"));
-    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    set_mode(&file, 0o600);
     // A --secret-env that is not set says so.
     let o = env
         .cmd()
