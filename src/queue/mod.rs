@@ -8,6 +8,7 @@
 //! or overwrite an attempt that was reassigned. The queue knows datasets by
 //! name only and knows nothing about GPUs beyond the ids it is told to record.
 
+mod holdings;
 mod list;
 mod logs;
 mod spec;
@@ -351,6 +352,22 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL,
         PRIMARY KEY (job_id, name)
     ) WITHOUT ROWID;",
+    // 6: the usage ledger: each GPU an attempt held, kept when retention
+    // deletes the job (GPU-hours outlive job history).
+    "CREATE TABLE gpu_holdings (
+        job_id INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        gpu TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        user TEXT NOT NULL,
+        project TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        start_ns INTEGER NOT NULL,
+        end_ns INTEGER NOT NULL,
+        PRIMARY KEY (job_id, n, gpu)
+    ) WITHOUT ROWID;
+    CREATE INDEX gpu_holdings_by_end ON gpu_holdings(end_ns);
+    CREATE INDEX attempts_by_finish ON attempts(finished_ns);",
 ];
 
 /// A queued job as the scheduler needs it: no spec parsing.

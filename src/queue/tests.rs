@@ -393,3 +393,72 @@ fn a_schema_2_queue_is_migrated_with_its_tags_and_finish_times() {
     assert_eq!(tagged.jobs.len(), 1);
     assert_eq!(q.get(JobId(2)).unwrap().finished_ns, None);
 }
+
+#[test]
+fn gpu_holdings_cover_live_attempts_and_outlive_retention() {
+    use crate::usage::Holder;
+    let (_d, q) = queue();
+    let spec2 = spec(
+        r#"{"command": ["t"], "project": "detr", "tags": ["b", "a", "b"], "gpus": {"count": 2}}"#,
+    );
+    let done = q.submit(&spec2).unwrap();
+    let a = q
+        .assign(done, "vm", &["GPU-1".into(), "GPU-2".into()], 60 * SEC)
+        .unwrap();
+    q.started(&a.token, None).unwrap();
+    q.finish(&a.token, Some(0), None).unwrap();
+    let live = q.submit(&spec2).unwrap();
+    q.assign(live, "vm", &["GPU-3".into()], 60 * SEC).unwrap();
+    let cpu = q.submit(&spec(r#"{"command": ["c"]}"#)).unwrap();
+    run(&q, cpu, 0);
+
+    let now = crate::db::now_ns() + SEC;
+    let mut before = q.holdings(0, i64::MAX, now).unwrap();
+    before.sort_by(|a, b| a.gpu.cmp(&b.gpu));
+    assert_eq!(
+        before
+            .iter()
+            .map(|h| (h.gpu.as_str(), &h.holder))
+            .collect::<Vec<_>>(),
+        vec![
+            (
+                "GPU-1",
+                &Holder::Job {
+                    job: done.0 as u64,
+                    attempt: 1
+                }
+            ),
+            (
+                "GPU-2",
+                &Holder::Job {
+                    job: done.0 as u64,
+                    attempt: 1
+                }
+            ),
+            (
+                "GPU-3",
+                &Holder::Job {
+                    job: live.0 as u64,
+                    attempt: 1
+                }
+            ),
+        ]
+    );
+    assert_eq!(before[0].tags, vec!["a", "b"]);
+    assert_eq!(
+        (before[0].host.as_str(), before[0].project.as_str()),
+        ("vm", "detr")
+    );
+    assert!(before[0].end_ms > before[0].start_ms || before[0].end_ms == before[0].start_ms);
+    // A held GPU counts to now.
+    assert_eq!(before[2].end_ms, now / 1_000_000);
+    // A range that ends before anything was assigned has nothing.
+    assert!(q.holdings(0, 1, now).unwrap().is_empty());
+
+    // Retention deletes the finished jobs; their holdings stay, unchanged.
+    let gone = q.purge_finished(Some(0), None, 10).unwrap();
+    assert!(gone.contains(&done));
+    let mut after = q.holdings(0, i64::MAX, now).unwrap();
+    after.sort_by(|a, b| a.gpu.cmp(&b.gpu));
+    assert_eq!(after, before);
+}

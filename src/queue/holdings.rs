@@ -1,0 +1,67 @@
+//! The GPUs attempts held, for usage accounting: from the live attempts,
+//! and from the ledger (`gpu_holdings`) that keeps them when retention
+//! deletes a finished job.
+
+use std::collections::BTreeSet;
+
+use super::{Queue, Result};
+use crate::usage::{Holder, Holding};
+
+/// Run by retention for each job it deletes, before its attempts go: copy
+/// the GPUs they held into the ledger.
+pub(super) const KEEP_ON_PURGE: &str = "INSERT OR IGNORE INTO gpu_holdings
+        (job_id, n, gpu, agent, user, project, tags, start_ns, end_ns)
+    SELECT a.job_id, a.n, g.value, a.agent, j.user, j.project,
+           (SELECT coalesce(json_group_array(t.tag), '[]') FROM job_tags t WHERE t.job_id = j.id),
+           a.assigned_ns, coalesce(a.finished_ns, j.finished_ns, a.assigned_ns)
+    FROM attempts a JOIN jobs j ON j.id = a.job_id, json_each(a.gpus) g
+    WHERE a.job_id = ?1";
+
+impl Queue {
+    /// Every GPU held by an attempt during `[since_ns, until_ns)`: one
+    /// [`Holding`] per attempt and GPU, from assignment to release (to
+    /// `now_ns` while it is still held). The host is the agent's name; the
+    /// model is left for the caller, who knows the GPUs.
+    pub fn holdings(&self, since_ns: i64, until_ns: i64, now_ns: i64) -> Result<Vec<Holding>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT a.job_id, a.n, g.value, a.agent, j.user, j.project,
+                        (SELECT coalesce(json_group_array(t.tag), '[]') FROM job_tags t
+                         WHERE t.job_id = j.id),
+                        a.assigned_ns, coalesce(a.finished_ns, ?3)
+                 FROM attempts a JOIN jobs j ON j.id = a.job_id, json_each(a.gpus) g
+                 WHERE a.assigned_ns < ?2 AND coalesce(a.finished_ns, ?3) > ?1
+                 UNION ALL
+                 SELECT job_id, n, gpu, agent, user, project, tags, start_ns, end_ns
+                 FROM gpu_holdings WHERE end_ns > ?1 AND start_ns < ?2",
+            )
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map(rusqlite::params![since_ns, until_ns, now_ns], |r| {
+                let tags: String = r.get(6)?;
+                Ok(Holding {
+                    holder: Holder::Job {
+                        job: r.get::<_, i64>(0)? as u64,
+                        attempt: r.get(1)?,
+                    },
+                    gpu: r.get(2)?,
+                    host: r.get(3)?,
+                    model: String::new(),
+                    user: r.get(4)?,
+                    project: r.get(5)?,
+                    // Sorted and deduplicated: a job's tags are a set.
+                    tags: serde_json::from_str::<BTreeSet<String>>(&tags)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .collect(),
+                    start_ms: r.get::<_, i64>(7)? / 1_000_000,
+                    end_ms: r.get::<_, i64>(8)? / 1_000_000,
+                })
+            })
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sql())?;
+        Ok(rows)
+    }
+}
