@@ -240,3 +240,64 @@ impl Event {
         }
     }
 }
+
+/// One row of `GET /api/v1/usage`: GPU time in hours, energy in kWh.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRow {
+    /// `2026-11-30` (daily) or `2026-11` (monthly); absent for totals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// The values of the `by` dimensions, in order (`-` for none; the
+    /// totals row has `["total"]`).
+    pub key: Vec<String>,
+    /// GPU-hours allocated: each GPU from assignment to release.
+    pub allocated_gpu_h: f64,
+    /// GPU-hours used: utilization integrated over time.
+    pub used_gpu_h: f64,
+    /// GPU-hours allocated while under the idle threshold.
+    pub idle_gpu_h: f64,
+    /// Energy, kWh (the driver's counter, else power over time).
+    pub energy_kwh: f64,
+    /// Peak memory used on one GPU, MiB.
+    pub peak_mem_mib: u64,
+    /// Jobs counted.
+    pub jobs: u64,
+    /// wandb runs counted that did not come through the queue.
+    pub runs: u64,
+}
+
+impl UsageRow {
+    /// A report row on the wire.
+    pub fn from_row(r: &crate::usage::Row) -> UsageRow {
+        UsageRow {
+            period: r.period.clone(),
+            key: r.key.clone(),
+            allocated_gpu_h: r.usage.allocated_h(),
+            used_gpu_h: r.usage.used_h(),
+            idle_gpu_h: r.usage.idle_h(),
+            energy_kwh: r.usage.energy_kwh(),
+            peak_mem_mib: r.usage.peak_mem_mib,
+            jobs: r.jobs,
+            runs: r.runs,
+        }
+    }
+}
+
+/// `GET /api/v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageAnswer {
+    /// The range's start (RFC 3339).
+    pub since: String,
+    /// The range's end, exclusive (RFC 3339).
+    pub until: String,
+    /// The time zone whose days and months the rows use.
+    pub timezone: String,
+    /// The dimensions of each row's `key`.
+    pub by: Vec<crate::usage::Dim>,
+    /// `total`, `daily` or `monthly`.
+    pub period: crate::usage::Period,
+    /// Rows sorted by period, then key.
+    pub rows: Vec<UsageRow>,
+    /// Everything counted once (with `by=tag` rows can add up to more).
+    pub total: UsageRow,
+}

@@ -392,6 +392,12 @@ impl Client {
         self.json(self.req(Method::GET, "/agents")).await
     }
 
+    /// GPU usage (`GET /usage`); `params` as the API documents them.
+    pub async fn usage(&self, params: &[(&str, String)]) -> Result<crate::api::UsageAnswer> {
+        self.json(self.req(Method::GET, "/usage").query(params))
+            .await
+    }
+
     /// Agent: heartbeat.
     pub async fn heartbeat(&self, name: &str, report: &AgentReport) -> Result<AgentOrders> {
         self.json(Self::body(

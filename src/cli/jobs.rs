@@ -46,7 +46,7 @@ fn endpoint(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<(String, Option<Secret>
     Ok((url, token))
 }
 
-fn client(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<Client> {
+pub(super) fn client(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<Client> {
     let (url, token) = endpoint(ctx, d)?;
     Ok(Client::new(&url, token))
 }
@@ -71,7 +71,7 @@ pub fn ui(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn rt() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -8,6 +8,7 @@ mod output;
 mod remote;
 mod runs;
 mod sync;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,6 +110,18 @@ enum Command {
     /// Every GPU of every agent in one table: memory, utilization, which job
     /// holds it, foreign processes.
     Gpus {
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// GPU-hours allocated, used and idle-allocated, energy, and job and run
+    /// counts, by project, user, team, host, GPU model or tag, per day or
+    /// month. Days and months are the lab's (`[usage] timezone` in the
+    /// daemon's config.toml).
+    ///
+    /// Example: trainyard usage --by user --daily --since 2026-11-01
+    Usage {
+        #[command(flatten)]
+        args: usage::UsageArgs,
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
@@ -225,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Retry { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, true),
         Command::Gpus { daemon } => jobs::gpus(&ctx, &daemon),
         Command::Agents { daemon } => jobs::agents(&ctx, &daemon),
+        Command::Usage { args, daemon } => usage::usage(&ctx, &daemon, args),
         Command::Ui { daemon } => jobs::ui(&ctx, &daemon),
         Command::Completions { .. } => unreachable!("handled above"),
     }

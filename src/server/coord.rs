@@ -50,10 +50,18 @@ pub(crate) struct Coord {
     pub agents: Mutex<HashMap<String, AgentEntry>>,
     pub events: broadcast::Sender<Event>,
     pub wake_sched: Notify,
+    /// The lab's settings (`config.toml`), read at start.
+    pub lab: crate::config::LabConfig,
 }
 
 impl Coord {
-    pub fn new(queue: Queue, home: crate::Home, lease: Duration, retention: Retention) -> Coord {
+    pub fn new(
+        queue: Queue,
+        home: crate::Home,
+        lease: Duration,
+        retention: Retention,
+        lab: crate::config::LabConfig,
+    ) -> Coord {
         Coord {
             logs: AttemptLogs::new(home.root().join("logs"), retention.max_log_bytes),
             retention,
@@ -63,7 +71,14 @@ impl Coord {
             agents: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             wake_sched: Notify::new(),
+            lab,
         }
+    }
+
+    /// A GPU's samples over `[from_ms, to_ms)`, sorted by time. None are
+    /// kept yet: until telemetry is stored, usage is allocated time only.
+    pub fn samples(&self, _gpu: &str, _from_ms: i64, _to_ms: i64) -> Vec<crate::usage::Sample> {
+        Vec::new()
     }
 
     pub fn lease_ns(&self) -> i64 {
@@ -82,7 +97,7 @@ impl Coord {
         });
     }
 
-    fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentEntry>> {
+    pub fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentEntry>> {
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 

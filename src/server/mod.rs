@@ -18,6 +18,7 @@ mod guard;
 mod routes;
 mod runs;
 mod ui;
+mod usage;
 
 pub use auth::{load_or_create as load_or_create_token, read_token, Secret, TokenError};
 
@@ -130,6 +131,9 @@ pub enum ServerError {
     /// The queue database.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The lab config (`config.toml`) is unusable: the daemon does not start.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// Serving failed.
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
@@ -165,6 +169,7 @@ impl Server {
             Some(t) => t,
             None => auth::load_or_create(&home.root().join(TOKEN_FILE))?,
         };
+        let lab = crate::config::LabConfig::load(&home.root().join(crate::config::CONFIG_FILE))?;
         let queue_path = home.root().join("queue.db");
         let queue = tokio::task::spawn_blocking(move || Queue::open(&queue_path))
             .await
@@ -181,6 +186,7 @@ impl Server {
             home.clone(),
             config.lease,
             config.retention,
+            lab,
         ));
         let guard = Arc::new(guard::Guard::new(token.clone(), addr, &config.allow_hosts));
         Ok(Server {

@@ -44,8 +44,10 @@ pub enum UsageError {
         reason: String,
     },
     /// The range is empty the wrong way round.
-    #[error("--since ({since}) is after --until ({until})")]
+    #[error("{} ({since}) is after {} ({until})", names[0], names[1])]
     SinceAfterUntil {
+        /// What the two ends are called where they were given.
+        names: [String; 2],
         /// The start, as given.
         since: String,
         /// The end, as given.

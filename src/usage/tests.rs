@@ -286,7 +286,15 @@ fn dates_ages_months_and_zones_parse_and_bad_ones_say_why() {
             .to_string();
         assert!(e.starts_with("--since: cannot read"), "{bad}: {e}");
     }
-    let e = parse_range(Some("2026-12-05"), Some("2026-12-01"), &tz, now, 0).unwrap_err();
+    let e = parse_range(
+        ["--since", "--until"],
+        Some("2026-12-05"),
+        Some("2026-12-01"),
+        &tz,
+        now,
+        0,
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "--since (2026-12-05) is after --until (2026-12-01)"

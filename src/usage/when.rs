@@ -96,8 +96,10 @@ fn parse(
     Ok(zoned(dt)?.timestamp().as_millisecond())
 }
 
-/// Both ends at once, checked to be in order.
+/// Both ends at once, checked to be in order. `names` are how the caller
+/// calls them (`["--since", "--until"]` on the command line).
 pub fn parse_range(
+    names: [&str; 2],
     since: Option<&str>,
     until: Option<&str>,
     tz: &TimeZone,
@@ -105,15 +107,16 @@ pub fn parse_range(
     default_since: i64,
 ) -> Result<(i64, i64), UsageError> {
     let a = match since {
-        Some(s) => parse_since("--since", s, tz, now)?,
+        Some(s) => parse_since(names[0], s, tz, now)?,
         None => default_since,
     };
     let b = match until {
-        Some(s) => parse_until("--until", s, tz, now)?,
+        Some(s) => parse_until(names[1], s, tz, now)?,
         None => now.as_millisecond(),
     };
     if a > b {
         return Err(UsageError::SinceAfterUntil {
+            names: [names[0].to_string(), names[1].to_string()],
             since: since.map_or_else(|| "default".into(), str::to_string),
             until: until.unwrap_or("now").to_string(),
         });

@@ -1,0 +1,180 @@
+//! The lab's settings: `config.toml` in the home, read once when the daemon
+//! starts. A file that does not parse, or names an unknown key or time zone,
+//! stops the start with the file, line and field named: a daemon never runs
+//! on half a config. No secrets live here (they come from the environment,
+//! `~/.netrc` or 0600 files).
+//!
+//! ```toml
+//! [usage]
+//! timezone = "Asia/Seoul"     # days and months of usage reports; default: the system's
+//! ignore_tag = "ignore-usage" # jobs and runs with this tag are not counted
+//! idle_below_pct = 5          # a GPU under this utilization is idle
+//!
+//! [teams.vision]
+//! users = ["ana", "bo"]
+//! projects = ["detr"]         # a project's team wins over its submitter's
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use jiff::tz::TimeZone;
+use serde::{Deserialize, Serialize};
+
+use crate::usage::{self, Teams};
+
+/// The file's name in the home.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// Why the lab config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It is not valid TOML or has an unknown or mistyped key.
+    #[error("{}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message, with the line and the key.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{}: {field}: {source}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `usage.timezone`.
+        field: &'static str,
+        /// What is wrong.
+        #[source]
+        source: usage::UsageError,
+    },
+}
+
+/// The lab's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    /// Usage accounting.
+    #[serde(default)]
+    pub usage: UsageConfig,
+    /// Teams: users and projects.
+    #[serde(default)]
+    pub teams: Teams,
+}
+
+/// `[usage]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// IANA zone whose days and months reports use; the system's when unset.
+    pub timezone: Option<String>,
+    /// Jobs and runs carrying this tag are left out of usage ("" counts all).
+    pub ignore_tag: String,
+    /// A GPU under this utilization (percent) is idle.
+    pub idle_below_pct: f64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> UsageConfig {
+        UsageConfig {
+            timezone: None,
+            ignore_tag: "ignore-usage".into(),
+            idle_below_pct: 5.0,
+        }
+    }
+}
+
+impl LabConfig {
+    /// Read `path`; a missing file is the defaults.
+    pub fn load(path: &Path) -> Result<LabConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(LabConfig::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        let c: LabConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        c.zone().map_err(|source| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field: "usage.timezone",
+            source,
+        })?;
+        if !(0.0..=100.0).contains(&c.usage.idle_below_pct) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                field: "usage.idle_below_pct",
+                source: usage::UsageError::Range(format!(
+                    "{} is not a percentage (0 to 100)",
+                    c.usage.idle_below_pct
+                )),
+            });
+        }
+        Ok(c)
+    }
+
+    /// The lab's time zone.
+    pub fn zone(&self) -> Result<TimeZone, usage::UsageError> {
+        match &self.usage.timezone {
+            Some(z) => usage::parse_zone(z),
+            None => Ok(TimeZone::system()),
+        }
+    }
+
+    /// The tag that keeps jobs and runs out of usage, if any.
+    pub fn ignore_tag(&self) -> Option<&str> {
+        Some(self.usage.ignore_tag.as_str()).filter(|t| !t.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_missing_and_errors_name_the_file_and_field() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(CONFIG_FILE);
+        assert_eq!(LabConfig::load(&p).unwrap(), LabConfig::default());
+        std::fs::write(
+            &p,
+            "[usage]\ntimezone = \"Asia/Seoul\"\n[teams.vision]\nusers = [\"ana\"]\nprojects = [\"detr\"]\n",
+        )
+        .unwrap();
+        let c = LabConfig::load(&p).unwrap();
+        assert_eq!(c.teams.of("bo", "detr"), Some("vision"));
+        assert_eq!(c.ignore_tag(), Some("ignore-usage"));
+        for (text, want) in [
+            (
+                "[usage]\ntimezone = \"Mars/Base\"\n",
+                "usage.timezone: unknown time zone",
+            ),
+            ("[usage]\ntimezon = \"UTC\"\n", "unknown field `timezon`"),
+            ("[teams.x]\nmembers = []\n", "unknown field `members`"),
+            ("[usage]\nidle_below_pct = 150\n", "usage.idle_below_pct"),
+            ("[usage\n", "config.toml"),
+        ] {
+            std::fs::write(&p, text).unwrap();
+            let e = LabConfig::load(&p).unwrap_err().to_string();
+            assert!(
+                e.contains(want) && e.contains("config.toml"),
+                "{text:?}: {e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! `GET /api/v1/usage`: GPU-hours from the queue's holdings and the GPUs'
+//! samples. `usage` owns the accounting; this reads the query and the
+//! databases and translates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use jiff::Timestamp;
+use serde::Deserialize;
+
+use super::coord::Coord;
+use super::error::{blocking, ApiError, ApiResult};
+use crate::api::{UsageAnswer, UsageRow};
+use crate::usage::{self, Dim, Period, Policy, UsageError};
+
+impl From<UsageError> for ApiError {
+    fn from(e: UsageError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+    }
+}
+
+/// The query string.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UsageQuery {
+    /// Comma-separated dimensions.
+    by: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    period: Option<Period>,
+    /// Overrides the lab's zone.
+    timezone: Option<String>,
+}
+
+/// The default range: the last 30 days.
+const DEFAULT_SPAN_MS: i64 = 30 * 24 * 3600 * 1000;
+
+pub(crate) async fn usage(
+    State(c): State<Arc<Coord>>,
+    Query(q): Query<UsageQuery>,
+) -> ApiResult<Json<UsageAnswer>> {
+    Ok(Json(blocking(&c, move |c| answer(c, &q)).await?))
+}
+
+fn answer(c: &Coord, q: &UsageQuery) -> ApiResult<UsageAnswer> {
+    let by = match q.by.as_deref().map(str::trim) {
+        None | Some("") => Vec::new(),
+        Some(s) => s
+            .split(',')
+            .map(|d| d.trim().parse::<Dim>())
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let tz = match &q.timezone {
+        Some(z) => usage::parse_zone(z)?,
+        None => c.lab.zone()?,
+    };
+    let now = Timestamp::now();
+    let (since, until) = usage::parse_range(
+        ["since", "until"],
+        q.since.as_deref(),
+        q.until.as_deref(),
+        &tz,
+        now,
+        now.as_millisecond() - DEFAULT_SPAN_MS,
+    )?;
+    let query = usage::Query {
+        by,
+        since_ms: since,
+        until_ms: until,
+        period: q.period.unwrap_or_default(),
+        tz,
+        ignore_tag: c.lab.ignore_tag().map(str::to_string),
+    };
+    let report = report(c, &query, now.as_millisecond())?;
+    let stamp = |ms: i64| {
+        Timestamp::from_millisecond(ms)
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    };
+    Ok(UsageAnswer {
+        since: stamp(since),
+        until: stamp(until),
+        timezone: query.tz.iana_name().unwrap_or("system").to_string(),
+        by: query.by.clone(),
+        period: query.period,
+        rows: report.rows.iter().map(UsageRow::from_row).collect(),
+        total: UsageRow::from_row(&report.total),
+    })
+}
+
+/// Account every holding in the query's range.
+pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<usage::Report> {
+    let ms = 1_000_000;
+    let mut holdings = c.queue.holdings(
+        q.since_ms.saturating_mul(ms),
+        q.until_ms.saturating_mul(ms),
+        now_ms * ms,
+    )?;
+    // GPU models from what the agents report.
+    let models: HashMap<String, String> = c
+        .agents()
+        .iter()
+        .flat_map(|(_, e)| {
+            e.report
+                .gpus
+                .iter()
+                .map(|g| (g.uuid.clone(), g.name.clone()))
+        })
+        .collect();
+    for h in &mut holdings {
+        if let Some(m) = models.get(&h.gpu) {
+            h.model = m.clone();
+        }
+    }
+    let policy = Policy {
+        idle_below_pct: c.lab.usage.idle_below_pct,
+        ..Policy::default()
+    };
+    let mut accounted = Vec::with_capacity(holdings.len());
+    for h in &holdings {
+        let samples = c.samples(&h.gpu, h.start_ms.max(q.since_ms), h.end_ms.min(q.until_ms));
+        accounted.push((
+            h,
+            usage::account(h, &samples, (q.since_ms, q.until_ms), &q.tz, &policy)?,
+        ));
+    }
+    Ok(usage::report(q, &c.lab.teams, accounted))
+}
