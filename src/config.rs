@@ -44,7 +44,7 @@ pub enum ConfigError {
         path: PathBuf,
         /// toml's message, with the line and the key.
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     /// A value that parses but makes no sense.
     #[error("{}: {field}: {source}", path.display())]
@@ -55,7 +55,7 @@ pub enum ConfigError {
         field: &'static str,
         /// What is wrong.
         #[source]
-        source: usage::UsageError,
+        source: Box<usage::UsageError>,
     },
 }
 
@@ -106,23 +106,23 @@ impl LabConfig {
                 })
             }
         };
-        let c: LabConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let c: LabConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            source,
+            source: Box::new(e),
         })?;
-        c.zone().map_err(|source| ConfigError::Invalid {
+        c.zone().map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             field: "usage.timezone",
-            source,
+            source: Box::new(e),
         })?;
         if !(0.0..=100.0).contains(&c.usage.idle_below_pct) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 field: "usage.idle_below_pct",
-                source: usage::UsageError::Range(format!(
+                source: Box::new(usage::UsageError::Range(format!(
                     "{} is not a percentage (0 to 100)",
                     c.usage.idle_below_pct
-                )),
+                ))),
             });
         }
         Ok(c)

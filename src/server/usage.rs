@@ -102,8 +102,8 @@ pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<usag
     // GPU models from what the agents report.
     let models: HashMap<String, String> = c
         .agents()
-        .iter()
-        .flat_map(|(_, e)| {
+        .values()
+        .flat_map(|e| {
             e.report
                 .gpus
                 .iter()

@@ -172,7 +172,7 @@ fn query(by: &[Dim], period: Period) -> Query {
 #[test]
 fn reports_group_by_dimensions_periods_and_teams() {
     let nov30 = ts("2026-11-30T00:00:00Z"); // 09:00 in Seoul
-    let hs = vec![
+    let hs = [
         holding(1, "ana", "detr", &["sweep"], nov30, nov30 + H),
         holding(2, "ana", "", &[], nov30 + 20 * H, nov30 + 22 * H), // 05:00-07:00 Dec 1
         holding(3, "bo", "detr", &["sweep", "big"], nov30, nov30 + 2 * H),
