@@ -301,3 +301,24 @@ pub struct UsageAnswer {
     /// Everything counted once (with `by=tag` rows can add up to more).
     pub total: UsageRow,
 }
+
+/// `POST /api/v1/jobs/{id}/tags`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagRequest {
+    /// Tags to add.
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Tags to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// The answer to a [`TagRequest`]: the job's tags now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TagAnswer {
+    /// The job.
+    pub id: JobId,
+    /// Its tags, sorted.
+    pub tags: Vec<String>,
+}

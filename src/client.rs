@@ -335,6 +335,19 @@ impl Client {
         .await
     }
 
+    /// Add and remove a job's tags.
+    pub async fn tag(
+        &self,
+        id: JobId,
+        req: &crate::api::TagRequest,
+    ) -> Result<crate::api::TagAnswer> {
+        self.json(Self::body(
+            self.req(Method::POST, &format!("/jobs/{id}/tags")),
+            req,
+        ))
+        .await
+    }
+
     /// Retry a job.
     pub async fn retry(&self, id: JobId) -> Result<Job> {
         self.json(Self::no_body(

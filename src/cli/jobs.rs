@@ -685,6 +685,51 @@ pub struct JobsArgs {
     jobs: Vec<i64>,
 }
 
+/// `trainyard tag`.
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// The job.
+    job: i64,
+    /// The tags.
+    #[arg(required = true)]
+    tags: Vec<String>,
+    /// Remove these tags instead of adding them.
+    #[arg(long)]
+    remove: bool,
+}
+
+pub fn tag(ctx: &Ctx, d: &DaemonArgs, a: TagArgs) -> anyhow::Result<ExitCode> {
+    for t in &a.tags {
+        trainyard::queue::check_tag(t)?;
+    }
+    let req = if a.remove {
+        trainyard::api::TagRequest {
+            remove: a.tags,
+            ..Default::default()
+        }
+    } else {
+        trainyard::api::TagRequest {
+            add: a.tags,
+            ..Default::default()
+        }
+    };
+    let r = rt()?.block_on(client(ctx, d)?.tag(JobId(a.job), &req))?;
+    if ctx.json {
+        output::json(&r)?;
+    } else {
+        println!(
+            "job {}: tags {}",
+            r.id,
+            if r.tags.is_empty() {
+                "(none)".to_string()
+            } else {
+                r.tags.join(", ")
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn cancel_or_retry(
     ctx: &Ctx,
     d: &DaemonArgs,

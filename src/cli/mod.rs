@@ -100,6 +100,17 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
+    /// Tag a job (or untag it with --remove), also after it ended: a job
+    /// tagged `ignore-usage` (the lab's ignore tag) leaves the usage report,
+    /// retroactively.
+    ///
+    /// Example: trainyard tag 42 ignore-usage
+    Tag {
+        #[command(flatten)]
+        args: jobs::TagArgs,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
     /// Queue failed, lost or cancelled jobs again.
     Retry {
         #[command(flatten)]
@@ -236,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs { args, daemon } => jobs::logs(&ctx, &daemon, args),
         Command::Cancel { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, false),
         Command::Retry { args, daemon } => jobs::cancel_or_retry(&ctx, &daemon, args, true),
+        Command::Tag { args, daemon } => jobs::tag(&ctx, &daemon, args),
         Command::Gpus { daemon } => jobs::gpus(&ctx, &daemon),
         Command::Agents { daemon } => jobs::agents(&ctx, &daemon),
         Command::Usage { args, daemon } => usage::usage(&ctx, &daemon, args),

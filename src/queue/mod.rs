@@ -12,6 +12,7 @@ mod holdings;
 mod list;
 mod logs;
 mod spec;
+mod tags;
 
 pub use list::{Cursor, JobFilter, JobOrder, JobPage, MAX_PAGE};
 pub use logs::{AttemptLogs, LogChunk, LogError, MIN_LOG_CAP};
@@ -19,6 +20,7 @@ pub use spec::{
     parse_env_file, parse_memory_mib, parse_sweep, sweep_len, timeout_secs, Command, GitSource,
     GpuRequest, JobSpec, SpecError, SweepGrid, MAX_MEMORY_MIB, SECRET_REDACTED,
 };
+pub use tags::check_tag;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -462,3 +462,50 @@ fn gpu_holdings_cover_live_attempts_and_outlive_retention() {
     after.sort_by(|a, b| a.gpu.cmp(&b.gpu));
     assert_eq!(after, before);
 }
+
+#[test]
+fn tags_change_after_submission_everywhere_even_after_retention() {
+    let (_d, q) = queue();
+    let id = q
+        .submit(&spec(
+            r#"{"command": ["t"], "tags": ["a"], "gpus": {"count": 1}}"#,
+        ))
+        .unwrap();
+    let a = q.assign(id, "vm", &["GPU-1".into()], 60 * SEC).unwrap();
+    q.started(&a.token, None).unwrap();
+    q.finish(&a.token, Some(0), None).unwrap();
+    let tags = q
+        .tag(id, &["ignore-usage".into(), "a".into()], &[])
+        .unwrap();
+    assert_eq!(tags, vec!["a", "ignore-usage"]);
+    assert_eq!(q.get(id).unwrap().spec.tags, tags);
+    let page = q
+        .page(
+            &JobFilter {
+                tag: Some("ignore-usage".into()),
+                ..Default::default()
+            },
+            JobOrder::Queue,
+            None,
+            10,
+        )
+        .unwrap();
+    assert_eq!(page.jobs.len(), 1);
+    // Retention deletes the job; the ledger keeps its holdings, and tags.
+    q.purge_finished(Some(0), None, 10).unwrap();
+    let now = crate::db::now_ns();
+    assert_eq!(q.holdings(0, i64::MAX, now).unwrap()[0].tags, tags);
+    let tags = q.tag(id, &[], &["ignore-usage".into()]).unwrap();
+    assert_eq!(tags, vec!["a"]);
+    assert_eq!(q.holdings(0, i64::MAX, now).unwrap()[0].tags, vec!["a"]);
+    // Bad tags and unknown jobs are refused.
+    let e = q
+        .tag(id, &["has space".into()], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tags") && e.contains("has space"), "{e}");
+    assert!(matches!(
+        q.tag(JobId(999), &["x".into()], &[]),
+        Err(QueueError::UnknownJob(_))
+    ));
+}

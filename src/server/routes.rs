@@ -76,6 +76,7 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}/retry", post(retry))
+        .route("/jobs/{id}/tags", post(tag))
         .route("/jobs/{id}/log", get(read_log))
         .route("/jobs/{id}/attempts/{n}/start", post(started))
         .route("/jobs/{id}/attempts/{n}/finish", post(finish))
@@ -393,6 +394,19 @@ async fn cancel(
     c.job_event(id, job.state);
     c.wake_sched.notify_one();
     Ok(Json(job))
+}
+
+/// Add and remove tags (also of jobs retention deleted whose GPU-hours
+/// are still counted).
+async fn tag(
+    State(c): State<Arc<Coord>>,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> ApiResult<Json<api::TagAnswer>> {
+    let id = JobId(id);
+    let req: api::TagRequest = parse(&body)?;
+    let tags = blocking(&c, move |c| Ok(c.queue.tag(id, &req.add, &req.remove)?)).await?;
+    Ok(Json(api::TagAnswer { id, tags }))
 }
 
 async fn retry(
