@@ -46,7 +46,7 @@ use crate::db::DbError;
 use crate::progress::Progress;
 
 pub use self::api::Retry;
-pub use self::creds::{ApiKey, KeySource, Server};
+pub use self::creds::{KeySource, Server};
 
 /// Errors of the sync. Messages name the server, the run and what to do.
 #[derive(Debug, thiserror::Error)]
