@@ -6,7 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::gpu::Gpu;
-use crate::queue::{Assignment, AttemptInfo, Job, JobId, JobSpec, SweepGrid};
+use crate::queue::{Assignment, AttemptInfo, Job, JobId, JobSpec, JobState, SweepGrid};
+use crate::wandb::sync::SyncOutcome;
 
 /// API version prefix.
 pub const PREFIX: &str = "/api/v1";
@@ -204,7 +205,7 @@ pub enum Event {
         /// The job.
         id: JobId,
         /// Its new state.
-        state: String,
+        state: JobState,
     },
     /// An agent connected, reported or went away.
     Agent {
@@ -225,7 +226,7 @@ pub enum Event {
         /// The wandb run id.
         id: String,
         /// Its sync outcome (`synced`, `unchanged`, `failed`).
-        sync: String,
+        sync: SyncOutcome,
     },
 }
 
@@ -321,4 +322,26 @@ pub struct TagAnswer {
     pub id: JobId,
     /// Its tags, sorted.
     pub tags: Vec<String>,
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_carry_states_as_their_names() {
+        let job = Event::Job {
+            id: JobId(7),
+            state: JobState::Succeeded,
+        };
+        let wire = serde_json::to_string(&job).unwrap();
+        assert_eq!(wire, r#"{"type":"job","id":7,"state":"succeeded"}"#);
+        assert_eq!(serde_json::from_str::<Event>(&wire).unwrap(), job);
+        let run = Event::Run {
+            id: "3k9x2a1b".into(),
+            sync: SyncOutcome::Unchanged,
+        };
+        let wire = serde_json::to_string(&run).unwrap();
+        assert_eq!(wire, r#"{"type":"run","id":"3k9x2a1b","sync":"unchanged"}"#);
+        assert_eq!(serde_json::from_str::<Event>(&wire).unwrap(), run);
+    }
 }

@@ -124,7 +124,10 @@ async fn notify_job_ends(
         let Event::Job { id, state } = e else {
             continue;
         };
-        if !matches!(state.as_str(), "succeeded" | "failed" | "lost") {
+        if !matches!(
+            state,
+            JobState::Succeeded | JobState::Failed | JobState::Lost
+        ) {
             continue;
         }
         let name = match client.job(JobId(id.0)).await {

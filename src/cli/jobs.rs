@@ -607,7 +607,7 @@ pub fn show(ctx: &Ctx, d: &DaemonArgs, a: ShowArgs) -> anyhow::Result<ExitCode> 
         println!(
             "{:>3}  {:<10} {:<20} {:<10} {:<20} {:>9}  {:>4}  {}",
             at.n,
-            at.state,
+            at.state.as_str(),
             short(&placement(Some(&at.agent), &at.gpus, &at.gpu_indices), 20),
             attempt_commit(at).unwrap_or_else(|| "-".into()),
             time_of(at.started_ns),

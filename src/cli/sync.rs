@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use trainyard::wandb::index::{find_run_dirs, RunIndex};
-use trainyard::wandb::sync::{self, creds, ledger::Ledger, Retry, SyncOptions, SyncReport, Syncer};
+use trainyard::wandb::sync::{
+    self, creds, ledger::Ledger, Retry, SyncOptions, SyncOutcome, SyncReport, Syncer,
+};
 use trainyard::wandb::RunDir;
 
 use super::output::{self, short};
@@ -207,8 +209,8 @@ fn print_report(ctx: &Ctx, report: &SyncReport) -> anyhow::Result<()> {
             .path
             .clone()
             .unwrap_or_else(|| r.dir.display().to_string());
-        match r.outcome.as_str() {
-            "synced" => {
+        match r.outcome {
+            SyncOutcome::Synced => {
                 let exit = r
                     .exit_code
                     .map(|c| format!(", exit {c}"))
@@ -218,10 +220,10 @@ fn print_report(ctx: &Ctx, report: &SyncReport) -> anyhow::Result<()> {
                     r.history_sent, r.events_sent, r.log_sent, r.files_uploaded
                 );
             }
-            "unchanged" => println!("unchanged  {what}"),
-            "verified" if r.mismatches.is_empty() => println!("verified   {what}"),
-            "verified" => println!("differs    {what}"),
-            _ => {}
+            SyncOutcome::Unchanged => println!("unchanged  {what}"),
+            SyncOutcome::Verified if r.mismatches.is_empty() => println!("verified   {what}"),
+            SyncOutcome::Verified => println!("differs    {what}"),
+            SyncOutcome::Failed => {}
         }
         for a in &r.artifacts_not_synced {
             println!("  not synced: artifact {a} (trainyard does not sync artifacts yet)");

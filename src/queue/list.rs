@@ -352,18 +352,10 @@ impl Queue {
                 where_clause(&terms)
             ))
             .map_err(self.sql())?;
-        let mut out: BTreeMap<String, u64> = [
-            "queued",
-            "assigned",
-            "running",
-            "succeeded",
-            "failed",
-            "cancelled",
-            "lost",
-        ]
-        .into_iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
+        let mut out: BTreeMap<String, u64> = JobState::ALL
+            .into_iter()
+            .map(|s| (s.as_str().to_string(), 0))
+            .collect();
         let rows = st
             .query_map(params_from_iter(params.iter()), |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))

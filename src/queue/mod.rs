@@ -46,7 +46,7 @@ impl fmt::Display for JobId {
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for the scheduler.
     Queued,
@@ -65,6 +65,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in the order of a job's life.
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::Assigned,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Lost,
+    ];
     /// The state's name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -79,16 +89,7 @@ impl JobState {
     }
     /// Parse a state name (`queued`, `running`, ...); unknown names are `None`.
     pub fn from_name(s: &str) -> Option<JobState> {
-        const ALL: [JobState; 7] = [
-            JobState::Queued,
-            JobState::Assigned,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Failed,
-            JobState::Cancelled,
-            JobState::Lost,
-        ];
-        ALL.into_iter().find(|st| st.as_str() == s)
+        JobState::ALL.into_iter().find(|st| st.as_str() == s)
     }
     fn parse(s: &str) -> JobState {
         match s {
@@ -113,6 +114,73 @@ impl JobState {
 impl fmt::Display for JobState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Where one attempt of a job is: assigned → running → succeeded | failed
+/// | cancelled | lost. Stored in `attempts.state` under these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptState {
+    /// Given to an agent, not yet started.
+    Assigned,
+    /// Its process runs.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero, was killed, or could not start.
+    Failed,
+    /// Stopped because the job was cancelled.
+    Cancelled,
+    /// Its lease expired: the agent stopped renewing it.
+    Lost,
+}
+
+impl AttemptState {
+    /// Every state, in the order of an attempt's life.
+    pub const ALL: [AttemptState; 6] = [
+        AttemptState::Assigned,
+        AttemptState::Running,
+        AttemptState::Succeeded,
+        AttemptState::Failed,
+        AttemptState::Cancelled,
+        AttemptState::Lost,
+    ];
+    /// The state's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptState::Assigned => "assigned",
+            AttemptState::Running => "running",
+            AttemptState::Succeeded => "succeeded",
+            AttemptState::Failed => "failed",
+            AttemptState::Cancelled => "cancelled",
+            AttemptState::Lost => "lost",
+        }
+    }
+    /// Parse a state name (`assigned`, `running`, ...); unknown names are `None`.
+    pub fn from_name(s: &str) -> Option<AttemptState> {
+        AttemptState::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+    /// Whether the attempt has ended (its process, if any, is gone).
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, AttemptState::Assigned | AttemptState::Running)
+    }
+}
+
+impl fmt::Display for AttemptState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl rusqlite::types::FromSql for AttemptState {
+    fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let s = v.as_str()?;
+        AttemptState::from_name(s).ok_or_else(|| {
+            rusqlite::types::FromSqlError::Other(
+                format!("attempts.state: {s:?} is not an attempt state").into(),
+            )
+        })
     }
 }
 
@@ -215,8 +283,8 @@ pub struct AttemptInfo {
     /// Their NVML indices on the agent's host, in the same order.
     #[serde(default)]
     pub gpu_indices: Vec<u32>,
-    /// assigned, running, succeeded, failed, cancelled or lost.
-    pub state: String,
+    /// Where it is.
+    pub state: AttemptState,
     /// Assignment time (ns).
     pub assigned_ns: i64,
     /// Process start (ns).
@@ -655,7 +723,7 @@ impl Queue {
                     token: r.get(2)?,
                     agent: r.get(3)?,
                     gpus: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
-                    running: r.get::<_, String>(5)? == "running",
+                    running: r.get::<_, AttemptState>(5)? == AttemptState::Running,
                 })
             })
             .map_err(self.sql())?
@@ -951,7 +1019,12 @@ impl Queue {
             params![
                 job.0,
                 n,
-                if ok { "succeeded" } else { "failed" },
+                if ok {
+                    AttemptState::Succeeded
+                } else {
+                    AttemptState::Failed
+                }
+                .as_str(),
                 now,
                 exit_code,
                 error

@@ -509,3 +509,34 @@ fn tags_change_after_submission_everywhere_even_after_retention() {
         Err(QueueError::UnknownJob(_))
     ));
 }
+
+#[test]
+fn states_travel_and_are_stored_under_their_names() {
+    for s in JobState::ALL {
+        let wire = serde_json::to_string(&s).unwrap();
+        assert_eq!(wire, format!("\"{}\"", s.as_str()));
+        assert_eq!(serde_json::from_str::<JobState>(&wire).unwrap(), s);
+        assert_eq!(JobState::from_name(s.as_str()), Some(s));
+    }
+    for s in AttemptState::ALL {
+        let wire = serde_json::to_string(&s).unwrap();
+        assert_eq!(wire, format!("\"{}\"", s.as_str()));
+        assert_eq!(serde_json::from_str::<AttemptState>(&wire).unwrap(), s);
+        assert_eq!(AttemptState::from_name(s.as_str()), Some(s));
+    }
+    // what the attempts table holds reads back as the enum
+    let (_d, q) = queue();
+    let id = q.submit(&spec(r#"{"command": ["true"]}"#)).unwrap();
+    let a = q.assign(id, "a1", &[], 60 * SEC).unwrap();
+    assert_eq!(q.attempts(id).unwrap()[0].state, AttemptState::Assigned);
+    q.started(&a.token, None).unwrap();
+    assert!(q.active().unwrap()[0].running);
+    q.finish(&a.token, Some(0), None).unwrap();
+    let at = &q.attempts(id).unwrap()[0];
+    assert_eq!(at.state, AttemptState::Succeeded);
+    assert!(at.state.is_terminal());
+    assert_eq!(
+        serde_json::to_value(at).unwrap()["state"],
+        serde_json::json!("succeeded")
+    );
+}

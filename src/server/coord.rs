@@ -91,10 +91,7 @@ impl Coord {
     }
 
     pub fn job_event(&self, id: JobId, state: JobState) {
-        self.emit(Event::Job {
-            id,
-            state: state.to_string(),
-        });
+        self.emit(Event::Job { id, state });
     }
 
     pub fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentEntry>> {

@@ -599,8 +599,8 @@ fn read_chunk(c: &Coord, id: JobId, attempt: Option<u32>, offset: u64) -> ApiRes
             format!("job {id} has no attempt {n}"),
         ));
     }
-    let ended = info.is_some_and(|a| !matches!(a.state.as_str(), "assigned" | "running"))
-        || (info.is_none() && job.state.is_terminal());
+    let ended =
+        info.is_some_and(|a| a.state.is_terminal()) || (info.is_none() && job.state.is_terminal());
     let chunk = c.logs.read(id, n, offset, LOG_CHUNK)?;
     Ok(LogChunk {
         attempt: n,

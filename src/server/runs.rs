@@ -142,7 +142,7 @@ pub(crate) async fn sync_run(
     let report = report.runs.remove(0);
     c.emit(crate::api::Event::Run {
         id,
-        sync: report.outcome.clone(),
+        sync: report.outcome,
     });
     Ok(Json(report))
 }

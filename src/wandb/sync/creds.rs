@@ -9,35 +9,15 @@
 //!   `$NETRC`) entry whose machine is the server's `host:port` (what `wandb
 //!   login --host` writes), else its bare host.
 //!
-//! Keys never come from Trainyard's own files and never print: [`ApiKey`]'s
-//! `Debug` is redacted and it has no `Display`.
+//! Keys never come from Trainyard's own files and never print: the key is a
+//! [`Secret`], whose `Debug` is redacted and which has no `Display`; it is
+//! exposed only for the Authorization header.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::SyncError;
-
-/// A wandb API key. Shown as `ApiKey(<redacted>)`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    /// Wraps a key.
-    pub fn new(key: impl Into<String>) -> ApiKey {
-        ApiKey(key.into())
-    }
-
-    /// The key itself, for the Authorization header only.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
+use crate::secret::Secret;
 
 /// Where the API key came from, named in errors ("rejected (from …)").
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,14 +63,14 @@ pub struct Server {
     /// Where the URL came from.
     pub host_source: HostSource,
     /// The API key.
-    pub key: ApiKey,
+    pub key: Secret,
     /// Where the key came from.
     pub key_source: KeySource,
 }
 
 impl Server {
     /// A server with a key given directly (tests, the desktop app).
-    pub fn new(base_url: &str, key: ApiKey) -> Result<Server, SyncError> {
+    pub fn new(base_url: &str, key: Secret) -> Result<Server, SyncError> {
         Ok(Server {
             base_url: normalize(base_url, "the server URL")?,
             host_source: HostSource::Flag,
@@ -141,7 +121,7 @@ pub fn resolve(host_flag: Option<&str>, env: EnvLookup<'_>) -> Result<Server, Sy
         return Ok(Server {
             base_url,
             host_source,
-            key: ApiKey::new(k.trim()),
+            key: Secret::new(k.trim()),
             key_source: KeySource::Env,
         });
     }
@@ -155,7 +135,7 @@ pub fn resolve(host_flag: Option<&str>, env: EnvLookup<'_>) -> Result<Server, Sy
                 return Ok(Server {
                     base_url,
                     host_source,
-                    key: ApiKey::new(key),
+                    key: Secret::new(key),
                     key_source: KeySource::Netrc { path, machine },
                 });
             }
@@ -316,7 +296,8 @@ mod tests {
                 machine: "wandb.lab:8080".into()
             }
         );
-        assert_eq!(format!("{:?}", s.key), "ApiKey(<redacted>)");
+        assert_eq!(format!("{:?}", s.key), "Secret(***)");
+        assert!(!format!("{s:?}").contains("local-abc"), "{s:?}");
 
         let vars = env_of(&[
             ("HOME", h.to_str().unwrap()),

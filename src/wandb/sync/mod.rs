@@ -46,7 +46,7 @@ use crate::db::DbError;
 use crate::progress::Progress;
 
 pub use self::api::Retry;
-pub use self::creds::{ApiKey, KeySource, Server};
+pub use self::creds::{KeySource, Server};
 
 /// Errors of the sync. Messages name the server, the run and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +280,22 @@ impl Default for SyncOptions {
     }
 }
 
+/// What a sync did with one run (`RunReport::outcome`, and the `run`
+/// event of the daemon API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncOutcome {
+    /// Lines, files or the final state were sent (and verified unless
+    /// verification was off).
+    Synced,
+    /// The ledger says the run was synced and has not changed: nothing sent.
+    Unchanged,
+    /// Only compared with the server's copy (`--verify`); nothing sent.
+    Verified,
+    /// The sync stopped with an error (`RunReport::error`).
+    Failed,
+}
+
 /// What happened to one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -287,8 +303,8 @@ pub struct RunReport {
     pub dir: PathBuf,
     /// entity/project/id on the server, once known.
     pub path: Option<String>,
-    /// `synced`, `unchanged` (nothing to send), `verified` (verify only) or `failed`.
-    pub outcome: String,
+    /// What the sync did.
+    pub outcome: SyncOutcome,
     /// History lines sent now.
     pub history_sent: u64,
     /// System-metric lines sent now.
@@ -317,7 +333,7 @@ impl RunReport {
         RunReport {
             dir: dir.to_path_buf(),
             path: None,
-            outcome: "failed".into(),
+            outcome: SyncOutcome::Failed,
             history_sent: 0,
             events_sent: 0,
             log_sent: 0,
@@ -743,7 +759,7 @@ impl Syncer {
                                 self.ledger
                                     .failed(self.server_url(), &report.dir, &e.to_string());
                         }
-                        report.outcome = "failed".into();
+                        report.outcome = SyncOutcome::Failed;
                         report.error = Some(e.to_string());
                     }
                     progress.inc(1);
@@ -837,7 +853,7 @@ impl Syncer {
             if let Some(p) = &prior {
                 let same_id = self.opts.id.as_ref().is_none_or(|id| *id == p.name);
                 if p.complete && p.fingerprint == fp && same_id {
-                    report.outcome = "unchanged".into();
+                    report.outcome = SyncOutcome::Unchanged;
                     report.path = Some(p.path().to_string());
                     report.exit_code = p.exit_code;
                     // what the last verification found still holds
@@ -1091,9 +1107,9 @@ impl Syncer {
             report.history_sent = pending.sent[0];
             report.events_sent = pending.sent[1];
             report.log_sent = pending.sent[2];
-            report.outcome = "synced".into();
+            report.outcome = SyncOutcome::Synced;
         } else {
-            report.outcome = "verified".into();
+            report.outcome = SyncOutcome::Verified;
         }
 
         // Artifacts are not synced (yet): say so, run by run, and let the
