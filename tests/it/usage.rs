@@ -1,0 +1,208 @@
+//! `trainyard usage` and `trainyard tag` against a real daemon: allocated
+//! GPU-hours equal the attempts' assignment-to-release spans, retries count
+//! every attempt, an ignore tag applies retroactively, teams come from the
+//! lab config, and bad input is refused naming what is wrong.
+
+use std::time::Duration;
+
+use crate::support::jobs::{job, submit, wait_state};
+use crate::support::{write, Env};
+
+/// Σ over a job's attempts of (finished - assigned) × GPUs, in hours.
+fn attempt_gpu_hours(url: &str, id: u64) -> f64 {
+    let j = job(url, id);
+    j["attempt_log"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| {
+            let span = a["finished_ns"].as_i64().expect("finished") / 1_000_000
+                - a["assigned_ns"].as_i64().expect("assigned") / 1_000_000;
+            span as f64 * a["gpus"].as_array().expect("gpus").len() as f64 / 3.6e6
+        })
+        .sum()
+}
+
+fn row<'a>(report: &'a serde_json::Value, key: &[&str]) -> Option<&'a serde_json::Value> {
+    report["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["key"] == serde_json::json!(key))
+}
+
+fn close(a: f64, b: f64) -> bool {
+    // Hours from milliseconds: equal to the millisecond, whatever the rounding.
+    (a - b).abs() < 1e-6
+}
+
+#[test]
+fn allocated_gpu_hours_are_the_attempts_spans_and_tags_and_teams_apply() {
+    let env = Env::new();
+    // Jobs are submitted as the OS user running the test.
+    let me = std::process::Command::new("id")
+        .arg("-un")
+        .output()
+        .expect("id -un");
+    let me = String::from_utf8(me.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_string();
+    write(
+        &env.home.join("config.toml"),
+        format!(
+            "[usage]\ntimezone = \"Asia/Seoul\"\n[teams.vision]\nprojects = [\"detr\"]\n\
+             [teams.nlp]\nusers = [\"{me}\"]\n"
+        )
+        .as_bytes(),
+    );
+    let (mut up, url) = env.up("up", &["--fake-gpus", "4xA100-80GB"]);
+    let two = submit(
+        &env,
+        &url,
+        &["--gpus", "2", "--project", "detr", "--", "sleep", "0.5"],
+    );
+    // Fails once, then succeeds: both attempts count.
+    let flaky = submit(
+        &env,
+        &url,
+        &[
+            "--gpus",
+            "1",
+            "--max-attempts",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "test -e marker || { touch marker; exit 3; }",
+        ],
+    );
+    let cpu = submit(&env, &url, &["--", "true"]);
+    for id in [two, flaky, cpu] {
+        wait_state(&url, id, "succeeded", Duration::from_secs(60));
+    }
+    assert_eq!(job(&url, flaky)["attempt_log"].as_array().unwrap().len(), 2);
+
+    let r = env.json(&[
+        "usage", "--server", &url, "--by", "project", "--since", "today",
+    ]);
+    assert_eq!(r["timezone"], "Asia/Seoul");
+    let detr = row(&r, &["detr"]).expect("detr row");
+    assert!(
+        close(
+            detr["allocated_gpu_h"].as_f64().unwrap(),
+            attempt_gpu_hours(&url, two)
+        ),
+        "{r:#}"
+    );
+    assert_eq!(detr["jobs"], 1);
+    let total = attempt_gpu_hours(&url, two) + attempt_gpu_hours(&url, flaky);
+    assert!(
+        close(r["total"]["allocated_gpu_h"].as_f64().unwrap(), total),
+        "{r:#}"
+    );
+    // The CPU job holds no GPU: not counted.
+    assert_eq!(r["total"]["jobs"], 2);
+
+    // Teams: the project's team wins over the submitter's.
+    let r = env.json(&["usage", "--server", &url, "--by", "team,user", "--daily"]);
+    assert!(row(&r, &["vision", &me]).is_some(), "{r:#}");
+    assert!(row(&r, &["nlp", &me]).is_some(), "{r:#}");
+    let day = r["rows"][0]["period"].as_str().unwrap().to_string();
+    assert_eq!(day.len(), 10, "{day}");
+
+    // Tagged later with the ignore tag: out of the report, retroactively.
+    let out = env.ok(&["tag", "--server", &url, &two.to_string(), "ignore-usage"]);
+    assert_eq!(out.trim(), format!("job {two}: tags ignore-usage"));
+    let r = env.json(&["usage", "--server", &url]);
+    assert!(
+        close(
+            r["total"]["allocated_gpu_h"].as_f64().unwrap(),
+            attempt_gpu_hours(&url, flaky)
+        ),
+        "{r:#}"
+    );
+    env.ok(&[
+        "tag",
+        "--server",
+        &url,
+        "--remove",
+        &two.to_string(),
+        "ignore-usage",
+    ]);
+    let r = env.json(&["usage", "--server", &url]);
+    assert!(
+        close(r["total"]["allocated_gpu_h"].as_f64().unwrap(), total),
+        "{r:#}"
+    );
+
+    // CSV: a header, the rows, the totals row.
+    let csv = env.ok(&["usage", "--server", &url, "--by", "project", "--csv"]);
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0].starts_with("project,alloc_gpu_h,used_gpu_h,idle_gpu_h,energy_kwh"),
+        "{csv}"
+    );
+    assert!(lines.last().unwrap().starts_with("total,"), "{csv}");
+
+    // Bad input: each refused, naming what is wrong, exit non-zero.
+    for (args, want) in [
+        (vec!["--by", "gpu"], "unknown dimension \"gpu\""),
+        (
+            vec!["--since", "2026-12-05", "--until", "2026-12-01"],
+            "--since (2026-12-05) is after --until (2026-12-01)",
+        ),
+        (
+            vec!["--since", "last tuesday"],
+            "--since: cannot read \"last tuesday\"",
+        ),
+        (
+            vec!["--tz", "Mars/Olympus"],
+            "unknown time zone \"Mars/Olympus\"",
+        ),
+        (vec!["--daily", "--monthly"], "cannot be used with"),
+    ] {
+        let mut a = vec!["usage", "--server", url.as_str()];
+        a.extend(args.iter().copied());
+        let e = env.fail(&a);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    let e = env.fail(&["tag", "--server", &url, "999", "x"]);
+    assert!(e.contains("no job 999"), "{e}");
+    let e = env.fail(&["tag", "--server", &url, &two.to_string(), "a b"]);
+    assert!(e.contains("no spaces"), "{e}");
+    // The API names its parameters.
+    let (status, body) = crate::support::http(
+        &url,
+        "GET",
+        "/api/v1/usage?since=soon",
+        Some(&env.token()),
+        "",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("since: cannot read"), "{body}");
+    up.term();
+}
+
+#[test]
+fn a_bad_lab_config_stops_the_daemon_naming_file_line_and_field() {
+    let env = Env::new();
+    for (text, want) in [
+        (
+            "[usage]\ntimezone = \"Atlantis/Capital\"\n",
+            "usage.timezone: unknown time zone",
+        ),
+        (
+            "[usage]\nidle_threshold = 5\n",
+            "unknown field `idle_threshold`",
+        ),
+        ("[teams.a]\nusers = \"ana\"\n", "line 2"),
+    ] {
+        write(&env.home.join("config.toml"), text.as_bytes());
+        let e = env.fail(&["up", "--port", "0", "--no-agent"]);
+        assert!(
+            e.contains("config.toml") && e.contains(want),
+            "{text:?}: {e}"
+        );
+    }
+}
