@@ -184,7 +184,12 @@ pub fn reconcile<T: Clone>(
         for (a, b, holder) in &over {
             let claimants = vec![(*holder).clone(), r.holder.clone()];
             match conflicts.last_mut() {
-                Some(c) if c.gpu == r.gpu && c.claimants == claimants && c.to_ms >= *a => {
+                Some(c)
+                    if c.gpu == r.gpu
+                        && c.host == *host
+                        && c.claimants == claimants
+                        && c.to_ms >= *a =>
+                {
                     c.to_ms = c.to_ms.max(*b);
                 }
                 _ => conflicts.push(Conflict {
