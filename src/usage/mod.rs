@@ -19,6 +19,7 @@
 //! and period. Everything here is pure: the daemon feeds it from the queue
 //! and telemetry databases, tests feed it scripted truths.
 
+pub mod reconcile;
 mod when;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,6 +29,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+pub use self::reconcile::{reconcile, Conflict, Link, Reconciled, LINK_SLACK_MS};
 pub use self::when::{parse_range, parse_since, parse_until, parse_zone};
 
 /// Why a usage question cannot be answered as asked.

@@ -22,6 +22,7 @@ pub mod proto;
 pub mod record;
 mod run;
 pub mod sync;
+pub mod usage;
 pub mod value;
 mod wire;
 
