@@ -301,6 +301,13 @@ pub struct UsageAnswer {
     pub rows: Vec<UsageRow>,
     /// Everything counted once (with `by=tag` rows can add up to more).
     pub total: UsageRow,
+    /// wandb runs counted as the job attempt that produced them.
+    #[serde(default)]
+    pub links: Vec<crate::usage::Link>,
+    /// Two claims on one GPU at once (e.g. `wandb.init` twice on a host):
+    /// the first claimant kept the time, the second was not counted for it.
+    #[serde(default)]
+    pub conflicts: Vec<crate::usage::Conflict>,
 }
 
 /// `POST /api/v1/jobs/{id}/tags`.

@@ -234,5 +234,34 @@ fn table(r: &UsageAnswer) -> String {
         out += cells.join("  ").trim_end();
         out.push('\n');
     }
+    if !r.links.is_empty() {
+        out += &format!(
+            "{} wandb run(s) counted as the job attempts that produced them\n",
+            r.links.len()
+        );
+    }
+    for c in &r.conflicts {
+        let who: Vec<String> = c.claimants.iter().map(holder).collect();
+        let stamp = |ms: i64| {
+            Timestamp::from_millisecond(ms)
+                .map(|t| t.to_string())
+                .unwrap_or_default()
+        };
+        out += &format!(
+            "overlap on {} {} from {} to {}: {} claimed it at once; counted once, for the first\n",
+            c.host,
+            c.gpu,
+            stamp(c.from_ms),
+            stamp(c.to_ms),
+            who.join(" and ")
+        );
+    }
     out
+}
+
+fn holder(h: &usage::Holder) -> String {
+    match h {
+        usage::Holder::Job { job, attempt } => format!("job {job} (attempt {attempt})"),
+        usage::Holder::Run { run } => format!("run {run}"),
+    }
 }

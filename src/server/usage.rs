@@ -1,6 +1,6 @@
-//! `GET /api/v1/usage`: GPU-hours from the queue's holdings and the GPUs'
-//! samples. `usage` owns the accounting; this reads the query and the
-//! databases and translates.
+//! `GET /api/v1/usage`: GPU-hours from the queue's holdings, the indexed
+//! wandb runs and the GPUs' samples. `usage` owns the accounting and the
+//! reconciliation; this reads the query and the databases and translates.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use super::coord::Coord;
 use super::error::{blocking, ApiError, ApiResult};
 use crate::api::{UsageAnswer, UsageRow};
 use crate::usage::{self, Dim, Period, Policy, UsageError};
+use crate::wandb::index::RunIndex;
+use crate::wandb::usage::run_holdings;
 
 impl From<UsageError> for ApiError {
     fn from(e: UsageError) -> ApiError {
@@ -74,7 +76,8 @@ fn answer(c: &Coord, q: &UsageQuery) -> ApiResult<UsageAnswer> {
         tz,
         ignore_tag: c.lab.ignore_tag().map(str::to_string),
     };
-    let report = report(c, &query, now.as_millisecond())?;
+    let found = report(c, &query, now.as_millisecond())?;
+    let report = found.report;
     let stamp = |ms: i64| {
         Timestamp::from_millisecond(ms)
             .map(|t| t.to_string())
@@ -88,44 +91,78 @@ fn answer(c: &Coord, q: &UsageQuery) -> ApiResult<UsageAnswer> {
         period: query.period,
         rows: report.rows.iter().map(UsageRow::from_row).collect(),
         total: UsageRow::from_row(&report.total),
+        links: found.links,
+        conflicts: found.conflicts,
     })
 }
 
-/// Account every holding in the query's range.
-pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<usage::Report> {
+/// What a usage question found: the report, the runs counted as the jobs
+/// that produced them, and overlapping claims on one GPU.
+pub(crate) struct Found {
+    pub report: usage::Report,
+    pub links: Vec<usage::Link>,
+    pub conflicts: Vec<usage::Conflict>,
+}
+
+/// Account every holding in the query's range: the queue's attempts, and
+/// the indexed wandb runs that did not come through it.
+pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<Found> {
     let ms = 1_000_000;
     let mut holdings = c.queue.holdings(
         q.since_ms.saturating_mul(ms),
         q.until_ms.saturating_mul(ms),
         now_ms * ms,
     )?;
-    // GPU models from what the agents report.
-    let models: HashMap<String, String> = c
-        .agents()
-        .values()
-        .flat_map(|e| {
-            e.report
-                .gpus
-                .iter()
-                .map(|g| (g.uuid.clone(), g.name.clone()))
-        })
-        .collect();
+    // GPU models and host names from what the agents report.
+    let (models, hosts) = {
+        let agents = c.agents();
+        let models: HashMap<String, String> = agents
+            .values()
+            .flat_map(|e| {
+                e.report
+                    .gpus
+                    .iter()
+                    .map(|g| (g.uuid.clone(), g.name.clone()))
+            })
+            .collect();
+        let hosts: HashMap<String, String> = agents
+            .iter()
+            .map(|(name, e)| (name.clone(), e.report.hostname.clone()))
+            .collect();
+        (models, hosts)
+    };
     for h in &mut holdings {
         if let Some(m) = models.get(&h.gpu) {
             h.model = m.clone();
         }
     }
+    let runs = RunIndex::open(&c.home.runs_path())
+        .and_then(|index| run_holdings(&index, q.since_ms, q.until_ms))?;
+    let runs: Vec<(usage::Holding, (Vec<usage::Sample>, i64))> = runs
+        .into_iter()
+        .map(|r| (r.holding, (r.samples, r.max_gap_ms)))
+        .collect();
+    let rec = usage::reconcile(&holdings, runs, &|agent: &str| hosts.get(agent).cloned());
     let policy = Policy {
         idle_below_pct: c.lab.usage.idle_below_pct,
         ..Policy::default()
     };
-    let mut accounted = Vec::with_capacity(holdings.len());
+    let window = (q.since_ms, q.until_ms);
+    let mut accounted = Vec::with_capacity(holdings.len() + rec.runs_to_count.len());
     for h in &holdings {
         let samples = c.samples(&h.gpu, h.start_ms.max(q.since_ms), h.end_ms.min(q.until_ms));
-        accounted.push((
-            h,
-            usage::account(h, &samples, (q.since_ms, q.until_ms), &q.tz, &policy)?,
-        ));
+        accounted.push((h, usage::account(h, &samples, window, &q.tz, &policy)?));
     }
-    Ok(usage::report(q, &c.lab.teams, accounted))
+    for (h, (samples, max_gap_ms)) in &rec.runs_to_count {
+        let policy = Policy {
+            max_gap_ms: *max_gap_ms,
+            ..policy
+        };
+        accounted.push((h, usage::account(h, samples, window, &q.tz, &policy)?));
+    }
+    Ok(Found {
+        report: usage::report(q, &c.lab.teams, accounted),
+        links: rec.links,
+        conflicts: rec.conflicts,
+    })
 }

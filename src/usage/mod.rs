@@ -8,7 +8,7 @@
 //!
 //! - **allocated** GPU-time: the holding's span, exact to the millisecond;
 //! - **used** GPU-time: utilization integrated over time (a sample's value
-//!   holds until the next sample, for at most [`Policy::max_gap`]; time no
+//!   holds until the next sample, for at most [`Policy::max_gap_ms`]; time no
 //!   sample covers counts as allocated only);
 //! - **idle-allocated** GPU-time: allocated time whose utilization was under
 //!   [`Policy::idle_below_pct`];

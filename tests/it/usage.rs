@@ -206,3 +206,81 @@ fn a_bad_lab_config_stops_the_daemon_naming_file_line_and_field() {
         );
     }
 }
+
+/// The runs made by the real wandb client (tests/fixtures/wandb-usage, hand
+/// counted in scripts/make-wandb-usage-fixtures): a run that used one of
+/// its host's two GPUs counts one, and a run initialised twice on one GPU
+/// is counted once, with the overlap reported.
+#[test]
+fn wandb_runs_count_the_gpus_their_processes_used_once() {
+    let env = Env::new();
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wandb-usage");
+    env.ok(&["runs", "scan", fixtures]);
+    let (mut up, url) = env.up("up", &["--no-agent"]);
+    let r = env.json(&[
+        "usage",
+        "--server",
+        &url,
+        "--by",
+        "user",
+        "--since",
+        "2026-11-30",
+        "--until",
+        "2026-11-30",
+        "--tz",
+        "UTC",
+    ]);
+    let secs = |row: &serde_json::Value, k: &str| {
+        (row[k].as_f64().unwrap() * 3600.0 * 1000.0).round() / 1000.0
+    };
+    let ana = row(&r, &["ana"]).expect("ana");
+    assert_eq!(
+        (
+            secs(ana, "allocated_gpu_h"),
+            secs(ana, "used_gpu_h"),
+            secs(ana, "idle_gpu_h")
+        ),
+        (120.0, 78.0, 15.0),
+        "{r:#}"
+    );
+    assert_eq!(ana["runs"], 1);
+    assert_eq!(ana["jobs"], 0);
+    let ben = row(&r, &["ben"]).expect("ben");
+    assert_eq!(
+        (
+            secs(ben, "allocated_gpu_h"),
+            secs(ben, "used_gpu_h"),
+            secs(ben, "idle_gpu_h")
+        ),
+        (240.0, 184.5, 15.0),
+        "{r:#}"
+    );
+    assert_eq!(ben["runs"], 2);
+    assert_eq!(secs(&r["total"], "allocated_gpu_h"), 360.0);
+    assert!(
+        (r["total"]["energy_kwh"].as_f64().unwrap() - 93_600.0 / 3.6e6).abs() < 1e-9,
+        "{r:#}"
+    );
+    let conflicts = r["conflicts"].as_array().expect("conflicts");
+    assert_eq!(conflicts.len(), 1, "{r:#}");
+    assert_eq!(conflicts[0]["host"], "gpu-host-b");
+    assert_eq!(conflicts[0]["claimants"][0]["run"], "dinit001");
+    assert_eq!(conflicts[0]["claimants"][1]["run"], "dinit002");
+    // The table says so too.
+    let t = env.ok(&[
+        "usage",
+        "--server",
+        &url,
+        "--since",
+        "2026-11-30",
+        "--until",
+        "2026-11-30",
+        "--tz",
+        "UTC",
+    ]);
+    assert!(
+        t.contains("overlap on gpu-host-b") && t.contains("run dinit001 and run dinit002"),
+        "{t}"
+    );
+    up.term();
+}
