@@ -17,6 +17,7 @@ pub mod sched;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod wandb;
 
 pub use home::Home;

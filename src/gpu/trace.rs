@@ -428,7 +428,10 @@ points = [[0, 50, 10, 200]]
     fn manual() -> (Arc<AtomicU64>, Clock) {
         let ms = Arc::new(AtomicU64::new(0));
         let m = ms.clone();
-        (ms, Arc::new(move || Duration::from_millis(m.load(Ordering::SeqCst))))
+        (
+            ms,
+            Arc::new(move || Duration::from_millis(m.load(Ordering::SeqCst))),
+        )
     }
 
     #[test]
@@ -455,7 +458,10 @@ points = [[0, 50, 10, 200]]
         ms.store(100_000, Ordering::SeqCst);
         let g = src.snapshot().unwrap();
         // 60 W × 30 s + 300 W × 60.5 s + 100 W × 9.5 s, in mJ.
-        assert_eq!(g[0].energy_mj, Some(60 * 30_000 + 300 * 60_500 + 100 * 9_500));
+        assert_eq!(
+            g[0].energy_mj,
+            Some(60 * 30_000 + 300 * 60_500 + 100 * 9_500)
+        );
         assert_eq!(g[0].utilization_pct, Some(10));
         // The temperature of a point without one is the inventory's.
         assert_eq!(g[0].temperature_c, Some(30));
@@ -482,14 +488,20 @@ points = [[0, 50, 10, 200]]
     #[test]
     fn bad_files_name_the_file_line_and_field() {
         let e = err("[[gpu]]\nindex = 0\npoints = [[0, 0, 1024, 60], [30, 101, 4, 300]]\n");
-        assert!(e.starts_with("lab.toml:3: gpu[0].points[1][1] utilization (%)"), "{e}");
+        assert!(
+            e.starts_with("lab.toml:3: gpu[0].points[1][1] utilization (%)"),
+            "{e}"
+        );
         let e = err("[[gpu]]\nindex = 0\npoints = [\n [0, 0, 1, 6],\n [0, 1, 1, 6],\n]\n");
         assert!(e.starts_with("lab.toml:5: gpu[0].points[1][0] t"), "{e}");
         assert!(e.contains("not after"), "{e}");
         let e = err("[[gpu]]\nindex = 0\npoints = [[5, 0, 1, 6]]\n");
         assert!(e.contains("first point must be at t = 0"), "{e}");
         let e = err("[[gpu]]\nindex = 0\npoints = [[0, 0, 1.5, 6]]\n");
-        assert!(e.contains("points[0][2] memory used (MiB): 1.5 is not an integer"), "{e}");
+        assert!(
+            e.contains("points[0][2] memory used (MiB): 1.5 is not an integer"),
+            "{e}"
+        );
         let e = err("[[gpu]]\nindex = 0\npoints = [[0, 0, 1]]\n");
         assert!(e.contains("lab.toml:3: gpu[0].points[0]: 3 values"), "{e}");
         let e = err("[[gpu]]\nindex = 0\npoint = [[0, 0, 1, 1]]\n");
@@ -501,12 +513,23 @@ points = [[0, 50, 10, 200]]
         assert!(e.contains("processes: \"all\" is not"), "{e}");
         // Checked against the inventory: the index, and memory within the total.
         let e = err("\n[[gpu]]\nindex = 2\npoints = [[0, 0, 1, 1]]\n");
-        assert!(e.starts_with("lab.toml:3: index: GPU 2 is not in the fake inventory"), "{e}");
+        assert!(
+            e.starts_with("lab.toml:3: index: GPU 2 is not in the fake inventory"),
+            "{e}"
+        );
         let e = err("[[gpu]]\nindex = 1\npoints = [\n[0, 0, 1, 1],\n[1, 0, 40961, 1]]\n");
-        assert!(e.starts_with("lab.toml:5: gpu 1 memory used (MiB): 40961 MiB"), "{e}");
+        assert!(
+            e.starts_with("lab.toml:5: gpu 1 memory used (MiB): 40961 MiB"),
+            "{e}"
+        );
         let e = err("[[gpu]]\nindex = 0\npoints = [[0, 0, 1, 1]]\n[[gpu]]\nindex = 0\npoints = [[0, 0, 1, 1]]\n");
-        assert!(e.contains("lab.toml:5: gpu[1].index: GPU 0 has two traces"), "{e}");
-        let e = Trace::load(Path::new("/nonexistent/t.toml")).unwrap_err().to_string();
+        assert!(
+            e.contains("lab.toml:5: gpu[1].index: GPU 0 has two traces"),
+            "{e}"
+        );
+        let e = Trace::load(Path::new("/nonexistent/t.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("/nonexistent/t.toml: cannot read it"), "{e}");
     }
 }
