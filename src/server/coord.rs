@@ -50,11 +50,20 @@ pub(crate) struct Coord {
     pub agents: Mutex<HashMap<String, AgentEntry>>,
     pub events: broadcast::Sender<Event>,
     pub wake_sched: Notify,
+    /// GPU telemetry history and the metrics counters.
+    pub tele: super::telemetry::TeleState,
 }
 
 impl Coord {
-    pub fn new(queue: Queue, home: crate::Home, lease: Duration, retention: Retention) -> Coord {
+    pub fn new(
+        queue: Queue,
+        home: crate::Home,
+        lease: Duration,
+        retention: Retention,
+        telemetry: crate::telemetry::Telemetry,
+    ) -> Coord {
         Coord {
+            tele: super::telemetry::TeleState::new(telemetry),
             logs: AttemptLogs::new(home.root().join("logs"), retention.max_log_bytes),
             retention,
             home,
