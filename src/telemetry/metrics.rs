@@ -190,14 +190,17 @@ pub struct GpuMetric<'a> {
     pub hostname: &'a str,
     /// The GPU's live state.
     pub gpu: &'a Gpu,
-    /// The job holding it, if any (`job`).
+    /// The job holding it, if any (`hpc_job`).
     pub job: Option<String>,
 }
 
 /// The GPU gauges, with the DCGM exporter's names, units and labels (`gpu`,
-/// `UUID`, `modelName`, `Hostname`; `job` on a GPU an attempt holds), so
+/// `UUID`, `modelName`, `Hostname`; `hpc_job` on a GPU an attempt holds), so
 /// dashboards made for that exporter work unchanged. A value the GPU does
-/// not report is left out, as DCGM leaves out unsupported fields.
+/// not report is left out, as DCGM leaves out unsupported fields. The
+/// holding job is `hpc_job`, as the DCGM exporter's HPC job mapping names
+/// it: a `job` label would collide with Prometheus' scrape job and be
+/// renamed `exported_job`.
 pub fn dcgm(out: &mut Exposition, gpus: &[GpuMetric<'_>]) {
     type Field = fn(&Gpu) -> Option<f64>;
     let fields: [(&str, Kind, &str, Field); 6] = [
@@ -254,7 +257,7 @@ pub fn dcgm(out: &mut Exposition, gpus: &[GpuMetric<'_>]) {
                 ("Hostname", m.hostname),
             ];
             if let Some(job) = &m.job {
-                labels.push(("job", job));
+                labels.push(("hpc_job", job));
             }
             out.sample(name, &labels, v);
         }
