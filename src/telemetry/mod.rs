@@ -111,7 +111,11 @@ const MIGRATIONS: &[&str] = &[
 const ROLLUP_COLUMNS: &str = "gpu, t, job, attempt, cov, used, idle, u_min, u_max, m_min, m_mean, \
      m_max, c_min, c_mean, c_max, p_min, p_mean, p_max, energy, others";
 
-/// Raw samples in `[?1, ?2)` ms as 1-minute rollup rows.
+/// A time range over every GPU as one index seek per GPU: the tables are
+/// keyed by (gpu, t), so a bare `t` range would scan them whole.
+const PER_GPU: &str = "gpu IN (SELECT id FROM gpus)";
+
+/// Raw samples in `[from, to)` ms as 1-minute rollup rows.
 fn raw_to_m1(from: &str, to: &str) -> String {
     format!(
         "SELECT gpu, t / {MINUTE_MS} AS b, job, attempt,
@@ -124,7 +128,7 @@ fn raw_to_m1(from: &str, to: &str) -> String {
             CAST(round(sum(power * dt) * 1.0 / sum(CASE WHEN power IS NOT NULL THEN dt END)) AS INTEGER),
             max(power),
             sum(de), max(others)
-         FROM raw WHERE t >= {from} AND t < {to}
+         FROM raw WHERE {PER_GPU} AND t >= {from} AND t < {to}
          GROUP BY gpu, b, job, attempt"
     )
 }
@@ -488,7 +492,7 @@ impl Telemetry {
             }
             let end = ready.min(start + 4 * STEP_MS);
             let src = format!(
-                "SELECT * FROM m1 WHERE t >= {} AND t < {}",
+                "SELECT * FROM m1 WHERE {PER_GPU} AND t >= {} AND t < {}",
                 start / MINUTE_MS,
                 end / MINUTE_MS
             );
@@ -511,13 +515,22 @@ impl Telemetry {
         let m1_before = floor((now_ms - ms(r.minute)).min(m15_done), MINUTE_MS) / MINUTE_MS;
         let m15_before = floor(now_ms - ms(r.quarter), QUARTER_MS) / QUARTER_MS;
         report.deleted += tx
-            .execute("DELETE FROM raw WHERE t < ?1", [raw_before])
+            .execute(
+                &format!("DELETE FROM raw WHERE {PER_GPU} AND t < ?1"),
+                [raw_before],
+            )
             .map_err(self.sql())? as u64;
         report.deleted += tx
-            .execute("DELETE FROM m1 WHERE t < ?1", [m1_before])
+            .execute(
+                &format!("DELETE FROM m1 WHERE {PER_GPU} AND t < ?1"),
+                [m1_before],
+            )
             .map_err(self.sql())? as u64;
         report.deleted += tx
-            .execute("DELETE FROM m15 WHERE t < ?1", [m15_before])
+            .execute(
+                &format!("DELETE FROM m15 WHERE {PER_GPU} AND t < ?1"),
+                [m15_before],
+            )
             .map_err(self.sql())? as u64;
         tx.commit().map_err(self.sql())?;
         report.steps += 1;
@@ -559,7 +572,7 @@ impl Telemetry {
         source: Option<&str>,
     ) -> Result<u64> {
         tx.execute(
-            &format!("DELETE FROM {table} WHERE t >= ?1 AND t < ?2"),
+            &format!("DELETE FROM {table} WHERE {PER_GPU} AND t >= ?1 AND t < ?2"),
             [start / bucket_ms, end / bucket_ms],
         )
         .map_err(self.sql())?;
@@ -622,6 +635,21 @@ impl Telemetry {
             .map_err(self.sql())
         };
         Ok((n("raw")?, n("m1")?, n("m15")?))
+    }
+
+    /// Bytes of pages each table (with its indexes) occupies, from SQLite's
+    /// `dbstat`, largest first (for size measurements).
+    pub fn table_bytes(&self) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC")
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.sql())?;
+        Ok(rows)
     }
 
     /// Checkpoint the WAL into the database file (for size measurements).
