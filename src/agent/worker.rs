@@ -325,17 +325,16 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
                 None
             }
         };
-        let (groups, cgroups): (Vec<(u32, (JobId, u32))>, Vec<(PathBuf, (JobId, u32))>) = {
-            let held = a.held();
-            (
-                held.values()
-                    .filter_map(|h| Some((h.pgid?, (h.job, h.attempt))))
-                    .collect(),
-                held.values()
-                    .filter_map(|h| Some((h.cgroup.clone()?, (h.job, h.attempt))))
-                    .collect(),
-            )
-        };
+        let mut groups: Vec<(u32, Owner)> = Vec::new();
+        let mut cgroups: Vec<(PathBuf, Owner)> = Vec::new();
+        for h in a.held().values() {
+            if let Some(pg) = h.pgid {
+                groups.push((pg, (h.job, h.attempt)));
+            }
+            if let Some(cg) = &h.cgroup {
+                cgroups.push((cg.clone(), (h.job, h.attempt)));
+            }
+        }
         let owners = owners(&groups, &cgroups);
         let mut pids: Vec<u32> = owners.keys().copied().collect();
         pids.sort_unstable();
@@ -366,12 +365,12 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
     }
 }
 
+/// The attempt (job, attempt number) a process belongs to.
+type Owner = (JobId, u32);
+
 /// The processes of each held attempt, by PID: those in its process group
 /// and those in its cgroup.
-fn owners(
-    groups: &[(u32, (JobId, u32))],
-    cgroups: &[(PathBuf, (JobId, u32))],
-) -> HashMap<u32, (JobId, u32)> {
+fn owners(groups: &[(u32, Owner)], cgroups: &[(PathBuf, Owner)]) -> HashMap<u32, Owner> {
     let mut out = HashMap::new();
     for (pid, pgrp) in processes_in_groups(&groups.iter().map(|g| g.0).collect::<Vec<_>>()) {
         if let Some((_, owner)) = groups.iter().find(|g| g.0 == pgrp) {

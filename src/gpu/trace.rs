@@ -373,7 +373,7 @@ impl GpuSource for TraceGpus {
             g.energy_mj = Some(energy_mj(points, now));
             g.processes = claims
                 .iter()
-                .filter(|(_, uuids)| uuids.iter().any(|u| *u == g.uuid))
+                .filter(|(_, uuids)| uuids.contains(&g.uuid))
                 .map(|(pid, _)| GpuProcess {
                     pid: *pid,
                     used_mib: None,
