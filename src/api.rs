@@ -119,6 +119,99 @@ pub struct AgentReport {
     pub pids: Vec<u32>,
 }
 
+/// `POST /agents/{name}/samples`: the GPU samples an agent took since its
+/// last batch the daemon accepted, oldest first.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleBatch {
+    /// The agent's id (as in its reports).
+    pub agent_id: String,
+    /// The agent's wall clock when it sent the batch, ms since the epoch:
+    /// the daemon moves the samples' times by the difference to its own
+    /// clock, so they line up with assignments.
+    pub sent_ms: i64,
+    /// Samples the agent dropped (its buffer was full while the daemon was
+    /// unreachable) since its last accepted batch.
+    #[serde(default)]
+    pub dropped: u64,
+    /// The samples.
+    pub samples: Vec<HostSample>,
+}
+
+/// Every GPU of a host at one moment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSample {
+    /// When, on the agent's wall clock, ms since the epoch.
+    pub t_ms: i64,
+    /// The time the sample stands for, ms: since the previous one.
+    pub dt_ms: u32,
+    /// Each GPU.
+    pub gpus: Vec<GpuSample>,
+}
+
+/// One GPU in a [`HostSample`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSample {
+    /// Its UUID.
+    pub uuid: String,
+    /// Its NVML index.
+    pub index: u32,
+    /// Its model.
+    pub name: String,
+    /// Total memory, MiB.
+    pub memory_total_mib: u64,
+    /// Used memory, MiB.
+    pub memory_used_mib: u64,
+    /// Utilization, %.
+    pub utilization_pct: Option<u32>,
+    /// Temperature, °C.
+    pub temperature_c: Option<u32>,
+    /// Power, W.
+    pub power_w: Option<u32>,
+    /// The energy counter, mJ (absent where the GPU has none).
+    #[serde(default)]
+    pub energy_mj: Option<u64>,
+    /// Energy used over `dt_ms`, mJ: the counter's increase, else power ×
+    /// time.
+    #[serde(default)]
+    pub interval_energy_mj: Option<u64>,
+    /// Its processes, each with the attempt it belongs to.
+    #[serde(default)]
+    pub processes: Vec<SampledProcess>,
+}
+
+/// A process on a GPU and the Trainyard attempt whose process group or
+/// cgroup it is in (none: a foreign process).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampledProcess {
+    /// Its pid on the host.
+    pub pid: u32,
+    /// GPU memory it uses, MiB, when the driver says.
+    #[serde(default)]
+    pub used_mib: Option<u64>,
+    /// The job of the attempt it belongs to.
+    #[serde(default)]
+    pub job: Option<JobId>,
+    /// That attempt.
+    #[serde(default)]
+    pub attempt: Option<u32>,
+}
+
+/// The answer to a [`SampleBatch`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SampleAck {
+    /// GPU samples stored.
+    pub stored: u64,
+    /// GPU samples refused (older than the raw retention, or far ahead).
+    pub refused: u64,
+}
+
+/// `GET /telemetry`: series of GPU samples or rollups.
+pub use crate::telemetry::{Resolution, Series, Stat, TelemetryPoint, TelemetrySeries};
+
 /// The daemon's answer to a heartbeat or a poll.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AgentOrders {

@@ -420,6 +420,15 @@ impl Client {
         .await
     }
 
+    /// `POST /agents/{name}/samples`: ship buffered GPU samples.
+    pub async fn samples(&self, name: &str, batch: &api::SampleBatch) -> Result<api::SampleAck> {
+        self.json(Self::body(
+            self.req(Method::POST, &format!("/agents/{name}/samples")),
+            batch,
+        ))
+        .await
+    }
+
     /// Agent: long poll.
     pub async fn poll(
         &self,

@@ -5,8 +5,19 @@
 //! milliseconds) and a fake inventory for tests and demos
 //! (`--fake-gpus "2xA100-80GB,1xRTX4090-24GB"`). When NVML cannot load, the
 //! host reports zero GPUs and says why once; it never falls back to fakes.
+//! `trace` replays a scripted trace over a fake inventory
+//! (`--fake-gpu-trace`), with an energy counter that integrates its power.
+
+mod trace;
+
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+pub use trace::{
+    energy_mj as trace_energy_mj, real_clock, Clock, Point, Trace, TraceGpus, TraceProcesses,
+    FAKE_GPU_TRACE_ENV, TRACE_VERSION,
+};
 
 /// Environment variable that selects a fake inventory.
 pub const FAKE_GPUS_ENV: &str = "TRAINYARD_FAKE_GPUS";
@@ -39,6 +50,11 @@ pub struct Gpu {
     pub temperature_c: Option<u32>,
     /// Power draw, W.
     pub power_w: Option<u32>,
+    /// The energy counter: mJ used since the driver loaded (NVML's total
+    /// energy consumption, Volta and newer), or since a fake trace began;
+    /// `None` where the GPU has no counter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj: Option<u64>,
     /// Processes on it.
     pub processes: Vec<GpuProcess>,
 }
@@ -76,6 +92,32 @@ pub enum GpuError {
         /// What is wrong.
         reason: String,
     },
+    /// A `--fake-gpu-trace` file that cannot be read or is wrong.
+    #[error("{}", trace_message(path, *line, field, reason))]
+    BadTrace {
+        /// The trace file.
+        path: PathBuf,
+        /// The line at fault, when one is.
+        line: Option<usize>,
+        /// The field at fault (`gpu[0].points[1][2] memory used (MiB)`).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A trace given without a fake inventory to replay it on.
+    #[error("--fake-gpu-trace {0} needs --fake-gpus (the inventory the trace replays on)")]
+    TraceWithoutFakes(PathBuf),
+}
+
+fn trace_message(path: &Path, line: Option<usize>, field: &str, reason: &str) -> String {
+    let mut s = path.display().to_string();
+    if let Some(l) = line {
+        s.push_str(&format!(":{l}"));
+    }
+    if !field.is_empty() {
+        s.push_str(&format!(": {field}"));
+    }
+    format!("{s}: {reason} (format: docs/gpu-trace-format.md)")
 }
 
 /// Something that can list a host's GPUs.
@@ -135,6 +177,7 @@ impl FakeGpus {
                     utilization_pct: Some(0),
                     temperature_c: Some(30),
                     power_w: Some(50),
+                    energy_mj: None,
                     processes: Vec::new(),
                 });
             }
@@ -209,6 +252,8 @@ impl GpuSource for NvmlGpus {
                 utilization_pct: d.utilization_rates().ok().map(|u| u.gpu),
                 temperature_c: d.temperature(TemperatureSensor::Gpu).ok(),
                 power_w: d.power_usage().ok().map(|mw| mw / 1000),
+                // Not supported before Volta: None.
+                energy_mj: d.total_energy_consumption().ok(),
                 processes,
             });
         }
@@ -253,6 +298,26 @@ pub fn detect(fake: Option<&str>, host: &str) -> Result<Box<dyn GpuSource>, GpuE
             }))
         }
     }
+}
+
+/// [`detect`], or with a trace file (`--fake-gpu-trace`, only with a fake
+/// inventory) the fake GPUs replaying it on the real clock.
+pub fn detect_traced(
+    fake: Option<&str>,
+    trace: Option<&Path>,
+    host: &str,
+) -> Result<Box<dyn GpuSource>, GpuError> {
+    let Some(path) = trace else {
+        return detect(fake, host);
+    };
+    let spec = fake.ok_or_else(|| GpuError::TraceWithoutFakes(path.to_path_buf()))?;
+    let trace = Trace::load(path)?;
+    tracing::warn!(spec, trace = %path.display(), "using a FAKE GPU inventory replaying a trace, as requested");
+    Ok(Box::new(TraceGpus::new(
+        &FakeGpus::parse(spec, host)?,
+        trace,
+        real_clock(),
+    )?))
 }
 
 #[cfg(test)]

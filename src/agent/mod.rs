@@ -4,7 +4,8 @@
 //! GPU visibility, timeout, cancel), `env` the job environment, `cgroup`
 //! cgroup v2 containment, `record` the per-attempt files that let a
 //! restarted agent stop what its previous run left, `identity` its name and
-//! the id kept in its home, `git` the job sources.
+//! the id kept in its home, `git` the job sources, `telemetry` the GPU
+//! samples it buffers and ships to the daemon.
 //! The agent talks to the daemon only through the HTTP API, the agent
 //! embedded in `trainyard up` included.
 
@@ -14,6 +15,7 @@ pub mod git;
 pub mod identity;
 mod record;
 mod run;
+pub mod telemetry;
 mod worker;
 
 pub use identity::{Identity, IdentityError};

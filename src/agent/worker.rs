@@ -36,6 +36,7 @@ use super::cgroup::{self, Cgroups};
 use super::identity::Identity;
 use super::record::{self, AttemptRecord, RecordedEnd, Records};
 use super::run::{self, Outcome, RunSpec, StopFlag};
+use super::telemetry::{SampleBuffer, Sampler};
 
 /// The share of the lease after the last successful renewal at which an
 /// agent that cannot reach its daemon starts stopping its attempts.
@@ -74,6 +75,11 @@ pub struct AgentConfig {
     /// Put each attempt in its own cgroup when cgroup v2 allows it (else, or
     /// when false, process groups only).
     pub cgroups: bool,
+    /// How often the GPUs are sampled (2 s).
+    pub sample_every: Duration,
+    /// Samples kept while the daemon is unreachable (an hour at 2 s); the
+    /// oldest go first.
+    pub sample_buffer: usize,
 }
 
 impl AgentConfig {
@@ -89,6 +95,8 @@ impl AgentConfig {
             keep_work: false,
             pass_env: Vec::new(),
             cgroups: true,
+            sample_every: Duration::from_secs(2),
+            sample_buffer: 1800,
         }
     }
 }
@@ -124,6 +132,8 @@ struct Agent {
     /// Tokens of attempts a previous run of this agent left behind: stopped,
     /// never run again even if the daemon delivers them.
     retired: Mutex<HashSet<String>>,
+    /// GPU samples waiting to be shipped.
+    samples: Arc<SampleBuffer>,
 }
 
 impl Agent {
@@ -217,6 +227,7 @@ pub async fn run(
         records: Records::new(work_root(&cfg).join("attempts")),
         cgroups,
         retired: Mutex::new(HashSet::new()),
+        samples: Arc::new(SampleBuffer::new(cfg.sample_buffer)),
         hostname: hostname(),
         held: Mutex::new(HashMap::new()),
         gpu: Mutex::new(GpuState {
@@ -238,6 +249,13 @@ pub async fn run(
         let stop = stop_sampler.clone();
         std::thread::spawn(move || sample_gpus(&a, gpus.as_mut(), &stop))
     };
+    let ship = tokio::spawn(super::telemetry::ship_loop(
+        agent.client.clone(),
+        agent.cfg.name.clone(),
+        agent.cfg.id.clone(),
+        agent.samples.clone(),
+        super::telemetry::ship_every(agent.cfg.sample_every),
+    ));
     let hb = tokio::spawn(heartbeat_loop(agent.clone()));
     let watch = tokio::spawn(lease_watch(agent.clone()));
     let result = tokio::select! {
@@ -246,6 +264,7 @@ pub async fn run(
     };
     hb.abort();
     watch.abort();
+    ship.abort();
     // Stop everything still running and let the attempt tasks report it.
     let tokens: Vec<String> = agent.held().keys().cloned().collect();
     agent.stop(&tokens);
@@ -280,11 +299,19 @@ pub fn hostname() -> String {
         .into_owned()
 }
 
-/// Sample the GPUs every 2 s on a plain thread (NVML calls block), and find
-/// the processes in Trainyard's process groups (their GPU use is ours).
+/// Sample the GPUs every `sample_every` on a plain thread (NVML calls
+/// block), find the processes in Trainyard's process groups and cgroups
+/// (their GPU use is ours, each attempt's its own), and buffer the sample
+/// for shipping.
 fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
+    let every = a.cfg.sample_every.max(Duration::from_millis(50));
     let mut warned = false;
+    let mut sampler = Sampler::default();
+    let mut last: Option<Instant> = None;
+    let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        let taken = Instant::now();
+        let t_ms = crate::db::now_ns() / 1_000_000;
         let gpus = match src.snapshot() {
             Ok(g) => {
                 warned = false;
@@ -298,52 +325,81 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
                 None
             }
         };
-        let (groups, cgroups): (Vec<u32>, Vec<PathBuf>) = {
-            let held = a.held();
-            (
-                held.values().filter_map(|h| h.pgid).collect(),
-                held.values().filter_map(|h| h.cgroup.clone()).collect(),
-            )
-        };
-        let mut pids = processes_in_groups(&groups);
-        for dir in &cgroups {
-            pids.extend(cgroup::procs(dir));
+        let mut groups: Vec<(u32, Owner)> = Vec::new();
+        let mut cgroups: Vec<(PathBuf, Owner)> = Vec::new();
+        for h in a.held().values() {
+            if let Some(pg) = h.pgid {
+                groups.push((pg, (h.job, h.attempt)));
+            }
+            if let Some(cg) = &h.cgroup {
+                cgroups.push((cg.clone(), (h.job, h.attempt)));
+            }
         }
+        let owners = owners(&groups, &cgroups);
+        let mut pids: Vec<u32> = owners.keys().copied().collect();
         pids.sort_unstable();
-        pids.dedup();
         {
             let mut g = a.gpu.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(gpus) = gpus {
-                g.gpus = gpus;
+            if let Some(gpus) = &gpus {
+                g.gpus = gpus.clone();
             }
             g.pids = pids;
         }
-        for _ in 0..20 {
+        if let Some(gpus) = gpus.filter(|g| !g.is_empty()) {
+            let dt = last.map_or(every, |l| taken - l);
+            a.samples.push(sampler.sample(&gpus, &owners, t_ms, dt));
+            last = Some(taken);
+        }
+        // On a fixed grid, so the interval does not drift by the work.
+        next += every;
+        let now = Instant::now();
+        if next < now {
+            next = now + every;
+        }
+        while Instant::now() < next {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep((next - Instant::now()).min(Duration::from_millis(100)));
         }
     }
 }
 
-fn processes_in_groups(groups: &[u32]) -> Vec<u32> {
+/// The attempt (job, attempt number) a process belongs to.
+type Owner = (JobId, u32);
+
+/// The processes of each held attempt, by PID: those in its process group
+/// and those in its cgroup.
+fn owners(groups: &[(u32, Owner)], cgroups: &[(PathBuf, Owner)]) -> HashMap<u32, Owner> {
+    let mut out = HashMap::new();
+    for (pid, pgrp) in processes_in_groups(&groups.iter().map(|g| g.0).collect::<Vec<_>>()) {
+        if let Some((_, owner)) = groups.iter().find(|g| g.0 == pgrp) {
+            out.insert(pid, *owner);
+        }
+    }
+    for (dir, owner) in cgroups {
+        for pid in cgroup::procs(dir) {
+            out.insert(pid, *owner);
+        }
+    }
+    out
+}
+
+/// The processes whose process group is one of `groups`, with their group.
+fn processes_in_groups(groups: &[u32]) -> Vec<(u32, u32)> {
     if groups.is_empty() {
         return Vec::new();
     }
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return groups.to_vec();
+        return groups.iter().map(|g| (*g, *g)).collect();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    // Fields after the command: state ppid pgrp ...
-                    let rest = s.rsplit_once(") ")?.1;
-                    rest.split(' ').nth(2)?.parse::<u32>().ok()
-                })
-                .is_some_and(|pg| groups.contains(&pg))
+        .filter_map(|pid| {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command: state ppid pgrp ...
+            let rest = s.rsplit_once(") ")?.1;
+            let pg = rest.split(' ').nth(2)?.parse::<u32>().ok()?;
+            groups.contains(&pg).then_some((pid, pg))
         })
         .collect()
 }
@@ -910,5 +966,27 @@ fn append_line(log: &Path, line: &str) {
         .open(log)
     {
         let _ = writeln!(f, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn processes_in_an_attempts_process_group_are_that_attempts() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let owners = owners(&[(pid, (JobId(4), 2))], &[]);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(owners.get(&pid), Some(&(JobId(4), 2)));
+        // This test's own process is in another group: foreign.
+        assert!(!owners.contains_key(&std::process::id()));
     }
 }

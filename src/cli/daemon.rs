@@ -25,6 +25,15 @@ pub struct AgentArgs {
     /// COUNTxMODEL-MEMORY, comma separated, e.g. "2xA100-80GB,1xRTX4090-24GB".
     #[arg(long, env = FAKE_GPUS_ENV, value_name = "SPEC")]
     pub fake_gpus: Option<String>,
+    /// Replay this trace on the fake GPUs (needs --fake-gpus): per GPU,
+    /// utilization, memory, power and temperature over the seconds since
+    /// the agent started (format: docs/gpu-trace-format.md).
+    #[arg(long, env = gpu::FAKE_GPU_TRACE_ENV, value_name = "FILE", requires = "fake_gpus")]
+    pub fake_gpu_trace: Option<PathBuf>,
+    /// How often the agent samples its GPUs for the daemon's telemetry
+    /// history (and its heartbeat's GPU state).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub sample_every: Duration,
     /// CPU-only jobs run at once [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     pub cpu_slots: Option<u32>,
@@ -92,6 +101,12 @@ pub struct UpArgs {
     /// whole logs.
     #[arg(long, value_name = "SIZE", default_value = "64MiB")]
     max_log_size: String,
+    /// Also serve GET /metrics (Prometheus) on this address, without the
+    /// token, and nothing else there; e.g. 0.0.0.0:9400 for a Prometheus
+    /// server elsewhere. On the API's address /metrics needs the token
+    /// except over loopback.
+    #[arg(long, value_name = "ADDR:PORT", env = "TRAINYARD_METRICS_BIND")]
+    metrics_bind: Option<SocketAddr>,
     /// How often the daemon applies --keep-jobs and --keep-for.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
     retention_every: Duration,
@@ -130,7 +145,11 @@ fn agent_config(ctx: &Ctx, a: &AgentArgs) -> anyhow::Result<LocalAgent> {
     let name = a.name.clone().unwrap_or_else(trainyard::agent::hostname);
     let identity = Identity::take(&ctx.home, &name)?;
     // Fake GPU UUIDs come from the identity: unique per agent, not per name.
-    let gpus = gpu::detect(a.fake_gpus.as_deref(), &identity.gpu_seed())?;
+    let gpus = gpu::detect_traced(
+        a.fake_gpus.as_deref(),
+        a.fake_gpu_trace.as_deref(),
+        &identity.gpu_seed(),
+    )?;
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
@@ -140,6 +159,7 @@ fn agent_config(ctx: &Ctx, a: &AgentArgs) -> anyhow::Result<LocalAgent> {
             keep_work: a.keep_work,
             pass_env: a.pass_env.clone(),
             cgroups: !a.no_cgroup,
+            sample_every: a.sample_every,
             ..AgentConfig::new(&identity, ctx.home.clone(), a.cpu_slots.unwrap_or(cpus))
         },
         gpus,
@@ -200,6 +220,17 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
         })
         .await?;
         let url = server.url();
+        let metrics = match args.metrics_bind {
+            Some(addr) => {
+                let m = server.bind_metrics(addr).await?;
+                eprintln!(
+                    "metrics (Prometheus, no token) on http://{}/metrics",
+                    m.addr()
+                );
+                Some(tokio::spawn(m.serve(std::future::pending())))
+            }
+            None => None,
+        };
         eprintln!(
             "trainyard daemon listening on {url} (home {})",
             ctx.home.root().display()
@@ -258,6 +289,9 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
         let _ = stop_server_tx.send(());
+        if let Some(m) = metrics {
+            m.abort();
+        }
         serving.await.context("daemon task")??;
         Ok(ExitCode::SUCCESS)
     })

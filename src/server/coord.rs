@@ -52,6 +52,8 @@ pub(crate) struct Coord {
     pub wake_sched: Notify,
     /// The lab's settings (`config.toml`), read at start.
     pub lab: crate::config::LabConfig,
+    /// GPU telemetry history and the metrics counters.
+    pub tele: super::telemetry::TeleState,
 }
 
 impl Coord {
@@ -60,9 +62,11 @@ impl Coord {
         home: crate::Home,
         lease: Duration,
         retention: Retention,
+        telemetry: crate::telemetry::Telemetry,
         lab: crate::config::LabConfig,
     ) -> Coord {
         Coord {
+            tele: super::telemetry::TeleState::new(telemetry),
             logs: AttemptLogs::new(home.root().join("logs"), retention.max_log_bytes),
             retention,
             home,

@@ -37,7 +37,7 @@ pub(crate) const HEALTH_ROUTE: &str = "/api/v1/health";
 pub(crate) const LOG_APPEND_ROUTE: &str = "/api/v1/jobs/{id}/attempts/{n}/log";
 
 /// The daemon's admission rules.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Guard {
     token: Secret,
     /// Host names (lower case, no port, no trailing dot) besides IP
@@ -59,7 +59,7 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    fn into_error(self) -> ApiError {
+    pub(crate) fn into_error(self) -> ApiError {
         match self {
             Refusal::Host(host) => ApiError::new(
                 StatusCode::MISDIRECTED_REQUEST,
@@ -114,6 +114,17 @@ impl Guard {
         names.sort();
         names.dedup();
         Guard { token, names }
+    }
+
+    /// The same rules for another listener of the daemon bound to `bound`
+    /// (`--metrics-bind`): beyond loopback it also answers to this
+    /// machine's name.
+    pub(crate) fn rebound(&self, bound: SocketAddr) -> Guard {
+        let mut g = Guard::new(self.token.clone(), bound, &self.names);
+        g.names.extend(self.names.iter().cloned());
+        g.names.sort();
+        g.names.dedup();
+        g
     }
 
     /// Whether the daemon answers to the Host header `host` (`name[:port]`).

@@ -17,10 +17,12 @@ mod error;
 mod guard;
 mod routes;
 mod runs;
+mod telemetry;
 mod ui;
 mod usage;
 
 pub use auth::{load_or_create as load_or_create_token, read_token, Secret, TokenError};
+pub use telemetry::MetricsServer;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -134,6 +136,9 @@ pub enum ServerError {
     /// The lab config (`config.toml`) is unusable: the daemon does not start.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The telemetry database.
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
     /// Serving failed.
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
@@ -174,6 +179,12 @@ impl Server {
         let queue = tokio::task::spawn_blocking(move || Queue::open(&queue_path))
             .await
             .expect("opening the queue does not panic")?;
+        let tele_path = home.root().join("telemetry.db");
+        let telemetry = tokio::task::spawn_blocking(move || {
+            crate::telemetry::Telemetry::open(&tele_path, Default::default())
+        })
+        .await
+        .expect("opening the telemetry database does not panic")?;
         let listener = tokio::net::TcpListener::bind(config.addr)
             .await
             .map_err(|source| ServerError::Bind {
@@ -186,6 +197,7 @@ impl Server {
             home.clone(),
             config.lease,
             config.retention,
+            telemetry,
             lab,
         ));
         let guard = Arc::new(guard::Guard::new(token.clone(), addr, &config.allow_hosts));
@@ -251,8 +263,12 @@ impl Server {
         tracing::info!(url = %info.url, "daemon listening");
         let sched = tokio::spawn(scheduler_loop(self.coord.clone()));
         let retention = tokio::spawn(retention_loop(self.coord.clone()));
+        let compact = tokio::spawn(telemetry::compact_loop(self.coord.clone()));
+        let stats = tokio::spawn(telemetry::stats_loop(self.coord.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = routes::router(self.coord.clone(), self.guard.clone());
+        // The peer address: `/metrics` needs no token over loopback.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(self.listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = tx.send(());
@@ -266,6 +282,8 @@ impl Server {
         };
         sched.abort();
         retention.abort();
+        compact.abort();
+        stats.abort();
         // Only remove the file if it is still ours.
         if let Ok(text) = std::fs::read_to_string(&daemon_file) {
             if serde_json::from_str::<DaemonFile>(&text).is_ok_and(|d| d.pid == info.pid) {

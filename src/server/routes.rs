@@ -52,7 +52,7 @@ fn mib(n: usize) -> String {
     format!("{} MiB", n >> 20)
 }
 
-fn valid_agent_name(name: &str) -> ApiResult<()> {
+pub(crate) fn valid_agent_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -84,6 +84,8 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/agents", get(agents))
         .route("/agents/{name}/heartbeat", post(heartbeat))
         .route("/agents/{name}/poll", post(poll))
+        .route("/agents/{name}/samples", post(super::telemetry::ingest))
+        .route("/telemetry", get(super::telemetry::query))
         .route("/events", get(events))
         .route("/datasets", get(super::datasets::list))
         .route("/datasets/{name}/versions", get(super::datasets::versions))
@@ -104,6 +106,10 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         ));
     Router::new()
         .nest(api::PREFIX, api)
+        .merge(super::telemetry::metrics_routes(
+            coord.clone(),
+            guard.clone(),
+        ))
         .fallback(super::ui::serve)
         .layer(middleware::from_fn_with_state(guard, guard::admit))
         .with_state(coord)

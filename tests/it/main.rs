@@ -17,6 +17,7 @@ mod store_cli;
 mod store_crash;
 mod store_golden;
 mod store_safety;
+mod telemetry;
 mod usage;
 mod wandb_field;
 mod wandb_server;
