@@ -56,16 +56,22 @@ impl Pointer {
 
     /// Parse a pointer file's text; `what` names it in errors.
     pub fn parse(text: &str, what: &str) -> Result<Pointer> {
-        let p: Pointer = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("{what} is not a Trainyard pointer: {e}")))?;
-        p.version.parse::<ObjectId>().map_err(|_| {
-            Error::Config(format!(
-                "{what}: version {:?} is not a full version id",
-                p.version
-            ))
+        let p: Pointer = toml::from_str(text).map_err(|source| Error::BadPointer {
+            what: what.to_string(),
+            source,
         })?;
-        crate::store::validate_dataset_name(&p.dataset)
-            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+        p.version
+            .parse::<ObjectId>()
+            .map_err(|_| Error::PointerVersion {
+                what: what.to_string(),
+                version: p.version.clone(),
+            })?;
+        crate::store::validate_dataset_name(&p.dataset).map_err(|source| {
+            Error::PointerDataset {
+                what: what.to_string(),
+                source,
+            }
+        })?;
         super::config::parse_url(&p.remote.url)?;
         Ok(p)
     }
@@ -85,7 +91,10 @@ pub struct Pinned {
 }
 
 fn git_err(what: &str) -> impl Fn(git2::Error) -> Error + '_ {
-    move |e| Error::Config(format!("{what}: {}", e.message()))
+    move |source| Error::Git {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// Write `pointer` to `file` inside the git repository enclosing it, stage
@@ -96,30 +105,21 @@ pub fn pin(
     message: Option<&str>,
     git_tag: Option<&str>,
 ) -> Result<Pinned> {
-    let file =
-        std::path::absolute(file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-    let dir = file.parent().unwrap_or(Path::new("/"));
-    let repo = Repository::discover(dir).map_err(|_| {
-        Error::Config(format!(
-            "{} is not inside a git repository; `git init` one (the data registry) first",
-            dir.display()
-        ))
+    let file = std::path::absolute(file).map_err(|source| Error::PointerPath {
+        path: file.to_path_buf(),
+        source,
     })?;
-    let workdir = repo
-        .workdir()
-        .ok_or_else(|| Error::Config("the git repository is bare; pin inside a clone".into()))?
-        .to_path_buf();
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let repo = Repository::discover(dir).map_err(|_| Error::NotInRepo(dir.to_path_buf()))?;
+    let workdir = repo.workdir().ok_or(Error::BareRepo)?.to_path_buf();
     let workdir = workdir.canonicalize().unwrap_or(workdir);
     let canon_dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let rel = canon_dir
         .strip_prefix(&workdir)
         .map(|d| d.join(file.file_name().unwrap_or_default()))
-        .map_err(|_| {
-            Error::Config(format!(
-                "{} is outside {}",
-                file.display(),
-                workdir.display()
-            ))
+        .map_err(|_| Error::OutsideRepo {
+            file: file.clone(),
+            workdir: workdir.clone(),
         })?;
     let rel_str = rel.to_string_lossy().replace('\\', "/");
     crate::store::write_file_atomic(&file, pointer.to_text(&rel_str).as_bytes())?;
@@ -152,9 +152,7 @@ pub fn pin(
             out.git_tag = Some(tag.to_string());
         }
     } else if git_tag.is_some() {
-        return Err(Error::Config(
-            "--git-tag needs --commit: a tag names a commit".into(),
-        ));
+        return Err(Error::TagNeedsCommit);
     }
     Ok(out)
 }
@@ -162,10 +160,9 @@ pub fn pin(
 /// Read the pointer `path` at `rev` of the registry `repo` (URL or path),
 /// fetched into the bare cache under `cache`. Returns it and the commit.
 pub fn read(cache: &Path, repo: &str, rev: &str, path: &str) -> Result<(Pointer, String)> {
-    let (commit, bytes) = crate::agent::git::read_file(cache, repo, rev, path)
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let (commit, bytes) = crate::agent::git::read_file(cache, repo, rev, path)?;
     let text = String::from_utf8(bytes)
-        .map_err(|_| Error::Config(format!("{repo}@{rev}:{path} is not UTF-8 text")))?;
+        .map_err(|_| Error::PointerNotText(format!("{repo}@{rev}:{path}")))?;
     let p = Pointer::parse(&text, &format!("{repo}@{rev}:{path}"))?;
     Ok((p, commit.to_string()))
 }

@@ -386,8 +386,11 @@ impl<'a> Conn<'a> {
     /// with a warning (its objects count as absent).
     async fn index(&self, jobs: usize) -> Result<RemoteIndex> {
         let idx_dir = self.cache.join("idx");
-        std::fs::create_dir_all(&idx_dir)
-            .map_err(|e| Error::Config(format!("cannot create {}: {e}", idx_dir.display())))?;
+        std::fs::create_dir_all(&idx_dir).map_err(|source| Error::Io {
+            op: "create",
+            path: idx_dir.clone(),
+            source,
+        })?;
         let listed = self.list("packs").await?;
         let mut idx = RemoteIndex::default();
         let mut pack_sizes: HashMap<ObjectId, u64> = HashMap::new();
@@ -709,22 +712,14 @@ async fn upload_loose(conn: &Conn<'_>, id: &ObjectId, path: &Path) -> Result<u64
         key.clone(),
         PART,
     );
-    let n = tokio::io::copy(&mut f, &mut w)
-        .await
-        .map_err(|e| Error::Store {
-            remote: conn.remote.name.clone(),
-            url: conn.remote.config.url.clone(),
-            op: "upload",
-            key: key.to_string(),
-            message: e.to_string(),
-        })?;
-    w.shutdown().await.map_err(|e| Error::Store {
+    let failed = |source| Error::Upload {
         remote: conn.remote.name.clone(),
         url: conn.remote.config.url.clone(),
-        op: "upload",
         key: key.to_string(),
-        message: e.to_string(),
-    })?;
+        source,
+    };
+    let n = tokio::io::copy(&mut f, &mut w).await.map_err(failed)?;
+    w.shutdown().await.map_err(failed)?;
     // A multipart upload is create + parts + complete.
     let parts = n.div_ceil(PART as u64).max(1);
     conn.requests
@@ -1049,11 +1044,12 @@ async fn resolve_remote(
                     [one] => **one,
                     [] => return Err(not_found(format!("tag or version {dataset}@{r}"))),
                     _ => {
-                        return Err(Error::Config(format!(
-                            "{dataset}@{r} is ambiguous on remote {}: {} versions start with it",
-                            conn.remote.name,
-                            m.len()
-                        )))
+                        return Err(Error::Ambiguous {
+                            remote: conn.remote.name.clone(),
+                            dataset: dataset.to_string(),
+                            reference: r.to_string(),
+                            matches: m.len(),
+                        })
                     }
                 }
             }
