@@ -230,6 +230,17 @@ pub struct AttemptInfo {
     pub commit: Option<String>,
 }
 
+impl AttemptInfo {
+    /// Whether the attempt is over: no longer assigned or running, so its
+    /// process writes no more output.
+    pub fn has_ended(&self) -> bool {
+        !matches!(
+            JobState::parse(&self.state),
+            JobState::Assigned | JobState::Running
+        )
+    }
+}
+
 /// An attempt in flight (assigned or running): what holds GPUs.
 #[derive(Debug, Clone)]
 pub struct Active {
