@@ -133,6 +133,11 @@ impl Remotes {
         })
     }
 
+    /// Load the remotes file of `home` (`$TRAINYARD_HOME/remotes.toml`).
+    pub fn load_home(home: &crate::Home) -> Result<Remotes> {
+        Remotes::load(&home.root().join("remotes.toml"))
+    }
+
     fn save(&self) -> Result<()> {
         let text = toml::to_string_pretty(&self.file).expect("remotes serialize");
         let dir = self.path.parent().unwrap_or(Path::new("."));

@@ -8,6 +8,8 @@
 //!   credentials/config files, with the source named in every error.
 //! - [`mod@format`]: keys, the pack index format, version and tag records.
 //! - [`sync`]: push, pull (fetch) and listing.
+//! - [`state`]: how each remote's versions of a dataset compare with the
+//!   local ones ([`SyncState`]).
 //!
 //! The store knows nothing about remotes; this module drives the store's
 //! export/import API (`store::Export`, `store::Import`).
@@ -16,6 +18,7 @@ pub mod config;
 pub mod creds;
 pub mod format;
 pub mod registry;
+pub mod state;
 pub mod sync;
 
 use std::path::PathBuf;
@@ -28,6 +31,7 @@ use object_store::path::Path as ObjPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 pub use config::{RemoteConfig, Remotes};
+pub use state::{dataset_on_remotes, DatasetSync, RemoteSync, SyncState};
 pub use sync::{PullReport, PushReport, RemoteDataset};
 
 /// Everything that can go wrong with a remote. Each variant names the
