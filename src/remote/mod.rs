@@ -10,6 +10,8 @@
 //! - [`sync`]: push, pull (fetch) and listing.
 //! - [`state`]: how each remote's versions of a dataset compare with the
 //!   local ones ([`SyncState`]).
+//! - [`registry`]: pointer files in a git data registry; pinning a pushed
+//!   version and getting the version a pointer names.
 //!
 //! The store knows nothing about remotes; this module drives the store's
 //! export/import API (`store::Export`, `store::Import`).
@@ -378,6 +380,13 @@ impl Remote {
                 })
             }
         }
+    }
+
+    /// Open the remote `name` of `home`'s remotes file, or its default
+    /// remote when `name` is `None`.
+    pub fn named(home: &crate::Home, name: Option<&str>) -> Result<Remote> {
+        let (name, config) = Remotes::load_home(home)?.get(name)?;
+        Remote::open(&name, &config)
     }
 
     /// The full key of `rel` under the remote's root.

@@ -20,14 +20,25 @@
 //! the enclosing repository; reading fetches the registry with `git2` into a
 //! bare cache (no git binary), reads the file at a rev, then pulls from the
 //! remote it names.
+//!
+//! The two workflows, for every front end: [`pin_version`] (a local version
+//! already on a remote → a pointer, staged, optionally committed and
+//! tagged) and [`get`] (a pointer at a rev → the version fetched from its
+//! remote and checked out). Both run their blocking steps (git, the store)
+//! inline, as [`super::sync::fetch`] does.
 
 use std::path::{Path, PathBuf};
 
 use git2::{Repository, Signature};
 use serde::{Deserialize, Serialize};
 
-use super::{Error, RemoteConfig, Result};
-use crate::store::ObjectId;
+use super::sync::{self, PullReport};
+use super::{Error, Remote, RemoteConfig, Result};
+use crate::progress::Progress;
+use crate::store::{
+    CheckoutOptions, CheckoutReport, DatasetRef, LinkMode, ObjectId, Store, VersionInfo,
+};
+use crate::Home;
 
 /// A pointer file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,4 +176,137 @@ pub fn read(cache: &Path, repo: &str, rev: &str, path: &str) -> Result<(Pointer,
         .map_err(|_| Error::PointerNotText(format!("{repo}@{rev}:{path}")))?;
     let p = Pointer::parse(&text, &format!("{repo}@{rev}:{path}"))?;
     Ok((p, commit.to_string()))
+}
+
+/// The pointer file [`pin_version`] writes when none is named:
+/// `./NAME.trainyard.toml`.
+pub fn default_pointer_file(dataset: &str) -> PathBuf {
+    PathBuf::from(format!("{dataset}.trainyard.toml"))
+}
+
+/// How [`pin_version`] pins.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PinOptions<'a> {
+    /// The remote the pointer names (default: the home's default remote).
+    pub remote: Option<&'a str>,
+    /// The pointer file (default: [`default_pointer_file`]).
+    pub file: Option<&'a Path>,
+    /// Commit the pointer with this message.
+    pub message: Option<&'a str>,
+    /// Tag that commit (needs `message`).
+    pub git_tag: Option<&'a str>,
+}
+
+/// Pin version `r` of the local store: it must already be on the remote
+/// (its version record exists there, so everything it needs does), whose
+/// settings the pointer records; then [`pin`] writes and stages the
+/// pointer. Returns what `pin` did and the version pinned.
+pub async fn pin_version(
+    store: &Store,
+    home: &Home,
+    r: &DatasetRef,
+    opts: PinOptions<'_>,
+) -> Result<(Pinned, VersionInfo)> {
+    let v = store.resolve(r)?;
+    let remote = Remote::named(home, opts.remote)?;
+    if !sync::has_version(&remote, home, &r.dataset, &v.id).await? {
+        return Err(Error::NotPushed {
+            dataset: r.dataset.clone(),
+            version: v.id.short(),
+            remote: remote.name.clone(),
+        });
+    }
+    let pointer = Pointer {
+        dataset: r.dataset.clone(),
+        version: v.id.to_hex(),
+        files: v.files,
+        bytes: v.bytes,
+        remote: remote.config.clone(),
+    };
+    let file = opts
+        .file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_pointer_file(&r.dataset));
+    let pinned = pin(&pointer, &file, opts.message, opts.git_tag)?;
+    Ok((pinned, v))
+}
+
+/// What [`get`] reads and where it puts it.
+#[derive(Debug, Clone, Copy)]
+pub struct GetOptions<'a> {
+    /// The registry: a git URL or a local path.
+    pub repo: &'a str,
+    /// Branch, tag or commit.
+    pub rev: &'a str,
+    /// The pointer file's path in the repository.
+    pub pointer: &'a str,
+    /// Where to check the version out (default: `./NAME`).
+    pub out: Option<&'a Path>,
+    /// Downloads in flight.
+    pub jobs: usize,
+    /// Record the registry, rev and pointer with the version as where it
+    /// came from (`data import`); otherwise the remote is recorded.
+    pub import: bool,
+}
+
+/// What [`get`] did.
+#[derive(Debug, Clone)]
+pub struct Got {
+    /// The pointer read.
+    pub pointer: Pointer,
+    /// The registry commit it was read at.
+    pub commit: String,
+    /// `git REPO@REV (COMMIT):POINTER`, what an import records.
+    pub provenance: String,
+    /// The fetch from the pointer's remote.
+    pub fetch: PullReport,
+    /// The checkout.
+    pub checkout: CheckoutReport,
+}
+
+/// Get the version a registry pointer names: read the pointer at the rev
+/// (the registry fetched into the home's `git-cache`), fetch the version
+/// from the remote the pointer names, and check it out.
+pub async fn get(
+    store: &Store,
+    home: &Home,
+    opts: GetOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<Got> {
+    let cache = home.root().join("git-cache");
+    let (pointer, commit) = read(&cache, opts.repo, opts.rev, opts.pointer)?;
+    let remote = Remote::open("registry", &pointer.remote)?;
+    let r = DatasetRef {
+        dataset: pointer.dataset.clone(),
+        reference: Some(pointer.version.clone()),
+    };
+    let provenance = format!(
+        "git {}@{} ({}):{}",
+        opts.repo,
+        opts.rev,
+        &commit[..12],
+        opts.pointer
+    );
+    let source = opts.import.then_some(provenance.as_str());
+    let fetch = sync::fetch(store, home, &remote, &r, opts.jobs, source, progress).await?;
+    let dir = opts
+        .out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(&pointer.dataset));
+    let checkout = store.checkout(
+        &r,
+        &dir,
+        CheckoutOptions {
+            link: LinkMode::Auto,
+            force: false,
+        },
+        progress,
+    )?;
+    Ok(Got {
+        pointer,
+        commit,
+        provenance,
+        fetch,
+        checkout,
+    })
 }
