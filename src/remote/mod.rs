@@ -88,7 +88,7 @@ pub enum Error {
         /// Its URL.
         url: String,
         /// object_store's error.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// A directory remote's directory could not be created.
     #[error("remote {remote}: cannot create {}: {source}", path.display())]
@@ -108,7 +108,7 @@ pub enum Error {
         /// Its directory.
         path: PathBuf,
         /// object_store's error.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// No remote of that name.
     #[error("no remote named {0:?}; `trainyard remote list` shows them, `trainyard remote add NAME URL` adds one")]
@@ -134,7 +134,7 @@ pub enum Error {
         /// Where the credentials came from.
         source_name: String,
         /// What the server said.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// The server could not be reached or failed.
     #[error("remote {remote} ({url}): {op} {key}: {source}")]
@@ -148,7 +148,7 @@ pub enum Error {
         /// The key.
         key: String,
         /// object_store's error.
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     /// Streaming a large object to the remote failed.
     #[error("remote {remote} ({url}): upload {key}: {source}")]
@@ -349,7 +349,7 @@ impl Remote {
                 let store = b.build().map_err(|source| Error::Open {
                     remote: name.to_string(),
                     url: config.url.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
                 Ok(Remote {
                     name: name.to_string(),
@@ -369,7 +369,7 @@ impl Remote {
                     LocalFileSystem::new_with_prefix(&path).map_err(|source| Error::OpenDir {
                         remote: name.to_string(),
                         path: path.clone(),
-                        source,
+                        source: Box::new(source),
                     })?;
                 Ok(Remote {
                     name: name.to_string(),
@@ -414,7 +414,7 @@ impl Remote {
                 remote: self.name.clone(),
                 url: self.config.url.clone(),
                 source_name: self.cred_source.clone(),
-                source: e,
+                source: Box::new(e),
             };
         }
         Error::Store {
@@ -422,7 +422,7 @@ impl Remote {
             url: self.config.url.clone(),
             op,
             key: key.to_string(),
-            source: e,
+            source: Box::new(e),
         }
     }
 }
