@@ -1,7 +1,7 @@
 //! `trainyard data …`: the dataset store commands. They work in-process, with
 //! no daemon, like git and DVC.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -152,343 +152,353 @@ fn parse_ref(s: &str) -> anyhow::Result<DatasetRef> {
 pub fn run(ctx: &Ctx, cmd: DataCommand) -> anyhow::Result<ExitCode> {
     let store = Store::open(&ctx.home)
         .with_context(|| format!("opening the store under {}", ctx.home.root().display()))?;
+    let store = &store;
     match cmd {
         DataCommand::Add {
             path,
             name,
             message,
             tag,
-        } => {
-            let r = store.add(
-                &path,
-                &AddOptions {
-                    name,
-                    message,
-                    tag,
-                    author: None,
-                },
-                &Bar::new(),
-            )?;
-            if ctx.json {
-                output::json(&r)?;
-            } else if r.created {
-                println!("{}@{}  new version", r.dataset, r.version);
-                println!(
-                    "  {} files, {}, {} newly stored ({} files read)",
-                    r.files,
-                    output::bytes(r.bytes),
-                    output::bytes(r.new_bytes),
-                    r.hashed_files
-                );
-            } else {
-                println!(
-                    "{}@{}  unchanged (same as the latest version)",
-                    r.dataset, r.version
-                );
-            }
-            if let (Some(t), false) = (&r.tag, ctx.json) {
-                println!("  tagged {t}");
-            }
-        }
+        } => add(
+            ctx,
+            store,
+            &path,
+            AddOptions {
+                name,
+                message,
+                tag,
+                author: None,
+            },
+        ),
         DataCommand::Status {
             path,
             name,
             against,
-        } => {
-            let r = store.status(&path, name.as_deref(), against.as_deref(), &Bar::new())?;
-            if ctx.json {
-                output::json(&r)?;
-            } else {
-                match r.against {
-                    None if r.other_datasets.is_empty() => {
-                        println!("{}: not yet versioned; everything is new", r.dataset)
-                    }
-                    None => println!(
-                        "{}: not yet versioned; everything is new (this store has {}: pass \
-                         --name NAME to compare with one)",
-                        r.dataset,
-                        r.other_datasets.join(", ")
-                    ),
-                    Some(v) => println!("{} against {}:", r.dataset, v.short()),
-                }
-                print_changes(&r.changes);
-                if r.changes.is_empty() {
-                    println!("  up to date ({} files)", r.files);
-                }
-            }
-        }
-        DataCommand::List => {
-            let ds = store.datasets()?;
-            if ctx.json {
-                output::json(&ds)?;
-            } else if ds.is_empty() {
-                println!("no datasets yet: `trainyard data add PATH` makes one");
-            } else {
-                println!(
-                    "{:<24} {:>8} {:>10} {:>10}  LATEST",
-                    "NAME", "VERSIONS", "FILES", "SIZE"
-                );
-                for d in ds {
-                    println!(
-                        "{:<24} {:>8} {:>10} {:>10}  {}",
-                        d.name,
-                        d.versions,
-                        d.files,
-                        output::bytes(d.bytes),
-                        d.latest.map(|v| v.short()).unwrap_or_default()
-                    );
-                }
-            }
-        }
-        DataCommand::Log { name } => {
-            let vs = store.log(&name)?;
-            if ctx.json {
-                output::json(&vs)?;
-            } else {
-                // Messages, authors and sources may come from a remote:
-                // escaped here, exact in --json.
-                for v in vs {
-                    let tags = if v.tags.is_empty() {
-                        String::new()
-                    } else {
-                        let t: Vec<String> = v.tags.iter().map(|t| output::clean(t)).collect();
-                        format!(" ({})", t.join(", "))
-                    };
-                    println!("version {}{tags}", v.id);
-                    println!(
-                        "  date:    {}   author: {}",
-                        output::time(v.created_ns),
-                        output::clean(&v.author)
-                    );
-                    println!(
-                        "  content: {} files, {} ({} new)",
-                        v.files,
-                        output::bytes(v.bytes),
-                        output::bytes(v.new_bytes)
-                    );
-                    if let Some(s) = &v.source {
-                        println!("  from:    {}", output::clean(s));
-                    }
-                    if !v.message.is_empty() {
-                        println!("\n    {}", output::clean(&v.message));
-                    }
-                    println!();
-                }
-            }
-        }
-        DataCommand::Pin(a) => return super::remote::pin(ctx, &store, a),
-        DataCommand::Get(a) => return super::remote::get(ctx, &store, a, false),
-        DataCommand::Import(a) => return super::remote::get(ctx, &store, a, true),
-        DataCommand::Push(a) => return super::remote::push(ctx, &store, a),
-        DataCommand::Pull(a) => return super::remote::pull(ctx, &store, a, true),
-        DataCommand::Fetch(a) => return super::remote::pull(ctx, &store, a, false),
+        } => status(ctx, store, &path, name.as_deref(), against.as_deref()),
+        DataCommand::List => list(ctx, store),
+        DataCommand::Log { name } => log(ctx, store, &name),
+        DataCommand::Pin(a) => super::remote::pin(ctx, store, a),
+        DataCommand::Get(a) => super::remote::get(ctx, store, a, false),
+        DataCommand::Import(a) => super::remote::get(ctx, store, a, true),
+        DataCommand::Push(a) => super::remote::push(ctx, store, a),
+        DataCommand::Pull(a) => super::remote::pull(ctx, store, a, true),
+        DataCommand::Fetch(a) => super::remote::pull(ctx, store, a, false),
         DataCommand::Ls {
             target,
             remote: Some(remote),
             ..
         } => {
             let name = (!remote.is_empty()).then_some(remote.as_str());
-            return super::remote::ls(ctx, name, target.as_deref());
+            super::remote::ls(ctx, name, target.as_deref())
         }
         DataCommand::Ls {
             target,
             subpath,
             recursive,
             remote: None,
-        } => {
-            let Some(target) = target else {
-                anyhow::bail!(
-                    "name a version (NAME or NAME@REF), or pass --remote to list a remote"
-                );
-            };
-            let r = parse_ref(&target)?;
-            let v = store.resolve(&r)?;
-            let m = store.manifest(&v.id)?;
-            let sub = subpath
-                .as_deref()
-                .map(|s| s.trim_matches('/'))
-                .unwrap_or("");
-            let prefix = if sub.is_empty() {
-                String::new()
-            } else {
-                format!("{sub}/")
-            };
-            if !sub.is_empty() && m.get(sub).is_none() {
-                anyhow::bail!("{}@{} has no path {sub:?}", r.dataset, v.id.short());
-            }
-            let depth = |p: &str| p.matches('/').count();
-            let base_depth = if sub.is_empty() { 0 } else { depth(sub) + 1 };
-            let shown: Vec<_> = m
-                .entries
-                .iter()
-                .filter(|e| e.path == sub || e.path.starts_with(&prefix))
-                .filter(|e| e.path != sub || m.get(sub).is_some_and(|x| x.kind != Kind::Dir))
-                .filter(|e| recursive || depth(&e.path) == base_depth || e.path == sub)
-                .map(|e| {
-                    let size = if e.kind == Kind::Dir {
-                        let p = format!("{}/", e.path);
-                        m.entries
-                            .iter()
-                            .filter(|x| x.kind == Kind::File && x.path.starts_with(&p))
-                            .map(|x| x.size)
-                            .sum()
-                    } else {
-                        e.size
-                    };
-                    (e, size)
-                })
-                .collect();
-            if ctx.json {
-                let v: Vec<_> = shown
-                    .iter()
-                    .map(|(e, size)| json!({"path": e.path, "kind": e.kind, "exec": e.exec, "size": size, "id": if e.kind == Kind::Dir { None } else { Some(e.id) }}))
-                    .collect();
-                output::json(&v)?;
-            } else {
-                for (e, size) in shown {
-                    let id = if e.kind == Kind::Dir {
-                        "-".to_string()
-                    } else {
-                        e.id.short()
-                    };
-                    let name = if e.kind == Kind::Dir {
-                        format!("{}/", e.path)
-                    } else {
-                        e.path.clone()
-                    };
-                    println!(
-                        "{:<7} {:>10}  {:<12}  {}",
-                        e.kind.as_str(),
-                        output::bytes(size),
-                        id,
-                        name
-                    );
-                }
-            }
-        }
-        DataCommand::Diff { a, b } => {
-            let (ra, rb) = (parse_ref(&a)?, parse_ref(&b)?);
-            let (ia, ib, changes) = store.diff(&ra, &rb)?;
-            if ctx.json {
-                output::json(&json!({"a": ia, "b": ib, "changes": changes}))?;
-            } else {
-                println!("{} ({}) → {} ({})", ra, ia.short(), rb, ib.short());
-                print_changes(&changes);
-                if changes.is_empty() {
-                    println!("  identical");
-                }
-            }
-        }
+        } => ls(ctx, store, target.as_deref(), subpath.as_deref(), recursive),
+        DataCommand::Diff { a, b } => diff(ctx, store, &a, &b),
         DataCommand::Tag {
             target,
             tag,
             force,
             delete,
-        } => {
-            let r = parse_ref(&target)?;
-            if delete {
-                store.untag(&r.dataset, &tag)?;
-                if ctx.json {
-                    output::json(&json!({"dataset": r.dataset, "tag": tag, "deleted": true}))?;
-                } else {
-                    println!("deleted tag {tag} of {}", r.dataset);
-                }
-            } else {
-                let v = store.tag(&r, &tag, force)?;
-                if ctx.json {
-                    output::json(&json!({"dataset": r.dataset, "tag": tag, "version": v.id}))?;
-                } else {
-                    println!("{}@{tag} → {}", r.dataset, v.id);
-                }
-            }
+        } => tag_or_untag(ctx, store, &target, &tag, force, delete),
+        DataCommand::Checkout(a) => checkout(ctx, store, a),
+        DataCommand::Rm { name } => rm(ctx, store, &name),
+        DataCommand::Fsck => fsck(ctx, store),
+        DataCommand::Gc { dry_run } => gc(ctx, store, dry_run),
+    }
+}
+
+fn add(ctx: &Ctx, store: &Store, path: &Path, opts: AddOptions) -> anyhow::Result<ExitCode> {
+    let r = store.add(path, &opts, &Bar::new())?;
+    if ctx.json {
+        output::json(&r)?;
+    } else if r.created {
+        println!("{}@{}  new version", r.dataset, r.version);
+        println!(
+            "  {} files, {}, {} newly stored ({} files read)",
+            r.files,
+            output::bytes(r.bytes),
+            output::bytes(r.new_bytes),
+            r.hashed_files
+        );
+    } else {
+        println!(
+            "{}@{}  unchanged (same as the latest version)",
+            r.dataset, r.version
+        );
+    }
+    if let (Some(t), false) = (&r.tag, ctx.json) {
+        println!("  tagged {t}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(
+    ctx: &Ctx,
+    store: &Store,
+    path: &Path,
+    name: Option<&str>,
+    against: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let r = store.status(path, name, against, &Bar::new())?;
+    if ctx.json {
+        output::json(&r)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match r.against {
+        None if r.other_datasets.is_empty() => {
+            println!("{}: not yet versioned; everything is new", r.dataset)
         }
-        DataCommand::Checkout(a) => {
-            let r = parse_ref(&a.target)?;
-            let link = match a.link {
-                Link::Auto => LinkMode::Auto,
-                Link::Reflink => LinkMode::Reflink,
-                Link::Hardlink => LinkMode::Hardlink,
-                Link::Copy => LinkMode::Copy,
-            };
-            let rep = store.checkout(
-                &r,
-                &a.dir,
-                CheckoutOptions {
-                    link,
-                    force: a.force,
-                },
-                &Bar::new(),
-            )?;
-            if ctx.json {
-                output::json(&rep)?;
-            } else {
-                println!(
-                    "{}@{} → {}",
-                    rep.dataset,
-                    rep.version.short(),
-                    rep.dir.display()
-                );
-                println!(
-                    "  {} written ({}, {}), {} unchanged, {} removed",
-                    rep.written,
-                    output::bytes(rep.bytes),
-                    rep.link.as_str(),
-                    rep.unchanged,
-                    rep.removed
-                );
-            }
+        None => println!(
+            "{}: not yet versioned; everything is new (this store has {}: pass \
+             --name NAME to compare with one)",
+            r.dataset,
+            r.other_datasets.join(", ")
+        ),
+        Some(v) => println!("{} against {}:", r.dataset, v.short()),
+    }
+    print_changes(&r.changes);
+    if r.changes.is_empty() {
+        println!("  up to date ({} files)", r.files);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn list(ctx: &Ctx, store: &Store) -> anyhow::Result<ExitCode> {
+    let ds = store.datasets()?;
+    if ctx.json {
+        output::json(&ds)?;
+    } else if ds.is_empty() {
+        println!("no datasets yet: `trainyard data add PATH` makes one");
+    } else {
+        println!(
+            "{:<24} {:>8} {:>10} {:>10}  LATEST",
+            "NAME", "VERSIONS", "FILES", "SIZE"
+        );
+        for d in ds {
+            println!(
+                "{:<24} {:>8} {:>10} {:>10}  {}",
+                d.name,
+                d.versions,
+                d.files,
+                output::bytes(d.bytes),
+                d.latest.map(|v| v.short()).unwrap_or_default()
+            );
         }
-        DataCommand::Rm { name } => {
-            let n = store.remove_dataset(&name)?;
-            if ctx.json {
-                output::json(&json!({"dataset": name, "removed_versions": n}))?;
-            } else {
-                println!(
-                    "removed dataset {name} ({n} versions); `trainyard data gc` reclaims its space"
-                );
-            }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn log(ctx: &Ctx, store: &Store, name: &str) -> anyhow::Result<ExitCode> {
+    let vs = store.log(name)?;
+    if ctx.json {
+        output::json(&vs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Messages, authors and sources may come from a remote:
+    // escaped here, exact in --json.
+    for v in vs {
+        let tags = if v.tags.is_empty() {
+            String::new()
+        } else {
+            let t: Vec<String> = v.tags.iter().map(|t| output::clean(t)).collect();
+            format!(" ({})", t.join(", "))
+        };
+        println!("version {}{tags}", v.id);
+        println!(
+            "  date:    {}   author: {}",
+            output::time(v.created_ns),
+            output::clean(&v.author)
+        );
+        println!(
+            "  content: {} files, {} ({} new)",
+            v.files,
+            output::bytes(v.bytes),
+            output::bytes(v.new_bytes)
+        );
+        if let Some(s) = &v.source {
+            println!("  from:    {}", output::clean(s));
         }
-        DataCommand::Fsck => {
-            let r = store.fsck(&Bar::new())?;
-            if ctx.json {
-                output::json(&r)?;
-            } else {
-                for p in &r.problems {
-                    println!("{p}");
-                }
-                println!(
-                    "checked {} loose objects, {} packs ({} objects), {} in all, and {} versions: {}",
-                    r.objects,
-                    r.packs,
-                    r.packed_objects,
-                    output::bytes(r.bytes),
-                    r.manifests,
-                    if r.problems.is_empty() {
-                        "no problems".to_string()
-                    } else {
-                        format!("{} problem(s)", r.problems.len())
-                    }
-                );
-            }
-            if !r.problems.is_empty() {
-                return Ok(ExitCode::FAILURE);
-            }
+        if !v.message.is_empty() {
+            println!("\n    {}", output::clean(&v.message));
         }
-        DataCommand::Gc { dry_run } => {
-            let r = store.gc(dry_run, &Bar::new())?;
-            if ctx.json {
-                output::json(&r)?;
-            } else {
-                println!(
-                    "{} {} unreferenced objects ({}), kept {}; {} leftover temp files",
-                    if dry_run { "would delete" } else { "deleted" },
-                    r.deleted,
-                    output::bytes(r.deleted_bytes),
-                    r.kept,
-                    r.temp_files
-                );
-            }
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ls(
+    ctx: &Ctx,
+    store: &Store,
+    target: Option<&str>,
+    subpath: Option<&str>,
+    recursive: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(target) = target else {
+        anyhow::bail!("name a version (NAME or NAME@REF), or pass --remote to list a remote");
+    };
+    let (_, listed) = store.ls(&parse_ref(target)?, subpath, recursive)?;
+    if ctx.json {
+        let v: Vec<_> = listed
+            .iter()
+            .map(|e| json!({"path": e.path, "kind": e.kind, "exec": e.exec, "size": e.size, "id": e.id}))
+            .collect();
+        output::json(&v)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for e in listed {
+        let id = e.id.map_or_else(|| "-".to_string(), |id| id.short());
+        let name = if e.kind == Kind::Dir {
+            format!("{}/", e.path)
+        } else {
+            e.path
+        };
+        println!(
+            "{:<7} {:>10}  {:<12}  {}",
+            e.kind.as_str(),
+            output::bytes(e.size),
+            id,
+            name
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn diff(ctx: &Ctx, store: &Store, a: &str, b: &str) -> anyhow::Result<ExitCode> {
+    let (ra, rb) = (parse_ref(a)?, parse_ref(b)?);
+    let (ia, ib, changes) = store.diff(&ra, &rb)?;
+    if ctx.json {
+        output::json(&json!({"a": ia, "b": ib, "changes": changes}))?;
+    } else {
+        println!("{} ({}) → {} ({})", ra, ia.short(), rb, ib.short());
+        print_changes(&changes);
+        if changes.is_empty() {
+            println!("  identical");
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tag_or_untag(
+    ctx: &Ctx,
+    store: &Store,
+    target: &str,
+    tag: &str,
+    force: bool,
+    delete: bool,
+) -> anyhow::Result<ExitCode> {
+    let r = parse_ref(target)?;
+    if delete {
+        store.untag(&r.dataset, tag)?;
+        if ctx.json {
+            output::json(&json!({"dataset": r.dataset, "tag": tag, "deleted": true}))?;
+        } else {
+            println!("deleted tag {tag} of {}", r.dataset);
+        }
+    } else {
+        let v = store.tag(&r, tag, force)?;
+        if ctx.json {
+            output::json(&json!({"dataset": r.dataset, "tag": tag, "version": v.id}))?;
+        } else {
+            println!("{}@{tag} → {}", r.dataset, v.id);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkout(ctx: &Ctx, store: &Store, a: CheckoutArgs) -> anyhow::Result<ExitCode> {
+    let r = parse_ref(&a.target)?;
+    let link = match a.link {
+        Link::Auto => LinkMode::Auto,
+        Link::Reflink => LinkMode::Reflink,
+        Link::Hardlink => LinkMode::Hardlink,
+        Link::Copy => LinkMode::Copy,
+    };
+    let rep = store.checkout(
+        &r,
+        &a.dir,
+        CheckoutOptions {
+            link,
+            force: a.force,
+        },
+        &Bar::new(),
+    )?;
+    if ctx.json {
+        output::json(&rep)?;
+    } else {
+        println!(
+            "{}@{} → {}",
+            rep.dataset,
+            rep.version.short(),
+            rep.dir.display()
+        );
+        println!(
+            "  {} written ({}, {}), {} unchanged, {} removed",
+            rep.written,
+            output::bytes(rep.bytes),
+            rep.link.as_str(),
+            rep.unchanged,
+            rep.removed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rm(ctx: &Ctx, store: &Store, name: &str) -> anyhow::Result<ExitCode> {
+    let n = store.remove_dataset(name)?;
+    if ctx.json {
+        output::json(&json!({"dataset": name, "removed_versions": n}))?;
+    } else {
+        println!("removed dataset {name} ({n} versions); `trainyard data gc` reclaims its space");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fsck(ctx: &Ctx, store: &Store) -> anyhow::Result<ExitCode> {
+    let r = store.fsck(&Bar::new())?;
+    if ctx.json {
+        output::json(&r)?;
+    } else {
+        for p in &r.problems {
+            println!("{p}");
+        }
+        println!(
+            "checked {} loose objects, {} packs ({} objects), {} in all, and {} versions: {}",
+            r.objects,
+            r.packs,
+            r.packed_objects,
+            output::bytes(r.bytes),
+            r.manifests,
+            if r.problems.is_empty() {
+                "no problems".to_string()
+            } else {
+                format!("{} problem(s)", r.problems.len())
+            }
+        );
+    }
+    Ok(if r.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn gc(ctx: &Ctx, store: &Store, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let r = store.gc(dry_run, &Bar::new())?;
+    if ctx.json {
+        output::json(&r)?;
+    } else {
+        println!(
+            "{} {} unreferenced objects ({}), kept {}; {} leftover temp files",
+            if dry_run { "would delete" } else { "deleted" },
+            r.deleted,
+            output::bytes(r.deleted_bytes),
+            r.kept,
+            r.temp_files
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

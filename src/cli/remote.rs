@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use trainyard::remote::registry::{self, GetOptions, PinOptions};
 use trainyard::remote::sync::{self, PushOptions};
 use trainyard::remote::{Remote, RemoteConfig, Remotes};
 use trainyard::store::{CheckoutOptions, DatasetRef, LinkMode, Store};
@@ -124,33 +125,14 @@ pub struct GetArgs {
 }
 
 pub fn pin(ctx: &Ctx, store: &Store, a: PinArgs) -> anyhow::Result<ExitCode> {
-    use trainyard::remote::registry::{self, Pointer};
     let r: DatasetRef = a.target.parse()?;
-    let v = store.resolve(&r)?;
-    let remote = open(ctx, a.remote.as_deref())?;
-    if !rt()?.block_on(sync::has_version(&remote, &ctx.home, &r.dataset, &v.id))? {
-        anyhow::bail!(
-            "{}@{} is not on remote {}; push it first: trainyard data push {}@{} --remote {}",
-            r.dataset,
-            v.id.short(),
-            remote.name,
-            r.dataset,
-            v.id.short(),
-            remote.name
-        );
-    }
-    let pointer = Pointer {
-        dataset: r.dataset.clone(),
-        version: v.id.to_hex(),
-        files: v.files,
-        bytes: v.bytes,
-        remote: remote.config.clone(),
+    let opts = PinOptions {
+        remote: a.remote.as_deref(),
+        file: a.file.as_deref(),
+        message: if a.commit { a.message.as_deref() } else { None },
+        git_tag: a.git_tag.as_deref(),
     };
-    let file = a
-        .file
-        .unwrap_or_else(|| PathBuf::from(format!("{}.trainyard.toml", r.dataset)));
-    let msg = if a.commit { a.message.as_deref() } else { None };
-    let p = registry::pin(&pointer, &file, msg, a.git_tag.as_deref())?;
+    let (p, v) = rt()?.block_on(registry::pin_version(store, &ctx.home, &r, opts))?;
     if ctx.json {
         output::json(&p)?;
     } else {
@@ -166,58 +148,40 @@ pub fn pin(ctx: &Ctx, store: &Store, a: PinArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn get(ctx: &Ctx, store: &Store, a: GetArgs, import: bool) -> anyhow::Result<ExitCode> {
-    use trainyard::remote::registry;
-    let cache = ctx.home.root().join("git-cache");
-    let (pointer, commit) = registry::read(&cache, &a.repo, &a.rev, &a.pointer)?;
-    let remote = Remote::open("registry", &pointer.remote)?;
-    let r = DatasetRef {
-        dataset: pointer.dataset.clone(),
-        reference: Some(pointer.version.clone()),
+    let opts = GetOptions {
+        repo: &a.repo,
+        rev: &a.rev,
+        pointer: &a.pointer,
+        out: a.out.as_deref(),
+        jobs: a.jobs,
+        import,
     };
-    let provenance = format!("git {}@{} ({}):{}", a.repo, a.rev, &commit[..12], a.pointer);
-    let source = import.then_some(provenance.as_str());
-    let report = rt()?.block_on(sync::fetch(
-        store,
-        &ctx.home,
-        &remote,
-        &r,
-        a.jobs,
-        source,
-        &Bar::new(),
-    ))?;
-    let dir = a.out.unwrap_or_else(|| PathBuf::from(&pointer.dataset));
-    let rep = store.checkout(
-        &r,
-        &dir,
-        CheckoutOptions {
-            link: LinkMode::Auto,
-            force: false,
-        },
-        &Bar::new(),
-    )?;
+    let got = rt()?.block_on(registry::get(store, &ctx.home, opts, &Bar::new()))?;
     if ctx.json {
-        output::json(
-            &serde_json::json!({"pointer": pointer, "commit": commit, "fetch": report, "checkout": rep}),
-        )?;
+        output::json(&serde_json::json!({
+            "pointer": got.pointer,
+            "commit": got.commit,
+            "fetch": got.fetch,
+            "checkout": got.checkout,
+        }))?;
     } else {
         println!(
             "{}@{} from {} → {}",
-            pointer.dataset,
-            &pointer.version[..12],
-            provenance,
-            rep.dir.display()
+            got.pointer.dataset,
+            &got.pointer.version[..12],
+            got.provenance,
+            got.checkout.dir.display()
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn remotes(ctx: &Ctx) -> anyhow::Result<Remotes> {
-    Ok(Remotes::load(&ctx.home.root().join("remotes.toml"))?)
+    Ok(Remotes::load_home(&ctx.home)?)
 }
 
 fn open(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Remote> {
-    let (name, cfg) = remotes(ctx)?.get(name)?;
-    Ok(Remote::open(&name, &cfg)?)
+    Ok(Remote::named(&ctx.home, name)?)
 }
 
 fn rt() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -8,7 +8,9 @@
 //! crash sees the old or the new file, never a mix) as a fixed-size marker
 //! line naming how many bytes were dropped, then the newest three quarters
 //! of the cap. The marker is what a reader gets in place of the dropped
-//! bytes. It knows nothing of jobs beyond their ids.
+//! bytes. A reader is done ([`LogChunk::done`]) when the attempt has ended
+//! and it has read up to the log's size. It knows nothing of jobs beyond
+//! their ids and states.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -16,7 +18,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::JobId;
+use super::{AttemptInfo, JobId, JobState};
 
 /// The smallest cap accepted (a cap below it would rewrite logs constantly).
 pub const MIN_LOG_CAP: u64 = 64 * 1024;
@@ -59,6 +61,20 @@ pub struct LogChunk {
     pub next: u64,
     /// The log's logical size.
     pub size: u64,
+}
+
+impl LogChunk {
+    /// Whether a reader that got this chunk has the whole log: the attempt
+    /// (`attempt`, as the queue records it) has ended — or, when the queue
+    /// has no such attempt, the job (in state `job`) has — and nothing is
+    /// left past [`LogChunk::next`].
+    pub fn done(&self, job: JobState, attempt: Option<&AttemptInfo>) -> bool {
+        let ended = match attempt {
+            Some(a) => a.has_ended(),
+            None => job.is_terminal(),
+        };
+        ended && self.next >= self.size
+    }
 }
 
 /// The attempt logs under one directory.
@@ -270,6 +286,40 @@ mod tests {
     fn read_all(l: &AttemptLogs, job: JobId) -> (Vec<u8>, u64) {
         let c = l.read(job, 1, 0, u64::MAX).unwrap();
         (c.bytes, c.next)
+    }
+
+    #[test]
+    fn a_reader_is_done_only_at_the_end_of_an_ended_attempt() {
+        let attempt = |state: &str| AttemptInfo {
+            n: 1,
+            agent: "a".into(),
+            gpus: Vec::new(),
+            gpu_indices: Vec::new(),
+            state: crate::queue::AttemptState::from_name(state).expect("a state name"),
+            assigned_ns: 0,
+            started_ns: None,
+            finished_ns: None,
+            exit_code: None,
+            error: None,
+            commit: None,
+        };
+        let at = |next, size| LogChunk {
+            bytes: Vec::new(),
+            next,
+            size,
+        };
+        for state in ["assigned", "running"] {
+            let a = attempt(state);
+            assert!(!at(9, 9).done(JobState::Failed, Some(&a)), "{state}");
+        }
+        for state in ["succeeded", "failed", "cancelled", "lost"] {
+            let a = attempt(state);
+            assert!(at(9, 9).done(JobState::Running, Some(&a)), "{state}");
+            assert!(!at(8, 9).done(JobState::Running, Some(&a)), "{state}");
+        }
+        // No such attempt: the job's state decides.
+        assert!(at(0, 0).done(JobState::Cancelled, None));
+        assert!(!at(0, 0).done(JobState::Queued, None));
     }
 
     #[test]

@@ -301,6 +301,14 @@ pub struct AttemptInfo {
     pub commit: Option<String>,
 }
 
+impl AttemptInfo {
+    /// Whether the attempt is over: no longer assigned or running, so its
+    /// process writes no more output.
+    pub fn has_ended(&self) -> bool {
+        self.state.is_terminal()
+    }
+}
+
 /// An attempt in flight (assigned or running): what holds GPUs.
 #[derive(Debug, Clone)]
 pub struct Active {

@@ -52,7 +52,10 @@ pub enum Location {
 
 /// Parse and check a remote URL.
 pub fn parse_url(url: &str) -> Result<Location> {
-    let bad = |why: &str| Error::Config(format!("remote URL {url:?}: {why}"));
+    let bad = |reason: &'static str| Error::BadUrl {
+        url: url.to_string(),
+        reason,
+    };
     if let Some(rest) = url.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.contains('@') || bucket.contains(':') {
@@ -111,14 +114,17 @@ impl Remotes {
     /// Load `path` (missing: no remotes).
     pub fn load(path: &Path) -> Result<Remotes> {
         let file = match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?,
+            Ok(text) => toml::from_str(&text).map_err(|source| Error::BadConfigFile {
+                path: path.to_path_buf(),
+                source,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::default(),
-            Err(e) => {
-                return Err(Error::Config(format!(
-                    "cannot read {}: {e}",
-                    path.display()
-                )))
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "read",
+                    path: path.to_path_buf(),
+                    source,
+                })
             }
         };
         Ok(Remotes {
@@ -127,11 +133,19 @@ impl Remotes {
         })
     }
 
+    /// Load the remotes file of `home` (`$TRAINYARD_HOME/remotes.toml`).
+    pub fn load_home(home: &crate::Home) -> Result<Remotes> {
+        Remotes::load(&home.root().join("remotes.toml"))
+    }
+
     fn save(&self) -> Result<()> {
         let text = toml::to_string_pretty(&self.file).expect("remotes serialize");
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let io =
-            |e: std::io::Error| Error::Config(format!("cannot write {}: {e}", self.path.display()));
+        let io = |source: std::io::Error| Error::Io {
+            op: "write",
+            path: self.path.clone(),
+            source,
+        };
         let mut t = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
         std::io::Write::write_all(&mut t, text.as_bytes()).map_err(io)?;
         t.persist(&self.path).map_err(|e| io(e.error))?;
@@ -141,26 +155,18 @@ impl Remotes {
     /// Add a remote (its URL checked); `default` makes it the default.
     pub fn add(&mut self, name: &str, config: RemoteConfig, default: bool) -> Result<()> {
         if !valid_name(name) {
-            return Err(Error::Config(format!(
-                "invalid remote name {name:?}: use 1-64 letters, digits, '.', '_' or '-'"
-            )));
+            return Err(Error::InvalidName(name.to_string()));
         }
         if self.file.remotes.contains_key(name) {
-            return Err(Error::Config(format!(
-                "remote {name} exists; `trainyard remote remove {name}` first"
-            )));
+            return Err(Error::Exists(name.to_string()));
         }
         parse_url(&config.url)?;
         if let Some(ep) = &config.endpoint {
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                return Err(Error::Config(format!(
-                    "--endpoint {ep:?}: use http://host:port or https://host"
-                )));
+                return Err(Error::BadEndpoint(ep.clone()));
             }
             if ep.starts_with("http://") && !config.allow_http {
-                return Err(Error::Config(format!(
-                    "--endpoint {ep} is plain HTTP; pass --allow-http to use it"
-                )));
+                return Err(Error::PlainHttp(ep.clone()));
             }
         }
         self.file.remotes.insert(name.to_string(), config);

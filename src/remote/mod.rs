@@ -8,6 +8,10 @@
 //!   credentials/config files, with the source named in every error.
 //! - [`mod@format`]: keys, the pack index format, version and tag records.
 //! - [`sync`]: push, pull (fetch) and listing.
+//! - [`state`]: how each remote's versions of a dataset compare with the
+//!   local ones ([`SyncState`]).
+//! - [`registry`]: pointer files in a git data registry; pinning a pushed
+//!   version and getting the version a pointer names.
 //!
 //! The store knows nothing about remotes; this module drives the store's
 //! export/import API (`store::Export`, `store::Import`).
@@ -16,8 +20,10 @@ pub mod config;
 pub mod creds;
 pub mod format;
 pub mod registry;
+pub mod state;
 pub mod sync;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,14 +33,83 @@ use object_store::path::Path as ObjPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
 pub use config::{RemoteConfig, Remotes};
+pub use state::{dataset_on_remotes, DatasetSync, RemoteSync, SyncState};
 pub use sync::{PullReport, PushReport, RemoteDataset};
 
-/// Everything that can go wrong with a remote.
+/// Everything that can go wrong with a remote. Each variant names the
+/// remote, file, key or pointer at fault and keeps the error that caused it
+/// as its `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The remotes file or a remote's settings are wrong.
-    #[error("{0}")]
-    Config(String),
+    /// A file of Trainyard's own (the remotes file, a cache) could not be
+    /// read or written.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        /// What we were doing ("read", "write", "create").
+        op: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The remotes file is not valid TOML or has unknown keys.
+    #[error("{}: {source}", path.display())]
+    BadConfigFile {
+        /// The remotes file.
+        path: PathBuf,
+        /// The parser's error.
+        source: toml::de::Error,
+    },
+    /// A remote URL is not one Trainyard can use.
+    #[error("remote URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// Why it is refused, and what to use.
+        reason: &'static str,
+    },
+    /// A remote name is not acceptable.
+    #[error("invalid remote name {0:?}: use 1-64 letters, digits, '.', '_' or '-'")]
+    InvalidName(String),
+    /// A remote of that name is already configured.
+    #[error("remote {0} exists; `trainyard remote remove {0}` first")]
+    Exists(String),
+    /// An endpoint that is not an http(s) URL.
+    #[error("--endpoint {0:?}: use http://host:port or https://host")]
+    BadEndpoint(String),
+    /// A plain-HTTP endpoint without `allow_http`.
+    #[error("--endpoint {0} is plain HTTP; pass --allow-http to use it")]
+    PlainHttp(String),
+    /// object_store refused a remote's settings.
+    #[error("remote {remote} ({url}): {source}")]
+    Open {
+        /// The remote.
+        remote: String,
+        /// Its URL.
+        url: String,
+        /// object_store's error.
+        source: Box<object_store::Error>,
+    },
+    /// A directory remote's directory could not be created.
+    #[error("remote {remote}: cannot create {}: {source}", path.display())]
+    CreateDir {
+        /// The remote.
+        remote: String,
+        /// Its directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// object_store refused a directory remote's directory.
+    #[error("remote {remote}: {}: {source}", path.display())]
+    OpenDir {
+        /// The remote.
+        remote: String,
+        /// Its directory.
+        path: PathBuf,
+        /// object_store's error.
+        source: Box<object_store::Error>,
+    },
     /// No remote of that name.
     #[error("no remote named {0:?}; `trainyard remote list` shows them, `trainyard remote add NAME URL` adds one")]
     UnknownRemote(String),
@@ -50,7 +125,7 @@ pub enum Error {
         tried: String,
     },
     /// The server refused the credentials.
-    #[error("remote {remote} ({url}) rejected the credentials from {source_name}: {answer}")]
+    #[error("remote {remote} ({url}) rejected the credentials from {source_name}: {source}")]
     Rejected {
         /// The remote.
         remote: String,
@@ -59,10 +134,10 @@ pub enum Error {
         /// Where the credentials came from.
         source_name: String,
         /// What the server said.
-        answer: String,
+        source: Box<object_store::Error>,
     },
     /// The server could not be reached or failed.
-    #[error("remote {remote} ({url}): {op} {key}: {message}")]
+    #[error("remote {remote} ({url}): {op} {key}: {source}")]
     Store {
         /// The remote.
         remote: String,
@@ -72,8 +147,20 @@ pub enum Error {
         op: &'static str,
         /// The key.
         key: String,
-        /// object_store's message.
-        message: String,
+        /// object_store's error.
+        source: Box<object_store::Error>,
+    },
+    /// Streaming a large object to the remote failed.
+    #[error("remote {remote} ({url}): upload {key}: {source}")]
+    Upload {
+        /// The remote.
+        remote: String,
+        /// Its URL.
+        url: String,
+        /// The key.
+        key: String,
+        /// The error of the upload stream (object_store's, as an I/O error).
+        source: std::io::Error,
     },
     /// Something on the remote is damaged or not in the expected format.
     #[error("remote {remote}: {key}: {reason}")]
@@ -93,6 +180,20 @@ pub enum Error {
         /// What was looked for.
         what: String,
     },
+    /// A version id prefix matches several versions on the remote.
+    #[error(
+        "{dataset}@{reference} is ambiguous on remote {remote}: {matches} versions start with it"
+    )]
+    Ambiguous {
+        /// The remote.
+        remote: String,
+        /// Dataset.
+        dataset: String,
+        /// The prefix asked for.
+        reference: String,
+        /// How many versions it matches.
+        matches: usize,
+    },
     /// A tag was moved on the remote by someone else.
     #[error("tag {dataset}@{tag} on remote {remote} now names {theirs}, set by another push since you last synced it (yours: {ours}); not overwritten. Pull to see it, or push with --force-tags to move it anyway")]
     TagConflict {
@@ -107,6 +208,79 @@ pub enum Error {
         /// Ours.
         ours: String,
     },
+    /// A registry pointer file is not valid TOML or has unknown keys.
+    #[error("{what} is not a Trainyard pointer: {source}")]
+    BadPointer {
+        /// The pointer (file, or repo@rev:path).
+        what: String,
+        /// The parser's error.
+        source: toml::de::Error,
+    },
+    /// A registry pointer names something that is not a full version id.
+    #[error("{what}: version {version:?} is not a full version id")]
+    PointerVersion {
+        /// The pointer.
+        what: String,
+        /// What it names.
+        version: String,
+    },
+    /// A registry pointer names an invalid dataset name.
+    #[error("{what}: {source}")]
+    PointerDataset {
+        /// The pointer.
+        what: String,
+        /// Why the name is refused.
+        source: crate::store::Error,
+    },
+    /// A registry pointer is not UTF-8.
+    #[error("{0} is not UTF-8 text")]
+    PointerNotText(String),
+    /// A path given for a pointer file cannot be made absolute.
+    #[error("{}: {source}", path.display())]
+    PointerPath {
+        /// The path given.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The pointer file's directory is not in a git repository.
+    #[error("{} is not inside a git repository; `git init` one (the data registry) first", .0.display())]
+    NotInRepo(PathBuf),
+    /// The enclosing git repository has no work tree.
+    #[error("the git repository is bare; pin inside a clone")]
+    BareRepo,
+    /// The pointer file is outside the repository's work tree.
+    #[error("{} is outside {}", file.display(), workdir.display())]
+    OutsideRepo {
+        /// The pointer file.
+        file: PathBuf,
+        /// The work tree.
+        workdir: PathBuf,
+    },
+    /// A git tag was asked for without a commit.
+    #[error("--git-tag needs --commit: a tag names a commit")]
+    TagNeedsCommit,
+    /// A version to pin is not on the remote.
+    #[error("{dataset}@{version} is not on remote {remote}; push it first: trainyard data push {dataset}@{version} --remote {remote}")]
+    NotPushed {
+        /// Dataset.
+        dataset: String,
+        /// The version's short id.
+        version: String,
+        /// The remote.
+        remote: String,
+    },
+    /// A git operation on the registry's work tree failed.
+    #[error("{what}: {}", source.message())]
+    Git {
+        /// What we were doing ("git add", "git commit", ...).
+        what: String,
+        /// libgit2's error.
+        source: git2::Error,
+    },
+    /// The registry could not be fetched or the pointer read from it.
+    #[error(transparent)]
+    Registry(#[from] crate::agent::git::GitError),
     /// The local store failed.
     #[error(transparent)]
     Local(#[from] crate::store::Error),
@@ -172,9 +346,11 @@ impl Remote {
                     // S3-compatible servers: path-style requests.
                     b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
                 }
-                let store = b
-                    .build()
-                    .map_err(|e| Error::Config(format!("remote {name} ({}): {e}", config.url)))?;
+                let store = b.build().map_err(|source| Error::Open {
+                    remote: name.to_string(),
+                    url: config.url.clone(),
+                    source: Box::new(source),
+                })?;
                 Ok(Remote {
                     name: name.to_string(),
                     config: config.clone(),
@@ -184,15 +360,17 @@ impl Remote {
                 })
             }
             config::Location::Dir(path) => {
-                std::fs::create_dir_all(&path).map_err(|e| {
-                    Error::Config(format!(
-                        "remote {name}: cannot create {}: {e}",
-                        path.display()
-                    ))
+                std::fs::create_dir_all(&path).map_err(|source| Error::CreateDir {
+                    remote: name.to_string(),
+                    path: path.clone(),
+                    source,
                 })?;
-                let store = LocalFileSystem::new_with_prefix(&path).map_err(|e| {
-                    Error::Config(format!("remote {name}: {}: {e}", path.display()))
-                })?;
+                let store =
+                    LocalFileSystem::new_with_prefix(&path).map_err(|source| Error::OpenDir {
+                        remote: name.to_string(),
+                        path: path.clone(),
+                        source: Box::new(source),
+                    })?;
                 Ok(Remote {
                     name: name.to_string(),
                     config: config.clone(),
@@ -202,6 +380,13 @@ impl Remote {
                 })
             }
         }
+    }
+
+    /// Open the remote `name` of `home`'s remotes file, or its default
+    /// remote when `name` is `None`.
+    pub fn named(home: &crate::Home, name: Option<&str>) -> Result<Remote> {
+        let (name, config) = Remotes::load_home(home)?.get(name)?;
+        Remote::open(&name, &config)
     }
 
     /// The full key of `rel` under the remote's root.
@@ -229,7 +414,7 @@ impl Remote {
                 remote: self.name.clone(),
                 url: self.config.url.clone(),
                 source_name: self.cred_source.clone(),
-                answer: message,
+                source: Box::new(e),
             };
         }
         Error::Store {
@@ -237,7 +422,43 @@ impl Remote {
             url: self.config.url.clone(),
             op,
             key: key.to_string(),
-            message,
+            source: Box::new(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_cause_as_source_and_their_message() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("remotes.toml");
+        std::fs::write(&file, "default = [").unwrap();
+        let e = Remotes::load(&file).unwrap_err();
+        assert!(matches!(e, Error::BadConfigFile { .. }), "{e:?}");
+        let cause = e
+            .source()
+            .expect("the TOML error is the source")
+            .to_string();
+        assert_eq!(e.to_string(), format!("{}: {cause}", file.display()));
+
+        // A directory remote below a file cannot be created.
+        let cfg = RemoteConfig {
+            url: format!("file://{}/sub", file.display()),
+            endpoint: None,
+            region: None,
+            allow_http: false,
+        };
+        let e = Remote::open("nas", &cfg).unwrap_err();
+        assert!(matches!(e, Error::CreateDir { .. }), "{e:?}");
+        let cause = e.source().expect("the OS error is the source").to_string();
+        assert_eq!(
+            e.to_string(),
+            format!("remote nas: cannot create {}/sub: {cause}", file.display())
+        );
     }
 }

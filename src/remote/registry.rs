@@ -20,14 +20,25 @@
 //! the enclosing repository; reading fetches the registry with `git2` into a
 //! bare cache (no git binary), reads the file at a rev, then pulls from the
 //! remote it names.
+//!
+//! The two workflows, for every front end: [`pin_version`] (a local version
+//! already on a remote → a pointer, staged, optionally committed and
+//! tagged) and [`get`] (a pointer at a rev → the version fetched from its
+//! remote and checked out). Both run their blocking steps (git, the store)
+//! inline, as [`super::sync::fetch`] does.
 
 use std::path::{Path, PathBuf};
 
 use git2::{Repository, Signature};
 use serde::{Deserialize, Serialize};
 
-use super::{Error, RemoteConfig, Result};
-use crate::store::ObjectId;
+use super::sync::{self, PullReport};
+use super::{Error, Remote, RemoteConfig, Result};
+use crate::progress::Progress;
+use crate::store::{
+    CheckoutOptions, CheckoutReport, DatasetRef, LinkMode, ObjectId, Store, VersionInfo,
+};
+use crate::Home;
 
 /// A pointer file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,16 +67,22 @@ impl Pointer {
 
     /// Parse a pointer file's text; `what` names it in errors.
     pub fn parse(text: &str, what: &str) -> Result<Pointer> {
-        let p: Pointer = toml::from_str(text)
-            .map_err(|e| Error::Config(format!("{what} is not a Trainyard pointer: {e}")))?;
-        p.version.parse::<ObjectId>().map_err(|_| {
-            Error::Config(format!(
-                "{what}: version {:?} is not a full version id",
-                p.version
-            ))
+        let p: Pointer = toml::from_str(text).map_err(|source| Error::BadPointer {
+            what: what.to_string(),
+            source,
         })?;
-        crate::store::validate_dataset_name(&p.dataset)
-            .map_err(|e| Error::Config(format!("{what}: {e}")))?;
+        p.version
+            .parse::<ObjectId>()
+            .map_err(|_| Error::PointerVersion {
+                what: what.to_string(),
+                version: p.version.clone(),
+            })?;
+        crate::store::validate_dataset_name(&p.dataset).map_err(|source| {
+            Error::PointerDataset {
+                what: what.to_string(),
+                source,
+            }
+        })?;
         super::config::parse_url(&p.remote.url)?;
         Ok(p)
     }
@@ -85,7 +102,10 @@ pub struct Pinned {
 }
 
 fn git_err(what: &str) -> impl Fn(git2::Error) -> Error + '_ {
-    move |e| Error::Config(format!("{what}: {}", e.message()))
+    move |source| Error::Git {
+        what: what.to_string(),
+        source,
+    }
 }
 
 /// Write `pointer` to `file` inside the git repository enclosing it, stage
@@ -96,30 +116,21 @@ pub fn pin(
     message: Option<&str>,
     git_tag: Option<&str>,
 ) -> Result<Pinned> {
-    let file =
-        std::path::absolute(file).map_err(|e| Error::Config(format!("{}: {e}", file.display())))?;
-    let dir = file.parent().unwrap_or(Path::new("/"));
-    let repo = Repository::discover(dir).map_err(|_| {
-        Error::Config(format!(
-            "{} is not inside a git repository; `git init` one (the data registry) first",
-            dir.display()
-        ))
+    let file = std::path::absolute(file).map_err(|source| Error::PointerPath {
+        path: file.to_path_buf(),
+        source,
     })?;
-    let workdir = repo
-        .workdir()
-        .ok_or_else(|| Error::Config("the git repository is bare; pin inside a clone".into()))?
-        .to_path_buf();
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    let repo = Repository::discover(dir).map_err(|_| Error::NotInRepo(dir.to_path_buf()))?;
+    let workdir = repo.workdir().ok_or(Error::BareRepo)?.to_path_buf();
     let workdir = workdir.canonicalize().unwrap_or(workdir);
     let canon_dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     let rel = canon_dir
         .strip_prefix(&workdir)
         .map(|d| d.join(file.file_name().unwrap_or_default()))
-        .map_err(|_| {
-            Error::Config(format!(
-                "{} is outside {}",
-                file.display(),
-                workdir.display()
-            ))
+        .map_err(|_| Error::OutsideRepo {
+            file: file.clone(),
+            workdir: workdir.clone(),
         })?;
     let rel_str = rel.to_string_lossy().replace('\\', "/");
     crate::store::write_file_atomic(&file, pointer.to_text(&rel_str).as_bytes())?;
@@ -152,9 +163,7 @@ pub fn pin(
             out.git_tag = Some(tag.to_string());
         }
     } else if git_tag.is_some() {
-        return Err(Error::Config(
-            "--git-tag needs --commit: a tag names a commit".into(),
-        ));
+        return Err(Error::TagNeedsCommit);
     }
     Ok(out)
 }
@@ -162,10 +171,142 @@ pub fn pin(
 /// Read the pointer `path` at `rev` of the registry `repo` (URL or path),
 /// fetched into the bare cache under `cache`. Returns it and the commit.
 pub fn read(cache: &Path, repo: &str, rev: &str, path: &str) -> Result<(Pointer, String)> {
-    let (commit, bytes) = crate::agent::git::read_file(cache, repo, rev, path)
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let (commit, bytes) = crate::agent::git::read_file(cache, repo, rev, path)?;
     let text = String::from_utf8(bytes)
-        .map_err(|_| Error::Config(format!("{repo}@{rev}:{path} is not UTF-8 text")))?;
+        .map_err(|_| Error::PointerNotText(format!("{repo}@{rev}:{path}")))?;
     let p = Pointer::parse(&text, &format!("{repo}@{rev}:{path}"))?;
     Ok((p, commit.to_string()))
+}
+
+/// The pointer file [`pin_version`] writes when none is named:
+/// `./NAME.trainyard.toml`.
+pub fn default_pointer_file(dataset: &str) -> PathBuf {
+    PathBuf::from(format!("{dataset}.trainyard.toml"))
+}
+
+/// How [`pin_version`] pins.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PinOptions<'a> {
+    /// The remote the pointer names (default: the home's default remote).
+    pub remote: Option<&'a str>,
+    /// The pointer file (default: [`default_pointer_file`]).
+    pub file: Option<&'a Path>,
+    /// Commit the pointer with this message.
+    pub message: Option<&'a str>,
+    /// Tag that commit (needs `message`).
+    pub git_tag: Option<&'a str>,
+}
+
+/// Pin version `r` of the local store: it must already be on the remote
+/// (its version record exists there, so everything it needs does), whose
+/// settings the pointer records; then [`pin`] writes and stages the
+/// pointer. Returns what `pin` did and the version pinned.
+pub async fn pin_version(
+    store: &Store,
+    home: &Home,
+    r: &DatasetRef,
+    opts: PinOptions<'_>,
+) -> Result<(Pinned, VersionInfo)> {
+    let v = store.resolve(r)?;
+    let remote = Remote::named(home, opts.remote)?;
+    if !sync::has_version(&remote, home, &r.dataset, &v.id).await? {
+        return Err(Error::NotPushed {
+            dataset: r.dataset.clone(),
+            version: v.id.short(),
+            remote: remote.name.clone(),
+        });
+    }
+    let pointer = Pointer {
+        dataset: r.dataset.clone(),
+        version: v.id.to_hex(),
+        files: v.files,
+        bytes: v.bytes,
+        remote: remote.config.clone(),
+    };
+    let file = opts
+        .file
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_pointer_file(&r.dataset));
+    let pinned = pin(&pointer, &file, opts.message, opts.git_tag)?;
+    Ok((pinned, v))
+}
+
+/// What [`get`] reads and where it puts it.
+#[derive(Debug, Clone, Copy)]
+pub struct GetOptions<'a> {
+    /// The registry: a git URL or a local path.
+    pub repo: &'a str,
+    /// Branch, tag or commit.
+    pub rev: &'a str,
+    /// The pointer file's path in the repository.
+    pub pointer: &'a str,
+    /// Where to check the version out (default: `./NAME`).
+    pub out: Option<&'a Path>,
+    /// Downloads in flight.
+    pub jobs: usize,
+    /// Record the registry, rev and pointer with the version as where it
+    /// came from (`data import`); otherwise the remote is recorded.
+    pub import: bool,
+}
+
+/// What [`get`] did.
+#[derive(Debug, Clone)]
+pub struct Got {
+    /// The pointer read.
+    pub pointer: Pointer,
+    /// The registry commit it was read at.
+    pub commit: String,
+    /// `git REPO@REV (COMMIT):POINTER`, what an import records.
+    pub provenance: String,
+    /// The fetch from the pointer's remote.
+    pub fetch: PullReport,
+    /// The checkout.
+    pub checkout: CheckoutReport,
+}
+
+/// Get the version a registry pointer names: read the pointer at the rev
+/// (the registry fetched into the home's `git-cache`), fetch the version
+/// from the remote the pointer names, and check it out.
+pub async fn get(
+    store: &Store,
+    home: &Home,
+    opts: GetOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<Got> {
+    let cache = home.root().join("git-cache");
+    let (pointer, commit) = read(&cache, opts.repo, opts.rev, opts.pointer)?;
+    let remote = Remote::open("registry", &pointer.remote)?;
+    let r = DatasetRef {
+        dataset: pointer.dataset.clone(),
+        reference: Some(pointer.version.clone()),
+    };
+    let provenance = format!(
+        "git {}@{} ({}):{}",
+        opts.repo,
+        opts.rev,
+        &commit[..12],
+        opts.pointer
+    );
+    let source = opts.import.then_some(provenance.as_str());
+    let fetch = sync::fetch(store, home, &remote, &r, opts.jobs, source, progress).await?;
+    let dir = opts
+        .out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(&pointer.dataset));
+    let checkout = store.checkout(
+        &r,
+        &dir,
+        CheckoutOptions {
+            link: LinkMode::Auto,
+            force: false,
+        },
+        progress,
+    )?;
+    Ok(Got {
+        pointer,
+        commit,
+        provenance,
+        fetch,
+        checkout,
+    })
 }

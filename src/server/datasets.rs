@@ -2,6 +2,7 @@
 //! versions, diff, snapshot). The store stays the owner of all behaviour;
 //! these translate only.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde::Deserialize;
 
 use super::coord::Coord;
 use super::error::{blocking, parse, ApiError, ApiResult};
+use crate::remote::{self, SyncState};
 use crate::store::{self, AddOptions, DatasetRef, Store};
 
 impl From<store::Error> for ApiError {
@@ -129,66 +131,47 @@ pub(crate) struct RemoteState {
     tags: std::collections::BTreeMap<String, String>,
 }
 
+impl From<remote::RemoteSync> for RemoteState {
+    fn from(r: remote::RemoteSync) -> RemoteState {
+        let (state, detail, versions, tags) = match r.sync {
+            Ok(d) => (
+                match d.state {
+                    SyncState::Empty => "empty",
+                    SyncState::InSync => "in_sync",
+                    SyncState::Behind => "behind",
+                    SyncState::Ahead => "ahead",
+                    SyncState::Diverged => "diverged",
+                },
+                d.to_string(),
+                d.versions.iter().map(|i| i.to_hex()).collect(),
+                d.tags,
+            ),
+            Err(e) => ("error", e.to_string(), Vec::new(), Default::default()),
+        };
+        RemoteState {
+            name: r.name,
+            url: r.url,
+            state,
+            detail,
+            versions,
+            tags,
+        }
+    }
+}
+
 /// Each configured remote's versions and tags of a dataset, compared with
-/// the local versions. A remote that cannot be reached is reported, not fatal.
+/// the local versions ([`remote::dataset_on_remotes`]).
 pub(crate) async fn remotes(
     State(c): State<Arc<Coord>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Vec<RemoteState>>> {
-    use crate::remote::{sync, Remote, Remotes};
     let n = name.clone();
-    let local: std::collections::HashSet<String> = blocking(&c, move |c| {
-        Ok(open(c)?
-            .log(&n)?
-            .into_iter()
-            .map(|v| v.id.to_hex())
-            .collect())
+    let local: HashSet<store::ObjectId> = blocking(&c, move |c| {
+        Ok(open(c)?.log(&n)?.into_iter().map(|v| v.id).collect())
     })
     .await?;
-    let cfg = Remotes::load(&c.home.root().join("remotes.toml"))
+    let remotes = remote::dataset_on_remotes(&c.home, &name, &local)
+        .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut out = Vec::new();
-    for (rname, rc) in cfg.list() {
-        let mut st = RemoteState {
-            name: rname.clone(),
-            url: rc.url.clone(),
-            state: "error",
-            detail: String::new(),
-            versions: Vec::new(),
-            tags: Default::default(),
-        };
-        let got = match Remote::open(rname, rc) {
-            Ok(r) => sync::dataset_state(&r, &c.home, &name).await,
-            Err(e) => Err(e),
-        };
-        match got {
-            Ok((ids, tags)) => {
-                st.versions = ids.iter().map(|i| i.to_hex()).collect();
-                st.tags = tags;
-                let remote: std::collections::HashSet<&String> = st.versions.iter().collect();
-                let missing = local.iter().filter(|v| !remote.contains(v)).count();
-                let extra = st.versions.iter().filter(|v| !local.contains(*v)).count();
-                st.state = match (missing, extra, st.versions.is_empty()) {
-                    (_, _, true) => "empty",
-                    (0, 0, _) => "in_sync",
-                    (_, 0, _) => "behind",
-                    (0, _, _) => "ahead",
-                    _ => "diverged",
-                };
-                st.detail = format!(
-                    "{} of {} local versions pushed{}",
-                    local.len() - missing,
-                    local.len(),
-                    if extra > 0 {
-                        format!("; {extra} only on the remote")
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            Err(e) => st.detail = e.to_string(),
-        }
-        out.push(st);
-    }
-    Ok(Json(out))
+    Ok(Json(remotes.into_iter().map(RemoteState::from).collect()))
 }

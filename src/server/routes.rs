@@ -605,12 +605,10 @@ fn read_chunk(c: &Coord, id: JobId, attempt: Option<u32>, offset: u64) -> ApiRes
             format!("job {id} has no attempt {n}"),
         ));
     }
-    let ended =
-        info.is_some_and(|a| a.state.is_terminal()) || (info.is_none() && job.state.is_terminal());
     let chunk = c.logs.read(id, n, offset, LOG_CHUNK)?;
     Ok(LogChunk {
         attempt: n,
-        done: ended && chunk.next >= chunk.size,
+        done: chunk.done(job.state, info),
         next: chunk.next,
         bytes: chunk.bytes,
         job_state: job.state,

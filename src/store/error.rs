@@ -135,6 +135,16 @@ pub enum Error {
         /// Its file.
         path: PathBuf,
     },
+    /// A version has no such path (`data ls NAME@REF PATH`).
+    #[error("{dataset}@{} has no path {path:?}", version.short())]
+    NoSuchPath {
+        /// The dataset.
+        dataset: String,
+        /// The version.
+        version: ObjectId,
+        /// The path asked for.
+        path: String,
+    },
     /// A manifest cannot be decoded or is unsafe.
     #[error("manifest {id} is invalid: {reason}")]
     BadManifest {

@@ -75,6 +75,21 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
 }
 
+/// One line of a version's listing ([`Manifest::list`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Relative path.
+    pub path: String,
+    /// File, symlink or directory.
+    pub kind: Kind,
+    /// The owner-execute bit (files only).
+    pub exec: bool,
+    /// Its size; a directory's is the sum of the files below it.
+    pub size: u64,
+    /// Its object (`None` for a directory).
+    pub id: Option<ObjectId>,
+}
+
 /// Why a path may not appear in a manifest, or `None` if it may.
 pub fn path_problem(p: &str) -> Option<&'static str> {
     if p.is_empty() {
@@ -117,6 +132,55 @@ impl Manifest {
             .binary_search_by(|e| e.path.as_bytes().cmp(path.as_bytes()))
             .ok()
             .map(|i| &self.entries[i])
+    }
+
+    /// The listing of `subpath` (surrounding `/` ignored; empty: the
+    /// whole version): a directory's entries, one level down or, with
+    /// `recursive`, everything below it; a file or symlink alone. `None`
+    /// when the version has no such path.
+    pub fn list(&self, subpath: &str, recursive: bool) -> Option<Vec<Listed>> {
+        let sub = subpath.trim_matches('/');
+        let at = if sub.is_empty() {
+            None
+        } else {
+            Some(self.get(sub)?)
+        };
+        let prefix = if sub.is_empty() {
+            String::new()
+        } else {
+            format!("{sub}/")
+        };
+        let depth = |p: &str| p.matches('/').count();
+        let base_depth = if sub.is_empty() { 0 } else { depth(sub) + 1 };
+        Some(
+            self.entries
+                .iter()
+                .filter(|e| e.path == sub || e.path.starts_with(&prefix))
+                .filter(|e| e.path != sub || at.is_some_and(|x| x.kind != Kind::Dir))
+                .filter(|e| recursive || depth(&e.path) == base_depth || e.path == sub)
+                .map(|e| Listed {
+                    path: e.path.clone(),
+                    kind: e.kind,
+                    exec: e.exec,
+                    size: if e.kind == Kind::Dir {
+                        self.dir_bytes(&e.path)
+                    } else {
+                        e.size
+                    },
+                    id: (e.kind != Kind::Dir).then_some(e.id),
+                })
+                .collect(),
+        )
+    }
+
+    /// The bytes of the files below directory `dir`.
+    fn dir_bytes(&self, dir: &str) -> u64 {
+        let p = format!("{dir}/");
+        self.entries
+            .iter()
+            .filter(|x| x.kind == Kind::File && x.path.starts_with(&p))
+            .map(|x| x.size)
+            .sum()
     }
 
     /// The canonical encoding. `entries` must already be sorted and valid.
@@ -319,6 +383,51 @@ pub fn diff(a: &[Entry], b: &[Entry]) -> Vec<Change> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_one_level_or_all_with_directory_sizes() {
+        let e = |path: &str, kind, size| Entry {
+            path: path.into(),
+            kind,
+            exec: false,
+            size,
+            id: if kind == Kind::Dir {
+                ObjectId::ZERO
+            } else {
+                ObjectId::of_bytes(path.as_bytes())
+            },
+        };
+        let m = Manifest {
+            entries: vec![
+                e("a", Kind::Dir, 0),
+                e("a/b", Kind::Dir, 0),
+                e("a/b/y", Kind::File, 5),
+                e("a/x", Kind::File, 3),
+                e("z", Kind::File, 1),
+            ],
+        };
+        let paths = |sub: &str, all: bool| -> Vec<(String, u64)> {
+            m.list(sub, all)
+                .unwrap()
+                .into_iter()
+                .map(|l| (l.path, l.size))
+                .collect()
+        };
+        let own = |v: &[(&str, u64)]| -> Vec<(String, u64)> {
+            v.iter().map(|(p, n)| (p.to_string(), *n)).collect()
+        };
+        assert_eq!(paths("", false), own(&[("a", 8), ("z", 1)]));
+        assert_eq!(paths("/a/", false), own(&[("a/b", 5), ("a/x", 3)]));
+        assert_eq!(
+            paths("a", true),
+            own(&[("a/b", 5), ("a/b/y", 5), ("a/x", 3)])
+        );
+        assert_eq!(paths("a/x", false), own(&[("a/x", 3)]));
+        let dir = m.list("", false).unwrap();
+        assert_eq!(dir[0].id, None, "a directory has no object");
+        assert_eq!(dir[1].id, Some(ObjectId::of_bytes(b"z")));
+        assert!(m.list("nope", false).is_none());
+    }
 
     fn file(p: &str, c: &[u8]) -> Entry {
         Entry {

@@ -25,7 +25,7 @@ pub use checkout::{CheckoutOptions, CheckoutReport, LinkMode};
 pub use error::{Error, Result};
 pub use id::{ObjectId, ParseIdError};
 pub use maint::{FsckProblem, FsckReport, GcReport};
-pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Manifest};
+pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Listed, Manifest};
 pub use refs::{validate_dataset_name, validate_tag_name, DatasetRef};
 pub use snapshot::current_user;
 pub use snapshot::{AddOptions, AddReport, StatusReport};
@@ -218,6 +218,28 @@ impl Store {
     pub fn manifest(&self, id: &ObjectId) -> Result<Manifest> {
         let bytes = self.objects.read_verified(id)?;
         Manifest::decode(&bytes).map_err(|reason| Error::BadManifest { id: *id, reason })
+    }
+
+    /// The listing of `subpath` in version `r` ([`Manifest::list`]: one
+    /// level, or everything below with `recursive`; a directory's size is
+    /// its files' sum), with the version.
+    pub fn ls(
+        &self,
+        r: &DatasetRef,
+        subpath: Option<&str>,
+        recursive: bool,
+    ) -> Result<(VersionInfo, Vec<Listed>)> {
+        let v = self.resolve(r)?;
+        let sub = subpath.unwrap_or("");
+        let listed =
+            self.manifest(&v.id)?
+                .list(sub, recursive)
+                .ok_or_else(|| Error::NoSuchPath {
+                    dataset: r.dataset.clone(),
+                    version: v.id,
+                    path: sub.trim_matches('/').to_string(),
+                })?;
+        Ok((v, listed))
     }
 
     /// Point tag `tag` of the version's dataset at `r`. An existing tag is

@@ -22,7 +22,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use super::run::flatten;
-use super::{Diagnostic, DirFile, Environment, Run, RunDir, RunFile, RunReader, RunState, Value};
+use super::{
+    ConsoleLine, Diagnostic, DirFile, Environment, HistoryRow, Run, RunDir, RunFile, RunReader,
+    RunState, SystemSample, Value,
+};
 use crate::db::{self, DbError};
 
 /// Which series a row belongs to.
@@ -454,6 +457,201 @@ struct Stored {
     console_lines: i64,
 }
 
+impl Stored {
+    /// Whether the run's files are as they were at the last scan.
+    fn has(&self, stamp: &Stamp) -> bool {
+        self.file_size == stamp.size
+            && self.file_mtime_ns == stamp.mtime
+            && self.files_mtime_ns == stamp.files_mtime
+    }
+}
+
+/// What says whether a run changed since the last scan: its file's size and
+/// mtime and the mtime of its `files/`; and whether the file is stale (its
+/// writer presumably gone).
+struct Stamp {
+    size: i64,
+    mtime: i64,
+    files_mtime: i64,
+    stale: bool,
+}
+
+impl Stamp {
+    fn of(rd: &RunDir, opts: ScanOptions) -> Result<Stamp> {
+        let meta = std::fs::metadata(&rd.wandb_file).map_err(|source| super::Error::Io {
+            path: rd.wandb_file.clone(),
+            source,
+        })?;
+        let files_mtime = std::fs::metadata(rd.dir.join("files"))
+            .map(|m| mtime_ns(&m))
+            .unwrap_or(0);
+        let stale = SystemTime::now()
+            .duration_since(meta.modified().unwrap_or(UNIX_EPOCH))
+            .is_ok_and(|age| age >= opts.stale_after);
+        Ok(Stamp {
+            size: meta.len() as i64,
+            mtime: mtime_ns(&meta),
+            files_mtime,
+            stale,
+        })
+    }
+}
+
+/// What one read of a run found: the run as it is stored (its series taken
+/// out; a stale one assumed killed), the new rows, the checkpoint and
+/// offset to resume from, and whether it was read from the start.
+struct Read {
+    run: Run,
+    history: Vec<HistoryRow>,
+    system: Vec<SystemSample>,
+    console: Vec<ConsoleLine>,
+    checkpoint: String,
+    offset: u64,
+    from_start: bool,
+}
+
+impl Read {
+    /// Reads what was appended since `stored`'s offset (from its
+    /// checkpoint), or the whole run when there is none or it is unusable.
+    fn new(rd: &RunDir, key: &str, stored: Option<&Stored>, stale: bool) -> Result<Read> {
+        let mut reader = match stored {
+            Some(s) => match Run::from_checkpoint(&s.checkpoint) {
+                Ok(run) => RunReader::resume(&rd.wandb_file, s.resume_offset as u64, run),
+                Err(reason) => {
+                    tracing::warn!(
+                        "{}",
+                        IndexError::Damaged {
+                            dir: key.to_string(),
+                            reason
+                        }
+                    );
+                    RunReader::new(&rd.wandb_file)
+                }
+            },
+            None => RunReader::new(&rd.wandb_file),
+        };
+        let resumed = stored
+            .is_some_and(|s| reader.offset() == s.resume_offset as u64 && reader.offset() > 0);
+        let update = reader.read_more()?;
+        let mut run = reader.run().clone();
+        let history = std::mem::take(&mut run.history);
+        let system = std::mem::take(&mut run.system);
+        let console = std::mem::take(&mut run.console);
+        run.files_on_disk = rd.files()?;
+        let checkpoint = run.checkpoint();
+        if stale {
+            run.assume_writer_gone();
+        }
+        Ok(Read {
+            run,
+            history,
+            system,
+            console,
+            checkpoint,
+            offset: update.offset,
+            from_start: !resumed || update.restarted,
+        })
+    }
+}
+
+/// Writes one run's rows and their cells in a transaction, keeping the key
+/// ids seen and counting the cells per (series, key) for `run_keys`.
+struct CellWriter<'a, 't> {
+    index: &'a RunIndex,
+    tx: &'t rusqlite::Transaction<'t>,
+    rid: i64,
+    key_id: rusqlite::CachedStatement<'t>,
+    row_ins: rusqlite::CachedStatement<'t>,
+    cell_ins: rusqlite::CachedStatement<'t>,
+    kids: HashMap<String, i64>,
+    counts: HashMap<(u8, i64), i64>,
+}
+
+impl<'a, 't> CellWriter<'a, 't> {
+    fn new(
+        index: &'a RunIndex,
+        tx: &'t rusqlite::Transaction<'t>,
+        rid: i64,
+    ) -> Result<CellWriter<'a, 't>> {
+        Ok(CellWriter {
+            index,
+            tx,
+            rid,
+            key_id: index.db(tx.prepare_cached(
+                "INSERT INTO keys (name) VALUES (?1)
+                 ON CONFLICT(name) DO UPDATE SET name = excluded.name RETURNING kid",
+            ))?,
+            row_ins: index.db(tx.prepare_cached(
+                "INSERT INTO rows (rid, series, seq, step, runtime, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            ))?,
+            cell_ins: index.db(tx.prepare_cached(
+                "INSERT INTO cells (rid, series, kid, seq, num, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            ))?,
+            kids: HashMap::new(),
+            counts: HashMap::new(),
+        })
+    }
+
+    /// One row of a series.
+    fn row(
+        &mut self,
+        series: Series,
+        seq: i64,
+        step: Option<i64>,
+        runtime: Option<f64>,
+        ts: Option<f64>,
+    ) -> Result<()> {
+        self.index.db(self.row_ins.execute(params![
+            self.rid,
+            series as u8,
+            seq,
+            step,
+            runtime,
+            ts
+        ]))?;
+        Ok(())
+    }
+
+    /// The cells of row `seq`: finite numbers as REALs, anything else as
+    /// extended JSON.
+    fn cells(&mut self, series: Series, seq: i64, cells: Vec<(String, &Value)>) -> Result<()> {
+        let series = series as u8;
+        for (k, v) in cells {
+            let kid = match self.kids.get(&k) {
+                Some(id) => *id,
+                None => {
+                    let id: i64 = self.index.db(self.key_id.query_row([&k], |r| r.get(0)))?;
+                    self.kids.insert(k, id);
+                    id
+                }
+            };
+            let (num, json) = match v {
+                Value::Int(i) => (Some(*i as f64), None),
+                Value::Float(x) if x.is_finite() => (Some(*x), None),
+                other => (None, Some(other.to_extended_json())),
+            };
+            self.index.db(self
+                .cell_ins
+                .execute(params![self.rid, series, kid, seq, num, json]))?;
+            *self.counts.entry((series, kid)).or_default() += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds the cells written to the run's per-key counts.
+    fn count_keys(self) -> Result<()> {
+        let mut rk = self.index.db(self.tx.prepare_cached(
+            "INSERT INTO run_keys (rid, series, kid, cells) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(rid, series, kid) DO UPDATE SET cells = cells + excluded.cells",
+        ))?;
+        for ((series, kid), n) in self.counts {
+            self.index
+                .db(rk.execute(params![self.rid, series, kid, n]))?;
+        }
+        Ok(())
+    }
+}
+
 /// The run index (one SQLite connection; cheap to share behind an `Arc`).
 pub struct RunIndex {
     path: PathBuf,
@@ -553,80 +751,13 @@ impl RunIndex {
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let rd = RunDir::open(&dir)?;
         let key = dir.display().to_string();
-        let io = |source| super::Error::Io {
-            path: rd.wandb_file.clone(),
-            source,
-        };
-        let meta = std::fs::metadata(&rd.wandb_file).map_err(io)?;
-        let (size, mtime) = (meta.len() as i64, mtime_ns(&meta));
-        let files_mtime = std::fs::metadata(dir.join("files"))
-            .map(|m| mtime_ns(&m))
-            .unwrap_or(0);
-        let stale = SystemTime::now()
-            .duration_since(meta.modified().unwrap_or(UNIX_EPOCH))
-            .is_ok_and(|age| age >= opts.stale_after);
+        let stamp = Stamp::of(&rd, opts)?;
         let stored = self.stored(&key)?;
-        if let Some(s) = &stored {
-            if s.file_size == size && s.file_mtime_ns == mtime && s.files_mtime_ns == files_mtime {
-                // Unchanged. A running run may only have gone stale.
-                let mut outcome = Outcome::Unchanged;
-                if s.state == "running" && stale {
-                    let conn = self.conn();
-                    self.db(conn.execute(
-                        "UPDATE runs SET state = 'killed' WHERE rid = ?1 AND state = 'running'",
-                        [s.rid],
-                    ))?;
-                    outcome = Outcome::Updated;
-                }
-                let id = {
-                    let conn = self.conn();
-                    self.db(conn.query_row(
-                        "SELECT run_id FROM runs WHERE rid = ?1",
-                        [s.rid],
-                        |r| r.get(0),
-                    ))?
-                };
-                return Ok(Scanned {
-                    dir: key,
-                    id,
-                    outcome: Some(outcome),
-                    rows_added: 0,
-                    error: None,
-                });
-            }
+        if let Some(s) = stored.as_ref().filter(|s| s.has(&stamp)) {
+            return self.unchanged(key, s, stamp.stale);
         }
         // Read what is new, outside any lock.
-        let mut reader = match &stored {
-            Some(s) => match Run::from_checkpoint(&s.checkpoint) {
-                Ok(run) => RunReader::resume(&rd.wandb_file, s.resume_offset as u64, run),
-                Err(reason) => {
-                    tracing::warn!(
-                        "{}",
-                        IndexError::Damaged {
-                            dir: key.clone(),
-                            reason
-                        }
-                    );
-                    RunReader::new(&rd.wandb_file)
-                }
-            },
-            None => RunReader::new(&rd.wandb_file),
-        };
-        let resumed = stored
-            .as_ref()
-            .is_some_and(|s| reader.offset() == s.resume_offset as u64 && reader.offset() > 0);
-        let update = reader.read_more()?;
-        let from_start = !resumed || update.restarted;
-        let mut run = reader.run().clone();
-        let history = std::mem::take(&mut run.history);
-        let system = std::mem::take(&mut run.system);
-        let console = std::mem::take(&mut run.console);
-        run.files_on_disk = rd.files()?;
-        let checkpoint = run.checkpoint();
-        let mut shown = run.clone();
-        if stale {
-            shown.assume_writer_gone();
-        }
+        let read = Read::new(&rd, &key, stored.as_ref(), stamp.stale)?;
 
         let mut conn = self.conn();
         let tx = self.db(conn.transaction_with_behavior(TransactionBehavior::Immediate))?;
@@ -638,58 +769,118 @@ impl RunIndex {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional())?;
-        let expected = stored.as_ref().map(|s| (s.rid, s.resume_offset));
-        if now != expected {
+        if now != stored.as_ref().map(|s| (s.rid, s.resume_offset)) {
             drop(tx);
             drop(conn);
             return self.index_dir(&dir, opts);
         }
-        let (base_h, base_s, base_c) = match (&stored, from_start) {
-            (Some(s), false) => (s.history_rows, s.system_rows, s.console_lines),
-            _ => (0, 0, 0),
+        // The rows' sequence numbers go on from the stored counts, unless
+        // the run was read again from the start.
+        let base = match (&stored, read.from_start) {
+            (Some(s), false) => [s.history_rows, s.system_rows, s.console_lines],
+            _ => [0; 3],
         };
+        let rid = self.upsert_run(&tx, &key, &rd, &read, &stamp, base)?;
+        if read.from_start {
+            for t in ["rows", "cells", "console", "run_keys"] {
+                self.db(tx.execute(&format!("DELETE FROM {t} WHERE rid = ?1"), [rid]))?;
+            }
+        }
+        self.insert_rows(&tx, rid, base, &read)?;
+        self.db(tx.commit())?;
+        Ok(Scanned {
+            dir: key,
+            id: read.run.id,
+            outcome: Some(if stored.is_some() {
+                Outcome::Updated
+            } else {
+                Outcome::New
+            }),
+            rows_added: read.history.len() as u64,
+            error: None,
+        })
+    }
+
+    /// An unchanged run: nothing is read; a running one whose file has gone
+    /// stale is marked killed.
+    fn unchanged(&self, key: String, s: &Stored, stale: bool) -> Result<Scanned> {
+        let conn = self.conn();
+        let mut outcome = Outcome::Unchanged;
+        if s.state == "running" && stale {
+            self.db(conn.execute(
+                "UPDATE runs SET state = 'killed' WHERE rid = ?1 AND state = 'running'",
+                [s.rid],
+            ))?;
+            outcome = Outcome::Updated;
+        }
+        let id = self.db(conn.query_row(
+            "SELECT run_id FROM runs WHERE rid = ?1",
+            [s.rid],
+            |r| r.get(0),
+        ))?;
+        Ok(Scanned {
+            dir: key,
+            id,
+            outcome: Some(outcome),
+            rows_added: 0,
+            error: None,
+        })
+    }
+
+    /// Inserts or updates the run's row (everything but its series) and
+    /// returns its row id.
+    fn upsert_run(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        key: &str,
+        rd: &RunDir,
+        read: &Read,
+        stamp: &Stamp,
+        base: [i64; 3],
+    ) -> Result<i64> {
+        let run = &read.run;
         let meta = RunMeta {
-            group: shown.group.clone(),
-            job_type: shown.job_type.clone(),
-            notes: shown.notes.clone(),
-            host: shown.host.clone(),
-            sweep_id: shown.sweep_id.clone(),
-            environment: shown.environment.clone(),
-            files: shown.files_on_disk.clone(),
-            upload_files: shown.files.clone(),
-            producer: shown.producer.clone(),
-            cli_version: shown.cli_version.clone(),
-            diagnostics: shown.diagnostics.clone(),
-            incomplete_tail: shown.incomplete_tail,
-            record_counts: shown.record_counts.clone(),
-            file_size: size as u64,
+            group: run.group.clone(),
+            job_type: run.job_type.clone(),
+            notes: run.notes.clone(),
+            host: run.host.clone(),
+            sweep_id: run.sweep_id.clone(),
+            environment: run.environment.clone(),
+            files: run.files_on_disk.clone(),
+            upload_files: run.files.clone(),
+            producer: run.producer.clone(),
+            cli_version: run.cli_version.clone(),
+            diagnostics: run.diagnostics.clone(),
+            incomplete_tail: run.incomplete_tail,
+            record_counts: run.record_counts.clone(),
+            file_size: stamp.size as u64,
         };
         let values = params![
             key,
             rd.wandb_file.display().to_string(),
-            shown.id,
-            shown.entity,
-            shown.project,
-            shown.display_name,
-            state_name(shown.state),
-            shown.exit_code,
-            shown.start_time,
-            shown.runtime,
-            serde_json::to_string(&shown.tags).unwrap_or_else(|_| "[]".into()),
-            ext_json(&shown.summary),
-            ext_json(&shown.config),
+            run.id,
+            run.entity,
+            run.project,
+            run.display_name,
+            state_name(run.state),
+            run.exit_code,
+            run.start_time,
+            run.runtime,
+            serde_json::to_string(&run.tags).unwrap_or_else(|_| "[]".into()),
+            ext_json(&run.summary),
+            ext_json(&run.config),
             serde_json::to_string(&meta).expect("meta serializes"),
-            base_h + history.len() as i64,
-            base_s + system.len() as i64,
-            base_c + console.len() as i64,
-            size,
-            mtime,
-            files_mtime,
-            update.offset as i64,
-            checkpoint,
+            base[0] + read.history.len() as i64,
+            base[1] + read.system.len() as i64,
+            base[2] + read.console.len() as i64,
+            stamp.size,
+            stamp.mtime,
+            stamp.files_mtime,
+            read.offset as i64,
+            read.checkpoint,
             now_s(),
         ];
-        let rid: i64 = self.db(tx.query_row(
+        self.db(tx.query_row(
             "INSERT INTO runs (dir, wandb_file, run_id, entity, project, name, state, exit_code,
                 start_time, runtime, tags, summary, config, meta, history_rows, system_rows,
                 console_lines, file_size, file_mtime_ns, files_mtime_ns, resume_offset,
@@ -709,115 +900,59 @@ impl RunIndex {
              RETURNING rid",
             values,
             |r| r.get(0),
+        ))
+    }
+
+    /// Inserts the new history rows, system samples (a row each, one cell per
+    /// flattened key) and console lines, numbered on from `base`, and adds
+    /// their cells to the per-key counts.
+    fn insert_rows(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        rid: i64,
+        base: [i64; 3],
+        read: &Read,
+    ) -> Result<()> {
+        let mut w = CellWriter::new(self, tx, rid)?;
+        for (i, row) in read.history.iter().enumerate() {
+            let seq = base[0] + i as i64;
+            w.row(
+                Series::History,
+                seq,
+                Some(row.step),
+                row.runtime,
+                row.timestamp,
+            )?;
+            let cells: Vec<(String, &Value)> = row
+                .flat()
+                .into_iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "_step" | "_runtime" | "_timestamp"))
+                .collect();
+            w.cells(Series::History, seq, cells)?;
+        }
+        for (i, s) in read.system.iter().enumerate() {
+            let seq = base[1] + i as i64;
+            w.row(Series::System, seq, Some(seq), None, s.timestamp)?;
+            let mut cells = Vec::new();
+            for (k, v) in &s.values {
+                flatten(k.clone(), v, &mut cells);
+            }
+            w.cells(Series::System, seq, cells)?;
+        }
+        let mut con_ins = self.db(tx.prepare_cached(
+            "INSERT INTO console (rid, seq, stderr, ts, text) VALUES (?1, ?2, ?3, ?4, ?5)",
         ))?;
-        if from_start {
-            for t in ["rows", "cells", "console", "run_keys"] {
-                self.db(tx.execute(&format!("DELETE FROM {t} WHERE rid = ?1"), [rid]))?;
-            }
+        for (i, l) in read.console.iter().enumerate() {
+            let stderr = l.stream == super::Stream::Stderr;
+            self.db(con_ins.execute(params![
+                rid,
+                base[2] + i as i64,
+                stderr,
+                l.timestamp,
+                l.text
+            ]))?;
         }
-        let mut kids: HashMap<String, i64> = HashMap::new();
-        let mut counts: HashMap<(u8, i64), i64> = HashMap::new();
-        {
-            let mut key_id = self.db(tx.prepare_cached(
-                "INSERT INTO keys (name) VALUES (?1)
-                 ON CONFLICT(name) DO UPDATE SET name = excluded.name RETURNING kid",
-            ))?;
-            let mut row_ins = self.db(tx.prepare_cached(
-                "INSERT INTO rows (rid, series, seq, step, runtime, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            ))?;
-            let mut cell_ins = self.db(tx.prepare_cached(
-                "INSERT INTO cells (rid, series, kid, seq, num, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            ))?;
-            let mut put_cells = |series: u8,
-                                 seq: i64,
-                                 cells: Vec<(String, &Value)>,
-                                 kids: &mut HashMap<String, i64>|
-             -> Result<()> {
-                for (k, v) in cells {
-                    let kid = match kids.get(&k) {
-                        Some(id) => *id,
-                        None => {
-                            let id: i64 = self.db(key_id.query_row([&k], |r| r.get(0)))?;
-                            kids.insert(k, id);
-                            id
-                        }
-                    };
-                    let (num, json) = match v {
-                        Value::Int(i) => (Some(*i as f64), None),
-                        Value::Float(x) if x.is_finite() => (Some(*x), None),
-                        other => (None, Some(other.to_extended_json())),
-                    };
-                    self.db(cell_ins.execute(params![rid, series, kid, seq, num, json]))?;
-                    *counts.entry((series, kid)).or_default() += 1;
-                }
-                Ok(())
-            };
-            for (i, row) in history.iter().enumerate() {
-                let seq = base_h + i as i64;
-                self.db(row_ins.execute(params![
-                    rid,
-                    Series::History as u8,
-                    seq,
-                    row.step,
-                    row.runtime,
-                    row.timestamp
-                ]))?;
-                let cells: Vec<(String, &Value)> = row
-                    .flat()
-                    .into_iter()
-                    .filter(|(k, _)| !matches!(k.as_str(), "_step" | "_runtime" | "_timestamp"))
-                    .collect();
-                put_cells(Series::History as u8, seq, cells, &mut kids)?;
-            }
-            for (i, s) in system.iter().enumerate() {
-                let seq = base_s + i as i64;
-                self.db(row_ins.execute(params![
-                    rid,
-                    Series::System as u8,
-                    seq,
-                    seq,
-                    Option::<f64>::None,
-                    s.timestamp
-                ]))?;
-                let mut cells = Vec::new();
-                for (k, v) in &s.values {
-                    flatten(k.clone(), v, &mut cells);
-                }
-                put_cells(Series::System as u8, seq, cells, &mut kids)?;
-            }
-            let mut con_ins = self.db(tx.prepare_cached(
-                "INSERT INTO console (rid, seq, stderr, ts, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-            ))?;
-            for (i, l) in console.iter().enumerate() {
-                let stderr = l.stream == super::Stream::Stderr;
-                self.db(con_ins.execute(params![
-                    rid,
-                    base_c + i as i64,
-                    stderr,
-                    l.timestamp,
-                    l.text
-                ]))?;
-            }
-            let mut rk = self.db(tx.prepare_cached(
-                "INSERT INTO run_keys (rid, series, kid, cells) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(rid, series, kid) DO UPDATE SET cells = cells + excluded.cells",
-            ))?;
-            for ((series, kid), n) in counts {
-                self.db(rk.execute(params![rid, series, kid, n]))?;
-            }
-        }
-        self.db(tx.commit())?;
-        Ok(Scanned {
-            dir: key,
-            id: shown.id,
-            outcome: Some(if stored.is_some() {
-                Outcome::Updated
-            } else {
-                Outcome::New
-            }),
-            rows_added: history.len() as u64,
-            error: None,
-        })
+        w.count_keys()
     }
 
     /// Resolves a run id (or run directory) to the index's row id. Several

@@ -839,312 +839,15 @@ impl Syncer {
             source,
         })?;
         report.dir = dir.clone();
-        let server = self.server_url().to_string();
-        let rd = {
-            let d = dir.clone();
-            blocking(move || RunDir::open(&d)).await?
+        let mut run = RunSync {
+            syncer: self,
+            server: self.server_url().to_string(),
+            dir,
+            verify_only,
+            pending: Pending::default(),
+            log_text: Vec::new(),
         };
-        let fp = {
-            let rd = rd.clone();
-            blocking(move || fingerprint(&rd)).await?
-        };
-        let prior = self.ledger.get(&server, &dir)?;
-        if !verify_only && !self.opts.force {
-            if let Some(p) = &prior {
-                let same_id = self.opts.id.as_ref().is_none_or(|id| *id == p.name);
-                if p.complete && p.fingerprint == fp && same_id {
-                    report.outcome = SyncOutcome::Unchanged;
-                    report.path = Some(p.path().to_string());
-                    report.exit_code = p.exit_code;
-                    // what the last verification found still holds
-                    report.mismatches.clone_from(&p.mismatches);
-                    return Ok(());
-                }
-            }
-        }
-
-        // Read until the run record names the run.
-        let has_output_log = rd.dir.join("files").join(lines::OUTPUT).is_file();
-        let mut pending = Pending::default();
-        let mut log_text = Vec::new();
-        let (mut reader, mut eof) = read_until_named(rd.reader(), self.opts.window).await?;
-        // A resumed fragment's step shift depends on its first step.
-        if reader.run().resume {
-            (reader, eof) = read_until_history(reader, self.opts.window, eof).await?;
-        }
-        if reader.run().id.is_empty() {
-            return Err(SyncError::NoRunRecord {
-                file: rd.wandb_file.clone(),
-            });
-        }
-        let run = reader.run();
-        let wanted = RunPath {
-            entity: self
-                .opts
-                .entity
-                .clone()
-                .unwrap_or_else(|| run.entity.clone()),
-            project: self
-                .opts
-                .project
-                .clone()
-                .or_else(|| Some(run.project.clone()).filter(|p| !p.is_empty()))
-                .unwrap_or_else(|| "uncategorized".into()),
-            name: self.opts.id.clone().unwrap_or_else(|| run.id.clone()),
-        };
-        // One sync of a server run at a time, on this machine: the fragments
-        // of a resumed run (and copies of a run) go one after the other, so
-        // each sees what the one before left on the server.
-        let _lock = self.lock_run(&server, &wanted).await?;
-        let prior = self.ledger.get(&server, &dir)?;
-        let prior_same = prior
-            .as_ref()
-            .filter(|p| p.project == wanted.project && p.name == wanted.name)
-            .cloned();
-
-        let mut server_config: Option<String> = None;
-        let (path, config_sent, shift) = if verify_only {
-            let path = match &prior {
-                Some(p) => p.path(),
-                None if !wanted.entity.is_empty() => wanted.clone(),
-                None => {
-                    return Err(SyncError::NotSynced {
-                        host: self.host(),
-                        dir: dir.clone(),
-                        id: wanted.name,
-                    })
-                }
-            };
-            if let Some(p) = &prior {
-                pending.base = p.base;
-            }
-            (path, None, prior.as_ref().map_or(0, |p| p.step_offset))
-        } else {
-            let others = self
-                .ledger
-                .others(&server, &wanted.project, &wanted.name, &dir)?;
-            if let Some(other) = others.into_iter().next() {
-                // wandb's resumed fragments are merged; anything else with
-                // the same id would overlap the rows already there
-                if !run.resume {
-                    return Err(SyncError::SyncedFromElsewhere {
-                        host: self.host(),
-                        path: format!("{}/{}", wanted.project, wanted.name),
-                        other,
-                        dir: dir.clone(),
-                    });
-                }
-            }
-            // A resumed fragment continues the server's run: its config is
-            // merged into the server's, its lines and steps go after the
-            // server's, as `wandb sync` does.
-            let before = if run.resume {
-                self.count(1);
-                self.api.resume_status(&wanted).await?
-            } else {
-                None
-            };
-            server_config = before.as_ref().and_then(|b| b.config.clone());
-            let mut config0 = lines::wandb_config(run);
-            merge_server_config(&mut config0, server_config.as_deref());
-            let config0 = config0.to_extended_json();
-            let fields = UpsertFields {
-                display_name: Some(run.display_name.clone()),
-                notes: Some(run.notes.clone()),
-                group: Some(run.group.clone()),
-                job_type: Some(run.job_type.clone()),
-                host: Some(run.host.clone()),
-                program: Some(run.environment.program.clone()),
-                // no tags: leave the server's alone (someone may have set
-                // some there), as `wandb sync` does
-                tags: Some(run.tags.clone()).filter(|t| !t.is_empty()),
-                config: Some(config0.clone()),
-                sweep: Some(run.sweep_id.clone()),
-            };
-            self.count(1);
-            let bucket = self
-                .api
-                .upsert(&wanted, &fields)
-                .await
-                .map_err(|e| match e {
-                    SyncError::PreviouslyDeleted { host, .. } => SyncError::DeletedRun {
-                        host,
-                        path: wanted.to_string(),
-                        dir: dir.clone(),
-                        suggestion: new_run_id(),
-                    },
-                    e => e,
-                })?;
-            let path = bucket.path;
-            report.path = Some(path.to_string());
-            self.count(1);
-            let remote = self.api.resume_status(&path).await?.unwrap_or_default();
-            let (base, shift) = match (&prior_same, &before) {
-                (Some(p), _) => (p.base, p.step_offset),
-                (None, Some(b)) => {
-                    // as wandb-core: the fragment's steps move up so that it
-                    // starts after the server's last step, never down (a
-                    // fragment that skips steps keeps its own)
-                    let first = reader.run().history.first().map_or(0, |r| r.step);
-                    (
-                        [b.history_lines, b.events_lines, b.log_lines],
-                        (starting_step(b) - first).max(0),
-                    )
-                }
-                (None, None) => ([0; 3], 0),
-            };
-            self.ledger
-                .begin(&server, &dir, &path, &bucket.id, base, shift)?;
-            pending.base = base;
-            pending.have = [
-                remote.history_lines.saturating_sub(base[0]),
-                remote.events_lines.saturating_sub(base[1]),
-                remote.log_lines.saturating_sub(base[2]),
-            ];
-            (path, Some(config0), shift)
-        };
-        report.path = Some(path.to_string());
-
-        // Stream the rows. A blocking thread reads the windows, at most two
-        // ahead, while the requests for the ones before are in flight.
-        let request_bytes = self.opts.request_bytes;
-        let (mut rx, done) = spawn_reader(reader, self.opts.window, !has_output_log, shift, eof);
-        loop {
-            if verify_only {
-                pending.lines = Default::default();
-                pending.bytes = 0;
-            } else {
-                while pending.bytes >= request_bytes {
-                    self.flush(&server, &dir, &path, &mut pending).await?;
-                }
-            }
-            match rx.recv().await {
-                Some(w) => feed(w, &mut pending, &mut log_text),
-                None => break,
-            }
-        }
-        let idle = done.await.expect("a blocking sync task panicked")?;
-        let mut run = idle.into_run();
-        if shift != 0 {
-            if let Some(Value::Int(step)) = run.summary.get_mut("_step") {
-                *step += shift;
-            }
-        }
-        let ended = run.exit_code.is_some();
-        if ended {
-            let tails: Vec<_> = run.console_tail().cloned().collect();
-            for t in tails {
-                pending.push(2, lines::console_line(&t));
-                log_text.push(t);
-            }
-        }
-        while !verify_only && !pending.is_empty() {
-            self.flush(&server, &dir, &path, &mut pending).await?;
-        }
-        pending.lines = Default::default();
-        report.notes = run.diagnostics.iter().map(ToString::to_string).collect();
-        if let Some(off) = run.incomplete_tail {
-            report
-                .notes
-                .push(format!("incomplete tail at offset {off}"));
-        }
-
-        // The files.
-        let files = {
-            let rd = rd.clone();
-            let run = run.clone();
-            let missing = &mut report.files_missing;
-            let console_lines = pending.seen[2];
-            let (files, miss) = blocking(move || {
-                collect_files(&rd, &run, has_output_log, console_lines, &log_text)
-            })
-            .await?;
-            *missing = miss;
-            files
-        };
-        let exit_code = i64::from(run.exit_code.unwrap_or(1));
-        report.exit_code = Some(exit_code);
-        let mut local = Local {
-            base: pending.base,
-            superseded: false,
-            history: pending.seen[0],
-            events: pending.seen[1],
-            log: pending.seen[2],
-            summary: lines::summary_json(&run),
-            exit_code,
-            files,
-        };
-
-        if !verify_only {
-            let mut config = lines::wandb_config(&run);
-            if let Some(b) = &server_config {
-                merge_server_config(&mut config, Some(b));
-            }
-            let config = config.to_extended_json();
-            if config_sent.as_deref() != Some(config.as_str()) {
-                self.count(1);
-                let fields = UpsertFields {
-                    config: Some(config),
-                    ..UpsertFields::default()
-                };
-                self.api.upsert(&path, &fields).await?;
-            }
-            let uploaded = self.upload(&server, &dir, &path, &local.files).await?;
-            report.files_uploaded = uploaded.len() as u64;
-            let n_uploaded = uploaded.len();
-            let body = json!({
-                "files": {lines::SUMMARY: {"offset": 0, "content": [local.summary]}},
-                "uploaded": uploaded,
-                "complete": true,
-                "exitcode": exit_code,
-            });
-            self.count(1);
-            self.api.file_stream(&path, &body).await?;
-            self.ledger.complete(&server, &dir, exit_code, &fp)?;
-            tracing::info!(run = %path, host = %self.host(), history = pending.sent[0],
-                events = pending.sent[1], console = pending.sent[2], files = n_uploaded,
-                exit_code, "run synced");
-            report.history_sent = pending.sent[0];
-            report.events_sent = pending.sent[1];
-            report.log_sent = pending.sent[2];
-            report.outcome = SyncOutcome::Synced;
-        } else {
-            report.outcome = SyncOutcome::Verified;
-        }
-
-        // Artifacts are not synced (yet): say so, run by run, and let the
-        // verification (and so the exit status) count them as differences.
-        report.artifacts_not_synced = run
-            .artifacts
-            .iter()
-            .map(|a| format!("{} ({})", a.name, a.kind))
-            .collect();
-        let left_out: Vec<String> = report
-            .artifacts_not_synced
-            .iter()
-            .map(|a| format!("artifact {a} was not synced: trainyard does not sync artifacts yet"))
-            .collect();
-        if self.opts.verify || verify_only {
-            let mine: u64 = local.base.iter().sum();
-            local.superseded = self
-                .ledger
-                .fragments(&server, &path.project, &path.name)?
-                .iter()
-                .any(|e| {
-                    e.dir != dir
-                        && e.base.iter().sum::<u64>() > mine
-                        && e.base.iter().zip(local.base).all(|(a, b)| *a >= b)
-                });
-            self.count(1);
-            let state = self.api.run_state(&path).await?;
-            report.mismatches = compare(&local, state.as_ref(), &path);
-        }
-        report.mismatches.extend(left_out);
-        let verified = self.opts.verify || verify_only || !report.mismatches.is_empty();
-        if verified && (prior.is_some() || !verify_only) {
-            self.ledger.verified(&server, &dir, &report.mismatches)?;
-        }
-        Ok(())
+        run.sync(report).await
     }
 
     async fn flush(
@@ -1272,6 +975,471 @@ impl Syncer {
         self.ledger.remove(&server, &dir)?;
         Ok(path.to_string())
     }
+}
+/// Where one directory's sync goes on the server, and what it started from.
+struct Target {
+    /// The server run.
+    path: RunPath,
+    /// The config the first upsert sent (`None` when only verifying).
+    config_sent: Option<String>,
+    /// The server's config before this sync (a resumed fragment keeps its
+    /// keys).
+    server_config: Option<String>,
+    /// How far this fragment's steps move up.
+    shift: i64,
+}
+
+/// The sync (or verification) of one run directory, step by step.
+struct RunSync<'s> {
+    syncer: &'s Syncer,
+    server: String,
+    /// The directory, canonical.
+    dir: PathBuf,
+    verify_only: bool,
+    /// The lines not yet sent, and the counts per stream.
+    pending: Pending,
+    /// The console lines read, when the run has no `output.log` of its own
+    /// (the file is then made from them).
+    log_text: Vec<super::ConsoleLine>,
+}
+
+impl RunSync<'_> {
+    /// Open → skip a run the ledger says is synced and unchanged → read until
+    /// the run is named → lock the server run → begin (or find what to
+    /// verify) → stream the lines → the local side → complete → verify.
+    async fn sync(&mut self, report: &mut RunReport) -> Result<(), SyncError> {
+        let (rd, fp) = open_run_dir(&self.dir).await?;
+        let prior = self.syncer.ledger.get(&self.server, &self.dir)?;
+        if !self.verify_only
+            && !self.syncer.opts.force
+            && still_synced(prior.as_ref(), self.syncer.opts.id.as_deref(), &fp, report)
+        {
+            return Ok(());
+        }
+        let has_output_log = rd.dir.join("files").join(lines::OUTPUT).is_file();
+        let (reader, eof) = read_head(&rd, self.syncer.opts.window).await?;
+        let wanted = self.wanted(reader.run());
+        // One sync of a server run at a time, on this machine: the fragments
+        // of a resumed run (and copies of a run) go one after the other, so
+        // each sees what the one before left on the server.
+        let _lock = self.syncer.lock_run(&self.server, &wanted).await?;
+        let prior = self.syncer.ledger.get(&self.server, &self.dir)?;
+        let target = if self.verify_only {
+            self.verify_target(prior.as_ref(), wanted)?
+        } else {
+            self.begin(reader.run(), prior.as_ref(), wanted, report)
+                .await?
+        };
+        report.path = Some(target.path.to_string());
+        let run = self.stream(reader, eof, !has_output_log, &target).await?;
+        report.notes = run.diagnostics.iter().map(ToString::to_string).collect();
+        if let Some(off) = run.incomplete_tail {
+            report
+                .notes
+                .push(format!("incomplete tail at offset {off}"));
+        }
+        let mut local = self.local(&rd, &run, has_output_log, report).await?;
+        if self.verify_only {
+            report.outcome = SyncOutcome::Verified;
+        } else {
+            self.complete(&target, &run, &local, &fp, report).await?;
+        }
+        self.verify(&target.path, &run, &mut local, prior.is_some(), report)
+            .await
+    }
+
+    /// The server run this directory goes to: the options' entity, project
+    /// and id, else the run's own (project `uncategorized` when it has none).
+    fn wanted(&self, run: &super::Run) -> RunPath {
+        let opts = &self.syncer.opts;
+        RunPath {
+            entity: opts.entity.clone().unwrap_or_else(|| run.entity.clone()),
+            project: opts
+                .project
+                .clone()
+                .or_else(|| Some(run.project.clone()).filter(|p| !p.is_empty()))
+                .unwrap_or_else(|| "uncategorized".into()),
+            name: opts.id.clone().unwrap_or_else(|| run.id.clone()),
+        }
+    }
+
+    /// What a verification compares with: the server run the ledger names
+    /// (else `wanted`, when it names an entity), from the line base and
+    /// step shift its sync recorded.
+    fn verify_target(
+        &mut self,
+        prior: Option<&ledger::Entry>,
+        wanted: RunPath,
+    ) -> Result<Target, SyncError> {
+        let path = match prior {
+            Some(p) => p.path(),
+            None if !wanted.entity.is_empty() => wanted,
+            None => {
+                return Err(SyncError::NotSynced {
+                    host: self.syncer.host(),
+                    dir: self.dir.clone(),
+                    id: wanted.name,
+                })
+            }
+        };
+        if let Some(p) = prior {
+            self.pending.base = p.base;
+        }
+        Ok(Target {
+            path,
+            config_sent: None,
+            server_config: None,
+            shift: prior.map_or(0, |p| p.step_offset),
+        })
+    }
+
+    /// Begin a sync: refuse a run id that another directory synced (unless
+    /// this is a resumed fragment), upsert the run (a resumed fragment's
+    /// config merged into the server's), ask the server how many lines it
+    /// holds, and record in the ledger where this directory's lines and
+    /// steps start (from an earlier sync of it, else after what the server
+    /// held).
+    async fn begin(
+        &mut self,
+        run: &super::Run,
+        prior: Option<&ledger::Entry>,
+        wanted: RunPath,
+        report: &mut RunReport,
+    ) -> Result<Target, SyncError> {
+        let syncer = self.syncer;
+        let prior_same = prior.filter(|p| p.project == wanted.project && p.name == wanted.name);
+        let others =
+            syncer
+                .ledger
+                .others(&self.server, &wanted.project, &wanted.name, &self.dir)?;
+        if let Some(other) = others.into_iter().next() {
+            // wandb's resumed fragments are merged; anything else with
+            // the same id would overlap the rows already there
+            if !run.resume {
+                return Err(SyncError::SyncedFromElsewhere {
+                    host: syncer.host(),
+                    path: format!("{}/{}", wanted.project, wanted.name),
+                    other,
+                    dir: self.dir.clone(),
+                });
+            }
+        }
+        // A resumed fragment continues the server's run: its config is
+        // merged into the server's, its lines and steps go after the
+        // server's, as `wandb sync` does.
+        let before = if run.resume {
+            syncer.count(1);
+            syncer.api.resume_status(&wanted).await?
+        } else {
+            None
+        };
+        let server_config = before.as_ref().and_then(|b| b.config.clone());
+        let mut config0 = lines::wandb_config(run);
+        merge_server_config(&mut config0, server_config.as_deref());
+        let config0 = config0.to_extended_json();
+        let fields = UpsertFields {
+            display_name: Some(run.display_name.clone()),
+            notes: Some(run.notes.clone()),
+            group: Some(run.group.clone()),
+            job_type: Some(run.job_type.clone()),
+            host: Some(run.host.clone()),
+            program: Some(run.environment.program.clone()),
+            // no tags: leave the server's alone (someone may have set
+            // some there), as `wandb sync` does
+            tags: Some(run.tags.clone()).filter(|t| !t.is_empty()),
+            config: Some(config0.clone()),
+            sweep: Some(run.sweep_id.clone()),
+        };
+        syncer.count(1);
+        let bucket = syncer
+            .api
+            .upsert(&wanted, &fields)
+            .await
+            .map_err(|e| match e {
+                SyncError::PreviouslyDeleted { host, .. } => SyncError::DeletedRun {
+                    host,
+                    path: wanted.to_string(),
+                    dir: self.dir.clone(),
+                    suggestion: new_run_id(),
+                },
+                e => e,
+            })?;
+        let path = bucket.path;
+        report.path = Some(path.to_string());
+        syncer.count(1);
+        let remote = syncer.api.resume_status(&path).await?.unwrap_or_default();
+        let (base, shift) = match (prior_same, &before) {
+            (Some(p), _) => (p.base, p.step_offset),
+            (None, Some(b)) => {
+                // as wandb-core: the fragment's steps move up so that it
+                // starts after the server's last step, never down (a
+                // fragment that skips steps keeps its own)
+                let first = run.history.first().map_or(0, |r| r.step);
+                (
+                    [b.history_lines, b.events_lines, b.log_lines],
+                    (starting_step(b) - first).max(0),
+                )
+            }
+            (None, None) => ([0; 3], 0),
+        };
+        syncer
+            .ledger
+            .begin(&self.server, &self.dir, &path, &bucket.id, base, shift)?;
+        self.pending.base = base;
+        self.pending.have = [
+            remote.history_lines.saturating_sub(base[0]),
+            remote.events_lines.saturating_sub(base[1]),
+            remote.log_lines.saturating_sub(base[2]),
+        ];
+        Ok(Target {
+            path,
+            config_sent: Some(config0),
+            server_config,
+            shift,
+        })
+    }
+
+    /// Stream the rows the server lacks. A blocking thread reads the
+    /// windows, at most two ahead, while the requests for the ones before
+    /// are in flight; a run that ended adds its console tail. Returns the
+    /// run read to its end, its summary's `_step` shifted.
+    async fn stream(
+        &mut self,
+        reader: RunReader,
+        eof: bool,
+        keep_text: bool,
+        t: &Target,
+    ) -> Result<super::Run, SyncError> {
+        let request_bytes = self.syncer.opts.request_bytes;
+        let (mut rx, done) = spawn_reader(reader, self.syncer.opts.window, keep_text, t.shift, eof);
+        loop {
+            if self.verify_only {
+                self.pending.lines = Default::default();
+                self.pending.bytes = 0;
+            } else {
+                while self.pending.bytes >= request_bytes {
+                    self.syncer
+                        .flush(&self.server, &self.dir, &t.path, &mut self.pending)
+                        .await?;
+                }
+            }
+            match rx.recv().await {
+                Some(w) => feed(w, &mut self.pending, &mut self.log_text),
+                None => break,
+            }
+        }
+        let idle = done.await.expect("a blocking sync task panicked")?;
+        let mut run = idle.into_run();
+        if t.shift != 0 {
+            if let Some(Value::Int(step)) = run.summary.get_mut("_step") {
+                *step += t.shift;
+            }
+        }
+        if run.exit_code.is_some() {
+            let tails: Vec<_> = run.console_tail().cloned().collect();
+            for line in tails {
+                self.pending.push(2, lines::console_line(&line));
+                self.log_text.push(line);
+            }
+        }
+        while !self.verify_only && !self.pending.is_empty() {
+            self.syncer
+                .flush(&self.server, &self.dir, &t.path, &mut self.pending)
+                .await?;
+        }
+        self.pending.lines = Default::default();
+        Ok(run)
+    }
+
+    /// The local side the verification compares: line counts, summary, exit
+    /// code (1 without an exit record) and the files, collected on a
+    /// blocking thread (those missing are reported).
+    async fn local(
+        &mut self,
+        rd: &RunDir,
+        run: &super::Run,
+        has_output_log: bool,
+        report: &mut RunReport,
+    ) -> Result<Local, SyncError> {
+        let files = {
+            let rd = rd.clone();
+            let run = run.clone();
+            let console_lines = self.pending.seen[2];
+            let log_text = std::mem::take(&mut self.log_text);
+            let (files, missing) = blocking(move || {
+                collect_files(&rd, &run, has_output_log, console_lines, &log_text)
+            })
+            .await?;
+            report.files_missing = missing;
+            files
+        };
+        let exit_code = i64::from(run.exit_code.unwrap_or(1));
+        report.exit_code = Some(exit_code);
+        Ok(Local {
+            base: self.pending.base,
+            superseded: false,
+            history: self.pending.seen[0],
+            events: self.pending.seen[1],
+            log: self.pending.seen[2],
+            summary: lines::summary_json(run),
+            exit_code,
+            files,
+        })
+    }
+
+    /// Complete a sync: the config again if it changed, the files whose
+    /// hash the ledger lacks, then the final request (summary, uploaded
+    /// files, `complete`, exit code); only after its answer does the ledger
+    /// mark the run complete.
+    async fn complete(
+        &self,
+        t: &Target,
+        run: &super::Run,
+        local: &Local,
+        fp: &str,
+        report: &mut RunReport,
+    ) -> Result<(), SyncError> {
+        let syncer = self.syncer;
+        let mut config = lines::wandb_config(run);
+        if let Some(b) = &t.server_config {
+            merge_server_config(&mut config, Some(b));
+        }
+        let config = config.to_extended_json();
+        if t.config_sent.as_deref() != Some(config.as_str()) {
+            syncer.count(1);
+            let fields = UpsertFields {
+                config: Some(config),
+                ..UpsertFields::default()
+            };
+            syncer.api.upsert(&t.path, &fields).await?;
+        }
+        let uploaded = syncer
+            .upload(&self.server, &self.dir, &t.path, &local.files)
+            .await?;
+        report.files_uploaded = uploaded.len() as u64;
+        let n_uploaded = uploaded.len();
+        let body = json!({
+            "files": {lines::SUMMARY: {"offset": 0, "content": [local.summary]}},
+            "uploaded": uploaded,
+            "complete": true,
+            "exitcode": local.exit_code,
+        });
+        syncer.count(1);
+        syncer.api.file_stream(&t.path, &body).await?;
+        syncer
+            .ledger
+            .complete(&self.server, &self.dir, local.exit_code, fp)?;
+        let sent = self.pending.sent;
+        tracing::info!(run = %t.path, host = %syncer.host(), history = sent[0],
+            events = sent[1], console = sent[2], files = n_uploaded,
+            exit_code = local.exit_code, "run synced");
+        report.history_sent = sent[0];
+        report.events_sent = sent[1];
+        report.log_sent = sent[2];
+        report.outcome = SyncOutcome::Synced;
+        Ok(())
+    }
+
+    /// Artifacts are not synced (yet): say so, run by run, and let the
+    /// verification (and so the exit status) count them as differences.
+    /// With verification on (or only verifying), compare the server's run
+    /// with the local side; record what was found in the ledger.
+    async fn verify(
+        &self,
+        path: &RunPath,
+        run: &super::Run,
+        local: &mut Local,
+        had_prior: bool,
+        report: &mut RunReport,
+    ) -> Result<(), SyncError> {
+        let syncer = self.syncer;
+        report.artifacts_not_synced = run
+            .artifacts
+            .iter()
+            .map(|a| format!("{} ({})", a.name, a.kind))
+            .collect();
+        let left_out: Vec<String> = report
+            .artifacts_not_synced
+            .iter()
+            .map(|a| format!("artifact {a} was not synced: trainyard does not sync artifacts yet"))
+            .collect();
+        if syncer.opts.verify || self.verify_only {
+            let mine: u64 = local.base.iter().sum();
+            local.superseded = syncer
+                .ledger
+                .fragments(&self.server, &path.project, &path.name)?
+                .iter()
+                .any(|e| {
+                    e.dir != self.dir
+                        && e.base.iter().sum::<u64>() > mine
+                        && e.base.iter().zip(local.base).all(|(a, b)| *a >= b)
+                });
+            syncer.count(1);
+            let state = syncer.api.run_state(path).await?;
+            report.mismatches = compare(local, state.as_ref(), path);
+        }
+        report.mismatches.extend(left_out);
+        let verified = syncer.opts.verify || self.verify_only || !report.mismatches.is_empty();
+        if verified && (had_prior || !self.verify_only) {
+            syncer
+                .ledger
+                .verified(&self.server, &self.dir, &report.mismatches)?;
+        }
+        Ok(())
+    }
+}
+
+/// A run directory and its fingerprint, each found on a blocking thread.
+async fn open_run_dir(dir: &Path) -> Result<(RunDir, String), SyncError> {
+    let rd = {
+        let d = dir.to_path_buf();
+        blocking(move || RunDir::open(&d)).await?
+    };
+    let fp = {
+        let rd = rd.clone();
+        blocking(move || fingerprint(&rd)).await?
+    };
+    Ok((rd, fp))
+}
+
+/// Whether the ledger says `prior` is fully synced from this very content
+/// (same fingerprint, and the same run id when one is forced): then nothing
+/// is sent, and `report` says what the last sync and verification found.
+fn still_synced(
+    prior: Option<&ledger::Entry>,
+    id: Option<&str>,
+    fp: &str,
+    report: &mut RunReport,
+) -> bool {
+    let Some(p) = prior else {
+        return false;
+    };
+    let same_id = id.is_none_or(|id| id == p.name);
+    if !(p.complete && p.fingerprint == fp && same_id) {
+        return false;
+    }
+    report.outcome = SyncOutcome::Unchanged;
+    report.path = Some(p.path().to_string());
+    report.exit_code = p.exit_code;
+    // what the last verification found still holds
+    report.mismatches.clone_from(&p.mismatches);
+    true
+}
+
+/// Reads until the run record names the run (a resumed fragment: until its
+/// first history row too, which its step shift depends on), keeping the
+/// rows in the reader. Returns it and whether the file ended.
+async fn read_head(rd: &RunDir, window: u64) -> Result<(RunReader, bool), SyncError> {
+    let (mut reader, mut eof) = read_until_named(rd.reader(), window).await?;
+    if reader.run().resume {
+        (reader, eof) = read_until_history(reader, window, eof).await?;
+    }
+    if reader.run().id.is_empty() {
+        return Err(SyncError::NoRunRecord {
+            file: rd.wandb_file.clone(),
+        });
+    }
+    Ok((reader, eof))
 }
 
 /// The files a sync uploads: the generated ones, `output.log`, and those the
