@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use trainyard::remote::registry::{self, GetOptions, PinOptions};
-use trainyard::remote::sync::{self, PushOptions};
+use trainyard::remote::sync::{self, PushOptions, TagMove};
 use trainyard::remote::{Remote, RemoteConfig, Remotes};
 use trainyard::store::{CheckoutOptions, DatasetRef, LinkMode, Store};
 
@@ -282,7 +282,7 @@ pub fn push(ctx: &Ctx, store: &Store, a: PushArgs) -> anyhow::Result<ExitCode> {
     let conflicts = report
         .tags
         .iter()
-        .filter(|t| t.outcome == "conflict")
+        .filter(|t| t.outcome == TagMove::Conflict)
         .count();
     if ctx.json {
         output::json(&report)?;
@@ -300,10 +300,12 @@ pub fn push(ctx: &Ctx, store: &Store, a: PushArgs) -> anyhow::Result<ExitCode> {
             report.seconds
         );
         for t in &report.tags {
-            match t.outcome.as_str() {
-                "set" => println!("  tag {}@{} → {}", t.dataset, t.tag, &t.version[..12]),
-                "conflict" => eprintln!("error: {}", t.detail.as_deref().unwrap_or("tag conflict")),
-                _ => {}
+            match t.outcome {
+                TagMove::Set => println!("  tag {}@{} → {}", t.dataset, t.tag, &t.version[..12]),
+                TagMove::Conflict => {
+                    eprintln!("error: {}", t.detail.as_deref().unwrap_or("tag conflict"))
+                }
+                TagMove::Unchanged => {}
             }
         }
     }

@@ -38,7 +38,7 @@ use super::{Remote, Result};
 use crate::store::ObjectId;
 
 pub use self::pull::{fetch, PullReport};
-pub use self::push::{push, PushOptions, PushReport, PushedVersion, TagOutcome};
+pub use self::push::{push, PushOptions, PushReport, PushedVersion, TagMove, TagOutcome};
 
 /// Objects at least this large are stored loose (the store's pack threshold).
 const LOOSE: u64 = 128 << 10;

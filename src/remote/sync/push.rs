@@ -39,6 +39,18 @@ pub struct PushedVersion {
     pub new: bool,
 }
 
+/// What a push did to a tag on the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TagMove {
+    /// The remote's tag now names the local version.
+    Set,
+    /// It already did.
+    Unchanged,
+    /// It names another version that someone else set: left alone.
+    Conflict,
+}
+
 /// A tag's fate in a push.
 #[derive(Debug, Clone, Serialize)]
 pub struct TagOutcome {
@@ -48,8 +60,8 @@ pub struct TagOutcome {
     pub tag: String,
     /// The version it names locally.
     pub version: String,
-    /// `set`, `unchanged` or `conflict`.
-    pub outcome: String,
+    /// What happened to it.
+    pub outcome: TagMove,
     /// For conflicts, the reason.
     pub detail: Option<String>,
 }
@@ -409,7 +421,7 @@ async fn push_tag(
         dataset: dataset.to_string(),
         tag: tag.to_string(),
         version: local.clone(),
-        outcome: "unchanged".into(),
+        outcome: TagMove::Unchanged,
         detail: None,
     };
     let next = match conn.tag(dataset, tag).await? {
@@ -421,7 +433,7 @@ async fn push_tag(
             if force || state.get(&skey) == Some(&seq) {
                 Some(seq + 1)
             } else {
-                out.outcome = "conflict".into();
+                out.outcome = TagMove::Conflict;
                 out.detail = Some(conflict(r.version));
                 None
             }
@@ -442,14 +454,14 @@ async fn push_tag(
             .await?
         {
             state.insert(skey, seq);
-            out.outcome = "set".into();
+            out.outcome = TagMove::Set;
         } else {
             let theirs = conn
                 .tag(dataset, tag)
                 .await?
                 .map(|(_, r)| r.version)
                 .unwrap_or_default();
-            out.outcome = "conflict".into();
+            out.outcome = TagMove::Conflict;
             out.detail = Some(conflict(theirs));
         }
     }
