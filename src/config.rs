@@ -8,7 +8,6 @@
 //! [usage]
 //! timezone = "Asia/Seoul"     # days and months of usage reports; default: the system's
 //! ignore_tag = "ignore-usage" # jobs and runs with this tag are not counted
-//! idle_below_pct = 5          # a GPU under this utilization is idle
 //!
 //! [teams.vision]
 //! users = ["ana", "bo"]
@@ -79,8 +78,6 @@ pub struct UsageConfig {
     pub timezone: Option<String>,
     /// Jobs and runs carrying this tag are left out of usage ("" counts all).
     pub ignore_tag: String,
-    /// A GPU under this utilization (percent) is idle.
-    pub idle_below_pct: f64,
 }
 
 impl Default for UsageConfig {
@@ -88,7 +85,6 @@ impl Default for UsageConfig {
         UsageConfig {
             timezone: None,
             ignore_tag: "ignore-usage".into(),
-            idle_below_pct: 5.0,
         }
     }
 }
@@ -115,16 +111,6 @@ impl LabConfig {
             field: "usage.timezone",
             source: Box::new(e),
         })?;
-        if !(0.0..=100.0).contains(&c.usage.idle_below_pct) {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                field: "usage.idle_below_pct",
-                source: Box::new(usage::UsageError::Range(format!(
-                    "{} is not a percentage (0 to 100)",
-                    c.usage.idle_below_pct
-                ))),
-            });
-        }
         Ok(c)
     }
 
@@ -166,7 +152,6 @@ mod tests {
             ),
             ("[usage]\ntimezon = \"UTC\"\n", "unknown field `timezon`"),
             ("[teams.x]\nmembers = []\n", "unknown field `members`"),
-            ("[usage]\nidle_below_pct = 150\n", "usage.idle_below_pct"),
             ("[usage\n", "config.toml"),
         ] {
             std::fs::write(&p, text).unwrap();

@@ -79,12 +79,6 @@ impl Coord {
         }
     }
 
-    /// A GPU's samples over `[from_ms, to_ms)`, sorted by time. None are
-    /// kept yet: until telemetry is stored, usage is allocated time only.
-    pub fn samples(&self, _gpu: &str, _from_ms: i64, _to_ms: i64) -> Vec<crate::usage::Sample> {
-        Vec::new()
-    }
-
     pub fn lease_ns(&self) -> i64 {
         self.lease.as_nanos() as i64
     }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::coord::Coord;
 use super::error::{blocking, ApiError, ApiResult};
 use crate::api::{UsageAnswer, UsageRow};
+use crate::telemetry::{Resolution, TelemetryQuery};
 use crate::usage::{self, Dim, Period, Policy, UsageError};
 use crate::wandb::index::RunIndex;
 use crate::wandb::usage::run_holdings;
@@ -143,15 +144,19 @@ pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<Foun
         .map(|r| (r.holding, (r.samples, r.max_gap_ms)))
         .collect();
     let rec = usage::reconcile(&holdings, runs, &|agent: &str| hosts.get(agent).cloned());
-    let policy = Policy {
-        idle_below_pct: c.lab.usage.idle_below_pct,
-        ..Policy::default()
-    };
+    // The telemetry store's threshold (5 %), for runs too.
+    let policy = Policy::default();
     let window = (q.since_ms, q.until_ms);
     let mut accounted = Vec::with_capacity(holdings.len() + rec.runs_to_count.len());
     for h in &holdings {
-        let samples = c.samples(&h.gpu, h.start_ms.max(q.since_ms), h.end_ms.min(q.until_ms));
-        accounted.push((h, usage::account(h, &samples, window, &q.tz, &policy)?));
+        let m = measured(
+            c,
+            h,
+            h.start_ms.max(q.since_ms),
+            h.end_ms.min(q.until_ms),
+            now_ms,
+        )?;
+        accounted.push((h, usage::account_measured(h, &m, window, &q.tz)?));
     }
     for (h, (samples, max_gap_ms)) in &rec.runs_to_count {
         let policy = Policy {
@@ -165,4 +170,58 @@ pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<Foun
         links: rec.links,
         conflicts: rec.conflicts,
     })
+}
+
+/// What the telemetry store integrated for a job holding over
+/// `[from, to)`: 15-minute buckets where those are complete, then minute
+/// buckets, then raw samples (the compaction watermarks say where).
+fn measured(
+    c: &Coord,
+    h: &usage::Holding,
+    from: i64,
+    to: i64,
+    now_ms: i64,
+) -> ApiResult<Vec<usage::Measured>> {
+    let usage::Holder::Job { job, attempt } = &h.holder else {
+        return Ok(Vec::new());
+    };
+    let (m1, m15) = c.tele.db.watermarks()?;
+    let mut out = Vec::new();
+    for (a, b, res) in [
+        (from, to.min(m15), Resolution::Quarter),
+        (from.max(m15), to.min(m1), Resolution::Minute),
+        (from.max(m1), to, Resolution::Raw),
+    ] {
+        if a >= b {
+            continue;
+        }
+        // Buckets are found by their start: from the one holding `a`.
+        let step = res.step_ms();
+        let since = if step > 0 { a - a.rem_euclid(step) } else { a };
+        let q = TelemetryQuery {
+            gpu: Some(h.gpu.clone()),
+            job: Some(*job as i64),
+            since_ms: since,
+            until_ms: b,
+            resolution: Some(res),
+            ..Default::default()
+        };
+        for s in c.tele.db.query(&q, now_ms)?.series {
+            for p in s.points {
+                if p.job != Some(*job as i64) || p.attempt != Some(*attempt) {
+                    continue;
+                }
+                let span = if step > 0 { step } else { p.covered_ms };
+                out.push(usage::Measured {
+                    from_ms: p.t_ms,
+                    to_ms: p.t_ms + span.max(1),
+                    used_ms: p.used_ms as f64,
+                    idle_ms: p.idle_ms as f64,
+                    energy_mj: p.energy_mj.unwrap_or(0) as f64,
+                    peak_mem_mib: p.mem_used_mib.max.max(0.0) as u64,
+                });
+            }
+        }
+    }
+    Ok(out)
 }

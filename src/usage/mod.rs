@@ -216,6 +216,84 @@ fn days(tz: &TimeZone, from: i64, to: i64) -> Result<Vec<(Date, i64, i64)>, Usag
     Ok(out)
 }
 
+/// Per-day spans of a day's tz.
+type DaySpans = Vec<(Date, i64, i64)>;
+
+/// The holding's allocated time per day within the window, with the day
+/// spans and the clipped range; `None` when it lies outside the window.
+#[allow(clippy::type_complexity)]
+fn allocated(
+    h: &Holding,
+    window: (i64, i64),
+    tz: &TimeZone,
+) -> Result<Option<(BTreeMap<Date, Usage>, DaySpans, i64, i64)>, UsageError> {
+    let start = h.start_ms.max(window.0);
+    let end = h.end_ms.min(window.1);
+    if start >= end {
+        return Ok(None);
+    }
+    let day_spans = days(tz, start, end)?;
+    let mut out: BTreeMap<Date, Usage> = BTreeMap::new();
+    for (d, a, b) in &day_spans {
+        out.entry(*d).or_default().allocated_ms += b - a;
+    }
+    Ok(Some((out, day_spans, start, end)))
+}
+
+/// GPU time already integrated by the telemetry store over
+/// `[from_ms, to_ms)` for one holder: a raw sample's interval or a rollup
+/// bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    /// From (ms since the epoch)...
+    pub from_ms: i64,
+    /// ...to (exclusive).
+    pub to_ms: i64,
+    /// Used GPU-ms in it.
+    pub used_ms: f64,
+    /// Idle GPU-ms in it.
+    pub idle_ms: f64,
+    /// Energy, mJ.
+    pub energy_mj: f64,
+    /// Peak memory used, MiB.
+    pub peak_mem_mib: u64,
+}
+
+/// [`account`] for time the telemetry store already integrated: each
+/// interval's amounts go to the days it overlaps (within the window) in
+/// proportion to the overlap. Rollup buckets (1 or 15
+/// minutes) never straddle a day of a real zone, whose offsets are whole
+/// quarters of an hour.
+pub fn account_measured(
+    h: &Holding,
+    measured: &[Measured],
+    window: (i64, i64),
+    tz: &TimeZone,
+) -> Result<BTreeMap<Date, Usage>, UsageError> {
+    let Some((mut out, _, _, _)) = allocated(h, window, tz)? else {
+        return Ok(BTreeMap::new());
+    };
+    // The store integrated each interval for this holder only: clip to the
+    // window, never to the holding (a bucket that starts before the holding
+    // holds only the holding's time).
+    for m in measured {
+        let len = (m.to_ms - m.from_ms).max(1) as f64;
+        let (p, q) = (m.from_ms.max(window.0), m.to_ms.min(window.1));
+        if p >= q {
+            continue;
+        }
+        for (d, x, y) in days(tz, p, q)? {
+            let f = (y - x) as f64 / len;
+            let u = out.entry(d).or_default();
+            u.used_ms += m.used_ms * f;
+            u.idle_ms += (m.idle_ms * f).round() as i64;
+            u.energy_mj += m.energy_mj * f;
+            u.peak_mem_mib = u.peak_mem_mib.max(m.peak_mem_mib);
+        }
+    }
+    Ok(out)
+}
+
 /// Account one holding over `[window.0, window.1)` (the query's range),
 /// by day of `tz`. `samples` are the holding's GPU's, sorted by time; any
 /// outside the holding are ignored (the one just before it speaks for its
@@ -227,16 +305,9 @@ pub fn account(
     tz: &TimeZone,
     policy: &Policy,
 ) -> Result<BTreeMap<Date, Usage>, UsageError> {
-    let start = h.start_ms.max(window.0);
-    let end = h.end_ms.min(window.1);
-    let mut out: BTreeMap<Date, Usage> = BTreeMap::new();
-    if start >= end {
-        return Ok(out);
-    }
-    let day_spans = days(tz, start, end)?;
-    for (d, a, b) in &day_spans {
-        out.entry(*d).or_default().allocated_ms += b - a;
-    }
+    let Some((mut out, day_spans, start, end)) = allocated(h, window, tz)? else {
+        return Ok(BTreeMap::new());
+    };
     // Samples that speak for some of [start, end).
     let first = samples.partition_point(|s| s.t_ms + policy.max_gap_ms <= start);
     let last = samples.partition_point(|s| s.t_ms < end);

@@ -284,3 +284,96 @@ fn wandb_runs_count_the_gpus_their_processes_used_once() {
     );
     up.term();
 }
+
+/// Used and idle-allocated GPU time from the agent's samples of a scripted
+/// trace: 1 GPU at 60 % and 200 W while a job holds it, then a job on an
+/// idle GPU (2 %): used and energy follow the trace to the second.
+#[test]
+fn used_idle_and_energy_follow_a_scripted_trace() {
+    let env = Env::new();
+    let trace = env.path("trace.toml");
+    std::fs::write(
+        &trace,
+        "version = 1\n[[gpu]]\nindex = 0\npoints = [[0, 60, 4096, 200]]\n\
+         [[gpu]]\nindex = 1\npoints = [[0, 2, 1024, 50]]\n",
+    )
+    .unwrap();
+    let (mut up, url) = env.up(
+        "up",
+        &[
+            "--fake-gpus",
+            "2xA100-80GB",
+            "--fake-gpu-trace",
+            trace.to_str().unwrap(),
+            "--sample-every",
+            "200ms",
+        ],
+    );
+    let mut uuids: Vec<String> = Vec::new();
+    crate::support::wait_for(Duration::from_secs(10), || {
+        let a = crate::support::get_json(&url, "/api/v1/agents", None);
+        uuids = a[0]["report"]["gpus"]
+            .as_array()
+            .map(|g| {
+                g.iter()
+                    .map(|g| g["uuid"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        uuids.len() == 2
+    });
+    // One job per GPU: each job's GPU is known from its attempt.
+    let busy = submit(
+        &env,
+        &url,
+        &["--gpus", "1", "--project", "busy", "--", "sleep", "3"],
+    );
+    let idle = submit(
+        &env,
+        &url,
+        &["--gpus", "1", "--project", "idle", "--", "sleep", "3"],
+    );
+    for id in [busy, idle] {
+        wait_state(&url, id, "succeeded", Duration::from_secs(30));
+    }
+    // The agent ships its samples every second at this rate.
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = env.json(&[
+        "usage", "--server", &url, "--by", "project", "--since", "today",
+    ]);
+    for (id, project) in [(busy, "busy"), (idle, "idle")] {
+        let a = &job(&url, id)["attempt_log"][0];
+        let gpu = a["gpus"][0].as_str().unwrap();
+        let (util, watts) = if gpu == uuids[0] {
+            (60.0, 200.0)
+        } else {
+            (2.0, 50.0)
+        };
+        let alloc =
+            (a["finished_ns"].as_i64().unwrap() - a["assigned_ns"].as_i64().unwrap()) as f64 / 1e9;
+        let row = row(&r, &[project]).expect(project);
+        let h = |k: &str| row[k].as_f64().unwrap() * 3600.0;
+        assert!((h("allocated_gpu_h") - alloc).abs() < 1e-3, "{r:#}");
+        // Samples every 0.2 s cover the holding but for its edges.
+        let used = h("used_gpu_h");
+        assert!(
+            used <= util / 100.0 * alloc + 1e-6 && used >= util / 100.0 * (alloc - 1.0),
+            "{project}: used {used} of {alloc} s at {util} %: {r:#}"
+        );
+        let idle_s = h("idle_gpu_h");
+        let energy_j = row["energy_kwh"].as_f64().unwrap() * 3.6e6;
+        assert!(
+            energy_j <= watts * alloc + 1.0 && energy_j >= watts * (alloc - 1.0),
+            "{project}: {energy_j} J: {r:#}"
+        );
+        if util < 5.0 {
+            assert!(
+                idle_s <= alloc && idle_s >= alloc - 1.0,
+                "{project}: idle {idle_s}: {r:#}"
+            );
+        } else {
+            assert_eq!(idle_s, 0.0, "{r:#}");
+        }
+    }
+    up.term();
+}
