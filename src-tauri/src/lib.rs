@@ -17,7 +17,7 @@ use trainyard::agent::{run_agent, AgentConfig, Identity};
 use trainyard::api::Event;
 use trainyard::client::Client;
 use trainyard::queue::{JobId, JobState};
-use trainyard::server::{Config, Secret, Server, TOKEN_FILE};
+use trainyard::server::{Config, Secret, Server};
 use trainyard::Home;
 
 /// The native folder picker, for "snapshot a folder" in the Datasets page.
@@ -52,7 +52,7 @@ fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
     // One daemon per home: attach to the one `trainyard up` (or another
     // window) runs, with the home's token, instead of starting a second.
     if let Some(running) = trainyard::server::running_daemon(&home) {
-        let secret = trainyard::server::read_token(&home.root().join(TOKEN_FILE))?;
+        let secret = trainyard::server::read_token(&home.token_path())?;
         let client = Client::new(&running.url, Some(secret.clone()));
         tracing::info!(url = %running.url, pid = running.pid, "attaching to the running daemon");
         return Ok(Daemon {
@@ -62,7 +62,7 @@ fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
         });
     }
     // The home's token, so the CLI works against this daemon too.
-    let secret = trainyard::server::load_or_create_token(&home.root().join(TOKEN_FILE))?;
+    let secret = trainyard::server::load_or_create_token(&home.token_path())?;
     let token = secret.expose().to_string();
     let server = tauri::async_runtime::block_on(Server::bind(Config {
         home: home.clone(),

@@ -204,7 +204,7 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
             "trainyard daemon listening on {url} (home {})",
             ctx.home.root().display()
         );
-        let token_file = ctx.home.root().join(server::TOKEN_FILE);
+        let token_file = ctx.home.token_path();
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             // Like Jupyter: a login link on the terminal, never in a log file.
             eprintln!(
@@ -269,7 +269,7 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
         (None, Some(f)) => Some(server::read_token(f)?),
         // An agent beside its daemon (same home) uses the home's token.
         (None, None) => {
-            let f = ctx.home.root().join(server::TOKEN_FILE);
+            let f = ctx.home.token_path();
             f.exists().then(|| server::read_token(&f)).transpose()?
         }
     };

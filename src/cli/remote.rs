@@ -212,7 +212,7 @@ pub fn get(ctx: &Ctx, store: &Store, a: GetArgs, import: bool) -> anyhow::Result
 }
 
 fn remotes(ctx: &Ctx) -> anyhow::Result<Remotes> {
-    Ok(Remotes::load(&ctx.home.root().join("remotes.toml"))?)
+    Ok(Remotes::load(&ctx.home.remotes_path())?)
 }
 
 fn open(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Remote> {

@@ -55,7 +55,7 @@ pub(crate) struct Coord {
 impl Coord {
     pub fn new(queue: Queue, home: crate::Home, lease: Duration, retention: Retention) -> Coord {
         Coord {
-            logs: AttemptLogs::new(home.root().join("logs"), retention.max_log_bytes),
+            logs: AttemptLogs::new(home.logs_dir(), retention.max_log_bytes),
             retention,
             home,
             queue,

@@ -145,8 +145,8 @@ pub(crate) async fn remotes(
             .collect())
     })
     .await?;
-    let cfg = Remotes::load(&c.home.root().join("remotes.toml"))
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let cfg =
+        Remotes::load(&c.home.remotes_path()).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut out = Vec::new();
     for (rname, rc) in cfg.list() {
         let mut st = RemoteState {
