@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod client;
+pub mod daemon;
 pub mod db;
 pub mod gpu;
 pub mod home;

@@ -4,7 +4,8 @@
 //! GPU visibility, timeout, cancel), `env` the job environment, `cgroup`
 //! cgroup v2 containment, `record` the per-attempt files that let a
 //! restarted agent stop what its previous run left, `identity` its name and
-//! the id kept in its home, `git` the job sources.
+//! the id kept in its home, `setup` what an agent is started with, `git`
+//! the job sources.
 //! The agent talks to the daemon only through the HTTP API, the agent
 //! embedded in `trainyard up` included.
 
@@ -14,10 +15,12 @@ pub mod git;
 pub mod identity;
 mod record;
 mod run;
+mod setup;
 mod worker;
 
 pub use identity::{Identity, IdentityError};
 pub use run::{start, Outcome, RunError, RunSpec, Running, StopFlag};
+pub use setup::{Ready, Setup, SetupError};
 pub use worker::{
     hostname, run as run_agent, stop_left_behind, AgentConfig, AgentError, LEASE_GRACE, LEASE_STOP,
     NAME_TAKEN,

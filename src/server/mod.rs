@@ -1,7 +1,7 @@
-//! The daemon: the HTTP API (`/api/v1`, axum) over the queue, the
-//! scheduler loop, and the agents' rendezvous. `trainyard up` is a thin
-//! wrapper around [`Server::bind`] and [`Server::serve`]; the desktop shell
-//! embeds the same two calls.
+//! The daemon's server: the HTTP API (`/api/v1`, axum) over the queue, the
+//! scheduler loop, and the agents' rendezvous. [`Server::bind`] and
+//! [`Server::serve`] are started, with the local agent, by
+//! `crate::daemon::Daemon`, which `trainyard up` and the desktop shell use.
 //!
 //! It binds 127.0.0.1 by default. Every API call but `GET /api/v1/health`
 //! needs the bearer token (`daemon.token`, 0600, in the Trainyard home), on
@@ -204,6 +204,11 @@ impl Server {
     /// `/api/v1/events`), for in-process observers such as the desktop shell.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::api::Event> {
         self.coord.events.subscribe()
+    }
+
+    /// The channel of those events, for holders that subscribe later.
+    pub(crate) fn events(&self) -> tokio::sync::broadcast::Sender<crate::api::Event> {
+        self.coord.events.clone()
     }
 
     /// The token every API call but `GET /api/v1/health` must carry.
