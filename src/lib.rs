@@ -18,6 +18,7 @@ pub mod sched;
 pub mod secret;
 pub mod server;
 pub mod store;
+pub mod user;
 pub mod wandb;
 
 pub use home::Home;
