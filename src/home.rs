@@ -2,8 +2,10 @@
 //!
 //! Precedence: an explicit path (the CLI's `--home`) > `TRAINYARD_HOME` > the
 //! XDG data directory (`~/.local/share/trainyard` on Linux). This module only
-//! resolves and creates paths, and keeps the home private to its owner (0700;
-//! the well-known files below it 0600); it knows nothing else about what is
+//! resolves and creates paths, names the well-known paths below the home
+//! (callers ask [`Home`] for them rather than join names onto
+//! [`Home::root`]), and keeps the home private to its owner (0700; the
+//! well-known files below it 0600); it knows nothing else about what is
 //! stored there.
 
 use std::fs;
@@ -26,11 +28,20 @@ pub const HOME_MODE: u32 = 0o700;
 /// Mode of the well-known files at the top of the home.
 pub const FILE_MODE: u32 = 0o600;
 
+/// The daemon's URL and pid while it runs (`daemon.json`).
+pub const DAEMON_FILE: &str = "daemon.json";
+
+/// The daemon's bearer token (`daemon.token`).
+pub const TOKEN_FILE: &str = "daemon.token";
+
+/// The file a running daemon holds an exclusive lock on (`daemon.lock`).
+pub const LOCK_FILE: &str = "daemon.lock";
+
 /// Whether a top-level file of the home is one kept owner-only: databases
 /// and their SQLite side files, the daemon's token and `daemon.json`.
 fn is_private_file(name: &str) -> bool {
-    name == "daemon.token"
-        || name == "daemon.json"
+    name == TOKEN_FILE
+        || name == DAEMON_FILE
         || name.ends_with(".db")
         || crate::db::SIDE_FILES
             .iter()
@@ -157,7 +168,8 @@ impl Home {
         &self.root
     }
 
-    /// The dataset store's directory.
+    /// The dataset store's directory (objects, packs, the stat cache; its
+    /// layout is the store's, `docs/store-format.md`).
     pub fn store_dir(&self) -> PathBuf {
         self.root.join("store")
     }
@@ -175,6 +187,58 @@ impl Home {
     /// The ledger of what was synced to which wandb server.
     pub fn sync_path(&self) -> PathBuf {
         self.root.join("sync.db")
+    }
+
+    /// The job queue database (the daemon's alone).
+    pub fn queue_path(&self) -> PathBuf {
+        self.root.join("queue.db")
+    }
+
+    /// The daemon's copies of attempt logs.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// The dataset remotes configuration (`remotes.toml`; never credentials).
+    pub fn remotes_path(&self) -> PathBuf {
+        self.root.join("remotes.toml")
+    }
+
+    /// The cache of what is known of remote `name` (its pack indexes).
+    pub fn remote_cache_dir(&self, name: &str) -> PathBuf {
+        self.root.join("remotes").join(name)
+    }
+
+    /// Clones of git data registries.
+    pub fn registry_cache_dir(&self) -> PathBuf {
+        self.root.join("git-cache")
+    }
+
+    /// The daemon's token file.
+    pub fn token_path(&self) -> PathBuf {
+        self.root.join(TOKEN_FILE)
+    }
+
+    /// Where the running daemon writes its URL and pid.
+    pub fn daemon_file_path(&self) -> PathBuf {
+        self.root.join(DAEMON_FILE)
+    }
+
+    /// The lock a running daemon holds: one daemon per home.
+    pub fn daemon_lock_path(&self) -> PathBuf {
+        self.root.join(LOCK_FILE)
+    }
+
+    /// Agent `name`'s own directory: its identity, lock, attempt records,
+    /// work directories and local logs.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.root.join("agent").join(name)
+    }
+
+    /// The agents' cache of job source repositories (one bare repository
+    /// per URL), shared by the agents of this home.
+    pub fn agent_git_cache(&self) -> PathBuf {
+        self.root.join("agent").join("git")
     }
 }
 

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod gpu;
 pub mod home;
@@ -20,6 +21,7 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod usage;
+pub mod user;
 pub mod wandb;
 
 pub use home::Home;

@@ -1,23 +1,25 @@
 //! Trainyard's desktop shell (Tauri v2). Thin by design: on launch it
 //! attaches to the daemon already running for its home, or starts one
-//! in-process on loopback with the home's token and a local agent (or, with
-//! `TRAINYARD_URL`, uses a daemon elsewhere), and opens a
+//! in-process (`trainyard::daemon`, as `trainyard up` does) on loopback with
+//! the home's token and a local agent, stopped in the daemon's order when the
+//! app exits (or, with `TRAINYARD_URL`, uses a daemon elsewhere), and opens a
 //! window on the daemon's web UI. Native extras only: a tray icon with a
 //! queue/GPU summary, a notification when a job ends, and a folder picker
 //! for dataset snapshots. Everything else is the UI talking to the API.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tauri::menu::{Menu, MenuItem};
 use tauri::tray::TrayIconBuilder;
-use tauri::{AppHandle, Manager, WebviewUrl, WebviewWindowBuilder};
+use tauri::{AppHandle, Manager, RunEvent, WebviewUrl, WebviewWindowBuilder};
 use tauri_plugin_dialog::DialogExt;
 use tauri_plugin_notification::NotificationExt;
-use trainyard::agent::{run_agent, AgentConfig, Identity};
 use trainyard::api::Event;
 use trainyard::client::Client;
+use trainyard::daemon::{self, Daemon};
 use trainyard::queue::{JobId, JobState};
-use trainyard::server::{Config, Secret, Server, TOKEN_FILE};
+use trainyard::server::{Config, Secret};
 use trainyard::Home;
 
 /// The native folder picker, for "snapshot a folder" in the Datasets page.
@@ -34,75 +36,73 @@ async fn pick_folder(app: AppHandle) -> Option<String> {
 }
 
 /// Where the window points and how to talk to that daemon.
-struct Daemon {
+struct Target {
     url: String,
     client: Client,
     token: Option<String>,
 }
 
+/// The daemon this app started, if it started one: stopped when the app exits.
+struct Embedded(Mutex<Option<Daemon>>);
+
 /// Start the in-process daemon and local agent, or use `TRAINYARD_URL`.
-fn start_daemon(app: &AppHandle) -> Result<Daemon, Box<dyn std::error::Error>> {
+fn start_daemon(app: &AppHandle) -> Result<Target, Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("TRAINYARD_URL") {
         let token = std::env::var("TRAINYARD_TOKEN").ok();
         let client = Client::new(&url, token.clone().map(Secret::new));
-        return Ok(Daemon { url, client, token });
+        return Ok(Target { url, client, token });
     }
     let home = Home::resolve(None)?;
     home.ensure()?;
     // One daemon per home: attach to the one `trainyard up` (or another
     // window) runs, with the home's token, instead of starting a second.
     if let Some(running) = trainyard::server::running_daemon(&home) {
-        let secret = trainyard::server::read_token(&home.root().join(TOKEN_FILE))?;
+        let secret = trainyard::server::read_token(&home.token_path())?;
         let client = Client::new(&running.url, Some(secret.clone()));
         tracing::info!(url = %running.url, pid = running.pid, "attaching to the running daemon");
-        return Ok(Daemon {
+        return Ok(Target {
             url: running.url,
             client,
             token: Some(secret.expose().to_string()),
         });
     }
-    // The home's token, so the CLI works against this daemon too.
-    let secret = trainyard::server::load_or_create_token(&home.root().join(TOKEN_FILE))?;
-    let token = secret.expose().to_string();
-    let server = tauri::async_runtime::block_on(Server::bind(Config {
-        home: home.clone(),
-        addr: "127.0.0.1:0".parse()?,
-        lease: Duration::from_secs(30),
-        allow_hosts: Vec::new(),
-        token: Some(secret),
-        retention: Default::default(),
-    }))?;
-    let url = server.url();
-    let client = Client::new(&url, Some(Secret::new(token.clone())));
-    let events = server.subscribe();
+    let config = daemon::Config {
+        server: Config {
+            home,
+            addr: "127.0.0.1:0".parse()?,
+            lease: Duration::from_secs(30),
+            allow_hosts: Vec::new(),
+            // The home's token, so the CLI works against this daemon too.
+            token: None,
+            retention: Default::default(),
+        },
+        // The local agent: NVML, or a fake inventory only when asked for.
+        agent: Some(trainyard::agent::Setup {
+            fake_gpus: std::env::var(trainyard::gpu::FAKE_GPUS_ENV).ok(),
+            fake_gpu_trace: std::env::var_os(trainyard::gpu::FAKE_GPU_TRACE_ENV).map(Into::into),
+            ..Default::default()
+        }),
+        metrics_bind: None,
+    };
+    let daemon = tauri::async_runtime::block_on(Daemon::start(config))?;
+    let url = daemon.url().to_string();
+    let client = daemon.client();
+    let token = daemon.token().expose().to_string();
+    let failed = daemon.agent_failed();
     tauri::async_runtime::spawn(async move {
-        if let Err(e) = server.serve(std::future::pending()).await {
-            tracing::error!(error = %e, "daemon stopped");
-        }
+        let e = failed.await;
+        tracing::error!(error = %e, "the local agent stopped");
     });
-    // The local agent: NVML, or a fake inventory only when asked for.
-    // Its identity is held (locked) for the app's lifetime.
-    let identity: &'static Identity = Box::leak(Box::new(Identity::take(
-        &home,
-        &trainyard::agent::hostname(),
-    )?));
-    let fake = std::env::var(trainyard::gpu::FAKE_GPUS_ENV).ok();
-    let gpus = trainyard::gpu::detect(fake.as_deref(), &identity.gpu_seed())?;
-    let cfg = AgentConfig::new(
-        identity,
-        home,
-        std::thread::available_parallelism()
-            .map(|n| n.get() as u32)
-            .unwrap_or(1),
-    );
-    let agent_client = client.clone();
-    tauri::async_runtime::spawn(async move {
-        if let Err(e) = run_agent(cfg, agent_client, gpus, std::future::pending()).await {
-            tracing::error!(error = %e, "the local agent stopped");
-        }
-    });
-    tauri::async_runtime::spawn(notify_job_ends(app.clone(), client.clone(), events));
-    Ok(Daemon {
+    tauri::async_runtime::spawn(notify_job_ends(
+        app.clone(),
+        client.clone(),
+        daemon.subscribe(),
+    ));
+    *app.state::<Embedded>()
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(daemon);
+    Ok(Target {
         url,
         client,
         token: Some(token),
@@ -182,6 +182,7 @@ pub fn run() {
         .with_writer(std::io::stderr)
         .init();
     tauri::Builder::default()
+        .manage(Embedded(Mutex::new(None)))
         .plugin(tauri_plugin_dialog::init())
         .plugin(tauri_plugin_notification::init())
         .invoke_handler(tauri::generate_handler![pick_folder])
@@ -217,6 +218,23 @@ pub fn run() {
             tauri::async_runtime::spawn(tray_summary(handle, d.client));
             Ok(())
         })
-        .run(tauri::generate_context!())
-        .expect("the Tauri application runs");
+        .build(tauri::generate_context!())
+        .expect("the Tauri application builds")
+        .run(|app, event| {
+            if let RunEvent::Exit = event {
+                // The daemon's order: the local agent stops and reports its
+                // jobs while the server still listens, then the server.
+                let daemon = app
+                    .state::<Embedded>()
+                    .0
+                    .lock()
+                    .ok()
+                    .and_then(|mut d| d.take());
+                if let Some(d) = daemon {
+                    if let Err(e) = tauri::async_runtime::block_on(d.stop()) {
+                        tracing::error!(error = %e, "the daemon did not stop cleanly");
+                    }
+                }
+            }
+        });
 }

@@ -53,7 +53,7 @@ impl Identity {
     /// Take the identity of agent `name` in `home`: lock it, and read its
     /// id (creating it on the first start).
     pub fn take(home: &Home, name: &str) -> Result<Identity, IdentityError> {
-        let dir = home.root().join("agent").join(name);
+        let dir = home.agent_dir(name);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let lock_path = dir.join("agent.lock");
         let mut lock = std::fs::OpenOptions::new()

@@ -4,8 +4,9 @@
 //! GPU visibility, timeout, cancel), `env` the job environment, `cgroup`
 //! cgroup v2 containment, `record` the per-attempt files that let a
 //! restarted agent stop what its previous run left, `identity` its name and
-//! the id kept in its home, `git` the job sources, `telemetry` the GPU
-//! samples it buffers and ships to the daemon.
+//! the id kept in its home, `setup` what an agent is started with, `git`
+//! the job sources, `telemetry` the GPU samples it buffers and ships to the
+//! daemon.
 //! The agent talks to the daemon only through the HTTP API, the agent
 //! embedded in `trainyard up` included.
 
@@ -15,11 +16,13 @@ pub mod git;
 pub mod identity;
 mod record;
 mod run;
+mod setup;
 pub mod telemetry;
 mod worker;
 
 pub use identity::{Identity, IdentityError};
 pub use run::{start, Outcome, RunError, RunSpec, Running, StopFlag};
+pub use setup::{Ready, Setup, SetupError};
 pub use worker::{
     hostname, run as run_agent, stop_left_behind, AgentConfig, AgentError, LEASE_GRACE, LEASE_STOP,
     NAME_TAKEN,

@@ -195,7 +195,7 @@ impl Agent {
 }
 
 fn work_root(cfg: &AgentConfig) -> PathBuf {
-    cfg.home.root().join("agent").join(&cfg.name)
+    cfg.home.agent_dir(&cfg.name)
 }
 
 /// Run the agent until `shutdown` completes; then stop its attempts
@@ -513,7 +513,7 @@ fn prepare(a: &Agent, w: &Work, dir: &Path) -> Result<RunSpec, String> {
     };
     if let Some(git) = &spec.git {
         let src = dir.join("src");
-        let commit = super::git::checkout(&a.cfg.home.root().join("agent").join("git"), git, &src)
+        let commit = super::git::checkout(&a.cfg.home.agent_git_cache(), git, &src)
             .map_err(|e| e.to_string())?;
         env.insert("TRAINYARD_GIT_COMMIT".into(), commit.to_string());
         workdir = src;

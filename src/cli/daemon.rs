@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use trainyard::agent::{run_agent, AgentConfig, Identity};
+use trainyard::agent::{run_agent, Ready, Setup};
 use trainyard::client::Client;
-use trainyard::gpu::{self, FAKE_GPUS_ENV};
-use trainyard::server::{self, Config, Secret, Server};
+use trainyard::daemon::{self, Daemon};
+use trainyard::gpu::FAKE_GPUS_ENV;
+use trainyard::server::{self, Config, Secret};
 
 use super::Ctx;
 
@@ -28,7 +29,7 @@ pub struct AgentArgs {
     /// Replay this trace on the fake GPUs (needs --fake-gpus): per GPU,
     /// utilization, memory, power and temperature over the seconds since
     /// the agent started (format: docs/gpu-trace-format.md).
-    #[arg(long, env = gpu::FAKE_GPU_TRACE_ENV, value_name = "FILE", requires = "fake_gpus")]
+    #[arg(long, env = trainyard::gpu::FAKE_GPU_TRACE_ENV, value_name = "FILE", requires = "fake_gpus")]
     pub fake_gpu_trace: Option<PathBuf>,
     /// How often the agent samples its GPUs for the daemon's telemetry
     /// history (and its heartbeat's GPU state).
@@ -137,34 +138,21 @@ pub struct AgentCmdArgs {
     agent: AgentArgs,
 }
 
-/// An agent's configuration, its GPU inventory, and its identity (held,
-/// locked, while the agent runs).
-type LocalAgent = (AgentConfig, Box<dyn gpu::GpuSource>, Identity);
-
-fn agent_config(ctx: &Ctx, a: &AgentArgs) -> anyhow::Result<LocalAgent> {
-    let name = a.name.clone().unwrap_or_else(trainyard::agent::hostname);
-    let identity = Identity::take(&ctx.home, &name)?;
-    // Fake GPU UUIDs come from the identity: unique per agent, not per name.
-    let gpus = gpu::detect_traced(
-        a.fake_gpus.as_deref(),
-        a.fake_gpu_trace.as_deref(),
-        &identity.gpu_seed(),
-    )?;
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
-    Ok((
-        AgentConfig {
-            grace: a.grace,
-            keep_work: a.keep_work,
-            pass_env: a.pass_env.clone(),
-            cgroups: !a.no_cgroup,
-            sample_every: a.sample_every,
-            ..AgentConfig::new(&identity, ctx.home.clone(), a.cpu_slots.unwrap_or(cpus))
-        },
-        gpus,
-        identity,
-    ))
+impl AgentArgs {
+    /// The flags as the library's agent set-up.
+    fn setup(&self) -> Setup {
+        Setup {
+            name: self.name.clone(),
+            fake_gpus: self.fake_gpus.clone(),
+            cpu_slots: self.cpu_slots,
+            grace: self.grace,
+            keep_work: self.keep_work,
+            pass_env: self.pass_env.clone(),
+            cgroups: !self.no_cgroup,
+            fake_gpu_trace: self.fake_gpu_trace.clone(),
+            sample_every: self.sample_every,
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -189,59 +177,37 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
     if args.require_token {
         tracing::info!("--require-token: the token is always required now");
     }
-    // With another daemon on this home, bind below refuses (naming it):
-    // take no agent identity and touch none of its jobs.
-    let agent = if args.no_agent || server::home_in_use(&ctx.home) {
-        None
-    } else {
-        Some(agent_config(ctx, &args.agent)?)
-    };
-    // Jobs a killed predecessor left running are stopped before the server
-    // listens: it could requeue them to another agent, and agents' requests
-    // waiting in a listening socket would see their leases age.
-    if let Some((cfg, _, _)) = &agent {
-        trainyard::agent::stop_left_behind(cfg);
-    }
     let max_log_mib = trainyard::queue::parse_memory_mib("--max-log-size", &args.max_log_size)?;
-    let retention = server::Retention {
-        keep_jobs: (args.keep_jobs > 0).then_some(args.keep_jobs),
-        keep_for: (!args.keep_for.is_zero()).then_some(args.keep_for),
-        max_log_bytes: (max_log_mib > 0).then_some(max_log_mib << 20),
-        every: args.retention_every,
-    };
-    rt.block_on(async move {
-        let server = Server::bind(Config {
+    let config = daemon::Config {
+        server: Config {
             home: ctx.home.clone(),
             addr: SocketAddr::new(args.bind, args.port),
             lease: args.lease,
             allow_hosts: args.allow_hosts.clone(),
             token: None,
-            retention,
-        })
-        .await?;
-        let url = server.url();
-        let metrics = match args.metrics_bind {
-            Some(addr) => {
-                let m = server.bind_metrics(addr).await?;
-                eprintln!(
-                    "metrics (Prometheus, no token) on http://{}/metrics",
-                    m.addr()
-                );
-                Some(tokio::spawn(m.serve(std::future::pending())))
-            }
-            None => None,
-        };
+            retention: server::Retention {
+                keep_jobs: (args.keep_jobs > 0).then_some(args.keep_jobs),
+                keep_for: (!args.keep_for.is_zero()).then_some(args.keep_for),
+                max_log_bytes: (max_log_mib > 0).then_some(max_log_mib << 20),
+                every: args.retention_every,
+            },
+        },
+        agent: (!args.no_agent).then(|| args.agent.setup()),
+        metrics_bind: args.metrics_bind,
+    };
+    rt.block_on(async move {
+        let daemon = Daemon::start(config).await?;
+        let url = daemon.url();
+        if let Some(m) = daemon.metrics_addr() {
+            eprintln!("metrics (Prometheus, no token) on http://{m}/metrics");
+        }
         eprintln!(
             "trainyard daemon listening on {url} (home {})",
             ctx.home.root().display()
         );
-        let token_file = ctx.home.root().join(server::TOKEN_FILE);
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             // Like Jupyter: a login link on the terminal, never in a log file.
-            eprintln!(
-                "open the UI: {}",
-                server::ui_login_url(&url, server.token())
-            );
+            eprintln!("open the UI: {}", server::ui_login_url(url, daemon.token()));
         } else {
             eprintln!("open the UI: `trainyard ui` prints a login address");
         }
@@ -250,8 +216,8 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
                 "agents and clients elsewhere need the token in {}: copy it (mode 0600) and \
                  pass --token-file FILE or TRAINYARD_TOKEN, e.g. \
                  `trainyard agent --server http://THIS-HOST:{} --token-file FILE`",
-                token_file.display(),
-                server.addr().port()
+                ctx.home.token_path().display(),
+                daemon.addr().port()
             );
         }
         if ctx.json {
@@ -260,39 +226,16 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
                 serde_json::json!({ "url": url, "pid": std::process::id() })
             );
         }
-        // The local agent reaches the daemon over loopback whatever the bind.
-        let local = format!("http://127.0.0.1:{}", server.addr().port());
-        let client = Client::new(&local, Some(server.token().clone()));
-        let (stop_agent_tx, stop_agent_rx) = tokio::sync::oneshot::channel::<()>();
-        let (stop_server_tx, stop_server_rx) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server.serve(async move {
-            let _ = stop_server_rx.await;
-        }));
-        let agent_task = agent.map(|(cfg, gpus, identity)| {
-            tokio::spawn(async move {
-                let r = run_agent(cfg, client, gpus, async move {
-                    let _ = stop_agent_rx.await;
-                })
-                .await;
-                if let Err(e) = &r {
-                    eprintln!("error: the local agent stopped: {e}");
-                }
-                drop(identity);
-                r
-            })
-        });
-        stop_signal().await;
+        let agent_failed = daemon.agent_failed();
+        tokio::select! {
+            _ = stop_signal() => {}
+            e = agent_failed => {
+                eprintln!("error: the local agent stopped: {e}");
+                stop_signal().await;
+            }
+        }
         eprintln!("stopping: ending local jobs, then the daemon");
-        // The agent reports its stopped jobs while the server still listens.
-        let _ = stop_agent_tx.send(());
-        if let Some(t) = agent_task {
-            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
-        }
-        let _ = stop_server_tx.send(());
-        if let Some(m) = metrics {
-            m.abort();
-        }
-        serving.await.context("daemon task")??;
+        daemon.stop().await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -303,11 +246,15 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
         (None, Some(f)) => Some(server::read_token(f)?),
         // An agent beside its daemon (same home) uses the home's token.
         (None, None) => {
-            let f = ctx.home.root().join(server::TOKEN_FILE);
+            let f = ctx.home.token_path();
             f.exists().then(|| server::read_token(&f)).transpose()?
         }
     };
-    let (cfg, gpus, _identity) = agent_config(ctx, &args.agent)?;
+    let Ready {
+        config: cfg,
+        gpus,
+        identity: _identity,
+    } = args.agent.setup().prepare(&ctx.home)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let client = Client::new(&args.server, token);

@@ -181,28 +181,6 @@ fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>
     )?)
 }
 
-fn os_user() -> String {
-    if let Some(u) = std::env::var("USER").ok().filter(|u| !u.is_empty()) {
-        return u;
-    }
-    let uid = rustix::process::getuid().as_raw();
-    // SAFETY: getpwuid_r writes only into the buffers given; the name
-    // pointer it returns points into `buf`, alive for this block.
-    unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut buf = vec![0 as libc::c_char; 4096];
-        let mut out: *mut libc::passwd = std::ptr::null_mut();
-        if libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) == 0
-            && !out.is_null()
-        {
-            return std::ffi::CStr::from_ptr(pw.pw_name)
-                .to_string_lossy()
-                .into_owned();
-        }
-    }
-    format!("uid{uid}")
-}
-
 /// The job (the template of a sweep) and the sweep grid (empty: one job).
 fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::SweepGrid)> {
     let mut spec = match &a.file {
@@ -277,7 +255,7 @@ fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::SweepGrid)> {
         spec.workdir = Some(std::env::current_dir().context("the current directory")?);
     }
     if spec.user.is_none() {
-        spec.user = Some(os_user());
+        spec.user = Some(trainyard::user::current());
     }
     let grid = queue::parse_sweep(a.sweep.iter().map(String::as_str))?;
     spec.validate()?;

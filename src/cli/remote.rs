@@ -177,7 +177,7 @@ pub fn get(ctx: &Ctx, store: &Store, a: GetArgs, import: bool) -> anyhow::Result
 }
 
 fn remotes(ctx: &Ctx) -> anyhow::Result<Remotes> {
-    Ok(Remotes::load_home(&ctx.home)?)
+    Ok(Remotes::load(&ctx.home.remotes_path())?)
 }
 
 fn open(ctx: &Ctx, name: Option<&str>) -> anyhow::Result<Remote> {

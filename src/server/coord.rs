@@ -67,7 +67,7 @@ impl Coord {
     ) -> Coord {
         Coord {
             tele: super::telemetry::TeleState::new(telemetry),
-            logs: AttemptLogs::new(home.root().join("logs"), retention.max_log_bytes),
+            logs: AttemptLogs::new(home.logs_dir(), retention.max_log_bytes),
             retention,
             home,
             queue,

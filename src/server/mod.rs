@@ -1,7 +1,7 @@
-//! The daemon: the HTTP API (`/api/v1`, axum) over the queue, the
-//! scheduler loop, and the agents' rendezvous. `trainyard up` is a thin
-//! wrapper around [`Server::bind`] and [`Server::serve`]; the desktop shell
-//! embeds the same two calls.
+//! The daemon's server: the HTTP API (`/api/v1`, axum) over the queue, the
+//! scheduler loop, and the agents' rendezvous. [`Server::bind`] and
+//! [`Server::serve`] are started, with the local agent, by
+//! `crate::daemon::Daemon`, which `trainyard up` and the desktop shell use.
 //!
 //! It binds 127.0.0.1 by default. Every API call but `GET /api/v1/health`
 //! needs the bearer token (`daemon.token`, 0600, in the Trainyard home), on
@@ -36,16 +36,12 @@ use crate::Home;
 /// Default port of `trainyard up`.
 pub const DEFAULT_PORT: u16 = 7171;
 
-/// Where the running daemon writes its URL (in the Trainyard home), so local
-/// clients find it without flags.
-pub const DAEMON_FILE: &str = "daemon.json";
-
-/// The token file in the Trainyard home.
-pub const TOKEN_FILE: &str = "daemon.token";
-
-/// The file a running daemon holds an exclusive lock on, for its lifetime:
-/// one daemon per home (one scheduler per `queue.db`).
-pub const LOCK_FILE: &str = "daemon.lock";
+/// The names of the daemon's files in the home (`Home::daemon_file_path`,
+/// `Home::token_path`, `Home::daemon_lock_path` join them): `daemon.json`
+/// (its URL and pid, so local clients find it without flags), `daemon.token`,
+/// and `daemon.lock`, held exclusively for its lifetime: one daemon per home
+/// (one scheduler per `queue.db`).
+pub use crate::home::{DAEMON_FILE, LOCK_FILE, TOKEN_FILE};
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -172,10 +168,10 @@ impl Server {
         let lock = lock_home(&home)?;
         let token = match config.token {
             Some(t) => t,
-            None => auth::load_or_create(&home.root().join(TOKEN_FILE))?,
+            None => auth::load_or_create(&home.token_path())?,
         };
         let lab = crate::config::LabConfig::load(&home.root().join(crate::config::CONFIG_FILE))?;
-        let queue_path = home.root().join("queue.db");
+        let queue_path = home.queue_path();
         let queue = tokio::task::spawn_blocking(move || Queue::open(&queue_path))
             .await
             .expect("opening the queue does not panic")?;
@@ -228,6 +224,11 @@ impl Server {
         self.coord.events.subscribe()
     }
 
+    /// The channel of those events, for holders that subscribe later.
+    pub(crate) fn events(&self) -> tokio::sync::broadcast::Sender<crate::api::Event> {
+        self.coord.events.clone()
+    }
+
     /// The token every API call but `GET /api/v1/health` must carry.
     pub fn token(&self) -> &Secret {
         &self.token
@@ -239,7 +240,7 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let daemon_file = self.home.root().join(DAEMON_FILE);
+        let daemon_file = self.home.daemon_file_path();
         let info = DaemonFile {
             url: self.url(),
             pid: std::process::id(),
@@ -299,7 +300,7 @@ impl Server {
 fn lock_home(home: &Home) -> Result<std::fs::File, ServerError> {
     use rustix::fs::{flock, FlockOperation};
     use std::os::unix::fs::OpenOptionsExt;
-    let path = home.root().join(LOCK_FILE);
+    let path = home.daemon_lock_path();
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -334,7 +335,7 @@ fn lock_home(home: &Home) -> Result<std::fs::File, ServerError> {
 /// Whether a daemon holds this home's lock now (starting or serving).
 pub fn home_in_use(home: &Home) -> bool {
     use rustix::fs::{flock, FlockOperation};
-    std::fs::File::open(home.root().join(LOCK_FILE))
+    std::fs::File::open(home.daemon_lock_path())
         .is_ok_and(|f| flock(&f, FlockOperation::NonBlockingLockShared).is_err())
 }
 
@@ -343,10 +344,10 @@ pub fn home_in_use(home: &Home) -> bool {
 /// daemon leaves a stale file behind).
 pub fn running_daemon(home: &Home) -> Option<DaemonFile> {
     use rustix::fs::{flock, FlockOperation};
-    let info = std::fs::read_to_string(home.root().join(DAEMON_FILE))
+    let info = std::fs::read_to_string(home.daemon_file_path())
         .ok()
         .and_then(|t| serde_json::from_str::<DaemonFile>(&t).ok())?;
-    let lock = std::fs::File::open(home.root().join(LOCK_FILE)).ok()?;
+    let lock = std::fs::File::open(home.daemon_lock_path()).ok()?;
     match flock(&lock, FlockOperation::NonBlockingLockShared) {
         // Nobody holds it: the file is stale.
         Ok(()) => None,
@@ -408,11 +409,11 @@ pub fn ui_login_url(url: &str, token: &Secret) -> String {
 /// The daemon URL and token a local client should use: `TRAINYARD_URL`
 /// style overrides are the caller's; this reads the home's files.
 pub fn local_daemon(home: &Home) -> (Option<String>, Option<PathBuf>) {
-    let url = std::fs::read_to_string(home.root().join(DAEMON_FILE))
+    let url = std::fs::read_to_string(home.daemon_file_path())
         .ok()
         .and_then(|t| serde_json::from_str::<DaemonFile>(&t).ok())
         .map(|d| d.url);
-    let token = home.root().join(TOKEN_FILE);
+    let token = home.token_path();
     (url, token.exists().then_some(token))
 }
 

@@ -20,6 +20,8 @@ mod statcache;
 mod transfer;
 mod walk;
 
+/// The author recorded for new versions: [`crate::user::current`].
+pub use crate::user::current as current_user;
 pub use catalog::{DatasetInfo, TagInfo, VersionInfo};
 pub use checkout::{CheckoutOptions, CheckoutReport, LinkMode};
 pub use error::{Error, Result};
@@ -27,7 +29,6 @@ pub use id::{ObjectId, ParseIdError};
 pub use maint::{FsckProblem, FsckReport, GcReport};
 pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Listed, Manifest};
 pub use refs::{validate_dataset_name, validate_tag_name, DatasetRef};
-pub use snapshot::current_user;
 pub use snapshot::{AddOptions, AddReport, StatusReport};
 pub use transfer::{write_file_atomic, Export, Import, Incoming, ObjectReader};
 

@@ -88,26 +88,6 @@ fn lock(m: &Mutex<PackWriter>) -> Result<MutexGuard<'_, PackWriter>> {
     })
 }
 
-/// The OS user name, for version authors: `$TRAINYARD_USER`, `$USER`, `$LOGNAME`, `/etc/passwd`, else `uid<N>`.
-pub fn current_user() -> String {
-    ["TRAINYARD_USER", "USER", "LOGNAME"]
-        .iter()
-        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-        .or_else(user_from_passwd)
-        .unwrap_or_else(|| format!("uid{}", rustix::process::getuid().as_raw()))
-}
-
-/// The login name of the current uid from `/etc/passwd` (no NSS lookup).
-fn user_from_passwd() -> Option<String> {
-    let uid = rustix::process::getuid().as_raw().to_string();
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        let name = f.next()?;
-        (f.nth(1)? == uid).then(|| name.to_string())
-    })
-}
-
 /// Canonical absolute path (symlinks in the path itself resolved) as UTF-8.
 pub(crate) fn canonical(path: &Path) -> Result<(PathBuf, String)> {
     let abs = std::fs::canonicalize(path).map_err(|e| {
@@ -311,7 +291,7 @@ impl Store {
             .filter(|e| e.kind == Kind::File)
             .map(|e| e.stamp.size)
             .sum();
-        let author = opts.author.clone().unwrap_or_else(current_user);
+        let author = opts.author.clone().unwrap_or_else(crate::user::current);
         let new_bytes = new_bytes.into_inner();
         let (created, parent) = self.catalog.add_version(&NewVersion {
             dataset: &name,

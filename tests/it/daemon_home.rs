@@ -278,3 +278,65 @@ fn secret_env_reaches_the_job_and_nothing_else() {
     }
     assert!(seen[2].contains("MY_API_KEY"), "{}", seen[2]);
 }
+
+/// The daemon boots in-process, as the desktop shell runs it: its local
+/// agent runs a job, and `stop` ends things in order, the agent first, so
+/// the job it stops is reported to a server that still listens; then the
+/// server, which removes its daemon.json. A second start on the same home
+/// meanwhile is refused and takes no agent identity.
+#[test]
+fn the_daemon_runs_in_process_and_stops_in_order() {
+    use trainyard::daemon::{Config, Daemon};
+    use trainyard::queue::{JobSpec, JobState, Queue};
+    let env = Env::new();
+    let home = trainyard::Home::at(&env.home);
+    home.ensure().unwrap();
+    let config = |agent: bool| Config {
+        server: trainyard::server::Config {
+            home: home.clone(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            lease: Duration::from_secs(30),
+            allow_hosts: Vec::new(),
+            token: None,
+            retention: Default::default(),
+        },
+        agent: agent.then(|| trainyard::agent::Setup {
+            name: Some("inproc".into()),
+            fake_gpus: Some("1xA100-80GB".into()),
+            grace: Duration::from_secs(1),
+            ..Default::default()
+        }),
+        metrics_bind: None,
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let id = rt.block_on(async {
+        let d = Daemon::start(config(true)).await.unwrap();
+        assert_eq!(d.agent_name(), Some("inproc"));
+        assert_eq!(env.token(), d.token().expose());
+        let file: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(home.daemon_file_path()).unwrap())
+                .unwrap();
+        assert_eq!(file["url"], d.url());
+        // One daemon per home, and the second takes no agent identity.
+        let e = Daemon::start(config(true)).await.err().expect("refused");
+        assert!(e.to_string().contains(d.url()), "{e}");
+
+        let client = d.client();
+        let spec = JobSpec::parse(r#"{"command": ["sleep", "60"], "gpus": {"count": 1}}"#).unwrap();
+        let id = client.submit(vec![spec]).await.unwrap()[0];
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while client.job(id).await.unwrap().job.state != JobState::Running {
+            assert!(std::time::Instant::now() < deadline, "the job never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        d.stop().await.unwrap();
+        id
+    });
+    assert!(!home.daemon_file_path().exists());
+    // The agent's report of the stopped job reached the queue.
+    let q = Queue::open(&home.queue_path()).unwrap();
+    let attempts = q.attempts(id).unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert!(attempts[0].finished_ns.is_some(), "{attempts:?}");
+    assert_ne!(q.get(id).unwrap().state, JobState::Running);
+}

@@ -7,6 +7,7 @@ mod agent_crash;
 mod api_guard;
 mod daemon_home;
 mod field_store;
+mod golden;
 mod hardening;
 mod queue_daemon;
 mod queue_scale;

@@ -5,25 +5,14 @@
 use std::fs;
 use std::path::Path;
 
-use crate::support::{snapshot_tree, write, Env};
+use crate::support::{copy_dir, snapshot_tree, write, Env};
 
 const V1: &str = "8c27b9524486dee830de67dfb1b45e7c283f29c37d7daa211f52830e64618c8f";
 const V2: &str = "8f8780dc0f2a216be060b9a8110c4741b92ad9a8f3d4123d29a6b0fe95e1bd91";
 
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            fs::copy(e.path(), &t).unwrap();
-        }
-    }
-}
-
-fn golden_source(root: &Path, with_dog: bool) {
+/// The source of the golden dataset (`with_dog`: its second version); also
+/// `golden`'s catalog and remote fixtures.
+pub(crate) fn golden_source(root: &Path, with_dog: bool) {
     use std::os::unix::fs::PermissionsExt;
     write(
         &root.join("labels.csv"),

@@ -73,6 +73,21 @@ impl Env {
     }
 }
 
+/// Copy a directory tree (files, directories; symlinks as the files they
+/// point to).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
+
 /// Write a file, creating parents.
 pub fn write(path: &Path, content: &[u8]) {
     fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
