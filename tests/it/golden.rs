@@ -256,7 +256,7 @@ fn queue_reads_back(name: &str, version: u32, secret: bool) {
         }
         d.stop().await.unwrap();
     });
-    assert_eq!(user_version(&db), 5, "migrated to the current schema");
+    assert_eq!(user_version(&db), 6, "migrated to the current schema");
     let conn = rusqlite::Connection::open(&db).unwrap();
     let secrets: Vec<(i64, String, String)> = conn
         .prepare("SELECT job_id, name, value FROM job_secrets")
