@@ -211,14 +211,10 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
         } else {
             eprintln!("open the UI: `trainyard ui` prints a login address");
         }
-        if !args.bind.is_loopback() {
-            eprintln!(
-                "agents and clients elsewhere need the token in {}: copy it (mode 0600) and \
-                 pass --token-file FILE or TRAINYARD_TOKEN, e.g. \
-                 `trainyard agent --server http://THIS-HOST:{} --token-file FILE`",
-                ctx.home.token_path().display(),
-                daemon.addr().port()
-            );
+        if let Some(notice) =
+            server::remote_access_notice(args.bind, daemon.addr().port(), &ctx.home.token_path())
+        {
+            eprintln!("{notice}");
         }
         if ctx.json {
             println!(

@@ -78,8 +78,44 @@ pub fn load_or_create(path: &Path) -> Result<Secret, TokenError> {
     Ok(Secret::new(token))
 }
 
+/// What `trainyard up` says when it listens beyond loopback: where the
+/// token is and how agents and clients elsewhere pass it. `None` on
+/// loopback, where the CLI and local agents read the home's token.
+pub fn remote_access_notice(
+    bind: std::net::IpAddr,
+    port: u16,
+    token_file: &std::path::Path,
+) -> Option<String> {
+    (!bind.is_loopback()).then(|| {
+        format!(
+            "agents and clients elsewhere need the token in {}: copy it (mode 0600) and pass \
+             --token-file FILE or TRAINYARD_TOKEN, e.g. `trainyard agent --server \
+             http://THIS-HOST:{port} --token-file FILE`",
+            token_file.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn beyond_loopback_up_says_where_the_token_is_and_how_agents_pass_it() {
+        let f = std::path::Path::new("/lab/home/daemon.token");
+        for lo in ["127.0.0.1", "::1", "127.0.0.2"] {
+            assert_eq!(
+                super::remote_access_notice(lo.parse().unwrap(), 7171, f),
+                None,
+                "{lo}"
+            );
+        }
+        for lan in ["0.0.0.0", "192.168.1.20", "::"] {
+            let n = super::remote_access_notice(lan.parse().unwrap(), 7171, f).expect(lan);
+            assert!(n.contains("/lab/home/daemon.token"), "{n}");
+            assert!(n.contains("--token-file FILE or TRAINYARD_TOKEN"), "{n}");
+            assert!(n.contains("--server http://THIS-HOST:7171"), "{n}");
+        }
+    }
     use super::*;
 
     #[test]

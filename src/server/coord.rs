@@ -53,7 +53,7 @@ pub(crate) struct Coord {
     /// The lab's settings (`config.toml`), read at start.
     pub lab: crate::config::LabConfig,
     /// GPU telemetry history and the metrics counters.
-    pub tele: super::telemetry::TeleState,
+    pub tele: super::tele_state::TeleState,
 }
 
 impl Coord {
@@ -66,7 +66,7 @@ impl Coord {
         lab: crate::config::LabConfig,
     ) -> Coord {
         Coord {
-            tele: super::telemetry::TeleState::new(telemetry),
+            tele: super::tele_state::TeleState::new(telemetry),
             logs: AttemptLogs::new(home.logs_dir(), retention.max_log_bytes),
             retention,
             home,

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 
-use super::coord::Coord;
 use crate::api::{ErrorBody, ErrorDetail};
 use crate::queue::{LogError, QueueError};
 
@@ -85,9 +84,9 @@ impl IntoResponse for ApiError {
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// Run queue work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    c: &Arc<Coord>,
-    f: impl FnOnce(&Coord) -> ApiResult<T> + Send + 'static,
+pub(crate) async fn blocking<S: Send + Sync + 'static, T: Send + 'static>(
+    c: &Arc<S>,
+    f: impl FnOnce(&S) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
     let c = c.clone();
     tokio::task::spawn_blocking(move || f(&c))
@@ -97,4 +96,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
 
 pub(crate) fn parse<T: DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid request body: {e}")))
+}
+
+/// An agent name in a path: 1-64 letters, digits, `.`, `_` or `-`.
+pub(crate) fn valid_agent_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad(format!(
+            "invalid agent name {name:?}: use 1-64 letters, digits, '.', '_' or '-'"
+        )))
+    }
 }

@@ -17,11 +17,14 @@ mod error;
 mod guard;
 mod routes;
 mod runs;
+mod tele_state;
 mod telemetry;
 mod ui;
 mod usage;
 
-pub use auth::{load_or_create as load_or_create_token, read_token, Secret, TokenError};
+pub use auth::{
+    load_or_create as load_or_create_token, read_token, remote_access_notice, Secret, TokenError,
+};
 pub use telemetry::MetricsServer;
 
 use std::future::Future;

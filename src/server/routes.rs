@@ -18,7 +18,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::{Stream, StreamExt};
 
 use super::coord::Coord;
-use super::error::{blocking, parse, ApiError, ApiResult};
+use super::error::{blocking, parse, valid_agent_name, ApiError, ApiResult};
 use super::guard::{self, Guard};
 use crate::api::{
     self, AgentReport, Event, FinishRequest, Health, JobDetail, PollRequest, SubmitRequest,
@@ -50,21 +50,6 @@ const EVENTS_PER_BATCH: usize = 1000;
 
 fn mib(n: usize) -> String {
     format!("{} MiB", n >> 20)
-}
-
-pub(crate) fn valid_agent_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad(format!(
-            "invalid agent name {name:?}: use 1-64 letters, digits, '.', '_' or '-'"
-        )))
-    }
 }
 
 pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {

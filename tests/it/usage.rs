@@ -226,28 +226,20 @@ fn wandb_runs_count_the_gpus_their_processes_used_once() {
     let secs = |row: &serde_json::Value, k: &str| {
         (row[k].as_f64().unwrap() * 3600.0 * 1000.0).round() / 1000.0
     };
-    let ana = row(&r, &["ana"]).expect("ana");
-    assert_eq!(
+    // Allocated, used and idle seconds of a row.
+    let hours = |row: &serde_json::Value| {
         (
-            secs(ana, "allocated_gpu_h"),
-            secs(ana, "used_gpu_h"),
-            secs(ana, "idle_gpu_h")
-        ),
-        (120.0, 78.0, 15.0),
-        "{r:#}"
-    );
+            secs(row, "allocated_gpu_h"),
+            secs(row, "used_gpu_h"),
+            secs(row, "idle_gpu_h"),
+        )
+    };
+    let ana = row(&r, &["ana"]).expect("ana");
+    assert_eq!(hours(ana), (120.0, 78.0, 15.0), "{r:#}");
     assert_eq!(ana["runs"], 1);
     assert_eq!(ana["jobs"], 0);
     let ben = row(&r, &["ben"]).expect("ben");
-    assert_eq!(
-        (
-            secs(ben, "allocated_gpu_h"),
-            secs(ben, "used_gpu_h"),
-            secs(ben, "idle_gpu_h")
-        ),
-        (240.0, 184.5, 15.0),
-        "{r:#}"
-    );
+    assert_eq!(hours(ben), (240.0, 184.5, 15.0), "{r:#}");
     assert_eq!(ben["runs"], 2);
     assert_eq!(secs(&r["total"], "allocated_gpu_h"), 360.0);
     assert!(

@@ -6,7 +6,7 @@ import * as api from '../api.js';
 import { h, swap, loading, empty, failure, alertLine, badge, facts, icon } from '../lib/dom.js';
 import { bytes, dateTime, duration, num, plural, timeEl } from '../lib/format.js';
 import { PALETTE, align, lineChart, smooth } from '../lib/chart.js';
-import { syncChips } from './runs.js';
+import { syncChips } from '../lib/sync.js';
 
 const SMOOTHING = 'trainyard.smoothing';
 const DEFAULT_KEYS = 4;

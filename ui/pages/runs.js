@@ -6,6 +6,7 @@ import * as api from '../api.js';
 import { h, swap, loading, empty, failure, alertLine, badge, icon } from '../lib/dom.js';
 import { duration, num, plural, timeEl } from '../lib/format.js';
 import * as runView from './run.js';
+import { syncChips } from '../lib/sync.js';
 
 const STATES = ['running', 'finished', 'crashed', 'killed'];
 // Summary metrics worth a column, by name; others follow in key order.
@@ -15,16 +16,6 @@ const NOTABLE = /loss|acc|score|reward|f1|bleu|rouge|ppl|perplexity|auc|map|iou|
 export function keyMetrics(run, n = 3) {
   const numeric = (run.keys ?? []).filter((k) => typeof run.summary?.[k] === 'number' && !k.startsWith('_'));
   return [...numeric.filter((k) => NOTABLE.test(k)), ...numeric.filter((k) => !NOTABLE.test(k))].slice(0, n);
-}
-
-/** Sync state chips: one per server, or "not synced". */
-export function syncChips(sync) {
-  if (!sync?.length) return h('span', { class: 'muted' }, 'not synced');
-  return h('span', { class: 'chips' }, sync.map((s) => {
-    let host = s.server;
-    try { host = new URL(s.server).host; } catch { /* not a URL: show as is */ }
-    return h('span', { class: `chip chip-sync-${s.state}`, title: `${s.server}: ${s.state}${s.detail ? ` — ${s.detail}` : ''}` }, `${host} · ${s.state}`);
-  }));
 }
 
 export function mount(root, route, ctx) {
