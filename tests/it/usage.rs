@@ -321,14 +321,11 @@ fn used_idle_and_energy_follow_a_scripted_trace() {
     for id in [busy, idle] {
         wait_state(&url, id, "succeeded", Duration::from_secs(30));
     }
-    // The agent ships its samples every second at this rate.
-    std::thread::sleep(Duration::from_millis(2500));
-    let r = env.json(&[
-        "usage", "--server", &url, "--by", "project", "--since", "today",
-    ]);
-    for (id, project) in [(busy, "busy"), (idle, "idle")] {
+    // The agent ships its samples about every second at this rate: ask
+    // until every sample of the two attempts has arrived (or 20 s).
+    let truth = |id: u64| {
         let a = &job(&url, id)["attempt_log"][0];
-        let gpu = a["gpus"][0].as_str().unwrap();
+        let gpu = a["gpus"][0].as_str().unwrap().to_string();
         let (util, watts) = if gpu == uuids[0] {
             (60.0, 200.0)
         } else {
@@ -336,28 +333,52 @@ fn used_idle_and_energy_follow_a_scripted_trace() {
         };
         let alloc =
             (a["finished_ns"].as_i64().unwrap() - a["assigned_ns"].as_i64().unwrap()) as f64 / 1e9;
-        let row = row(&r, &[project]).expect(project);
-        let h = |k: &str| row[k].as_f64().unwrap() * 3600.0;
-        assert!((h("allocated_gpu_h") - alloc).abs() < 1e-3, "{r:#}");
-        // Samples every 0.2 s cover the holding but for its edges.
-        let used = h("used_gpu_h");
-        assert!(
-            used <= util / 100.0 * alloc + 1e-6 && used >= util / 100.0 * (alloc - 1.0),
-            "{project}: used {used} of {alloc} s at {util} %: {r:#}"
-        );
-        let idle_s = h("idle_gpu_h");
-        let energy_j = row["energy_kwh"].as_f64().unwrap() * 3.6e6;
-        assert!(
-            energy_j <= watts * alloc + 1.0 && energy_j >= watts * (alloc - 1.0),
-            "{project}: {energy_j} J: {r:#}"
-        );
-        if util < 5.0 {
-            assert!(
-                idle_s <= alloc && idle_s >= alloc - 1.0,
-                "{project}: idle {idle_s}: {r:#}"
-            );
-        } else {
-            assert_eq!(idle_s, 0.0, "{r:#}");
+        (util, watts, alloc)
+    };
+    let truths = [(busy, "busy", truth(busy)), (idle, "idle", truth(idle))];
+    // Checks one report against the trace; the first failure, if any.
+    let check = |r: &serde_json::Value| -> Result<(), String> {
+        for (_, project, (util, watts, alloc)) in &truths {
+            let row = row(r, &[project]).ok_or(format!("no {project} row"))?;
+            let h = |k: &str| row[k].as_f64().unwrap() * 3600.0;
+            if (h("allocated_gpu_h") - alloc).abs() >= 1e-3 {
+                return Err(format!(
+                    "{project}: allocated {} of {alloc} s",
+                    h("allocated_gpu_h")
+                ));
+            }
+            // Samples every 0.2 s cover the holding but for its edges.
+            let used = h("used_gpu_h");
+            if !(used <= util / 100.0 * alloc + 1e-6 && used >= util / 100.0 * (alloc - 1.0)) {
+                return Err(format!("{project}: used {used} of {alloc} s at {util} %"));
+            }
+            let energy_j = row["energy_kwh"].as_f64().unwrap() * 3.6e6;
+            if !(energy_j <= watts * alloc + 1.0 && energy_j >= watts * (alloc - 1.0)) {
+                return Err(format!(
+                    "{project}: {energy_j} J at {watts} W for {alloc} s"
+                ));
+            }
+            let idle_s = h("idle_gpu_h");
+            let idle_ok = if *util < 5.0 {
+                idle_s <= *alloc && idle_s >= alloc - 1.0
+            } else {
+                idle_s == 0.0
+            };
+            if !idle_ok {
+                return Err(format!("{project}: idle {idle_s} of {alloc} s at {util} %"));
+            }
+        }
+        Ok(())
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = env.json(&[
+            "usage", "--server", &url, "--by", "project", "--since", "today",
+        ]);
+        match check(&r) {
+            Ok(()) => break,
+            Err(e) if std::time::Instant::now() > end => panic!("{e}: {r:#}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
     up.term();
