@@ -276,6 +276,11 @@ fn queue_reads_back(name: &str, version: u32, secret: bool) {
 }
 
 #[test]
+fn queue_v6_still_reads() {
+    queue_reads_back("queue-v6", 6, true);
+}
+
+#[test]
 fn queue_v5_still_reads() {
     queue_reads_back("queue-v5", 5, true);
 }
