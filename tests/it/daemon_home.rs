@@ -313,9 +313,18 @@ fn the_daemon_runs_in_process_and_stops_in_order() {
         let d = Daemon::start(config(true)).await.unwrap();
         assert_eq!(d.agent_name(), Some("inproc"));
         assert_eq!(env.token(), d.token().expose());
-        let file: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(home.daemon_file_path()).unwrap())
-                .unwrap();
+        // The serving task writes daemon.json as it starts.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let file: serde_json::Value = loop {
+            let parsed = std::fs::read_to_string(home.daemon_file_path())
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok());
+            if let Some(v) = parsed {
+                break v;
+            }
+            assert!(std::time::Instant::now() < deadline, "no daemon.json");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         assert_eq!(file["url"], d.url());
         // One daemon per home, and the second takes no agent identity.
         let e = Daemon::start(config(true)).await.err().expect("refused");
