@@ -121,6 +121,48 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
             415,
         ),
         (
+            "tag, form post, foreign Origin",
+            format!("POST /api/v1/jobs/1/tags HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
+            r#"{"add":["ignore-usage"],"x":"="}"#.to_string(),
+            403,
+        ),
+        (
+            "tag, text/plain, with the token",
+            format!("POST /api/v1/jobs/1/tags HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain"),
+            r#"{"add":["ignore-usage"]}"#.to_string(),
+            415,
+        ),
+        (
+            "tag, unknown key, with the token",
+            format!("POST /api/v1/jobs/1/tags HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"),
+            r#"{"add":["ignore-usage"],"x":"="}"#.to_string(),
+            400,
+        ),
+        (
+            "samples, no token",
+            format!("POST /api/v1/agents/evil/samples HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
+            r#"{"agent_id":"x","sent_ms":0,"dropped":0,"samples":[]}"#.to_string(),
+            401,
+        ),
+        (
+            "DNS rebinding: read the usage",
+            format!("GET /api/v1/usage HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {token}", port(&addr)),
+            String::new(),
+            421,
+        ),
+        (
+            "cross-site read of the usage",
+            format!("GET /api/v1/usage HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nSec-Fetch-Site: cross-site"),
+            String::new(),
+            403,
+        ),
+        (
+            "DNS rebinding: scrape the metrics",
+            format!("GET /metrics HTTP/1.1\r\nHost: evil.example:{}", port(&addr)),
+            String::new(),
+            421,
+        ),
+        (
             "DNS rebinding: read the jobs",
             format!("GET /api/v1/jobs HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {token}", port(&addr)),
             String::new(),
@@ -184,6 +226,7 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
     let all = jobs(&url);
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0]["state"], "queued");
+    assert_eq!(all[0]["spec"]["tags"], serde_json::json!([]), "{all:?}");
     assert!(get_json(&url, "/api/v1/datasets", None)
         .as_array()
         .unwrap()
