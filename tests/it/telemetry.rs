@@ -332,6 +332,13 @@ fn value(r: &serde_json::Value) -> f64 {
 #[test]
 fn metrics_are_scraped_by_a_real_prometheus_server() {
     let Some(bin) = prometheus_binary() else {
+        // scripts/test (CI) installs it and requires it; plain `cargo test`
+        // runs without it and says so.
+        assert!(
+            std::env::var_os("TRAINYARD_REQUIRE_PROMETHEUS").is_none(),
+            "TRAINYARD_REQUIRE_PROMETHEUS is set but there is no prometheus binary \
+             (apt-get install prometheus; scripts/setup does)"
+        );
         eprintln!("SKIPPED: no prometheus binary (apt-get install prometheus; scripts/setup does)");
         return;
     };
