@@ -56,12 +56,7 @@ fn a_scripted_trace_comes_back_through_the_telemetry_api_with_its_job() {
     let job = submit(&env, &url, &["--gpus", "1", "--", "sleep", "2"]);
     wait_state(&url, job, "succeeded", Duration::from_secs(30));
     // A foreign process on GPU 1 (names it, as a CUDA process would use it).
-    let uuids: Vec<String> = get_json(&url, "/api/v1/agents", None)[0]["report"]["gpus"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| g["uuid"].as_str().unwrap().to_string())
-        .collect();
+    let uuids = crate::support::jobs::gpu_uuids(&url, 2);
     let mut foreign = std::process::Command::new("sleep")
         .arg("3")
         .env("TRAINYARD_GPU_UUIDS", &uuids[1])

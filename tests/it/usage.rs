@@ -294,19 +294,7 @@ fn used_idle_and_energy_follow_a_scripted_trace() {
             "200ms",
         ],
     );
-    let mut uuids: Vec<String> = Vec::new();
-    crate::support::wait_for(Duration::from_secs(10), || {
-        let a = crate::support::get_json(&url, "/api/v1/agents", None);
-        uuids = a[0]["report"]["gpus"]
-            .as_array()
-            .map(|g| {
-                g.iter()
-                    .map(|g| g["uuid"].as_str().unwrap().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        uuids.len() == 2
-    });
+    let uuids = crate::support::jobs::gpu_uuids(&url, 2);
     // One job per GPU: each job's GPU is known from its attempt.
     let busy = submit(
         &env,

@@ -37,3 +37,22 @@ pub fn submit(env: &Env, url: &str, args: &[&str]) -> u64 {
 pub fn logs(env: &Env, url: &str, id: u64) -> String {
     env.ok(&["logs", "--server", url, &id.to_string()])
 }
+
+/// The UUIDs of the first agent's GPUs, once it has reported `n` of them
+/// (panics after 10 s).
+pub fn gpu_uuids(url: &str, n: usize) -> Vec<String> {
+    let mut uuids: Vec<String> = Vec::new();
+    super::wait_for(Duration::from_secs(10), || {
+        let a = get_json(url, "/api/v1/agents", None);
+        uuids = a[0]["report"]["gpus"]
+            .as_array()
+            .map(|g| {
+                g.iter()
+                    .map(|g| g["uuid"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        uuids.len() == n
+    });
+    uuids
+}
