@@ -147,15 +147,12 @@ pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<Foun
     // The telemetry store's threshold (5 %), for runs too.
     let policy = Policy::default();
     let window = (q.since_ms, q.until_ms);
+    // Where the rollups end, read once for every holding.
+    let marks = c.tele.db.watermarks()?;
     let mut accounted = Vec::with_capacity(holdings.len() + rec.runs_to_count.len());
     for h in &holdings {
-        let m = measured(
-            c,
-            h,
-            h.start_ms.max(q.since_ms),
-            h.end_ms.min(q.until_ms),
-            now_ms,
-        )?;
+        let span = (h.start_ms.max(q.since_ms), h.end_ms.min(q.until_ms));
+        let m = measured(c, h, marks, span, now_ms)?;
         accounted.push((h, usage::account_measured(h, &m, window, &q.tz)?));
     }
     for (h, (samples, max_gap_ms)) in &rec.runs_to_count {
@@ -174,18 +171,18 @@ pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<Foun
 
 /// What the telemetry store integrated for a job holding over
 /// `[from, to)`: 15-minute buckets where those are complete, then minute
-/// buckets, then raw samples (the compaction watermarks say where).
+/// buckets, then raw samples (the compaction watermarks `(m1, m15)` say
+/// where).
 fn measured(
     c: &Coord,
     h: &usage::Holding,
-    from: i64,
-    to: i64,
+    (m1, m15): (i64, i64),
+    (from, to): (i64, i64),
     now_ms: i64,
 ) -> ApiResult<Vec<usage::Measured>> {
     let usage::Holder::Job { job, attempt } = &h.holder else {
         return Ok(Vec::new());
     };
-    let (m1, m15) = c.tele.db.watermarks()?;
     let mut out = Vec::new();
     for (a, b, res) in [
         (from, to.min(m15), Resolution::Quarter),
