@@ -21,9 +21,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::usage::{self, Teams};
 
-/// The file's name in the home.
-pub const CONFIG_FILE: &str = "config.toml";
-
 /// Why the lab config cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -135,7 +132,7 @@ mod tests {
     #[test]
     fn defaults_when_missing_and_errors_name_the_file_and_field() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(CONFIG_FILE);
+        let p = crate::Home::at(d.path()).config_path();
         assert_eq!(LabConfig::load(&p).unwrap(), LabConfig::default());
         std::fs::write(
             &p,

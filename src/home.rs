@@ -189,6 +189,16 @@ impl Home {
         self.root.join("sync.db")
     }
 
+    /// The lab's settings (`config.toml`: usage, teams), read by the daemon.
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    /// The GPU telemetry database (the daemon's alone).
+    pub fn telemetry_path(&self) -> PathBuf {
+        self.root.join("telemetry.db")
+    }
+
     /// The job queue database (the daemon's alone).
     pub fn queue_path(&self) -> PathBuf {
         self.root.join("queue.db")

@@ -173,12 +173,12 @@ impl Server {
             Some(t) => t,
             None => auth::load_or_create(&home.token_path())?,
         };
-        let lab = crate::config::LabConfig::load(&home.root().join(crate::config::CONFIG_FILE))?;
+        let lab = crate::config::LabConfig::load(&home.config_path())?;
         let queue_path = home.queue_path();
         let queue = tokio::task::spawn_blocking(move || Queue::open(&queue_path))
             .await
             .expect("opening the queue does not panic")?;
-        let tele_path = home.root().join("telemetry.db");
+        let tele_path = home.telemetry_path();
         let telemetry = tokio::task::spawn_blocking(move || {
             crate::telemetry::Telemetry::open(&tele_path, Default::default())
         })
