@@ -148,15 +148,22 @@ async function runTests() {
       await page.goto(`${ui.url}/#/queue`);
       await page.locator('[data-key="f-queued"]').click();
       const rows = page.locator('table.jobs tbody tr');
+      // The Queued lists, not the All ones still shown while they load.
+      const panel = page.locator('.table-panel:not([aria-busy])');
+      await until('the Queued list to load', async () => (await panel.count()) === 1);
       await until('the first page (100 rows)', async () => (await rows.count()) === 100);
       const foot = page.locator('[data-key="jobs-shown"]');
-      await until('the footer to count all 250', async () => /Showing 100 of 25\d jobs/.test(await foot.textContent()));
+      await until('the footer to count all 250', async () => /Showing 100 of 250 jobs/.test(await foot.textContent()));
       const count = await page.locator('[data-key="f-queued"] .count').textContent();
       if (Number(count) < 250) throw new Error(`the Queued filter counts ${count}`);
       await until('the reason to say no agent can run it', async () =>
         (await page.locator(`tr[data-id="${ids[0]}"] .reason`).textContent()).includes('no agent has'), 10_000);
       await page.locator('[data-key="jobs-more"]').click();
-      await until('the second page (200 rows)', async () => (await rows.count()) === 200);
+      await until('the second page (200 rows)', async () => {
+        const n = await rows.count();
+        if (n !== 200) throw new Error(`${n} rows shown; footer: ${await foot.textContent()}`);
+        return true;
+      });
       // The text search runs on the daemon: one job by its id.
       await page.locator('[data-search]').fill(String(ids[249]));
       await until('the search to find the last job', async () =>

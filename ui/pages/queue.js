@@ -26,7 +26,6 @@ const FILTERS = [
   ['cancelled', 'Cancelled', ['cancelled'], true],
 ];
 const PAGE = 100; // rows fetched per list and per "Show more"
-const RELOAD_MAX = 2000; // a live refresh reloads at most this many rows per list
 const FORM_OPEN = 'trainyard.jobform.open';
 
 export function mount(root, route, ctx) {
@@ -37,6 +36,9 @@ export function mount(root, route, ctx) {
   // The lists shown, in order: each {query, rows, next, total}. "All" is the
   // active jobs in scheduling order, then the finished ones, newest first.
   let lists = null;
+  // Rows wanted per list (null: one page each). Every fetch asks for these,
+  // so a live refresh racing a "Show more" cannot shrink the list back.
+  let want = null;
   let counts = null;
   let gpus = new Map();
   let searchTimer = null;
@@ -53,7 +55,14 @@ export function mount(root, route, ctx) {
       searchTimer = setTimeout(() => load(), 200);
     },
   });
-  const body = h('div', { class: 'panel table-panel' }, loading('Loading jobs…'));
+  const content = h('div', null, loading('Loading jobs…'));
+  // The footer outlives redraws, so a live refresh landing between the
+  // press and the release of "Show more" cannot swallow the click.
+  const shown = h('span');
+  const moreBox = h('span', { hidden: true }, ' · ',
+    h('button', { class: 'btn btn-sm', type: 'button', 'data-key': 'jobs-more', onclick: () => showMore() }, `Show ${PAGE} more`));
+  const foot = h('p', { class: 'table-foot muted', 'data-key': 'jobs-shown', hidden: true }, shown, moreBox);
+  const body = h('div', { class: 'panel table-panel' }, content, foot);
 
   const formPanel = h('section', { class: 'panel form-panel', 'aria-label': 'New job', hidden: sessionStorage.getItem(FORM_OPEN) !== '1' },
     h('div', { class: 'panel-head' }, h('h2', null, 'New job'),
@@ -106,21 +115,22 @@ export function mount(root, route, ctx) {
     const total = lists.reduce((a, l) => a + l.total, 0);
     if (rows.length === 0) {
       const none = counts && Object.values(counts).every((n) => n === 0);
-      swap(body, none ? empty({
+      foot.hidden = true;
+      swap(content, none ? empty({
         icon: 'queue', title: 'No jobs yet',
         body: ['Submit one with ', h('strong', null, 'New job'), ' above, or from a shell: ',
           h('code', null, 'trainyard submit --gpus 1 -- python train.py')],
       }) : empty({ title: 'No jobs match', body: 'Try another state or clear the filter.' }));
       return;
     }
-    const more = lists.some((l) => l.next);
-    swap(body, h('table', { class: 'table jobs' },
+    swap(content, h('table', { class: 'table jobs' },
       h('thead', null, h('tr', null,
         h('th', { class: 'num' }, 'ID'), h('th', null, 'Job'), h('th', null, 'User'), h('th', null, 'State'),
         h('th', null, 'Reason'), h('th', null, 'Host · GPUs'), h('th', { class: 'num' }, 'Time'), h('th', { class: 'actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
-      h('tbody', null, rows.map(row))),
-    h('p', { class: 'table-foot muted', 'data-key': 'jobs-shown' }, `Showing ${rows.length} of ${total} jobs`,
-      more ? [' · ', h('button', { class: 'btn btn-sm', type: 'button', 'data-key': 'jobs-more', onclick: showMore }, `Show ${PAGE} more`)] : null));
+      h('tbody', null, rows.map(row))));
+    foot.hidden = false;
+    shown.textContent = `Showing ${rows.length} of ${total} jobs`;
+    moreBox.hidden = !lists.some((l) => l.next);
   }
 
   function row(j) {
@@ -143,30 +153,32 @@ export function mount(root, route, ctx) {
     h('td', { class: 'actions' }, jobActions(j, showError, refresh)));
   }
 
-  // Fetch each list's first `sizes[i]` rows (following cursors when more
-  // than one page's worth is wanted) and the counts, then draw.
+  // Fetch each list's first `want[i]` rows (following cursors when more
+  // than one request's worth is wanted) and the counts, then draw. The
+  // newest fetch wins; older ones finishing later are dropped.
   let generation = 0;
-  async function fetchLists(sizes) {
+  async function fetchLists() {
     const mine = ++generation;
     const qs = queries();
     const [fetched, c, g] = await Promise.all([
       Promise.all(qs.map(async (query, i) => {
-        const want = Math.min(sizes?.[i] ?? PAGE, RELOAD_MAX);
+        const size = want?.[i] ?? PAGE;
         const l = { query, rows: [], next: null, total: 0 };
         let cursor;
         do {
-          const p = await api.jobsPage({ ...query, limit: Math.min(want - l.rows.length, 5000), cursor }, { signal: ctx.signal });
+          const p = await api.jobsPage({ ...query, limit: Math.min(size - l.rows.length, 5000), cursor }, { signal: ctx.signal });
           l.rows.push(...p.jobs);
           l.total = p.total;
           l.next = p.next;
           cursor = p.next;
-        } while (cursor && l.rows.length < want);
+        } while (cursor && l.rows.length < size);
         return l;
       })),
       api.jobCounts({ q: search.trim() || undefined }, { signal: ctx.signal }),
       gpuIndex(ctx.signal).catch(() => gpus),
     ]);
     if (mine !== generation) return; // a newer load won
+    body.removeAttribute('aria-busy');
     lists = fetched;
     counts = c;
     gpus = g;
@@ -179,32 +191,34 @@ export function mount(root, route, ctx) {
       await fn();
     } catch (e) {
       if (e.name === 'AbortError') return;
-      if (!lists) swap(body, failure(e, refresh));
+      if (!lists) { foot.hidden = true; swap(content, failure(e, refresh)); }
       else showError({ message: `Could not refresh: ${e.message}` });
     }
   }
 
   /** A new filter or search: the first page of each list. */
-  const load = () => guarded(() => { lists = null; return fetchLists(null); });
-  /** Live update: reload as many rows as are shown. */
-  const refresh = () => guarded(() => fetchLists(lists?.map((l) => Math.max(PAGE, l.rows.length))));
+  const load = () => guarded(() => {
+    // Until the new lists come, the old rows stay (dimmed) but "Show more"
+    // is gone: it would page the old filter.
+    lists = null;
+    want = null;
+    foot.hidden = true;
+    body.setAttribute('aria-busy', 'true');
+    return fetchLists();
+  });
+  /** Live update: reload as many rows as are wanted. */
+  const refresh = () => guarded(() => fetchLists());
 
-  /** The next page of the first list that has one. */
+  /** One more page of the first list that has more. */
   async function showMore() {
-    const l = lists?.find((x) => x.next);
-    if (!l) return;
-    await guarded(async () => {
-      const p = await api.jobsPage({ ...l.query, limit: PAGE, cursor: l.next }, { signal: ctx.signal });
-      const seen = new Set(l.rows.map((j) => j.id));
-      l.rows.push(...p.jobs.filter((j) => !seen.has(j.id)));
-      l.next = p.next;
-      l.total = p.total;
-      draw();
-    });
+    const i = lists?.findIndex((x) => x.next) ?? -1;
+    if (i < 0) return;
+    want = lists.map((l, k) => Math.max(want?.[k] ?? PAGE, l.rows.length) + (k === i ? PAGE : 0));
+    await guarded(() => fetchLists());
   }
 
   ctx.live(['job'], refresh, 250);
-  ctx.every(() => tick(body), 1000);
+  ctx.every(() => tick(content), 1000);
   drawSeg();
   load();
 }
