@@ -15,6 +15,7 @@ mod coord;
 mod datasets;
 mod error;
 mod guard;
+mod links;
 mod routes;
 mod runs;
 mod tele_state;

@@ -63,6 +63,7 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/jobs/{id}/retry", post(retry))
         .route("/jobs/{id}/tags", post(tag))
         .route("/jobs/{id}/log", get(read_log))
+        .route("/jobs/{id}/runs", get(super::links::job_runs))
         .route("/jobs/{id}/attempts/{n}/start", post(started))
         .route("/jobs/{id}/attempts/{n}/finish", post(finish))
         .route("/jobs/{id}/attempts/{n}/log", post(append_log))
@@ -81,6 +82,7 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/runs/scan", post(super::runs::scan))
         .route("/runs/{id}", get(super::runs::show))
         .route("/runs/{id}/history", get(super::runs::history))
+        .route("/runs/{id}/jobs", get(super::links::run_jobs))
         .route("/runs/{id}/sync", post(super::runs::sync_run))
         .route("/usage", get(super::usage::usage))
         .fallback(not_found)
@@ -131,8 +133,17 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// What `GET /health` lists in `features`.
-const FEATURES: &[&str] = &["datasets", "remotes", "runs", "wandb_sync"];
+/// What `GET /health` lists in `features`: `usage` (`GET /usage`, and the
+/// job-run links of `GET /jobs/{id}/runs` and `GET /runs/{id}/jobs`) and
+/// `telemetry` (`GET /telemetry`) tell the UI it may show those.
+const FEATURES: &[&str] = &[
+    "datasets",
+    "remotes",
+    "runs",
+    "wandb_sync",
+    "usage",
+    "telemetry",
+];
 
 async fn health() -> Json<Health> {
     Json(Health {

@@ -29,7 +29,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-pub use self::reconcile::{reconcile, Conflict, Link, Reconciled, LINK_SLACK_MS};
+pub use self::reconcile::{links_of, reconcile, Conflict, Link, LinkOf, Reconciled, LINK_SLACK_MS};
 pub use self::when::{parse_range, parse_since, parse_until, parse_zone};
 
 /// Why a usage question cannot be answered as asked.

@@ -236,6 +236,45 @@ pub fn reconcile<T: Clone>(
     }
 }
 
+/// Whose links [`links_of`] answers for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkOf<'a> {
+    /// The runs a job's attempts produced (a job page).
+    Job(u64),
+    /// The job attempts that produced a run (a run page).
+    Run(&'a str),
+}
+
+/// The links that concern one job or one run, as [`reconcile`] decides them
+/// (and `GET /usage` reports them) over any range that covers the job's
+/// attempts or the run: a link depends only on the run's holding and the
+/// job holdings on its GPU, so `jobs` and `runs` need only be the holdings
+/// that overlap that time. Sorted by job, attempt and run.
+pub fn links_of(
+    jobs: &[Holding],
+    runs: Vec<Holding>,
+    host_of_agent: &dyn Fn(&str) -> Option<String>,
+    of: LinkOf<'_>,
+) -> Vec<Link> {
+    let runs: Vec<(Holding, ())> = runs
+        .into_iter()
+        .filter(|r| match (of, &r.holder) {
+            (LinkOf::Run(id), Holder::Run { run }) => run == id,
+            (LinkOf::Job(_), _) => true,
+            (LinkOf::Run(_), Holder::Job { .. }) => false,
+        })
+        .map(|r| (r, ()))
+        .collect();
+    reconcile(jobs, runs, host_of_agent)
+        .links
+        .into_iter()
+        .filter(|l| match of {
+            LinkOf::Job(job) => l.job == job,
+            LinkOf::Run(run) => l.run == run,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,5 +517,47 @@ mod tests {
         assert!(r.conflicts.is_empty());
         let linked: Vec<&str> = r.links.iter().map(|l| l.run.as_str()).collect();
         assert_eq!(linked, vec!["eval", "rank0", "rank1"]);
+    }
+
+    #[test]
+    fn links_of_a_job_and_of_a_run_are_those_reconcile_reports() {
+        let jobs = [
+            job(7, 1, "a1", "GPU-0", 0, 100),
+            job(7, 2, "a1", "GPU-0", 200, 400),
+            job(8, 1, "a1", "GPU-1", 0, 400),
+        ];
+        let runs = || {
+            vec![
+                // attempt 2 of job 7, on its GPU
+                held(Holder::Run { run: "r7".into() }, "gpu1", "GPU-0", 210, 390),
+                // job 8's
+                held(Holder::Run { run: "r8".into() }, "gpu1", "GPU-1", 10, 20),
+                // another host's GPU-0: nobody's
+                held(Holder::Run { run: "far".into() }, "gpu2", "GPU-0", 210, 390),
+                // spans two attempts of job 7 (and the gap): nobody's
+                held(Holder::Run { run: "long".into() }, "gpu1", "GPU-0", 50, 300),
+            ]
+        };
+        let of_job = |j| links_of(&jobs, runs(), &agents, LinkOf::Job(j));
+        let link = |job, attempt, run: &str| Link {
+            job,
+            attempt,
+            run: run.into(),
+        };
+        assert_eq!(of_job(7), vec![link(7, 2, "r7")]);
+        assert_eq!(of_job(8), vec![link(8, 1, "r8")]);
+        assert!(of_job(9).is_empty());
+        let of_run = |r| links_of(&jobs, runs(), &agents, LinkOf::Run(r));
+        assert_eq!(of_run("r7"), vec![link(7, 2, "r7")]);
+        assert!(of_run("far").is_empty());
+        assert!(of_run("long").is_empty());
+        assert!(of_run("nope").is_empty());
+        // The same links as the whole reconciliation.
+        let all = reconcile(
+            &jobs,
+            runs().into_iter().map(|r| (r, ())).collect(),
+            &agents,
+        );
+        assert_eq!(all.links, vec![link(7, 2, "r7"), link(8, 1, "r8")]);
     }
 }
