@@ -175,7 +175,17 @@ export const runHistory = (id, keys, opts) => get(`/runs/${seg(id)}/history`, { 
 export const scanRuns = (paths) => post('/runs/scan', { paths });
 export const syncRun = (id) => post(`/runs/${seg(id)}/sync`);
 
-export const usage = (by, opts) => get('/usage', { ...opts, query: { by } });
+/**
+ * GPU usage: `query` has `by` (comma-separated dimensions), `since`,
+ * `until`, `period` (`total`, `daily`, `monthly`) and `timezone`.
+ */
+export const usage = (query = {}, opts) => get('/usage', { ...opts, query });
+/** GPU history: `query` has `host`, `gpu`, `job`, `since`, `until`, `resolution`. */
+export const telemetry = (query = {}, opts) => get('/telemetry', { ...opts, query });
+/** The wandb runs a job's attempts produced: `[{job, attempt, run}]`. */
+export const jobRuns = (id, opts) => get(`/jobs/${seg(id)}/runs`, opts);
+/** The job attempts that produced a run: `[{job, attempt, run}]`. */
+export const runJobs = (id, opts) => get(`/runs/${seg(id)}/jobs`, opts);
 
 // ----------------------------------------------------------- live events ---
 

@@ -11,11 +11,12 @@
 // (default /usr/bin/chromium), KEEP_HOME=1 keeps the temp homes.
 
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import http from 'node:http';
 import { join, resolve } from 'node:path';
 import {
-  FIXTURES, HERE, cancelActive, launchBrowser, prepareDataset, scanFixtures, sleep, startDaemon, startWandbServer, uiUrl, until,
+  FIXTURES, GPU_TRACE, HERE, cancelActive, cli, launchBrowser, prepareDataset, scanFixtures, sleep, startDaemon, startWandbServer, uiUrl,
+  until,
 } from './setup.mjs';
 
 const argv = process.argv.slice(2);
@@ -77,9 +78,25 @@ async function runTests() {
 
   const wb = await startWandbServer();
   cleanups.push(wb.stop);
-  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon', env: wb.env });
+  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon', env: wb.env, trace: GPU_TRACE });
   cleanups.push(d.stop, () => cancelActive(d));
   await prepareDataset(d.home);
+  // Jobs for the usage and telemetry tests (5c–5e), submitted now so they
+  // run while the first tests do: ada on an A100 (busy), grace on the RTX
+  // 4090 (idle, 2 %), and a job that writes a wandb run on its own GPU (an
+  // A100). 3 s each: the daemon learns who holds a GPU when the agent's
+  // samples arrive (every 1.25 s here), so an attempt must outlast a batch.
+  const wandbOut = join(d.home, 'linked-runs');
+  const usageJob = (spec) => d.api('POST', '/jobs', { jobs: [{ command: ['sleep', '3'], ...spec }] }).then((r) => r.ids[0]);
+  const [linkedJob, ...usageJobs] = await Promise.all([
+    usageJob({
+      user: 'ada', project: 'vision', name: 'writes-a-run', gpus: { count: 1, model: 'A100' },
+      command: [process.execPath, join(HERE, 'wandb-run.mjs'), wandbOut, 'e2elink1', '3'],
+    }),
+    usageJob({ user: 'ada', project: 'vision', gpus: { count: 1, model: 'A100' } }),
+    usageJob({ user: 'grace', project: 'nlp', gpus: { count: 1, model: 'RTX4090' } }),
+  ]);
+
   const ui = await uiUrl(d, { fromDisk: FROM_DISK });
   cleanups.push(ui.close);
   const browser = await launchBrowser();
@@ -228,6 +245,149 @@ async function runTests() {
     if (await page.locator('tr[data-id="crash001"] .chip-sync-synced').count()) throw new Error('crash001 shown as synced');
   });
 
+  await test('5c', 'Job page: its GPUs\' utilization and memory, and the wandb run it produced, linked both ways', async () => {
+    for (const id of [linkedJob, ...usageJobs]) {
+      await until(`job ${id} to succeed`, async () => {
+        const j = await d.api('GET', `/jobs/${id}`);
+        if (['failed', 'lost', 'cancelled'].includes(j.state)) throw new Error(`job ${id} ${j.state}: ${j.reason}`);
+        return j.state === 'succeeded';
+      }, 30_000);
+    }
+    // The agent ships its samples about every second: wait for the job's.
+    await until('the job\'s GPU samples', async () => (await d.api('GET', `/telemetry?job=${linkedJob}`)).series.length === 1, 10_000);
+    await d.api('POST', '/runs/scan', { paths: [wandbOut] });
+    await page.goto(`${ui.url}/#/queue/${linkedJob}`);
+    const panel = page.locator('.job-gpus');
+    await until('the GPU charts to have points', async () => Number(await panel.getAttribute('data-points')) > 0);
+    const titles = await panel.locator('.u-title').allTextContents();
+    if (titles.join() !== 'Utilization,Memory used') throw new Error(`charts: ${titles}`);
+    if (await panel.locator('.uplot canvas').count() !== 2) throw new Error('expected 2 chart canvases');
+    const legend = await panel.locator('.u-legend').first().textContent();
+    if (!/GPU [01]/.test(legend)) throw new Error(`legend does not name the GPU: ${legend}`);
+    // The run it produced, and back.
+    const link = page.locator('.run-links a[data-run="e2elink1"]');
+    await link.waitFor();
+    await link.click();
+    await page.waitForURL('**/#/runs/e2elink1');
+    const back = page.locator(`.run-jobs a[data-job="${linkedJob}"]`);
+    await back.waitFor();
+    await back.click();
+    await page.waitForURL(`**/#/queue/${linkedJob}`);
+    await page.locator('.run-links a[data-run="e2elink1"]').waitFor();
+  });
+
+  await test('5d', 'Usage: stacked daily bars and a table whose totals are the API\'s; dimension, range, CSV, idle per user', async () => {
+    const q = (params) => d.api('GET', `/usage?${new URLSearchParams(params)}`);
+    const body = page.locator('.usage-body:not([aria-busy])');
+    const table = page.locator('table.usage-table');
+    const cells = async (tr) => Object.fromEntries(await tr.locator('td[data-v]').evaluateAll((tds) => tds.map((td, i) => [i, Number(td.dataset.v)])));
+    const want = (r) => ({ 0: r.allocated_gpu_h, 1: r.used_gpu_h, 2: r.idle_gpu_h, 3: r.energy_kwh, 4: r.peak_mem_mib, 5: r.jobs, 6: r.runs });
+    const canon = (v) => (v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, canon(v[k])])) : Array.isArray(v) ? v.map(canon) : v);
+    const same = (a, b) => JSON.stringify(canon(a)) === JSON.stringify(canon(b));
+    // Shows `by`, and says what it saw unless the table equals the API's answer
+    // (asked before and after the page's, so samples arriving meanwhile retry).
+    const tableIsApi = async (by, params) => {
+      let seen = '';
+      return until(`the ${by} table to equal GET /usage`, async () => {
+        const before = await q({ by, ...params });
+        await page.locator(`[data-key="by-${by}"]`).click();
+        await body.waitFor();
+        await page.locator(`table.usage-table[data-by="${by}"]`).waitFor();
+        const total = await cells(table.locator('tfoot tr'));
+        const rows = {};
+        for (const tr of await table.locator('tbody tr').all()) rows[await tr.getAttribute('data-key')] = await cells(tr);
+        const after = await q({ by, ...params });
+        const api = Object.fromEntries(after.rows.map((r) => [r.key.map((k) => (k === '-' ? '(none)' : k)).join(' · '), want(r)]));
+        seen = JSON.stringify({ total, rows, api: want(after.total) });
+        const settled = same(before.rows, after.rows) && same(before.total, after.total);
+        return settled && same(total, want(after.total)) && same(rows, api) ? after : null;
+      }, 20_000, 200).catch((e) => { throw new Error(`${e.message}; saw ${seen}`); });
+    };
+    // Wait until every sample of the jobs above is in (grace's GPU idle).
+    await until('grace\'s idle hours', async () => (await q({ by: 'user' })).rows.some((r) => r.key[0] === 'grace' && r.idle_gpu_h > 0), 10_000);
+
+    await page.goto(`${ui.url}/#/usage`);
+    await body.waitFor();
+    // Project (the default) and the last 30 days.
+    await tableIsApi('project', { since: '30d' });
+    for (const p of ['vision', 'nlp']) await table.locator(`tbody tr[data-key="${p}"]`).waitFor();
+    // Stacked daily bars: every day of the range, today's bar holding the projects.
+    const bars = page.locator('.ubar[data-day]');
+    const days = await bars.count();
+    if (days < 30 || days > 32) throw new Error(`${days} daily bars for 30 days`);
+    const daily = await q({ by: 'project', since: '30d', period: 'daily' });
+    const barSum = (await bars.evaluateAll((els) => els.map((e) => Number(e.dataset.total)))).reduce((a, b) => a + b, 0);
+    if (Math.abs(barSum - daily.total.allocated_gpu_h) > 1e-9) throw new Error(`bars add up to ${barSum}, the API says ${daily.total.allocated_gpu_h}`);
+    for (const p of ['vision', 'nlp']) await page.locator(`.ubar-seg[data-key="${p}"]`).first().waitFor();
+    // The linked run is counted once, as its job.
+    await page.locator('.usage-recon').getByText('e2elink1').waitFor();
+
+    // By user: ada used her GPU, grace left hers idle.
+    const users = await tableIsApi('user', { since: '30d' });
+    await page.locator('.ubar-seg[data-key="grace"]').first().waitFor();
+    const grace = users.rows.find((r) => r.key[0] === 'grace');
+    const idleRow = page.locator('.idle-row[data-user="grace"]');
+    await idleRow.waitFor();
+    if (Number(await idleRow.getAttribute('data-v')) !== grace.idle_gpu_h) throw new Error(`grace's idle row says ${await idleRow.getAttribute('data-v')}, the API ${grace.idle_gpu_h}`);
+    if (await page.locator('.idle-row[data-user="ada"]').count()) throw new Error('ada left no GPU idle, but the idle card lists her');
+    if (Number(await page.locator('[data-key="stat-idle"]').getAttribute('data-v')) !== users.total.idle_gpu_h) throw new Error('the idle stat is not the API\'s total');
+    // The bars can show idle hours: only grace's.
+    await page.locator('[data-key="metric-idle_gpu_h"]').click();
+    await page.locator('.ubars[data-metric="idle_gpu_h"]').waitFor();
+    if (await page.locator('.ubar-seg[data-key="ada"]').count()) throw new Error('ada has idle bars');
+    await page.locator('.ubar-seg[data-key="grace"]').first().waitFor();
+    await page.locator('[data-key="metric-allocated_gpu_h"]').click();
+
+    // The CSV is `trainyard usage --csv`'s, byte for byte.
+    let csv = '';
+    let fromCli = '';
+    await until('the downloaded CSV to equal trainyard usage --csv', async () => {
+      const before = await cli(d.home, ['usage', '--csv', '--by', 'user', '--since', '30d']);
+      await page.locator('[data-key="by-user"]').click();
+      await body.waitFor();
+      const [download] = await Promise.all([page.waitForEvent('download'), page.locator('[data-key="csv"]').click()]);
+      csv = await readFile(await download.path(), 'utf8');
+      fromCli = await cli(d.home, ['usage', '--csv', '--by', 'user', '--since', '30d']);
+      return before === fromCli && csv === fromCli;
+    }, 20_000, 200).catch((e) => { throw new Error(`${e.message}\n     UI:  ${JSON.stringify(csv)}\n     CLI: ${JSON.stringify(fromCli)}`); });
+    const lines = csv.trim().split('\n');
+    if (lines[0] !== 'user,alloc_gpu_h,used_gpu_h,idle_gpu_h,energy_kwh,peak_mem_mib,jobs,runs') throw new Error(`CSV header: ${lines[0]}`);
+    if (!lines.some((l) => l.startsWith('grace,')) || !lines.at(-1).startsWith('total,')) throw new Error(`CSV rows: ${csv}`);
+
+    // Last month: nothing yet (the daemon started today).
+    await page.locator('[data-key="range-last-month"]').click();
+    await body.waitFor();
+    await page.locator('.usage-body .state-empty').getByText('No GPU usage in this range').waitFor();
+    if (await page.locator('[data-key="stat-allocated"]').getAttribute('data-v') !== '0') throw new Error('last month shows allocated hours');
+    // A custom range of today (in the lab's zone): the same hours as 30 days.
+    const zone = users.timezone === 'system' ? undefined : users.timezone;
+    const today = new Intl.DateTimeFormat('en-CA', { timeZone: zone, year: 'numeric', month: '2-digit', day: '2-digit' }).format(new Date());
+    await page.locator('[data-key="range-custom"]').click();
+    await page.locator('[data-key="range-since"]').fill(today);
+    await page.locator('[data-key="range-until"]').fill(today);
+    await tableIsApi('user', { since: today, until: today });
+    if (await page.locator('.ubar[data-day]').count() !== 1) throw new Error('a one-day range has more than one bar');
+    if (!page.url().includes(`since=${today}`)) throw new Error(`the range is not in the URL: ${page.url()}`);
+  });
+
+  await test('5e', 'GPUs page: each GPU\'s history for 1 h, 24 h and 7 d', async () => {
+    await page.goto(`${ui.url}/#/gpus`);
+    const grid = page.locator('.gpu-history .history-grid');
+    for (const range of ['1h', '24h', '7d']) {
+      if (range !== '1h') await page.locator(`[data-key="history-${range}"]`).click();
+      await page.locator(`.gpu-history .history-grid[data-loaded="${range}"]`).waitFor();
+      const charts = grid.locator('figure.chart-card[data-uuid]');
+      const n = await charts.count();
+      const api = await d.api('GET', `/telemetry?since=${range}`);
+      if (n !== 3 || api.series.length !== 3) throw new Error(`${range}: ${n} charts, ${api.series.length} series in the API`);
+      if (await grid.locator('.uplot canvas').count() !== 3) throw new Error(`${range}: charts without a canvas`);
+      const titles = await grid.locator('.u-title').allTextContents();
+      if (!titles.some((t) => t.includes('RTX4090')) || titles.filter((t) => t.includes('A100')).length !== 2) throw new Error(`${range}: ${titles}`);
+    }
+    if (!page.url().includes('history=7d')) throw new Error(`the range is not in the URL: ${page.url()}`);
+  });
+
   // (6) with a second daemon, in a tab that has no token yet.
   const d2 = await startDaemon({ logDir: ARTIFACTS, label: 'daemon-token', agentName: 'secure-node' });
   cleanups.push(d2.stop);
@@ -318,7 +478,7 @@ async function screenshots(dir) {
   await mkdir(dark, { recursive: true });
   const wb = await startWandbServer();
   cleanups.push(wb.stop);
-  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon-shots', env: wb.env });
+  const d = await startDaemon({ logDir: ARTIFACTS, label: 'daemon-shots', env: wb.env, trace: GPU_TRACE });
   cleanups.push(d.stop, () => cancelActive(d));
   await prepareDataset(d.home);
   await scanFixtures(d);
@@ -376,7 +536,7 @@ async function screenshots(dir) {
     const other = runs?.find((r) => r.id === 'killed01');
     await shot('run-chart', `#/runs/plain001${other ? `?compare=${other.id}` : ''}`, () => page.locator('.chart-card .uplot canvas').first().waitFor());
     if (!plain) console.log('WARN run-chart: the daemon does not serve /runs yet');
-    await shot('usage', '#/usage', () => page.locator('.page-usage .state, .page-usage .panel').first().waitFor());
+    await shot('usage', '#/usage?by=user', () => page.locator('.usage-body:not([aria-busy]) .usage-table, .usage-body .state-empty').first().waitFor());
     await page.context().close();
   }
   if (problems.length) console.log(`WARN page problems:\n  ${problems.join('\n  ')}`);

@@ -56,14 +56,37 @@ export async function cli(home, args) {
 }
 
 /**
- * Start `trainyard up` on a free port with fake GPUs in a new temp home.
- * Returns `{home, url, token, api(), stop()}`; `stop` kills its process
- * group and deletes the home.
+ * The GPUs' scripted trace (`docs/gpu-trace-format.md`) of the main test
+ * daemon: the A100s busy (90 % and 60 %), the RTX 4090 idle (2 %, under
+ * the 5 % idle threshold), so jobs have used and idle-allocated hours.
  */
-export async function startDaemon({ agentName = 'gpu-node-1', logDir = null, label = 'daemon', env = {} } = {}) {
+export const GPU_TRACE = `version = 1
+[[gpu]]
+index = 0
+points = [[0, 90, 40000, 300, 65]]
+[[gpu]]
+index = 1
+points = [[0, 60, 20000, 250, 58]]
+[[gpu]]
+index = 2
+points = [[0, 2, 1024, 40, 35]]
+`;
+
+/**
+ * Start `trainyard up` on a free port with fake GPUs in a new temp home
+ * (replaying `trace`, TOML, when given: samples every 250 ms then, so
+ * telemetry and usage arrive within about a second). Returns `{home, url,
+ * token, api(), stop()}`; `stop` kills its process group and deletes the
+ * home.
+ */
+export async function startDaemon({ agentName = 'gpu-node-1', logDir = null, label = 'daemon', env = {}, trace = null } = {}) {
   await waitForBinary();
   const home = await mkdtemp(join(tmpdir(), 'trainyard-e2e-'));
   const args = ['up', '--port', '0', '--fake-gpus', FAKE_GPUS, '--agent-name', agentName, '--grace', '2s', '--cpu-slots', '4'];
+  if (trace) {
+    await writeFile(join(home, 'gpu-trace.toml'), trace);
+    args.push('--fake-gpu-trace', join(home, 'gpu-trace.toml'), '--sample-every', '250ms');
+  }
   const logFile = logDir ? join(logDir, `${label}.log`) : null;
   if (logFile) await writeFile(logFile, `$ TRAINYARD_HOME=${home} ${BIN} ${args.join(' ')}\n`);
   const child = spawn(BIN, args, {

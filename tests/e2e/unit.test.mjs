@@ -1,5 +1,6 @@
 // Unit tests of the UI's pure helpers (no browser): the SSE framing, the
-// command-line and KEY=VALUE parsing of the job form, and formatting.
+// command-line and KEY=VALUE parsing of the job form, formatting, the Usage
+// page's CSV, ranges and bars, and GPU history columns.
 // Run: node --test unit.test.mjs
 
 import assert from 'node:assert/strict';
@@ -7,6 +8,10 @@ import test from 'node:test';
 import { sseParser } from '../../ui/lib/sse.js';
 import { keyValues, parseDuration, shellWords } from '../../ui/lib/util.js';
 import { axisNums, bytes, duration, mib, num } from '../../ui/lib/format.js';
+import {
+  answerDays, daysFrom, fixed, gpuHours, idleRanking, niceScale, prevMonth, rangeParams, stackDays, usageCsv,
+} from '../../ui/lib/usage.js';
+import { gpuColumns, joinColumns } from '../../ui/lib/telemetry.js';
 
 function parse(chunks) {
   const out = [];
@@ -73,4 +78,123 @@ test('axisNums: chart ticks differ and stay short (train/lr at 1e-4)', () => {
     assert.equal(new Set(out).size, ticks.length, `${out}`);
     assert.ok(out.every((s) => s.length <= 11), `${out}`);
   }
+});
+
+test('fixed rounds as Rust\'s {:.N}: exact ties to even, the rest to nearest', () => {
+  // What `format!("{:.2}")` etc. print (checked with rustc).
+  assert.equal(fixed(0.125, 2), '0.12'); // a tie: toFixed says 0.13
+  assert.equal(fixed(0.375, 2), '0.38');
+  assert.equal(fixed(0.625, 2), '0.62');
+  assert.equal(fixed(2.5, 0), '2');
+  assert.equal(fixed(1.5, 0), '2');
+  assert.equal(fixed(0.25, 1), '0.2');
+  assert.equal(fixed(1.005, 2), '1.00'); // not a tie: 1.00499999999999989...
+  assert.equal(fixed(0.005, 2), '0.01'); // not a tie: 0.005000000000000000104...
+  assert.equal(fixed(0, 3), '0.000');
+  assert.equal(fixed(12.3456, 3), '12.346');
+  assert.equal(fixed(450000 / 3.6e6, 2), '0.12'); // 7.5 GPU-minutes
+});
+
+const row = (period, key, alloc, extra = {}) => ({
+  period, key, allocated_gpu_h: alloc, used_gpu_h: alloc / 2, idle_gpu_h: alloc / 4, energy_kwh: alloc / 10,
+  peak_mem_mib: 1024, jobs: 1, runs: 0, ...extra,
+});
+
+test('usageCsv is trainyard usage --csv: header, rows, totals; quoting', () => {
+  const total = { key: ['total'], allocated_gpu_h: 3.5, used_gpu_h: 1.25, idle_gpu_h: 0.125, energy_kwh: 0.0625, peak_mem_mib: 40960, jobs: 3, runs: 1 };
+  const answer = {
+    since: '2026-11-01T00:00:00Z', until: '2026-12-01T00:00:00Z', timezone: 'UTC', by: ['user', 'project'], period: 'total',
+    rows: [row(undefined, ['ana', 'vision, v2'], 2), row(undefined, ['bo"b', '-'], 1.5)], total,
+  };
+  assert.equal(usageCsv(answer), [
+    'user,project,alloc_gpu_h,used_gpu_h,idle_gpu_h,energy_kwh,peak_mem_mib,jobs,runs',
+    'ana,"vision, v2",2.00,1.00,0.50,0.200,1024,1,0',
+    '"bo""b",-,1.50,0.75,0.38,0.150,1024,1,0',
+    'total,,3.50,1.25,0.12,0.062,40960,3,1',
+    '',
+  ].join('\n'));
+  // No dimension: a `key` column; daily: a period column first.
+  assert.equal(usageCsv({ ...answer, by: [], rows: [] }).split('\n')[0], 'key,alloc_gpu_h,used_gpu_h,idle_gpu_h,energy_kwh,peak_mem_mib,jobs,runs');
+  assert.equal(usageCsv({ ...answer, by: [], rows: [] }).split('\n')[1], 'total,3.50,1.25,0.12,0.062,40960,3,1');
+  const daily = usageCsv({ ...answer, by: ['user'], period: 'daily', rows: [row('2026-11-30', ['ana'], 1)] }).split('\n');
+  assert.deepEqual(daily.slice(0, 3), [
+    'period,user,alloc_gpu_h,used_gpu_h,idle_gpu_h,energy_kwh,peak_mem_mib,jobs,runs',
+    '2026-11-30,ana,1.00,0.50,0.25,0.100,1024,1,0',
+    'total,,3.50,1.25,0.12,0.062,40960,3,1',
+  ]);
+});
+
+test('range presets: ages, this and last month in the lab\'s zone, custom days', () => {
+  const now = Date.parse('2026-12-01T02:00:00Z');
+  assert.deepEqual(rangeParams('7d', {}, now, 'UTC'), { since: '7d' });
+  assert.deepEqual(rangeParams('30d', {}, now, 'UTC'), { since: '30d' });
+  assert.deepEqual(rangeParams('month', {}, now, 'UTC'), { since: '2026-12' });
+  // 2 am UTC on Dec 1 is still November in New York.
+  assert.deepEqual(rangeParams('month', {}, now, 'America/New_York'), { since: '2026-11' });
+  assert.deepEqual(rangeParams('last-month', {}, now, 'UTC'), { since: '2026-11', until: '2026-11' });
+  assert.deepEqual(rangeParams('last-month', {}, Date.parse('2026-01-15T12:00:00Z'), 'UTC'), { since: '2025-12', until: '2025-12' });
+  assert.deepEqual(rangeParams('custom', { since: '2026-11-02', until: '' }, now, 'UTC'), { since: '2026-11-02', until: undefined });
+  assert.equal(prevMonth('2026-10'), '2026-09');
+});
+
+test('days of a daily answer, in its zone, with the days rows name', () => {
+  assert.deepEqual(daysFrom('2026-02-27', '2026-03-02'), ['2026-02-27', '2026-02-28', '2026-03-01', '2026-03-02']);
+  assert.deepEqual(daysFrom('2026-03-02', '2026-03-01'), []);
+  const answer = { since: '2026-11-29T15:00:00Z', until: '2026-12-01T15:00:00Z', timezone: 'Asia/Seoul', rows: [] };
+  // Midnight to midnight in Seoul: two days.
+  assert.deepEqual(answerDays(answer), ['2026-11-30', '2026-12-01']);
+  assert.deepEqual(answerDays({ ...answer, timezone: 'system', rows: [{ period: '2026-11-20' }] })[0], '2026-11-20');
+});
+
+test('stackDays: top keys own a segment, the rest are "other"; totals per day', () => {
+  const days = ['2026-11-30', '2026-12-01'];
+  const rows = [
+    row('2026-11-30', ['a'], 4), row('2026-11-30', ['b'], 1), row('2026-12-01', ['a'], 1),
+    row('2026-12-01', ['c'], 2), row('2026-12-01', ['d'], 0.5), row('2026-12-01', ['-'], 0),
+  ];
+  const s = stackDays(rows, days, 'allocated_gpu_h', 3);
+  assert.deepEqual(s.keys, ['a', 'c', 'other']);
+  assert.deepEqual(s.days.map((d) => d.parts), [[4, 0, 1], [1, 2, 0.5]]);
+  assert.deepEqual(s.days.map((d) => d.total), [5, 3.5]);
+  assert.equal(s.max, 5);
+  const all = stackDays(rows, days, 'allocated_gpu_h');
+  assert.deepEqual(all.keys, ['a', 'c', 'b', 'd']);
+  assert.equal(stackDays([], days, 'used_gpu_h').max, 0);
+});
+
+test('idleRanking, gpuHours and niceScale', () => {
+  const users = [row(undefined, ['ana'], 4, { idle_gpu_h: 1 }), row(undefined, ['bo'], 2, { idle_gpu_h: 1.5 }), row(undefined, ['cy'], 2, { idle_gpu_h: 0 })];
+  assert.deepEqual(idleRanking(users).map((r) => [r.user, r.idle, r.share]), [['bo', 1.5, 0.75], ['ana', 1, 0.25]]);
+  assert.equal(gpuHours(0.000833333), '0.000833');
+  assert.equal(gpuHours(2.5), '2.50');
+  assert.equal(gpuHours(41.25), '41.3');
+  assert.equal(gpuHours(1280.4), '1280');
+  assert.equal(gpuHours(0), '0');
+  assert.deepEqual(niceScale(9), { top: 10, step: 2.5 });
+  assert.deepEqual(niceScale(0.0031), { top: 0.004, step: 0.001 });
+  assert.deepEqual(niceScale(0), { top: 1, step: 0.25 });
+});
+
+const point = (t, util, mem, covered = 2000, extra = {}) => ({
+  t_ms: t, covered_ms: covered, util_pct: util == null ? null : { min: util, mean: util, max: util }, mem_used_mib: { min: mem, mean: mem, max: mem }, ...extra,
+});
+
+test('gpuColumns: seconds, holders of one bucket merged by time, holes break the line', () => {
+  const raw = { points: [point(10_000, 50, 100), point(12_000, 70, 200), point(14_000, null, 300), point(30_000, 10, 400)] };
+  assert.deepEqual(gpuColumns(raw, 0), {
+    x: [10, 12, 14, 16, 30], util: [50, 70, null, null, 10], mem: [100, 200, 300, null, 400],
+  });
+  // Two holders in one minute: 45 s at 80 %, 15 s at 0 %.
+  const m = { points: [point(60_000, 80, 1000, 45_000, { job: 1 }), point(60_000, 0, 0, 15_000), point(120_000, 20, 10, 60_000), point(300_000, 5, 5, 60_000)] };
+  const c = gpuColumns(m, 60_000);
+  assert.deepEqual(c.x, [60, 120, 180, 300]);
+  assert.deepEqual(c.util, [60, 20, null, 5]);
+  assert.deepEqual(c.mem, [750, 10, null, 5]);
+  assert.deepEqual(gpuColumns({ points: [] }, 0), { x: [], util: [], mem: [] });
+});
+
+test('joinColumns: undefined where a table has no point, its nulls kept', () => {
+  const j = joinColumns([{ x: [1, 3], ys: [[10, null]] }, { x: [2, 3], ys: [[20, 30]] }]);
+  assert.deepEqual(j.x, [1, 2, 3]);
+  assert.deepEqual(j.ys, [[10, undefined, null], [undefined, 20, 30]]);
 });

@@ -91,3 +91,62 @@ export function lineChart(el, { title, x, series, xLabel = 'step', height = 220 
   ro.observe(el);
   return { destroy() { ro.disconnect(); u.destroy(); }, uplot: u };
 }
+
+/**
+ * A line chart over time into `el`: `x` in seconds since the epoch (drawn
+ * in local time), `series` `[{label, color, y, value}]` where `value(v, i)`
+ * writes a legend value (default `num`). `range` fixes the y axis
+ * (`[0, 100]` for percentages; default from 0 to the data's top), `yValue`
+ * writes its ticks, `span` (`[from, to]` in seconds, or a function giving
+ * it at each redraw) fixes the x axis, and
+ * charts with one `sync` key share a crosshair. Returns
+ * `{destroy, setData(x, ys), uplot}`.
+ */
+export function timeChart(el, {
+  title, x, series, height = 180, range = null, yValue = (v) => num(v), span = null, sync = 'trainyard-gpus',
+}) {
+  const text = cssVar('--muted');
+  const grid = cssVar('--grid');
+  const axis = { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }, font: '11px system-ui, sans-serif' };
+  const opts = {
+    title,
+    width: Math.max(200, el.clientWidth),
+    height,
+    scales: {
+      x: { time: true, ...(span ? { range: () => (typeof span === 'function' ? span() : span) } : {}) },
+      y: { range: range ? () => range : (_u, _min, max) => [0, max > 0 ? max * 1.05 : 1] },
+    },
+    axes: [
+      { ...axis },
+      {
+        ...axis,
+        values: (_u, ticks) => ticks.map(yValue),
+        size: (_u, values) => Math.max(48, 22 + 7 * Math.max(0, ...(values ?? []).map((v) => String(v).length))),
+      },
+    ],
+    cursor: { sync: { key: sync }, points: { size: 5 } },
+    legend: { live: true },
+    series: [
+      {},
+      ...series.map((s) => ({
+        label: s.label,
+        stroke: s.color,
+        fill: s.fill ? withAlpha(s.color, 0.12) : undefined,
+        width: 1.5,
+        points: { show: false },
+        value: (_u, v, _si, i) => (v == null ? '—' : (s.value ?? num)(v, i)),
+      })),
+    ],
+  };
+  const u = new uPlot(opts, [x, ...series.map((s) => s.y)], el);
+  const ro = new ResizeObserver(() => {
+    const w = Math.max(200, el.clientWidth);
+    if (w !== u.width) u.setSize({ width: w, height });
+  });
+  ro.observe(el);
+  return {
+    uplot: u,
+    setData(nx, ys) { u.setData([nx, ...ys]); },
+    destroy() { ro.disconnect(); u.destroy(); },
+  };
+}

@@ -127,6 +127,14 @@ export function badge(state, text = state) {
   return h('span', { class: `badge badge-${state}` }, text);
 }
 
+/** A stat card: a label, a big value and a line under it. */
+export function stat(label, value, sub, attrs = {}) {
+  return h('div', { class: 'stat', ...attrs },
+    h('div', { class: 'stat-label' }, label),
+    h('div', { class: 'stat-value' }, value),
+    h('div', { class: 'stat-sub' }, sub ?? '\u00a0'));
+}
+
 /** A `<dl>` of label/value rows, skipping empty values. */
 export function facts(rows) {
   return h('dl', { class: 'facts' }, rows

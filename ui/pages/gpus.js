@@ -2,12 +2,17 @@
 // a sparkline of the last minutes, temperature, power, the job holding it
 // and processes Trainyard did not start ("foreign"). Live: agents report
 // every ~2 s and each report arrives as an `agent` event; we refetch
-// /agents on those (at most once a second) and sample every GPU.
+// /agents on those (at most once a second) and sample every GPU. Below the
+// hosts, each GPU's history from the daemon's telemetry store (1 h, 24 h or
+// 7 d of utilization and memory), when the daemon keeps one.
 
 import * as api from '../api.js';
-import { h, swap, loading, empty, failure, alertLine, icon } from '../lib/dom.js';
+import { h, swap, loading, empty, failure, alertLine, icon, stat } from '../lib/dom.js';
 import { mib, timeEl, plural } from '../lib/format.js';
 import { Samples, sparkline } from '../lib/sparkline.js';
+import { timeChart } from '../lib/chart.js';
+import { cssVar } from '../lib/theme.js';
+import { HISTORY_RANGES, gpuColumns, gpuLabel } from '../lib/telemetry.js';
 
 // Samples per GPU uuid. Module-level, so going to another page and back
 // keeps the recent history.
@@ -23,7 +28,7 @@ function record(gpu, t) {
   });
 }
 
-export function mount(root, _route, ctx) {
+export function mount(root, route, ctx) {
   const stats = h('div', { class: 'stats' });
   const notice = h('div');
   const body = h('div', { class: 'hosts' }, loading('Loading GPUs…'));
@@ -81,13 +86,117 @@ export function mount(root, _route, ctx) {
 
   ctx.live(['agent', 'job'], refresh, 1000);
   refresh();
+  if ((ctx.health?.features ?? []).includes('telemetry')) root.append(historyPanel(route, ctx));
 }
 
-function stat(label, value, sub) {
-  return h('div', { class: 'stat' },
-    h('div', { class: 'stat-label' }, label),
-    h('div', { class: 'stat-value' }, value),
-    h('div', { class: 'stat-sub' }, sub ?? '\u00a0'));
+/**
+ * Each GPU's utilization and memory over the last hour, day or week, one
+ * chart per GPU, refetched while the page is open (more often for shorter
+ * ranges). Charts are updated in place, so a refetch keeps the crosshair.
+ */
+function historyPanel(route, ctx) {
+  const known = (k) => HISTORY_RANGES.some(([r]) => r === k);
+  let range = known(route.query.get('history')) ? route.query.get('history') : '1h';
+  let answer = null;
+  let fetchedAt = 0;
+  const charts = new Map(); // uuid → {card, chart, cur}
+  const seg = h('div', { class: 'seg seg-sm', role: 'group', 'aria-label': 'History range' });
+  const note = h('span', { class: 'muted small' });
+  const grid = h('div', { class: 'history-grid' }, loading('Loading history…'));
+  const section = h('section', { class: 'panel gpu-history', 'aria-label': 'GPU history' },
+    h('div', { class: 'panel-head' }, h('h2', null, 'History'), note, h('span', { class: 'spacer' }), seg), grid);
+
+  function drawSeg() {
+    swap(seg, HISTORY_RANGES.map(([k, label]) => h('button', {
+      type: 'button', class: 'seg-btn', 'aria-pressed': String(k === range), 'data-key': `history-${k}`,
+      onclick() {
+        if (k === range) return;
+        range = k;
+        ctx.setQuery({ history: k === '1h' ? null : k });
+        drawSeg();
+        clear();
+        load();
+      },
+    }, label)));
+  }
+
+  function clear() {
+    for (const c of charts.values()) c.chart.destroy();
+    charts.clear();
+    grid.removeAttribute('data-loaded');
+  }
+
+  function draw() {
+    const t = answer;
+    const span = [t.since_ms / 1000, t.until_ms / 1000];
+    note.textContent = t.resolution === 'raw' ? 'every sample' : `${t.resolution} means`;
+    const series = [...t.series].sort((a, b) => a.host.localeCompare(b.host) || a.index - b.index);
+    if (!series.length) {
+      clear();
+      swap(grid, h('p', { class: 'muted pad' }, 'No samples in this range yet: agents send them every few seconds.'));
+    } else {
+      for (const [uuid, c] of charts) {
+        if (!series.some((s) => s.uuid === uuid)) { c.chart.destroy(); c.card.remove(); charts.delete(uuid); }
+      }
+      if (!charts.size) swap(grid);
+      for (const s of series) {
+        const col = gpuColumns(s, t.step_ms);
+        const memPct = col.mem.map((m) => (m == null || !s.memory_total_mib ? m : (100 * m) / s.memory_total_mib));
+        const have = charts.get(s.uuid);
+        if (have) {
+          have.cur.mem = col.mem;
+          have.cur.span = span;
+          have.chart.setData(col.x, [col.util, memPct]);
+          continue;
+        }
+        const card = h('figure', { class: 'chart-card', 'data-uuid': s.uuid, 'aria-label': `History of ${gpuLabel(s)}` });
+        grid.append(card);
+        const cur = { mem: col.mem, span };
+        const chart = timeChart(card, {
+          title: gpuLabel(s),
+          x: col.x,
+          series: [
+            { label: 'util', color: cssVar('--util'), y: col.util, fill: true, value: (v) => `${Math.round(v)}%` },
+            { label: 'memory', color: cssVar('--mem'), y: memPct, value: (v, i) => (cur.mem[i] == null ? `${Math.round(v)}%` : `${mib(cur.mem[i])} (${Math.round(v)}%)`) },
+          ],
+          range: [0, 100],
+          yValue: (v) => `${v}%`,
+          span: () => cur.span,
+          height: 150,
+        });
+        charts.set(s.uuid, { card, chart, cur });
+      }
+    }
+    grid.dataset.loaded = range;
+  }
+
+  let seq = 0;
+  async function load() {
+    const mine = ++seq;
+    fetchedAt = Date.now();
+    try {
+      const t = await api.telemetry({ since: range }, { signal: ctx.signal });
+      if (mine !== seq) return;
+      answer = t;
+      draw();
+    } catch (e) {
+      if (e.name === 'AbortError' || mine !== seq) return;
+      clear();
+      swap(grid, failure(e, load));
+    }
+  }
+
+  function onTheme() { if (answer) { clear(); swap(grid); draw(); } }
+  window.addEventListener('themechange', onTheme);
+  ctx.onCleanup(() => { window.removeEventListener('themechange', onTheme); clear(); });
+  // Shorter ranges change faster: 10 s for the hour, a minute for the day.
+  ctx.every(() => {
+    const every = HISTORY_RANGES.find(([k]) => k === range)[3];
+    if (Date.now() - fetchedAt >= every) load();
+  }, 5000);
+  drawSeg();
+  load();
+  return section;
 }
 
 function host(a, now) {

@@ -1,11 +1,15 @@
 // One job (`#/queue/ID`): what it is, its attempts, and its output, which
 // follows live: we read the log from our offset whenever a `log` event says
-// the attempt's log grew, and once more when the job changes state.
+// the attempt's log grew, and once more when the job changes state. Below,
+// the utilization and memory of the GPUs the shown attempt held (from the
+// daemon's telemetry), and the wandb runs the job produced.
 
 import * as api from '../api.js';
 import { h, swap, loading, failure, alertLine, badge, facts, icon } from '../lib/dom.js';
-import { bytes, dateTime, duration, nsToMs, timeEl } from '../lib/format.js';
+import { bytes, dateTime, duration, mib, nsToMs, timeEl } from '../lib/format.js';
 import { LogView } from '../lib/logview.js';
+import { PALETTE, timeChart } from '../lib/chart.js';
+import { gpuColumns, joinColumns } from '../lib/telemetry.js';
 import {
   ACTIVE, commandLine, elapsed, gpuIndex, gpuRequest, jobActions, reasonText, tick,
 } from './jobs-common.js';
@@ -14,8 +18,10 @@ const CHUNK = 1 << 20; // the daemon returns at most 1 MiB per read
 
 export function mount(root, route, ctx) {
   const id = route.id;
+  const features = ctx.health?.features ?? [];
   let detail = null;
   let gpus = new Map();
+  let runLinks = []; // [{job, attempt, run, name}] the wandb runs its attempts produced
 
   const head = h('div', { class: 'page-head' }, h('h1', null, `Job ${id}`));
   const notice = h('div');
@@ -41,6 +47,7 @@ export function mount(root, route, ctx) {
   const wrapToggle = h('label', { class: 'check' },
     h('input', { type: 'checkbox', onchange(e) { view.pre.classList.toggle('log-wrap', e.target.checked); } }), 'Wrap lines');
 
+  const gpuPanel = h('section', { class: 'panel job-gpus', 'aria-label': 'GPU use', hidden: true });
   root.append(head, notice,
     h('div', { class: 'job-layout' },
       info,
@@ -58,6 +65,7 @@ export function mount(root, route, ctx) {
     jump.hidden = true;
     drawAttempts();
     readLog();
+    loadGpus();
   }
 
   function drawLogStatus() {
@@ -149,8 +157,106 @@ export function mount(root, route, ctx) {
           ['Depends on', (spec.depends_on ?? []).length ? h('span', null, spec.depends_on.map((d, i) =>
             [i ? ', ' : '', h('a', { href: `#/queue/${d}` }, `job ${d}`)])) : null],
           ['Tags', (spec.tags ?? []).length ? h('div', { class: 'chips' }, spec.tags.map((t) => h('span', { class: 'chip' }, t))) : null],
+          ['wandb runs', runLinks.length ? h('div', { class: 'chips run-links' }, runLinks.map((l) => h('a', {
+            class: 'chip', href: `#/runs/${encodeURIComponent(l.run)}`, 'data-run': l.run,
+            title: `wandb run ${l.run}, produced by attempt ${l.attempt}: counted once, as this job`,
+          }, l.name && l.name !== l.run ? `${l.name} (${l.run})` : l.run))) : null],
         ])),
-      attemptsEl);
+      attemptsEl,
+      gpuPanel);
+  }
+
+  // --- wandb runs it produced ------------------------------------------------
+  let linksFor = null; // the state the links were last read in
+  async function loadRuns(j) {
+    if (!features.includes('usage') || !j.attempt_log.length || linksFor === j.state) return;
+    linksFor = j.state;
+    try {
+      const links = await api.jobRuns(id, { signal: ctx.signal });
+      const named = await Promise.all(links.map((l) => api.run(l.run, { signal: ctx.signal })
+        .then((r) => ({ ...l, name: r.name }), () => l)));
+      const same = JSON.stringify(named) === JSON.stringify(runLinks);
+      runLinks = named;
+      if (!same && detail) drawInfo(detail);
+    } catch (e) {
+      if (e.name !== 'AbortError') linksFor = null; // try again on the next refresh
+    }
+  }
+
+  // --- GPU use of the shown attempt ---------------------------------------
+  let gpuCharts = null; // {key, charts, cur}
+  let gpuSeq = 0;
+  function clearGpuCharts() {
+    for (const c of gpuCharts?.charts ?? []) c.destroy();
+    gpuCharts = null;
+  }
+  async function loadGpus() {
+    const a = detail?.attempt_log.find((x) => x.n === shown);
+    if (!features.includes('telemetry') || !a || !a.gpus.length) {
+      clearGpuCharts();
+      gpuPanel.hidden = true;
+      return;
+    }
+    const mine = ++gpuSeq;
+    const from = Math.floor(a.assigned_ns / 1e6);
+    const to = a.finished_ns ? Math.ceil(a.finished_ns / 1e6) + 1 : Date.now();
+    try {
+      const t = await api.telemetry({ job: id, since: from, until: Math.max(to, from + 1) }, { signal: ctx.signal });
+      if (mine !== gpuSeq) return;
+      drawGpus(a, t);
+    } catch (e) {
+      if (e.name === 'AbortError' || mine !== gpuSeq) return;
+      clearGpuCharts();
+      gpuPanel.hidden = false;
+      swap(gpuPanel, h('div', { class: 'panel-head' }, h('h2', null, 'GPU use')), failure(e, loadGpus));
+    }
+  }
+
+  function drawGpus(a, t) {
+    const series = t.series.filter((s) => a.gpus.includes(s.uuid)).sort((x, y) => x.index - y.index);
+    const key = `${a.n}|${series.map((s) => s.uuid).join(',')}`;
+    const span = [t.since_ms / 1000, t.until_ms / 1000];
+    gpuPanel.hidden = false;
+    gpuPanel.dataset.attempt = String(a.n);
+    const cols = series.map((s) => gpuColumns(s, t.step_ms));
+    const util = joinColumns(cols.map((c) => ({ x: c.x, ys: [c.util] })));
+    const mem = joinColumns(cols.map((c) => ({ x: c.x, ys: [c.mem] })));
+    if (gpuCharts?.key === key) {
+      gpuCharts.cur.span = span;
+      gpuCharts.charts[0].setData(util.x, util.ys);
+      gpuCharts.charts[1].setData(mem.x, mem.ys);
+      gpuPanel.dataset.points = String(util.x.length);
+      return;
+    }
+    clearGpuCharts();
+    const title = h('div', { class: 'panel-head' }, h('h2', null, 'GPU use'),
+      h('span', { class: 'muted' }, `attempt ${a.n} on ${a.agent}${t.resolution === 'raw' ? '' : ` · ${t.resolution} means`}`));
+    if (!series.length) {
+      swap(gpuPanel, title, h('p', { class: 'muted pad' }, a.finished_ns
+        ? 'No GPU samples were kept for this attempt (the agent sent none, or they are past retention).'
+        : 'No GPU samples yet: the agent sends them every few seconds.'));
+      gpuPanel.dataset.points = '0';
+      return;
+    }
+    const utilCard = h('figure', { class: 'chart-card', 'data-chart': 'util', 'aria-label': 'GPU utilization' });
+    const memCard = h('figure', { class: 'chart-card', 'data-chart': 'mem', 'aria-label': 'GPU memory used' });
+    swap(gpuPanel, title, h('div', { class: 'gpu-charts' }, utilCard, memCard));
+    const cur = { span };
+    const label = (s) => `GPU ${s.index}${series.some((o) => o.host !== s.host) ? ` on ${s.host}` : ''}`;
+    const top = Math.max(...series.map((s) => s.memory_total_mib || 0));
+    const spanOf = () => cur.span;
+    const charts = [
+      timeChart(utilCard, {
+        title: 'Utilization', x: util.x, span: spanOf, range: [0, 100], yValue: (v) => `${v}%`, sync: `job-${id}`, height: 140,
+        series: series.map((s, i) => ({ label: label(s), color: PALETTE[i % PALETTE.length], y: util.ys[i], value: (v) => `${Math.round(v)}%` })),
+      }),
+      timeChart(memCard, {
+        title: 'Memory used', x: mem.x, span: spanOf, range: top > 0 ? [0, top] : null, yValue: (v) => mib(v), sync: `job-${id}`, height: 140,
+        series: series.map((s, i) => ({ label: label(s), color: PALETTE[i % PALETTE.length], y: mem.ys[i], value: (v) => mib(v) })),
+      }),
+    ];
+    gpuCharts = { key, charts, cur };
+    gpuPanel.dataset.points = String(util.x.length);
   }
 
   function drawAttempts() {
@@ -186,7 +292,11 @@ export function mount(root, route, ctx) {
       drawAttempts();
       const latest = d.attempt_log.at(-1)?.n ?? null;
       if (followLatest && latest != null && latest !== shown) showAttempt(latest);
-      else readLog(); // state changed: pick up the last bytes and `done`
+      else {
+        readLog(); // state changed: pick up the last bytes and `done`
+        loadGpus();
+      }
+      loadRuns(d);
     } catch (e) {
       if (e.name === 'AbortError') return;
       if (!detail) {
@@ -204,6 +314,15 @@ export function mount(root, route, ctx) {
   });
   const refreshSoon = ctx.live([], refresh, 250);
   ctx.every(() => tick(info), 1000);
+  // A running attempt's GPU charts grow as the agent ships samples (~every 10 s).
+  ctx.every(() => {
+    // (and for half a minute after it ended: its last samples come after it).
+    const a = detail?.attempt_log.find((x) => x.n === shown);
+    if (a && (!a.finished_ns || Date.now() - a.finished_ns / 1e6 < 30_000)) loadGpus();
+  }, 10_000);
+  function onTheme() { if (gpuCharts) { clearGpuCharts(); loadGpus(); } }
+  window.addEventListener('themechange', onTheme);
+  ctx.onCleanup(() => { window.removeEventListener('themechange', onTheme); clearGpuCharts(); });
   drawLogStatus();
   refresh();
 }

@@ -1,6 +1,6 @@
 // One run (`#/runs/ID`): charts of its history (pick metrics, smooth, and
 // overlay other runs of the same project), summary, config, files and
-// environment, and its sync state.
+// environment, its sync state, and the Trainyard job that produced it.
 
 import * as api from '../api.js';
 import { h, swap, loading, empty, failure, alertLine, badge, facts, icon } from '../lib/dom.js';
@@ -82,6 +82,7 @@ export function mount(root, route, ctx) {
   const features = ctx.health?.features ?? [];
   let run = null;
   let peers = []; // other runs of the project
+  let producers = []; // [{job, attempt, run}]: the job attempts that produced it
   let keys = (route.query.get('keys') ?? '').split(',').filter(Boolean);
   const compare = new Set((route.query.get('compare') ?? '').split(',').filter(Boolean));
   let smoothing = Number(localStorage.getItem(SMOOTHING) ?? 0);
@@ -133,7 +134,12 @@ export function mount(root, route, ctx) {
           run.exit_code != null ? ` · exit ${run.exit_code}` : '',
           ` · ${plural(run.history_rows ?? 0, 'step')}`),
         h('div', { class: 'sync-line' }, h('span', { class: 'muted' }, 'Sync: '), syncChips(run.sync),
-          (run.tags ?? []).length ? [h('span', { class: 'muted' }, ' · Tags: '), run.tags.map((t) => h('span', { class: 'chip chip-tag' }, t))] : null)),
+          (run.tags ?? []).length ? [h('span', { class: 'muted' }, ' · Tags: '), run.tags.map((t) => h('span', { class: 'chip chip-tag' }, t))] : null),
+        producers.length ? h('div', { class: 'sync-line run-jobs' }, h('span', { class: 'muted' }, 'Produced by '),
+          producers.map((l, i) => [i ? ', ' : '', h('a', {
+            href: `#/queue/${l.job}`, 'data-job': String(l.job),
+            title: 'The Trainyard job whose attempt ran this run (same host, its GPUs, inside its time): its GPU-hours are counted once, as the job',
+          }, `job ${l.job}`, l.attempt > 1 ? ` (attempt ${l.attempt})` : '')])) : null),
       h('div', { class: 'page-actions' }, syncBtn));
   }
 
@@ -326,6 +332,12 @@ export function mount(root, route, ctx) {
     try {
       run = await api.run(id, { signal: ctx.signal });
       ctx.title(nameOf(run));
+      if (features.includes('usage')) {
+        producers = await api.runJobs(id, { signal: ctx.signal }).catch((e) => {
+          if (e.name === 'AbortError') throw e;
+          return [];
+        });
+      }
       peers = await api.runs({ project: run.project }, { signal: ctx.signal })
         .then((list) => list.filter((p) => p.id !== id).sort((a, b) => (b.start_time ?? 0) - (a.start_time ?? 0)))
         .catch(() => []);
