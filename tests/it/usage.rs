@@ -1,12 +1,14 @@
 //! `trainyard usage` and `trainyard tag` against a real daemon: allocated
 //! GPU-hours equal the attempts' assignment-to-release spans, retries count
 //! every attempt, an ignore tag applies retroactively, teams come from the
-//! lab config, and bad input is refused naming what is wrong.
+//! lab config, bad input is refused naming what is wrong, and a wandb run a
+//! job produced is linked to it both ways.
 
 use std::time::Duration;
 
-use crate::support::jobs::{job, submit, wait_state};
-use crate::support::{write, Env};
+use crate::support::jobs::{gpu_uuids, job, submit, wait_state};
+use crate::support::wandb_run::{write_gpu_run, GpuRun};
+use crate::support::{get_json, http, token_of, write, Env};
 
 /// Σ over a job's attempts of (finished - assigned) × GPUs, in hours.
 fn attempt_gpu_hours(url: &str, id: u64) -> f64 {
@@ -369,5 +371,96 @@ fn used_idle_and_energy_follow_a_scripted_trace() {
             Err(_) => std::thread::sleep(Duration::from_millis(500)),
         }
     }
+    up.term();
+}
+
+/// A wandb run that a job produced — on the attempt's GPU, on its host,
+/// inside its time — is linked to it both ways (`GET /jobs/{id}/runs`,
+/// `GET /runs/{id}/jobs`) and counted once, as the job; a run on the other
+/// GPU at the same time, and one on the job's GPU ending before the attempt
+/// (by more than the slack), are not the job's and count as runs.
+#[test]
+fn a_run_a_job_produced_is_linked_to_it_both_ways() {
+    let env = Env::new();
+    let (mut up, url) = env.up("up", &["--fake-gpus", "2xA100-80GB"]);
+    let uuids = gpu_uuids(&url, 2);
+    let id = submit(
+        &env,
+        &url,
+        &["--gpus", "1", "--project", "linked", "--", "sleep", "2"],
+    );
+    let j = wait_state(&url, id, "succeeded", Duration::from_secs(30));
+    let a = &j["attempt_log"][0];
+    let mine = a["gpus"][0].as_str().unwrap();
+    let (i_mine, i_other) = if mine == uuids[0] { (0, 1) } else { (1, 0) };
+    let from = a["assigned_ns"].as_i64().unwrap() / 1_000_000;
+    let to = a["finished_ns"].as_i64().unwrap() / 1_000_000;
+    let host = get_json(&url, "/api/v1/agents", None)[0]["report"]["hostname"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gpus = [
+        ("NVIDIA A100-SXM4-80GB", uuids[0].as_str()),
+        ("NVIDIA A100-SXM4-80GB", uuids[1].as_str()),
+    ];
+    let every_200ms = |a: i64, b: i64| -> Vec<(i64, f64)> {
+        (0..)
+            .map(|k| a + 200 * k)
+            .take_while(|t| *t <= b)
+            .map(|t| (t, 80.0))
+            .collect()
+    };
+    let root = env.path("wandb");
+    for (run, used, start, end) in [
+        ("prod01", i_mine, from + 100, to - 100),
+        ("other01", i_other, from + 100, to - 100),
+        ("early01", i_mine, from - 10_000, from - 8_000),
+    ] {
+        write_gpu_run(
+            &root,
+            &GpuRun {
+                id: run,
+                project: "wandb-linked",
+                user: "tester",
+                host: &host,
+                gpus: &gpus,
+                used: &[used],
+                start_ms: start,
+                samples: &every_200ms(start, end),
+            },
+        );
+    }
+    env.ok(&["runs", "scan", root.to_str().unwrap()]);
+
+    let link = serde_json::json!([{"job": id, "attempt": 1, "run": "prod01"}]);
+    assert_eq!(
+        get_json(&url, &format!("/api/v1/jobs/{id}/runs"), None),
+        link
+    );
+    assert_eq!(get_json(&url, "/api/v1/runs/prod01/jobs", None), link);
+    for run in ["other01", "early01"] {
+        assert_eq!(
+            get_json(&url, &format!("/api/v1/runs/{run}/jobs"), None),
+            serde_json::json!([]),
+            "{run}"
+        );
+    }
+    let token = token_of(&url);
+    for path in ["/api/v1/jobs/999/runs", "/api/v1/runs/nope01/jobs"] {
+        let (status, body) = http(&url, "GET", path, Some(&token), "");
+        assert_eq!(status, 404, "{path}: {body}");
+    }
+    // The usage report says the same, and counts the linked run once.
+    let r = env.json(&[
+        "usage", "--server", &url, "--by", "project", "--since", "today",
+    ]);
+    assert_eq!(r["links"], link, "{r:#}");
+    let job_row = row(&r, &["linked"]).expect("the job's row");
+    assert_eq!(
+        (job_row["jobs"].as_u64(), job_row["runs"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let runs_row = row(&r, &["wandb-linked"]).expect("the runs' row");
+    assert_eq!(runs_row["runs"], 2, "{r:#}");
     up.term();
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 pub mod jobs;
 pub mod s3;
 pub mod wandb;
+pub mod wandb_run;
 
 pub struct Env {
     pub tmp: tempfile::TempDir,
