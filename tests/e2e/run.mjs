@@ -369,6 +369,18 @@ async function runTests() {
     await tableIsApi('user', { since: today, until: today });
     if (await page.locator('.ubar[data-day]').count() !== 1) throw new Error('a one-day range has more than one bar');
     if (!page.url().includes(`since=${today}`)) throw new Error(`the range is not in the URL: ${page.url()}`);
+
+    // Runs outside the queue, with a double claim: the real client's usage
+    // fixtures (2026-11-30; a run initialised twice on one GPU).
+    await d.api('POST', '/runs/scan', { paths: [join(FIXTURES, '../wandb-usage')] });
+    await page.locator('[data-key="range-since"]').fill('2026-11-29');
+    await page.locator('[data-key="range-until"]').fill('2026-12-01');
+    const fixtures = await tableIsApi('user', { since: '2026-11-29', until: '2026-12-01' });
+    if (fixtures.total.runs !== 3 || fixtures.conflicts.length !== 1) throw new Error(`fixtures: ${JSON.stringify(fixtures.total)}, ${fixtures.conflicts.length} conflicts`);
+    const conflict = page.locator('.usage-recon .conflict');
+    await conflict.waitFor();
+    const said = await conflict.textContent();
+    if (!/gpu-host-b.*run dinit001 and run dinit002 claimed it at once.*for run dinit001/.test(said)) throw new Error(`conflict: ${said}`);
   });
 
   await test('5e', 'GPUs page: each GPU\'s history for 1 h, 24 h and 7 d', async () => {
