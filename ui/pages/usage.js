@@ -162,7 +162,8 @@ export function mount(root, route, ctx) {
   function drawReconciliation(total) {
     const links = total.links ?? [];
     const conflicts = total.conflicts ?? [];
-    if (!links.length && !conflicts.length) { swap(reconEl); return; }
+    reconEl.hidden = !links.length && !conflicts.length;
+    if (reconEl.hidden) { swap(reconEl); return; }
     swap(reconEl, h('section', { class: 'panel usage-recon', 'aria-label': 'Reconciliation' },
       h('div', { class: 'panel-head' }, h('h2', null, 'Counted once'),
         conflicts.length ? h('span', { class: 'chip chip-warn' }, plural(conflicts.length, 'double claim')) : null),
