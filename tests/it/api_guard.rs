@@ -157,6 +157,18 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
             403,
         ),
         (
+            "a job's runs without the token",
+            format!("GET /api/v1/jobs/1/runs HTTP/1.1\r\nHost: {addr}"),
+            String::new(),
+            401,
+        ),
+        (
+            "cross-site read of a run's jobs",
+            format!("GET /api/v1/runs/plain001/jobs HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nSec-Fetch-Site: cross-site\r\nAuthorization: Bearer {token}"),
+            String::new(),
+            403,
+        ),
+        (
             "DNS rebinding: scrape the metrics",
             format!("GET /metrics HTTP/1.1\r\nHost: evil.example:{}", port(&addr)),
             String::new(),
