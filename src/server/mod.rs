@@ -179,8 +179,15 @@ impl Server {
             .await
             .expect("opening the queue does not panic")?;
         let tele_path = home.telemetry_path();
+        let zone = lab
+            .zone()
+            .map_err(|source| crate::config::ConfigError::Invalid {
+                path: home.config_path(),
+                field: "usage.timezone",
+                source: Box::new(source),
+            })?;
         let telemetry = tokio::task::spawn_blocking(move || {
-            crate::telemetry::Telemetry::open(&tele_path, Default::default())
+            crate::telemetry::Telemetry::open(&tele_path, Default::default())?.with_day_zone(&zone)
         })
         .await
         .expect("opening the telemetry database does not panic")?;
