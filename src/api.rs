@@ -415,6 +415,17 @@ pub struct TagRequest {
     pub remove: Vec<String>,
 }
 
+/// The answer to a [`TagRequest`] for a run
+/// (`POST /api/v1/runs/{id}/tags`): the run's tags now, its own (from
+/// wandb) first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunTagAnswer {
+    /// The run's id.
+    pub run: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+}
+
 /// The answer to a [`TagRequest`]: the job's tags now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TagAnswer {

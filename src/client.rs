@@ -348,6 +348,29 @@ impl Client {
         .await
     }
 
+    /// Add and remove a wandb run's tags (by id or directory).
+    pub async fn tag_run(
+        &self,
+        run: &str,
+        req: &crate::api::TagRequest,
+    ) -> Result<crate::api::RunTagAnswer> {
+        // One path segment: a run's directory has slashes.
+        let run: String = run
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        self.json(Self::body(
+            self.req(Method::POST, &format!("/runs/{run}/tags")),
+            req,
+        ))
+        .await
+    }
+
     /// Retry a job.
     pub async fn retry(&self, id: JobId) -> Result<Job> {
         self.json(Self::no_body(

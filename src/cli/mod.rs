@@ -100,11 +100,12 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
-    /// Tag a job (or untag it with --remove), also after it ended: a job
-    /// tagged `ignore-usage` (the lab's ignore tag) leaves the usage report,
-    /// retroactively.
+    /// Tag a job or a wandb run (or untag it with --remove), also after it
+    /// ended: one tagged `ignore-usage` (the lab's ignore tag) leaves the
+    /// usage report, retroactively.
     ///
-    /// Example: trainyard tag 42 ignore-usage
+    /// Examples: trainyard tag 42 ignore-usage;
+    /// trainyard tag dinit002 ignore-usage
     Tag {
         #[command(flatten)]
         args: jobs::TagArgs,

@@ -82,6 +82,7 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/runs/{id}", get(super::runs::show))
         .route("/runs/{id}/history", get(super::runs::history))
         .route("/runs/{id}/sync", post(super::runs::sync_run))
+        .route("/runs/{id}/tags", post(super::runs::tag))
         .route("/usage", get(super::usage::usage))
         .fallback(not_found)
         .layer(middleware::from_fn(explain_body_limit))

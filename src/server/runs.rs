@@ -21,7 +21,9 @@ impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> ApiError {
         let (status, code) = match &e {
             IndexError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            IndexError::BadRoot { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            IndexError::BadRoot { .. } | IndexError::OwnTag { .. } => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             _ => {
                 tracing::error!(error = %e, "run index error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -100,6 +102,21 @@ pub(crate) async fn show(
         })
         .await?,
     ))
+}
+
+/// `POST /runs/{id}/tags`: add and remove tags of a run (an ignore tag
+/// takes it out of the usage report, retroactively).
+pub(crate) async fn tag(
+    State(c): State<Arc<Coord>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<crate::api::RunTagAnswer>> {
+    let req: crate::api::TagRequest = parse(&body)?;
+    for t in req.add.iter().chain(&req.remove) {
+        crate::queue::check_tag(t).map_err(crate::queue::QueueError::from)?;
+    }
+    let (run, tags) = blocking(&c, move |c| Ok(open(c)?.tag(&id, &req.add, &req.remove)?)).await?;
+    Ok(Json(crate::api::RunTagAnswer { run, tags }))
 }
 
 #[derive(Deserialize, Default)]

@@ -267,6 +267,53 @@ fn wandb_runs_count_the_gpus_their_processes_used_once() {
         t.contains("overlap on gpu-host-b") && t.contains("run dinit001 and run dinit002"),
         "{t}"
     );
+    // A run tagged with the ignore tag leaves the report, retroactively,
+    // and comes back untagged; its own (wandb) tags cannot be removed here.
+    let day = [
+        "usage",
+        "--server",
+        &url,
+        "--by",
+        "user",
+        "--since",
+        "2026-11-30",
+        "--until",
+        "2026-11-30",
+        "--tz",
+        "UTC",
+    ];
+    let out = env.ok(&["tag", "--server", &url, "usage001", "ignore-usage"]);
+    assert_eq!(out.trim(), "run usage001: tags one-of-two, ignore-usage");
+    let r = env.json(&day);
+    assert!(row(&r, &["ana"]).is_none(), "{r:#}");
+    assert_eq!(secs(&r["total"], "allocated_gpu_h"), 240.0);
+    // The tag survives a re-scan of the run's files.
+    env.ok(&["runs", "scan", fixtures]);
+    assert!(row(&env.json(&day), &["ana"]).is_none());
+    let e = env.fail(&[
+        "tag",
+        "--server",
+        &url,
+        "usage001",
+        "one-of-two",
+        "--remove",
+    ]);
+    assert!(e.contains("the tag \"one-of-two\" is the run's own"), "{e}");
+    let e = env.fail(&["tag", "--server", &url, "nosuchrun", "x"]);
+    assert!(e.contains("no run \"nosuchrun\""), "{e}");
+    env.ok(&[
+        "tag",
+        "--server",
+        &url,
+        "usage001",
+        "ignore-usage",
+        "--remove",
+    ]);
+    let r = env.json(&day);
+    assert_eq!(
+        hours(row(&r, &["ana"]).expect("ana back")),
+        (120.0, 78.0, 15.0)
+    );
     up.term();
 }
 
