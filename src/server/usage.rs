@@ -162,10 +162,11 @@ pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<Foun
         .db
         .day_rows(&q.tz, q.since_ms, q.until_ms)?
         .unwrap_or_default();
-    let mut daily: HashMap<(i64, u32, &str), Vec<usage::Measured>> = HashMap::new();
+    let mut daily: rustc_hash::FxHashMap<(i64, u32, &str), Vec<usage::Measured>> =
+        Default::default();
     for r in &cover.rows {
         daily
-            .entry((r.job, r.attempt, r.uuid.as_str()))
+            .entry((r.job, r.attempt, &*r.uuid))
             .or_default()
             .push(usage::Measured {
                 from_ms: r.day_ms,

@@ -11,6 +11,9 @@
 //! day boundaries are not whole quarters of an hour gets no daily table:
 //! quarter buckets would straddle its days, so readers fall back to them.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use rusqlite::{params, OptionalExtension, Transaction};
@@ -33,7 +36,7 @@ const STEP_DAYS: i64 = 31;
 #[derive(Debug, Clone, PartialEq)]
 pub struct DayRow {
     /// The GPU's UUID.
-    pub uuid: String,
+    pub uuid: Arc<str>,
     /// The day's start, ms since the epoch.
     pub day_ms: i64,
     /// The day's end (the next day's start).
@@ -250,18 +253,25 @@ impl Telemetry {
                 rows: Vec::new(),
             }));
         }
+        // GPU ids to UUIDs once, not a join and a string per row.
+        let uuids: HashMap<i64, Arc<str>> = self
+            .gpus(&conn)?
+            .into_iter()
+            .map(|(id, g)| (id, Arc::from(g.uuid)))
+            .collect();
         let mut st = conn
             .prepare_cached(
-                "SELECT g.uuid, d.day, d.day_end, d.job, d.attempt, d.cov, d.used, d.idle,
-                        d.energy, d.m_max
-                 FROM days d JOIN gpus g ON g.id = d.gpu
-                 WHERE d.day >= ?1 AND d.day < ?2 AND d.job != 0",
+                "SELECT gpu, day, day_end, job, attempt, cov, used, idle, energy, m_max
+                 FROM days WHERE day >= ?1 AND day < ?2 AND job != 0",
             )
             .map_err(self.sql())?;
         let rows = st
             .query_map([from, to], |r| {
                 Ok(DayRow {
-                    uuid: r.get(0)?,
+                    uuid: uuids
+                        .get(&r.get::<_, i64>(0)?)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from("")),
                     day_ms: r.get(1)?,
                     end_ms: r.get(2)?,
                     job: r.get(3)?,

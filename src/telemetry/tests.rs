@@ -463,7 +463,7 @@ fn daily_totals_follow_the_quarters_across_dst_late_samples_and_a_zone_change() 
         c.rows
             .iter()
             .map(|r| {
-                assert_eq!((r.uuid.as_str(), r.job, r.attempt), ("GPU-0", 5, 1));
+                assert_eq!((&*r.uuid, r.job, r.attempt), ("GPU-0", 5, 1));
                 (r.day_ms, r.end_ms, r.covered_ms, r.used_ms)
             })
             .collect()

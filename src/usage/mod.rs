@@ -23,7 +23,9 @@ pub mod reconcile;
 mod when;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -542,8 +544,8 @@ pub struct Report {
 #[derive(Default)]
 struct Acc {
     usage: Usage,
-    jobs: HashSet<u64>,
-    runs: HashSet<String>,
+    jobs: FxHashSet<u64>,
+    runs: FxHashSet<String>,
 }
 
 impl Acc {
@@ -628,11 +630,14 @@ pub fn report<'a>(
     teams: &Teams,
     accounted: impl IntoIterator<Item = (&'a Holding, BTreeMap<Date, Usage>)>,
 ) -> Report {
-    // Keys are interned: a year's report folds a hundred thousand
-    // holding-days into a few thousand rows.
-    let mut ids: HashMap<Vec<String>, usize> = HashMap::new();
+    // Keys are interned, and computed once per distinct set of a holding's
+    // attributes: a year's report folds a hundred thousand holding-days
+    // into a few thousand rows.
+    type Attrs<'h> = (&'h str, &'h str, &'h str, &'h str, &'h [String]);
+    let mut by_attrs: FxHashMap<Attrs<'a>, Vec<usize>> = FxHashMap::default();
+    let mut ids: FxHashMap<Vec<String>, usize> = FxHashMap::default();
     let mut names: Vec<Vec<String>> = Vec::new();
-    let mut rows: HashMap<(Option<Date>, usize), Acc> = HashMap::new();
+    let mut rows: FxHashMap<(Option<Date>, usize), Acc> = FxHashMap::default();
     let mut total = Acc::default();
     for (h, by_day) in accounted {
         if q.ignore_tag
@@ -641,19 +646,28 @@ pub fn report<'a>(
         {
             continue;
         }
-        let ks: Vec<usize> = keys(h, &q.by, teams)
-            .into_iter()
-            .map(|k| {
-                *ids.entry(k).or_insert_with_key(|k| {
-                    names.push(k.clone());
-                    names.len() - 1
+        let attrs = (
+            h.user.as_str(),
+            h.project.as_str(),
+            h.host.as_str(),
+            h.model.as_str(),
+            h.tags.as_slice(),
+        );
+        let ks = by_attrs.entry(attrs).or_insert_with(|| {
+            keys(h, &q.by, teams)
+                .into_iter()
+                .map(|k| {
+                    *ids.entry(k).or_insert_with_key(|k| {
+                        names.push(k.clone());
+                        names.len() - 1
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        });
         for (d, u) in &by_day {
             total.add(h, u);
             let p = period_of(q.period, *d);
-            for k in &ks {
+            for k in ks.iter() {
                 rows.entry((p, *k)).or_default().add(h, u);
             }
         }
