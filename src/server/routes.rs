@@ -83,6 +83,17 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/runs/{id}/history", get(super::runs::history))
         .route("/runs/{id}/sync", post(super::runs::sync_run))
         .route("/usage", get(super::usage::usage))
+        .route(
+            "/schedules",
+            get(super::schedules::list).post(super::schedules::add),
+        )
+        .route(
+            "/schedules/{name}",
+            get(super::schedules::show).delete(super::schedules::remove),
+        )
+        .route("/schedules/{name}/pause", post(super::schedules::pause))
+        .route("/schedules/{name}/resume", post(super::schedules::resume))
+        .route("/schedules/{name}/run", post(super::schedules::run))
         .fallback(not_found)
         .layer(middleware::from_fn(explain_body_limit))
         .layer(middleware::from_fn_with_state(
@@ -132,7 +143,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 /// What `GET /health` lists in `features`.
-const FEATURES: &[&str] = &["datasets", "remotes", "runs", "wandb_sync"];
+const FEATURES: &[&str] = &["datasets", "remotes", "runs", "schedules", "wandb_sync"];
 
 async fn health() -> Json<Health> {
     Json(Health {
