@@ -187,7 +187,10 @@ pub fn run(ctx: &Ctx, d: &DaemonArgs, cmd: ScheduleCommand) -> anyhow::Result<Ex
             }
             field("job", &output::clean(&s.job.argv().join(" ")));
             if let Some(g) = &s.sweep {
-                field("sweep", &format!("{} jobs per run", trainyard::queue::sweep_len(g)));
+                field(
+                    "sweep",
+                    &format!("{} jobs per run", trainyard::queue::sweep_len(g)),
+                );
             }
             field("user", &s.user);
             if !d.next.is_empty() {

@@ -494,6 +494,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_not_after ON jobs(not_after_ns) WHERE not_after_ns IS NOT NULL;",
 ];
 
+/// The schema version this build writes (`PRAGMA user_version` of
+/// `queue.db`): the number of its migrations.
+pub const SCHEMA: usize = MIGRATIONS.len();
+
 /// When a job may start, beyond its dependencies: what a schedule puts on
 /// the jobs it fires (`--window`, `--overlap queue`). Plain submissions
 /// have none.

@@ -379,7 +379,13 @@ impl<'q> Schedules<'q> {
     }
 
     /// Record data events as already seen: they never fire.
-    fn baseline(&self, tx: &Transaction<'_>, id: i64, events: &[DataEvent], now: i64) -> Result<()> {
+    fn baseline(
+        &self,
+        tx: &Transaction<'_>,
+        id: i64,
+        events: &[DataEvent],
+        now: i64,
+    ) -> Result<()> {
         let mut st = tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO schedule_occurrences
@@ -760,7 +766,10 @@ impl<'q> Schedules<'q> {
             };
             #[cfg(test)]
             if CRASH_BEFORE_WATERMARK.with(|c| c.get()) {
-                return Err(ScheduleError::invalid("(test)", "crash before the watermark"));
+                return Err(ScheduleError::invalid(
+                    "(test)",
+                    "crash before the watermark",
+                ));
             }
             tx.execute(
                 "UPDATE schedules SET watermark_ns = max(watermark_ns, ?2) WHERE id = ?1",
@@ -777,7 +786,9 @@ impl<'q> Schedules<'q> {
 
     fn seen(&self, tx: &Transaction<'_>, id: i64, key: &str) -> Result<bool> {
         Ok(tx
-            .prepare_cached("SELECT 1 FROM schedule_occurrences WHERE schedule_id = ?1 AND key = ?2")
+            .prepare_cached(
+                "SELECT 1 FROM schedule_occurrences WHERE schedule_id = ?1 AND key = ?2",
+            )
             .map_err(self.sql())?
             .query_row(params![id, key], |_| Ok(true))
             .optional()
@@ -844,7 +855,16 @@ impl<'q> Schedules<'q> {
                     total - due.len(),
                     local(wm, &tz)
                 );
-                self.record(tx, row, &key, ns(wm), Outcome::Missed, &[], Some(&detail), now)?;
+                self.record(
+                    tx,
+                    row,
+                    &key,
+                    ns(wm),
+                    Outcome::Missed,
+                    &[],
+                    Some(&detail),
+                    now,
+                )?;
                 changed = true;
             }
         }
@@ -861,7 +881,16 @@ impl<'q> Schedules<'q> {
                         "came due while the daemon was down (catch-up {})",
                         row.catch_up
                     );
-                    self.record(tx, row, &key, ns(*at), Outcome::Missed, &[], Some(&detail), now)?;
+                    self.record(
+                        tx,
+                        row,
+                        &key,
+                        ns(*at),
+                        Outcome::Missed,
+                        &[],
+                        Some(&detail),
+                        now,
+                    )?;
                 }
                 Decision::Fire => {
                     self.fire(tx, row, &key, *at, now, None, fx)?;
@@ -895,9 +924,21 @@ impl<'q> Schedules<'q> {
                 let detail = format!(
                     "superseded by {}@{} which appeared by the same evaluation",
                     row.dataset.as_deref().unwrap_or(""),
-                    newest.tag.clone().unwrap_or_else(|| newest.version.to_hex())
+                    newest
+                        .tag
+                        .clone()
+                        .unwrap_or_else(|| newest.version.to_hex())
                 );
-                self.record(tx, row, &e.key, e.at_ns, Outcome::Skipped, &[], Some(&detail), now)?;
+                self.record(
+                    tx,
+                    row,
+                    &e.key,
+                    e.at_ns,
+                    Outcome::Skipped,
+                    &[],
+                    Some(&detail),
+                    now,
+                )?;
             }
         }
         Ok(true)
@@ -953,10 +994,18 @@ impl<'q> Schedules<'q> {
         if let Some((id, state)) = live.first() {
             match row.overlap {
                 Overlap::Skip => {
-                    let detail = format!(
-                        "the previous run (job {id}) is still {state} (overlap skip)"
-                    );
-                    self.record(tx, row, key, at_ns, Outcome::Skipped, &[], Some(&detail), now)?;
+                    let detail =
+                        format!("the previous run (job {id}) is still {state} (overlap skip)");
+                    self.record(
+                        tx,
+                        row,
+                        key,
+                        at_ns,
+                        Outcome::Skipped,
+                        &[],
+                        Some(&detail),
+                        now,
+                    )?;
                     return Ok((Outcome::Skipped, Vec::new(), Some(detail)));
                 }
                 Overlap::Replace => {
@@ -1068,7 +1117,16 @@ impl<'q> Schedules<'q> {
             tx.execute_batch("ROLLBACK TO fire; RELEASE fire")
                 .map_err(self.sql())?;
             let detail = format!("its jobs were refused: {e}");
-            self.record(tx, row, key, at_ns, Outcome::Failed, &[], Some(&detail), now)?;
+            self.record(
+                tx,
+                row,
+                key,
+                at_ns,
+                Outcome::Failed,
+                &[],
+                Some(&detail),
+                now,
+            )?;
             tracing::warn!(schedule = %row.name, error = %e, "schedule occurrence failed");
             return Ok((Outcome::Failed, Vec::new(), Some(detail)));
         }
@@ -1077,7 +1135,16 @@ impl<'q> Schedules<'q> {
             Some(tag) => format!("triggered by {t} (tag {tag})"),
             None => format!("triggered by {t}"),
         });
-        self.record(tx, row, key, at_ns, Outcome::Fired, &ids, detail.as_deref(), now)?;
+        self.record(
+            tx,
+            row,
+            key,
+            at_ns,
+            Outcome::Fired,
+            &ids,
+            detail.as_deref(),
+            now,
+        )?;
         tracing::info!(schedule = %row.name, occurrence = key, jobs = ids.len(), "schedule fired");
         fx.submitted.extend(ids.iter().copied());
         Ok((Outcome::Fired, ids, detail))

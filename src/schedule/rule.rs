@@ -110,7 +110,12 @@ impl CronRule {
     /// The fire times in `(after, upto]`, oldest first: at most `keep`, the
     /// most recent, and how many there were in all (counting stops past
     /// [`SCAN_LIMIT`], so the count is then a lower bound).
-    pub fn between(&self, after: Timestamp, upto: Timestamp, keep: usize) -> (Vec<Timestamp>, usize) {
+    pub fn between(
+        &self,
+        after: Timestamp,
+        upto: Timestamp,
+        keep: usize,
+    ) -> (Vec<Timestamp>, usize) {
         let mut kept = std::collections::VecDeque::with_capacity(keep.min(1024));
         let mut total = 0usize;
         let mut at = after;

@@ -95,7 +95,10 @@ fn fire_times_across_dst_in_new_york() {
     // Starting between the two passes does not run it again.
     let first_pass = t("2026-11-01T05:30Z");
     let next = r.next_after(first_pass).unwrap();
-    assert_eq!(local(&[next], "America/New_York"), ["2026-11-02 01:30-05:00"]);
+    assert_eq!(
+        local(&[next], "America/New_York"),
+        ["2026-11-02 01:30-05:00"]
+    );
     // A wildcard hour runs at each wall-clock match, both passes included.
     let r = CronRule::parse("30 * * * *", "America/New_York").unwrap();
     let (got, _) = r.between(t("2026-11-01T04:00Z"), t("2026-11-01T07:00Z"), 100);
@@ -144,11 +147,20 @@ fn fire_times_across_dst_in_berlin_and_none_in_seoul() {
     }
     // The extensions: the last day of the month, the 2nd Monday, @daily.
     let r = CronRule::parse("0 9 L * *", "UTC").unwrap();
-    assert_eq!(r.next_after(t("2026-02-10T00:00Z")), Some(t("2026-02-28T09:00Z")));
+    assert_eq!(
+        r.next_after(t("2026-02-10T00:00Z")),
+        Some(t("2026-02-28T09:00Z"))
+    );
     let r = CronRule::parse("0 9 * * 1#2", "UTC").unwrap();
-    assert_eq!(r.next_after(t("2026-02-01T00:00Z")), Some(t("2026-02-09T09:00Z")));
+    assert_eq!(
+        r.next_after(t("2026-02-01T00:00Z")),
+        Some(t("2026-02-09T09:00Z"))
+    );
     let r = CronRule::parse("@daily", "UTC").unwrap();
-    assert_eq!(r.next_after(t("2026-02-01T10:00Z")), Some(t("2026-02-02T00:00Z")));
+    assert_eq!(
+        r.next_after(t("2026-02-01T10:00Z")),
+        Some(t("2026-02-02T00:00Z"))
+    );
 }
 
 #[test]
@@ -195,7 +207,8 @@ fn bad_settings_name_their_field() {
     }
     // Nothing was stored by any of these.
     assert!(s.list(now).unwrap().is_empty());
-    s.add(cron("a", "0 3 * * *", "UTC"), "UTC", None, now).unwrap();
+    s.add(cron("a", "0 3 * * *", "UTC"), "UTC", None, now)
+        .unwrap();
     assert!(matches!(
         s.add(cron("a", "0 4 * * *", "UTC"), "UTC", None, now),
         Err(ScheduleError::Exists(_))
@@ -249,7 +262,11 @@ fn downtime_over_three_ticks_under_each_catch_up_policy() {
     assert_eq!(d.schedule.missed, 3);
     assert_eq!(d.missed.len(), 3);
     assert!(d.missed[0].key.contains("03:00"), "{:?}", d.missed[0]);
-    assert!(d.missed[0].detail.as_deref().unwrap().contains("catch-up skip"));
+    assert!(d.missed[0]
+        .detail
+        .as_deref()
+        .unwrap()
+        .contains("catch-up skip"));
 
     let (j, d) = downtime(CatchUp::Once);
     assert_eq!(j.len(), 1);
@@ -264,8 +281,20 @@ fn downtime_over_three_ticks_under_each_catch_up_policy() {
     assert_eq!(d.runs.len(), 3);
     // Each waits for the one before (overlap queue).
     assert_eq!(j[0].2, None);
-    assert!(j[1].2.as_deref().unwrap().contains(&format!("job {}", j[0].0)), "{j:?}");
-    assert!(j[2].2.as_deref().unwrap().contains(&format!("job {}", j[1].0)), "{j:?}");
+    assert!(
+        j[1].2
+            .as_deref()
+            .unwrap()
+            .contains(&format!("job {}", j[0].0)),
+        "{j:?}"
+    );
+    assert!(
+        j[2].2
+            .as_deref()
+            .unwrap()
+            .contains(&format!("job {}", j[1].0)),
+        "{j:?}"
+    );
 }
 
 #[test]
@@ -277,7 +306,10 @@ fn overlap_skip_queue_and_replace() {
         let mut n = cron("o", "0 * * * *", "UTC");
         n.overlap = policy;
         s.add(n, "UTC", None, t("2026-01-01T00:10Z")).unwrap();
-        let first = s.evaluate(None, t("2026-01-01T01:00:01Z")).unwrap().submitted;
+        let first = s
+            .evaluate(None, t("2026-01-01T01:00:01Z"))
+            .unwrap()
+            .submitted;
         assert_eq!(first.len(), 1);
         let a = first[0];
         // 02:00: the first job is still queued.
@@ -289,13 +321,17 @@ fn overlap_skip_queue_and_replace() {
                 assert!(fx.submitted.is_empty());
                 assert_eq!(d.runs[0].outcome, Outcome::Skipped);
                 let why = d.runs[0].detail.as_deref().unwrap();
-                assert!(why.contains(&format!("job {a}")) && why.contains("queued"), "{why}");
+                assert!(
+                    why.contains(&format!("job {a}")) && why.contains("queued"),
+                    "{why}"
+                );
                 assert_eq!(q.get(a).unwrap().state, JobState::Queued);
             }
             Overlap::Queue => {
                 let b = fx.submitted[0];
                 // b waits for a to end, whatever its outcome.
-                let ids = |v: Vec<crate::queue::Pending>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
+                let ids =
+                    |v: Vec<crate::queue::Pending>| v.into_iter().map(|p| p.id).collect::<Vec<_>>();
                 assert_eq!(ids(q.runnable_at(10, now).unwrap()), [a]);
                 q.cancel(a).unwrap();
                 assert_eq!(ids(q.runnable_at(10, now).unwrap()), [b]);
@@ -305,7 +341,10 @@ fn overlap_skip_queue_and_replace() {
                 assert_eq!(fx.cancelled, [(a, None)]);
                 let ja = q.get(a).unwrap();
                 assert_eq!(ja.state, JobState::Cancelled);
-                assert!(ja.reason.unwrap().contains("replaced by the next run of schedule o"));
+                assert!(ja
+                    .reason
+                    .unwrap()
+                    .contains("replaced by the next run of schedule o"));
                 assert_eq!(q.get(b).unwrap().state, JobState::Queued);
             }
         }
@@ -325,30 +364,53 @@ fn a_job_that_cannot_start_inside_its_window_is_cancelled() {
     let id = s.evaluate(None, fire).unwrap().submitted[0];
     let j = q.get(id).unwrap();
     assert!(
-        j.reason.as_deref().unwrap().contains("waiting for its window 22:00-06:00"),
+        j.reason
+            .as_deref()
+            .unwrap()
+            .contains("waiting for its window 22:00-06:00"),
         "{:?}",
         j.reason
     );
     // Not runnable before 22:00 KST, runnable inside the window.
-    assert!(q.runnable_at(10, ns("2026-01-01T12:59Z")).unwrap().is_empty());
+    assert!(q
+        .runnable_at(10, ns("2026-01-01T12:59Z"))
+        .unwrap()
+        .is_empty());
     assert_eq!(q.runnable_at(10, ns("2026-01-01T13:00Z")).unwrap().len(), 1);
     // Nothing expires while the window is open...
-    assert!(q.expire_windows(ns("2026-01-01T20:59Z")).unwrap().is_empty());
+    assert!(q
+        .expire_windows(ns("2026-01-01T20:59Z"))
+        .unwrap()
+        .is_empty());
     // ...and at 06:00 KST a job that got no GPUs is cancelled, saying why.
     assert_eq!(q.expire_windows(ns("2026-01-01T21:00Z")).unwrap(), [id]);
     let j = q.get(id).unwrap();
     assert_eq!(j.state, JobState::Cancelled);
-    assert!(j.reason.as_deref().unwrap().contains("start window closed"), "{:?}", j.reason);
+    assert!(
+        j.reason.as_deref().unwrap().contains("start window closed"),
+        "{:?}",
+        j.reason
+    );
     // A job that started in time is not touched by the window's end.
-    let id2 = s.evaluate(None, t("2026-01-02T12:00:01Z")).unwrap().submitted[0];
-    q.assign(id2, "gpu1", &["GPU-1".into()], 60_000_000_000).unwrap();
-    assert!(q.expire_windows(ns("2026-01-02T21:00Z")).unwrap().is_empty());
+    let id2 = s
+        .evaluate(None, t("2026-01-02T12:00:01Z"))
+        .unwrap()
+        .submitted[0];
+    q.assign(id2, "gpu1", &["GPU-1".into()], 60_000_000_000)
+        .unwrap();
+    assert!(q
+        .expire_windows(ns("2026-01-02T21:00Z"))
+        .unwrap()
+        .is_empty());
     assert_eq!(q.get(id2).unwrap().state, JobState::Assigned);
     // Fired inside the window (23:00 KST), it may start at once.
     let mut n = cron("late", "0 23 * * *", "Asia/Seoul");
     n.window = Some("22:00-06:00".into());
     s.add(n, "UTC", None, t("2026-01-03T00:00Z")).unwrap();
-    let id3 = s.evaluate(None, t("2026-01-03T14:00:01Z")).unwrap().submitted[0];
+    let id3 = s
+        .evaluate(None, t("2026-01-03T14:00:01Z"))
+        .unwrap()
+        .submitted[0];
     assert!(q
         .runnable_at(10, ns("2026-01-03T14:00:02Z"))
         .unwrap()
@@ -362,8 +424,13 @@ fn a_crash_in_the_middle_of_an_occurrence_never_fires_it_twice() {
     {
         let q = new_queue(dir.path());
         let s = Schedules::new(&q);
-        s.add(cron("h", "0 * * * *", "UTC"), "UTC", None, t("2026-01-01T00:10Z"))
-            .unwrap();
+        s.add(
+            cron("h", "0 * * * *", "UTC"),
+            "UTC",
+            None,
+            t("2026-01-01T00:10Z"),
+        )
+        .unwrap();
         // The job is inserted, then the evaluation dies before its
         // watermark moves: the transaction takes the job with it.
         CRASH_BEFORE_WATERMARK.with(|c| c.set(true));
@@ -381,8 +448,11 @@ fn a_crash_in_the_middle_of_an_occurrence_never_fires_it_twice() {
     // Even with its watermark lost (moved back before the occurrence), the
     // occurrence's key keeps it from firing again.
     q.transaction(|tx| -> Result<(), crate::queue::QueueError> {
-        tx.execute("UPDATE schedules SET watermark_ns = ?1", [ns("2026-01-01T00:10Z")])
-            .unwrap();
+        tx.execute(
+            "UPDATE schedules SET watermark_ns = ?1",
+            [ns("2026-01-01T00:10Z")],
+        )
+        .unwrap();
         Ok(())
     })
     .unwrap();
@@ -424,30 +494,50 @@ fn a_data_trigger_fires_once_per_new_version() {
     n.cron = None;
     n.on_dataset = Some("imagenet".into());
     n.job.inputs = vec!["imagenet@latest".into(), "other@v1".into()];
-    s.add(n, "UTC", Some(&store), t("2026-01-01T00:00Z")).unwrap();
+    s.add(n, "UTC", Some(&store), t("2026-01-01T00:00Z"))
+        .unwrap();
     // The version it had when the schedule was added never fires.
-    assert!(s.evaluate(Some(&store), t("2026-01-01T00:00:02Z")).unwrap().submitted.is_empty());
+    assert!(s
+        .evaluate(Some(&store), t("2026-01-01T00:00:02Z"))
+        .unwrap()
+        .submitted
+        .is_empty());
     assert!(add_version(&store, &data, "two", None));
     let v2 = store.log("imagenet").unwrap()[0].id.to_hex();
     let fx = s.evaluate(Some(&store), t("2026-01-01T00:00:04Z")).unwrap();
     assert_eq!(fx.submitted.len(), 1);
     let job = q.get(fx.submitted[0]).unwrap();
-    assert_eq!(job.spec.inputs, [format!("imagenet@{v2}"), "other@v1".to_string()]);
+    assert_eq!(
+        job.spec.inputs,
+        [format!("imagenet@{v2}"), "other@v1".to_string()]
+    );
     assert_eq!(job.spec.env["TRAINYARD_TRIGGER"], format!("imagenet@{v2}"));
     assert_eq!(job.spec.env["TRAINYARD_SCHEDULE"], "retrain");
     assert!(job.spec.tags.contains(&"schedule:retrain".to_string()));
     // Once only.
-    assert!(s.evaluate(Some(&store), t("2026-01-01T00:00:06Z")).unwrap().submitted.is_empty());
+    assert!(s
+        .evaluate(Some(&store), t("2026-01-01T00:00:06Z"))
+        .unwrap()
+        .submitted
+        .is_empty());
     // Adding identical content again makes no version and fires nothing.
     assert!(!add_version(&store, &data, "two", None));
-    assert!(s.evaluate(Some(&store), t("2026-01-01T00:00:08Z")).unwrap().submitted.is_empty());
+    assert!(s
+        .evaluate(Some(&store), t("2026-01-01T00:00:08Z"))
+        .unwrap()
+        .submitted
+        .is_empty());
     let d = s.show("retrain", t("2026-01-01T00:00:09Z")).unwrap();
     assert_eq!(d.runs.len(), 1);
     assert!(d.runs[0].detail.as_deref().unwrap().contains(&v2));
     // The previous job is still queued: with overlap skip, a new version
     // is recorded as skipped.
     assert!(add_version(&store, &data, "three", None));
-    assert!(s.evaluate(Some(&store), t("2026-01-01T00:00:10Z")).unwrap().submitted.is_empty());
+    assert!(s
+        .evaluate(Some(&store), t("2026-01-01T00:00:10Z"))
+        .unwrap()
+        .submitted
+        .is_empty());
     let d = s.show("retrain", t("2026-01-01T00:00:11Z")).unwrap();
     assert_eq!(d.runs[0].outcome, Outcome::Skipped);
 }
@@ -466,9 +556,14 @@ fn a_tag_pattern_fires_on_matching_tags_only() {
     n.on_dataset = Some("imagenet".into());
     n.tag_pattern = Some("v*".into());
     n.overlap = Overlap::Queue;
-    s.add(n, "UTC", Some(&store), t("2026-01-01T00:00Z")).unwrap();
+    s.add(n, "UTC", Some(&store), t("2026-01-01T00:00Z"))
+        .unwrap();
     add_version(&store, &data, "two", Some("nightly"));
-    assert!(s.evaluate(Some(&store), t("2026-01-01T00:00:02Z")).unwrap().submitted.is_empty());
+    assert!(s
+        .evaluate(Some(&store), t("2026-01-01T00:00:02Z"))
+        .unwrap()
+        .submitted
+        .is_empty());
     add_version(&store, &data, "three", Some("v2"));
     let fx = s.evaluate(Some(&store), t("2026-01-01T00:00:04Z")).unwrap();
     assert_eq!(fx.submitted.len(), 1);
@@ -487,19 +582,37 @@ fn pause_resume_run_and_remove() {
     n.catch_up = CatchUp::All;
     n.job.secret_env.insert("HF_TOKEN".into(), "hunter2".into());
     s.add(n, "UTC", None, t("2026-01-01T00:10Z")).unwrap();
-    let info = s.set_paused("p", true, None, t("2026-01-01T00:20Z")).unwrap();
+    let info = s
+        .set_paused("p", true, None, t("2026-01-01T00:20Z"))
+        .unwrap();
     assert!(info.paused && info.next_fire_ns.is_none());
-    assert_eq!(info.job.secret_env["HF_TOKEN"], crate::queue::SECRET_REDACTED);
+    assert_eq!(
+        info.job.secret_env["HF_TOKEN"],
+        crate::queue::SECRET_REDACTED
+    );
     // Paused over 01:00 and 02:00: nothing fires, nothing is missed.
-    assert!(s.evaluate(None, t("2026-01-01T02:00:01Z")).unwrap().submitted.is_empty());
-    let info = s.set_paused("p", false, None, t("2026-01-01T02:30Z")).unwrap();
+    assert!(s
+        .evaluate(None, t("2026-01-01T02:00:01Z"))
+        .unwrap()
+        .submitted
+        .is_empty());
+    let info = s
+        .set_paused("p", false, None, t("2026-01-01T02:30Z"))
+        .unwrap();
     assert_eq!(info.next_fire.as_deref(), Some("2026-01-01T03:00:00+00:00"));
-    assert!(s.evaluate(None, t("2026-01-01T02:30:01Z")).unwrap().submitted.is_empty());
+    assert!(s
+        .evaluate(None, t("2026-01-01T02:30:01Z"))
+        .unwrap()
+        .submitted
+        .is_empty());
     assert_eq!(s.info("p", t("2026-01-01T02:31Z")).unwrap().missed, 0);
     // Run by hand: a job with the secret's value, for the agent only.
     let (occ, fx) = s.run_now("p", None, t("2026-01-01T02:40Z")).unwrap();
     assert_eq!(occ.outcome, Outcome::Fired);
-    assert_eq!(q.secret_env(fx.submitted[0]).unwrap()["HF_TOKEN"], "hunter2");
+    assert_eq!(
+        q.secret_env(fx.submitted[0]).unwrap()["HF_TOKEN"],
+        "hunter2"
+    );
     assert_eq!(
         q.get(fx.submitted[0]).unwrap().spec.secret_env["HF_TOKEN"],
         crate::queue::SECRET_REDACTED
@@ -512,7 +625,10 @@ fn pause_resume_run_and_remove() {
     assert_eq!(d.next.len(), 5);
     assert_eq!(d.runs.len(), 2);
     s.remove("p").unwrap();
-    assert!(matches!(s.info("p", t("2026-01-01T02:43Z")), Err(ScheduleError::Unknown(_))));
+    assert!(matches!(
+        s.info("p", t("2026-01-01T02:43Z")),
+        Err(ScheduleError::Unknown(_))
+    ));
     // Its jobs stay.
     assert_eq!(jobs(&q).len(), 1);
 }
@@ -531,10 +647,20 @@ fn windows_parse_and_bound() {
     assert_eq!(close, t("2026-01-11T05:00Z"));
     // Noon: the next window.
     let (open, close) = w.bounds(t("2026-01-11T11:00Z"), &tz);
-    assert_eq!((open, close), (t("2026-01-11T21:00Z"), t("2026-01-12T05:00Z")));
+    assert_eq!(
+        (open, close),
+        (t("2026-01-11T21:00Z"), t("2026-01-12T05:00Z"))
+    );
     let day = Window::parse("9:00-17:30").unwrap();
     assert_eq!(day.to_string(), "09:00-17:30");
-    for bad in ["", "22:00", "22-06", "22:00-22:00", "24:00-06:00", "22:0-06:00"] {
+    for bad in [
+        "",
+        "22:00",
+        "22-06",
+        "22:00-22:00",
+        "24:00-06:00",
+        "22:0-06:00",
+    ] {
         assert!(Window::parse(bad).is_err(), "{bad}");
     }
     assert!(rule::glob_match("v*", "v1.2"));

@@ -12,8 +12,8 @@ use tokio::sync::{broadcast, Notify};
 use crate::api::{AgentInfo, AgentOrders, AgentReport, Event, HeldGpu, Work};
 use crate::db::now_ns;
 use crate::queue::{Active, AttemptLogs, JobId, JobState, Placed, Queue, QueueError};
-use crate::schedule::{Effects, ScheduleError, Schedules};
 use crate::sched::{self, HostView};
+use crate::schedule::{Effects, ScheduleError, Schedules};
 
 use super::Retention;
 
@@ -144,7 +144,10 @@ impl Coord {
 
     /// Evaluate the schedules at `now` and announce what fired; returns
     /// when the next evaluation is due (`None`: no active schedule).
-    pub fn evaluate_schedules(&self, now: jiff::Timestamp) -> Result<Option<jiff::Timestamp>, ScheduleError> {
+    pub fn evaluate_schedules(
+        &self,
+        now: jiff::Timestamp,
+    ) -> Result<Option<jiff::Timestamp>, ScheduleError> {
         let schedules = self.schedules();
         let any_data = schedules.watches_data()?;
         let store = if any_data { self.store() } else { None };
@@ -334,7 +337,10 @@ impl Coord {
             self.job_event(id, state);
         }
         for id in self.queue.expire_windows(now)? {
-            tracing::info!(job = id.0, "start window closed before the job got GPUs; cancelled");
+            tracing::info!(
+                job = id.0,
+                "start window closed before the job got GPUs; cancelled"
+            );
             self.job_event(id, JobState::Cancelled);
         }
         let active = self.queue.active()?;

@@ -389,21 +389,24 @@ async fn schedule_loop(coord: Arc<coord::Coord>) {
     const IDLE: Duration = Duration::from_secs(60);
     loop {
         let c = coord.clone();
-        let next = match tokio::task::spawn_blocking(move || {
-            c.evaluate_schedules(jiff::Timestamp::now())
-        })
-        .await
-        {
-            Ok(Ok(next)) => next,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "schedule evaluation failed");
-                jiff::Timestamp::now().checked_add(Duration::from_secs(1)).ok()
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "schedule evaluation panicked");
-                jiff::Timestamp::now().checked_add(Duration::from_secs(1)).ok()
-            }
-        };
+        let next =
+            match tokio::task::spawn_blocking(move || c.evaluate_schedules(jiff::Timestamp::now()))
+                .await
+            {
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "schedule evaluation failed");
+                    jiff::Timestamp::now()
+                        .checked_add(Duration::from_secs(1))
+                        .ok()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "schedule evaluation panicked");
+                    jiff::Timestamp::now()
+                        .checked_add(Duration::from_secs(1))
+                        .ok()
+                }
+            };
         let wait = next
             .and_then(|t| {
                 let d = t.duration_since(jiff::Timestamp::now());

@@ -20,6 +20,7 @@ use tokio_stream::{Stream, StreamExt};
 use super::coord::Coord;
 use super::error::{blocking, parse, valid_agent_name, ApiError, ApiResult};
 use super::guard::{self, Guard};
+use super::schedules as sch;
 use crate::api::{
     self, AgentReport, Event, FinishRequest, Health, JobDetail, PollRequest, SubmitRequest,
     SubmitResponse,
@@ -83,17 +84,11 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/runs/{id}/history", get(super::runs::history))
         .route("/runs/{id}/sync", post(super::runs::sync_run))
         .route("/usage", get(super::usage::usage))
-        .route(
-            "/schedules",
-            get(super::schedules::list).post(super::schedules::add),
-        )
-        .route(
-            "/schedules/{name}",
-            get(super::schedules::show).delete(super::schedules::remove),
-        )
-        .route("/schedules/{name}/pause", post(super::schedules::pause))
-        .route("/schedules/{name}/resume", post(super::schedules::resume))
-        .route("/schedules/{name}/run", post(super::schedules::run))
+        .route("/schedules", get(sch::list).post(sch::add))
+        .route("/schedules/{name}", get(sch::show).delete(sch::remove))
+        .route("/schedules/{name}/pause", post(sch::pause))
+        .route("/schedules/{name}/resume", post(sch::resume))
+        .route("/schedules/{name}/run", post(sch::run))
         .fallback(not_found)
         .layer(middleware::from_fn(explain_body_limit))
         .layer(middleware::from_fn_with_state(

@@ -12,9 +12,7 @@ use axum::Json;
 use super::coord::Coord;
 use super::error::{blocking, parse, ApiError, ApiResult};
 use crate::api::Event;
-use crate::schedule::{
-    NewSchedule, RunAnswer, ScheduleDetail, ScheduleError, ScheduleInfo,
-};
+use crate::schedule::{NewSchedule, RunAnswer, ScheduleDetail, ScheduleError, ScheduleInfo};
 
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> ApiError {

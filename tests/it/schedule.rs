@@ -48,8 +48,20 @@ fn add_ls_show_pause_resume_run_and_rm() {
         &env,
         &url,
         &[
-            "add", "nightly", "--cron", "0 3 * * *", "--tz", "Asia/Seoul", "--gpus", "1",
-            "--env", "MODE=eval", "--", "sh", "-c", "echo run=$TRAINYARD_SCHEDULE mode=$MODE",
+            "add",
+            "nightly",
+            "--cron",
+            "0 3 * * *",
+            "--tz",
+            "Asia/Seoul",
+            "--gpus",
+            "1",
+            "--env",
+            "MODE=eval",
+            "--",
+            "sh",
+            "-c",
+            "echo run=$TRAINYARD_SCHEDULE mode=$MODE",
         ],
     );
     assert!(out.contains("added schedule nightly (next fire "), "{out}");
@@ -60,7 +72,10 @@ fn add_ls_show_pause_resume_run_and_rm() {
     assert_eq!(ls[0]["name"], "nightly");
     assert_eq!(ls[0]["overlap"], "skip");
     assert_eq!(ls[0]["catch_up"], "skip");
-    assert!(ls[0]["next_fire"].as_str().unwrap().ends_with("T03:00:00+09:00"));
+    assert!(ls[0]["next_fire"]
+        .as_str()
+        .unwrap()
+        .ends_with("T03:00:00+09:00"));
 
     let show = sched_json(&env, &url, &["show", "nightly"]);
     let next: Vec<i64> = show["next"]
@@ -70,7 +85,9 @@ fn add_ls_show_pause_resume_run_and_rm() {
         .map(|t| t["at_ns"].as_i64().unwrap())
         .collect();
     assert_eq!(next.len(), 5);
-    assert!(next.windows(2).all(|w| w[1] - w[0] == 24 * 3600 * 1_000_000_000));
+    assert!(next
+        .windows(2)
+        .all(|w| w[1] - w[0] == 24 * 3600 * 1_000_000_000));
     assert!(show["runs"].as_array().unwrap().is_empty());
 
     // Fire now: the job runs with the schedule's name in its environment.
@@ -89,7 +106,10 @@ fn add_ls_show_pause_resume_run_and_rm() {
     let table = sched(&env, &url, &["ls"]);
     assert!(table.contains(&format!("job {id} succeeded")), "{table}");
     let text = sched(&env, &url, &["show", "nightly"]);
-    assert!(text.contains("next fire times:") && text.contains("last runs:"), "{text}");
+    assert!(
+        text.contains("next fire times:") && text.contains("last runs:"),
+        "{text}"
+    );
 
     // Pause: no next fire time; resume: one again.
     let p = sched_json(&env, &url, &["pause", "nightly"]);
@@ -145,14 +165,32 @@ fn bad_schedules_are_refused_naming_the_field() {
     let env = Env::new();
     let (_d, url) = env.up("up", &["--no-agent"]);
     let cases: &[(&[&str], &str)] = &[
-        (&["--cron", "61 * * * *"], "cron: \"61 * * * *\" is not a cron pattern"),
+        (
+            &["--cron", "61 * * * *"],
+            "cron: \"61 * * * *\" is not a cron pattern",
+        ),
         (&["--cron", "0 3 * *"], "cron: \"0 3 * *\" has 4 fields"),
-        (&["--cron", "0 3 * * *", "--tz", "Mars/Olympus"], "tz: unknown time zone \"Mars/Olympus\""),
-        (&["--window", "22:00-06:00"], "window: a window belongs to a schedule"),
-        (&["--cron", "0 3 * * *", "--window", "22:00-30:00"], "window: \"22:00-30:00\" is not a window"),
+        (
+            &["--cron", "0 3 * * *", "--tz", "Mars/Olympus"],
+            "tz: unknown time zone \"Mars/Olympus\"",
+        ),
+        (
+            &["--window", "22:00-06:00"],
+            "window: a window belongs to a schedule",
+        ),
+        (
+            &["--cron", "0 3 * * *", "--window", "22:00-30:00"],
+            "window: \"22:00-30:00\" is not a window",
+        ),
         (&[], "cron: a schedule needs a trigger"),
-        (&["--on-dataset", "imagenet"], "on_dataset: no dataset \"imagenet\""),
-        (&["--cron", "@daily", "--tag-pattern", "v*"], "tag_pattern: a tag pattern needs --on-dataset"),
+        (
+            &["--on-dataset", "imagenet"],
+            "on_dataset: no dataset \"imagenet\"",
+        ),
+        (
+            &["--cron", "@daily", "--tag-pattern", "v*"],
+            "tag_pattern: a tag pattern needs --on-dataset",
+        ),
         (&["--cron", "@daily", "--gpus", "100"], "gpus.count"),
     ];
     for (flags, want) in cases {
@@ -162,12 +200,32 @@ fn bad_schedules_are_refused_naming_the_field() {
         let e = sched_fail(&env, &url, &a);
         assert!(e.contains(want), "{flags:?}: {e}");
     }
-    let e = sched_fail(&env, &url, &["add", "bad", "--cron", "@daily", "--overlap", "sometimes", "--", "true"]);
+    let e = sched_fail(
+        &env,
+        &url,
+        &[
+            "add",
+            "bad",
+            "--cron",
+            "@daily",
+            "--overlap",
+            "sometimes",
+            "--",
+            "true",
+        ],
+    );
     assert!(e.contains("--overlap"), "{e}");
-    let e = sched_fail(&env, &url, &["add", "no good", "--cron", "@daily", "--", "true"]);
+    let e = sched_fail(
+        &env,
+        &url,
+        &["add", "no good", "--cron", "@daily", "--", "true"],
+    );
     assert!(e.contains("name: \"no good\""), "{e}");
     // Nothing was stored.
-    assert!(sched_json(&env, &url, &["ls"]).as_array().unwrap().is_empty());
+    assert!(sched_json(&env, &url, &["ls"])
+        .as_array()
+        .unwrap()
+        .is_empty());
     // A name that is taken.
     sched(&env, &url, &["add", "a", "--cron", "@daily", "--", "true"]);
     let e = sched_fail(&env, &url, &["add", "a", "--cron", "@hourly", "--", "true"]);
@@ -190,7 +248,10 @@ fn a_fired_job_waits_for_its_window() {
     sched(
         &env,
         &url,
-        &["add", "later", "--cron", "@yearly", "--tz", "UTC", "--window", &window, "--gpus", "1", "--", "true"],
+        &[
+            "add", "later", "--cron", "@yearly", "--tz", "UTC", "--window", &window, "--gpus", "1",
+            "--", "true",
+        ],
     );
     let id = sched_json(&env, &url, &["run", "later"])["occurrence"]["jobs"][0]
         .as_u64()
@@ -233,7 +294,9 @@ fn a_new_dataset_version_fires_its_schedule_once() {
         .as_str()
         .unwrap()
         .to_string();
-    wait_for(Duration::from_secs(20), || jobs_of(&url, "retrain").len() == 1);
+    wait_for(Duration::from_secs(20), || {
+        jobs_of(&url, "retrain").len() == 1
+    });
     let first = jobs_of(&url, "retrain")[0]["id"].as_u64().unwrap();
     wait_state(&url, first, "succeeded", Duration::from_secs(20));
     assert_eq!(
@@ -249,7 +312,9 @@ fn a_new_dataset_version_fires_its_schedule_once() {
         .as_str()
         .unwrap()
         .to_string();
-    wait_for(Duration::from_secs(20), || jobs_of(&url, "retrain").len() == 2);
+    wait_for(Duration::from_secs(20), || {
+        jobs_of(&url, "retrain").len() == 2
+    });
     let jobs = jobs_of(&url, "retrain");
     let second = jobs[1]["id"].as_u64().unwrap();
     assert_eq!(jobs[1]["spec"]["inputs"][0], format!("imagenet@{v3}"));
