@@ -136,6 +136,17 @@ fn tz_of(row: &Row) -> TimeZone {
     TimeZone::get(&row.tz).unwrap_or(TimeZone::UTC)
 }
 
+/// An occurrence row as read.
+struct RawOccurrence {
+    key: String,
+    at_ns: i64,
+    outcome: String,
+    first: Option<i64>,
+    count: i64,
+    detail: Option<String>,
+    recorded_ns: i64,
+}
+
 /// A data trigger's candidate: a version (or a tag on one) of the dataset.
 #[derive(Debug, Clone)]
 struct DataEvent {
@@ -466,39 +477,39 @@ impl<'q> Schedules<'q> {
                  ORDER BY seq DESC LIMIT ?2"
             ))
             .map_err(self.sql())?;
-        let raw: Vec<(String, i64, String, Option<i64>, i64, Option<String>, i64)> = st
+        let raw: Vec<RawOccurrence> = st
             .query_map(params![row.id, limit as i64], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
+                Ok(RawOccurrence {
+                    key: r.get(0)?,
+                    at_ns: r.get(1)?,
+                    outcome: r.get(2)?,
+                    first: r.get(3)?,
+                    count: r.get(4)?,
+                    detail: r.get(5)?,
+                    recorded_ns: r.get(6)?,
+                })
             })
             .map_err(self.sql())?
             .collect::<rusqlite::Result<_>>()
             .map_err(self.sql())?;
         raw.into_iter()
-            .map(|(key, at_ns, outcome, first, count, detail, recorded_ns)| {
-                let jobs: Vec<JobId> = match first {
-                    Some(f) => (f..f + count).map(JobId).collect(),
+            .map(|o| {
+                let jobs: Vec<JobId> = match o.first {
+                    Some(f) => (f..f + o.count).map(JobId).collect(),
                     None => Vec::new(),
                 };
                 Ok(Occurrence {
-                    key,
-                    at: local(ts(at_ns), &tz),
-                    at_ns,
-                    outcome: Outcome::from_name(&outcome).unwrap_or(Outcome::Failed),
-                    state: match first {
-                        Some(f) => self.summary_state(conn, f, count)?,
+                    key: o.key,
+                    at: local(ts(o.at_ns), &tz),
+                    at_ns: o.at_ns,
+                    outcome: Outcome::from_name(&o.outcome).unwrap_or(Outcome::Failed),
+                    state: match o.first {
+                        Some(f) => self.summary_state(conn, f, o.count)?,
                         None => None,
                     },
                     jobs,
-                    detail,
-                    recorded_ns,
+                    detail: o.detail,
+                    recorded_ns: o.recorded_ns,
                 })
             })
             .collect()
@@ -846,28 +857,6 @@ impl<'q> Schedules<'q> {
         let mut changed = false;
         let tz = tz_of(row);
         let (due, total) = rule.between(wm, now, MISSED_LISTED);
-        if total > due.len() {
-            let key = format!("cron missed {wm}");
-            if !self.seen(tx, row.id, &key)? {
-                let detail = format!(
-                    "{} more occurrences from {} on came due while the daemon was down \
-                     (not listed one by one)",
-                    total - due.len(),
-                    local(wm, &tz)
-                );
-                self.record(
-                    tx,
-                    row,
-                    &key,
-                    ns(wm),
-                    Outcome::Missed,
-                    &[],
-                    Some(&detail),
-                    now,
-                )?;
-                changed = true;
-            }
-        }
         let decisions = plan::decide(&due, now, row.catch_up);
         for (at, d) in due.iter().zip(decisions) {
             let key = format!("cron {at}");
@@ -895,6 +884,33 @@ impl<'q> Schedules<'q> {
                 Decision::Fire => {
                     self.fire(tx, row, &key, *at, now, None, fx)?;
                 }
+            }
+        }
+        // Recorded last, so `show` lists it first among the missed.
+        if total > due.len() {
+            let key = format!("cron missed {wm}");
+            if !self.seen(tx, row.id, &key)? {
+                let more = if total >= rule::SCAN_LIMIT {
+                    format!("at least {}", total - due.len())
+                } else {
+                    (total - due.len()).to_string()
+                };
+                let detail = format!(
+                    "{more} more occurrences from {} on came due while the daemon was down \
+                     (not listed one by one)",
+                    local(wm, &tz)
+                );
+                self.record(
+                    tx,
+                    row,
+                    &key,
+                    ns(wm),
+                    Outcome::Missed,
+                    &[],
+                    Some(&detail),
+                    now,
+                )?;
+                changed = true;
             }
         }
         Ok(changed)

@@ -108,8 +108,8 @@ impl CronRule {
     }
 
     /// The fire times in `(after, upto]`, oldest first: at most `keep`, the
-    /// most recent, and how many there were in all (counting stops past
-    /// [`SCAN_LIMIT`], so the count is then a lower bound).
+    /// most recent, and how many there were in all (counting stops at
+    /// [`SCAN_LIMIT`], so a count of `SCAN_LIMIT` means at least that many).
     pub fn between(
         &self,
         after: Timestamp,
@@ -132,30 +132,26 @@ impl CronRule {
             }
             at = next;
             if total >= SCAN_LIMIT {
-                // Too many to walk: take the most recent from the far end.
-                let mut recent: Vec<Timestamp> = Vec::new();
-                let z = upto.to_zoned(self.tz.clone());
-                let mut cur = z;
-                let inclusive = true;
-                let mut first = true;
+                // Too many to walk: the most recent are found from the far
+                // end; what lies between is counted no further.
+                let mut recent = Vec::with_capacity(keep);
+                let mut cur = upto.to_zoned(self.tz.clone());
+                let mut inclusive = true;
                 while recent.len() < keep {
-                    match self.cron.find_previous_occurrence(&cur, first && inclusive) {
+                    match self.cron.find_previous_occurrence(&cur, inclusive) {
                         Ok(p) if p.timestamp() > at => {
                             recent.push(p.timestamp());
                             cur = p;
                         }
                         _ => break,
                     }
-                    first = false;
+                    inclusive = false;
                 }
-                if recent.len() < keep {
-                    // Fill from what the forward walk kept.
-                    let need = keep - recent.len();
-                    let older: Vec<Timestamp> = kept.iter().rev().take(need).copied().collect();
-                    recent.extend(older);
-                }
+                // Fewer than `keep` beyond the walk: the walk's last ones
+                // complete them.
+                let need = keep - recent.len();
+                recent.extend(kept.iter().rev().take(need));
                 recent.sort();
-                recent.dedup();
                 return (recent, total);
             }
         }

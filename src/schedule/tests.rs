@@ -668,3 +668,45 @@ fn windows_parse_and_bound() {
     assert!(rule::glob_match("v?", "v2"));
     assert!(!rule::glob_match("v?", "v10"));
 }
+
+#[test]
+fn a_long_downtime_lists_the_latest_missed_and_counts_the_rest() {
+    // Every minute for 30 days: 43,200 occurrences.
+    let r = CronRule::parse("* * * * *", "UTC").unwrap();
+    let (got, n) = r.between(t("2026-01-01T00:00Z"), t("2026-01-31T00:00Z"), 100);
+    assert_eq!(n, rule::SCAN_LIMIT);
+    assert_eq!(got.len(), 100);
+    assert_eq!(got[99], t("2026-01-31T00:00Z"));
+    assert_eq!(got[0], t("2026-01-30T22:21Z"));
+    // Through the book: 100 missed listed, one row for the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let q = new_queue(dir.path());
+    let s = Schedules::new(&q);
+    s.add(
+        cron("m", "* * * * *", "UTC"),
+        "UTC",
+        None,
+        t("2026-01-01T00:00Z"),
+    )
+    .unwrap();
+    let fx = s.evaluate(None, t("2026-01-31T00:00:30Z")).unwrap();
+    // The latest (00:00, 30 s ago) was on time and fired; the 99 before it
+    // are listed as missed, and one row counts the rest.
+    assert_eq!(fx.submitted.len(), 1);
+    let d = s.show("m", t("2026-01-31T00:01Z")).unwrap();
+    assert_eq!(d.runs.len(), 1);
+    assert_eq!(d.schedule.missed, 100);
+    let summary = d
+        .missed
+        .iter()
+        .find(|o| o.key.starts_with("cron missed"))
+        .unwrap();
+    assert!(
+        summary
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("at least 9900 more"),
+        "{summary:?}"
+    );
+}
