@@ -710,3 +710,32 @@ fn a_long_downtime_lists_the_latest_missed_and_counts_the_rest() {
         "{summary:?}"
     );
 }
+
+#[test]
+fn the_next_evaluation_is_due_at_the_earliest_fire_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = new_queue(dir.path());
+    let s = Schedules::new(&q);
+    let now = t("2026-01-01T00:10Z");
+    assert_eq!(s.next_due(now).unwrap(), None);
+    s.add(cron("hourly", "0 * * * *", "UTC"), "UTC", None, now)
+        .unwrap();
+    s.add(cron("seoul", "30 0 * * *", "Asia/Seoul"), "UTC", None, now)
+        .unwrap();
+    // 00:30 KST is 15:30 UTC; the hourly one is first.
+    assert_eq!(s.next_due(now).unwrap(), Some(t("2026-01-01T01:00Z")));
+    s.set_paused("hourly", true, None, now).unwrap();
+    assert_eq!(s.next_due(now).unwrap(), Some(t("2026-01-01T15:30Z")));
+    // A data schedule is polled.
+    let home = crate::Home::at(&dir.path().join("home"));
+    let store = Store::open(&home).unwrap();
+    add_version(&store, &dir.path().join("imagenet"), "one", None);
+    let mut n = cron("data", "", "UTC");
+    n.cron = None;
+    n.on_dataset = Some("imagenet".into());
+    s.add(n, "UTC", Some(&store), now).unwrap();
+    assert_eq!(
+        s.next_due(now).unwrap(),
+        Some(now.checked_add(DATA_POLL).unwrap())
+    );
+}
