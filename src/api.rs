@@ -314,6 +314,11 @@ pub enum Event {
         /// The log's new size.
         size: u64,
     },
+    /// A schedule was added, changed, removed, or fired.
+    Schedule {
+        /// The schedule.
+        name: String,
+    },
     /// A run's sync state changed.
     Run {
         /// The wandb run id.
@@ -330,6 +335,7 @@ impl Event {
             Event::Job { .. } => "job",
             Event::Agent { .. } => "agent",
             Event::Log { .. } => "log",
+            Event::Schedule { .. } => "schedule",
             Event::Run { .. } => "run",
         }
     }

@@ -12,6 +12,7 @@ use crate::api::{
     PollRequest, SubmitRequest, SubmitResponse,
 };
 use crate::queue::{Job, JobId, JobOrder, JobSpec, JobState, SweepGrid};
+use crate::schedule::{NewSchedule, RunAnswer, ScheduleDetail, ScheduleInfo};
 use crate::secret::Secret;
 
 /// What `GET /jobs` is asked for; empty fields do not filter.
@@ -375,6 +376,49 @@ impl Client {
     pub async fn retry(&self, id: JobId) -> Result<Job> {
         self.json(Self::no_body(
             self.req(Method::POST, &format!("/jobs/{id}/retry")),
+        ))
+        .await
+    }
+
+    /// Every schedule.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>> {
+        self.json(self.req(Method::GET, "/schedules")).await
+    }
+
+    /// Add a schedule.
+    pub async fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleInfo> {
+        self.json(Self::body(self.req(Method::POST, "/schedules"), s))
+            .await
+    }
+
+    /// One schedule with its next fire times, runs and missed occurrences.
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleDetail> {
+        self.json(self.req(Method::GET, &format!("/schedules/{name}")))
+            .await
+    }
+
+    /// Remove a schedule (its jobs stay).
+    pub async fn remove_schedule(&self, name: &str) -> Result<()> {
+        self.send(Self::no_body(
+            self.req(Method::DELETE, &format!("/schedules/{name}")),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Pause (`true`) or resume a schedule.
+    pub async fn pause_schedule(&self, name: &str, pause: bool) -> Result<ScheduleInfo> {
+        let action = if pause { "pause" } else { "resume" };
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/schedules/{name}/{action}")),
+        ))
+        .await
+    }
+
+    /// Fire a schedule now.
+    pub async fn run_schedule(&self, name: &str) -> Result<RunAnswer> {
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/schedules/{name}/run")),
         ))
         .await
     }

@@ -16,6 +16,7 @@ pub mod progress;
 pub mod queue;
 pub mod remote;
 pub mod sched;
+pub mod schedule;
 pub mod secret;
 pub mod server;
 pub mod store;

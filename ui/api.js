@@ -177,6 +177,14 @@ export const syncRun = (id) => post(`/runs/${seg(id)}/sync`);
 
 export const usage = (by, opts) => get('/usage', { ...opts, query: { by } });
 
+export const schedules = (opts) => get('/schedules', opts);
+/** `{schedule, next, runs, missed}`. */
+export const schedule = (name, opts) => get(`/schedules/${seg(name)}`, opts);
+export const pauseSchedule = (name) => post(`/schedules/${seg(name)}/pause`);
+export const resumeSchedule = (name) => post(`/schedules/${seg(name)}/resume`);
+/** Fire now: `{name, occurrence: {outcome, jobs, detail, ...}}`. */
+export const runSchedule = (name) => post(`/schedules/${seg(name)}/run`);
+
 // ----------------------------------------------------------- live events ---
 
 const subscribers = new Set();
@@ -185,7 +193,7 @@ let conn = 'idle'; // idle | connecting | live | reconnecting
 let stream = null; // AbortController of the running event loop
 
 /**
- * Live changes: `fn(event)` gets `{type: 'job'|'agent'|'log', ...}` as the
+ * Live changes: `fn(event)` gets `{type: 'job'|'agent'|'log'|'schedule', ...}` as the
  * daemon sends them, and `{type: 'refresh'}` when events may have been missed
  * (after a reconnect, or when the daemon says we lagged): refetch everything.
  * Returns the unsubscribe function.

@@ -182,7 +182,7 @@ fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>
 }
 
 /// The job (the template of a sweep) and the sweep grid (empty: one job).
-fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::SweepGrid)> {
+pub(super) fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::SweepGrid)> {
     let mut spec = match &a.file {
         Some(f) => {
             let text =

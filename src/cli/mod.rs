@@ -7,6 +7,7 @@ mod jobs;
 mod output;
 mod remote;
 mod runs;
+mod schedule;
 mod sync;
 mod usage;
 
@@ -68,6 +69,17 @@ enum Command {
     Submit {
         #[command(flatten)]
         args: Box<jobs::SubmitArgs>,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// Schedules: jobs submitted on a cron pattern (IANA zones, DST-safe,
+    /// catch-up and overlap policies, start windows) or when a dataset
+    /// gets a new version.
+    ///
+    /// Example: trainyard schedule add nightly --cron "0 3 * * *" --tz Asia/Seoul -- python eval.py
+    Schedule {
+        #[command(subcommand)]
+        cmd: schedule::ScheduleCommand,
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
@@ -243,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => daemon::up(&ctx, *args),
         Command::Agent(args) => daemon::agent(&ctx, args),
         Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, *args),
+        Command::Schedule { cmd, daemon } => schedule::run(&ctx, &daemon, cmd),
         Command::Ps { args, daemon } => jobs::ps(&ctx, &daemon, args),
         Command::Show { args, daemon } => jobs::show(&ctx, &daemon, args),
         Command::Logs { args, daemon } => jobs::logs(&ctx, &daemon, args),

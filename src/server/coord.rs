@@ -13,6 +13,7 @@ use crate::api::{AgentInfo, AgentOrders, AgentReport, Event, HeldGpu, Work};
 use crate::db::now_ns;
 use crate::queue::{Active, AttemptLogs, JobId, JobState, Placed, Queue, QueueError};
 use crate::sched::{self, HostView};
+use crate::schedule::{Effects, ScheduleError, Schedules};
 
 use super::Retention;
 
@@ -54,6 +55,10 @@ pub(crate) struct Coord {
     pub lab: crate::config::LabConfig,
     /// GPU telemetry history and the metrics counters.
     pub tele: super::tele_state::TeleState,
+    /// Wakes the schedule evaluator (a schedule was added or resumed).
+    pub wake_schedules: Notify,
+    /// The home's dataset store, opened on first use (data schedules).
+    store: std::sync::OnceLock<crate::store::Store>,
 }
 
 impl Coord {
@@ -75,8 +80,80 @@ impl Coord {
             agents: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             wake_sched: Notify::new(),
+            wake_schedules: Notify::new(),
+            store: std::sync::OnceLock::new(),
             lab,
         }
+    }
+
+    /// The schedules kept in the queue's database.
+    pub fn schedules(&self) -> Schedules<'_> {
+        Schedules::new(&self.queue)
+    }
+
+    /// The home's dataset store; `None` (logged) while it cannot be opened.
+    pub fn store(&self) -> Option<&crate::store::Store> {
+        if let Some(s) = self.store.get() {
+            return Some(s);
+        }
+        match crate::store::Store::open(&self.home) {
+            Ok(s) => Some(self.store.get_or_init(|| s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the dataset store");
+                None
+            }
+        }
+    }
+
+    /// The zone of a schedule that names none: the lab's (`[usage]
+    /// timezone`), else the system's, else UTC.
+    pub fn default_zone(&self) -> String {
+        self.lab
+            .usage
+            .timezone
+            .clone()
+            .or_else(|| {
+                jiff::tz::TimeZone::try_system()
+                    .ok()
+                    .and_then(|z| z.iana_name().map(str::to_string))
+            })
+            .unwrap_or_else(|| "UTC".into())
+    }
+
+    /// Announce what a schedule evaluation or run did: job and schedule
+    /// events, a stop for the agents of replaced jobs, a scheduling pass.
+    pub fn announce(&self, fx: &Effects) {
+        for (id, agent) in &fx.cancelled {
+            if let Some(a) = agent {
+                self.wake_agent(a);
+            }
+            self.job_event(*id, JobState::Cancelled);
+        }
+        for id in &fx.submitted {
+            self.job_event(*id, JobState::Queued);
+        }
+        let mut names: Vec<&String> = fx.changed.iter().collect();
+        names.dedup();
+        for name in names {
+            self.emit(Event::Schedule { name: name.clone() });
+        }
+        if !fx.submitted.is_empty() || !fx.cancelled.is_empty() {
+            self.wake_sched.notify_one();
+        }
+    }
+
+    /// Evaluate the schedules at `now` and announce what fired; returns
+    /// when the next evaluation is due (`None`: no active schedule).
+    pub fn evaluate_schedules(
+        &self,
+        now: jiff::Timestamp,
+    ) -> Result<Option<jiff::Timestamp>, ScheduleError> {
+        let schedules = self.schedules();
+        let any_data = schedules.watches_data()?;
+        let store = if any_data { self.store() } else { None };
+        let fx = schedules.evaluate(store, now)?;
+        self.announce(&fx);
+        schedules.next_due(now)
     }
 
     pub fn lease_ns(&self) -> i64 {
@@ -254,13 +331,21 @@ impl Coord {
     /// blocked job that would fit once Trainyard's own attempts end.
     pub fn schedule(&self) -> Result<(), QueueError> {
         let t0 = Instant::now();
-        for (id, state) in self.queue.expire_leases(now_ns())? {
+        let now = now_ns();
+        for (id, state) in self.queue.expire_leases(now)? {
             tracing::warn!(job = id.0, %state, "attempt lease expired");
             self.job_event(id, state);
         }
+        for id in self.queue.expire_windows(now)? {
+            tracing::info!(
+                job = id.0,
+                "start window closed before the job got GPUs; cancelled"
+            );
+            self.job_event(id, JobState::Cancelled);
+        }
         let active = self.queue.active()?;
         let mut hosts = self.host_views(&active);
-        let jobs = self.queue.runnable(PASS_WINDOW)?;
+        let jobs = self.queue.runnable_at(PASS_WINDOW, now)?;
         let read_us = t0.elapsed().as_micros() as u64;
         let considered = jobs.len();
         let mut planned = Vec::new();

@@ -17,6 +17,7 @@ mod error;
 mod guard;
 mod routes;
 mod runs;
+mod schedules;
 mod tele_state;
 mod telemetry;
 mod ui;
@@ -273,6 +274,7 @@ impl Server {
         }
         tracing::info!(url = %info.url, "daemon listening");
         let sched = tokio::spawn(scheduler_loop(self.coord.clone()));
+        let schedules = tokio::spawn(schedule_loop(self.coord.clone()));
         let retention = tokio::spawn(retention_loop(self.coord.clone()));
         let compact = tokio::spawn(telemetry::compact_loop(self.coord.clone()));
         let stats = tokio::spawn(telemetry::stats_loop(self.coord.clone()));
@@ -292,6 +294,7 @@ impl Server {
             } => Ok(()),
         };
         sched.abort();
+        schedules.abort();
         retention.abort();
         compact.abort();
         stats.abort();
@@ -382,6 +385,48 @@ async fn scheduler_loop(coord: Arc<coord::Coord>) {
             }
             Err(e) => tracing::error!(error = %e, "scheduling pass panicked"),
         }
+    }
+}
+
+/// Evaluate the schedules now, then whenever the next one is due (at most
+/// a minute apart, so a changed clock is noticed) or one was added or
+/// resumed. The evaluation takes the time as an argument; only this loop
+/// reads the system clock.
+async fn schedule_loop(coord: Arc<coord::Coord>) {
+    const IDLE: Duration = Duration::from_secs(60);
+    loop {
+        let c = coord.clone();
+        let next =
+            match tokio::task::spawn_blocking(move || c.evaluate_schedules(jiff::Timestamp::now()))
+                .await
+            {
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "schedule evaluation failed");
+                    jiff::Timestamp::now()
+                        .checked_add(Duration::from_secs(1))
+                        .ok()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "schedule evaluation panicked");
+                    jiff::Timestamp::now()
+                        .checked_add(Duration::from_secs(1))
+                        .ok()
+                }
+            };
+        let wait = next
+            .and_then(|t| {
+                let d = t.duration_since(jiff::Timestamp::now());
+                Duration::try_from(d).ok()
+            })
+            // A few ms past the fire time, so the occurrence is due.
+            .map(|d| (d + Duration::from_millis(5)).min(IDLE))
+            .unwrap_or(if next.is_some() {
+                Duration::from_millis(5)
+            } else {
+                IDLE
+            });
+        let _ = tokio::time::timeout(wait, coord.wake_schedules.notified()).await;
     }
 }
 

@@ -20,6 +20,7 @@ use tokio_stream::{Stream, StreamExt};
 use super::coord::Coord;
 use super::error::{blocking, parse, valid_agent_name, ApiError, ApiResult};
 use super::guard::{self, Guard};
+use super::schedules as sch;
 use crate::api::{
     self, AgentReport, Event, FinishRequest, Health, JobDetail, PollRequest, SubmitRequest,
     SubmitResponse,
@@ -84,6 +85,11 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/runs/{id}/sync", post(super::runs::sync_run))
         .route("/runs/{id}/tags", post(super::runs::tag))
         .route("/usage", get(super::usage::usage))
+        .route("/schedules", get(sch::list).post(sch::add))
+        .route("/schedules/{name}", get(sch::show).delete(sch::remove))
+        .route("/schedules/{name}/pause", post(sch::pause))
+        .route("/schedules/{name}/resume", post(sch::resume))
+        .route("/schedules/{name}/run", post(sch::run))
         .fallback(not_found)
         .layer(middleware::from_fn(explain_body_limit))
         .layer(middleware::from_fn_with_state(
@@ -133,7 +139,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 /// What `GET /health` lists in `features`.
-const FEATURES: &[&str] = &["datasets", "remotes", "runs", "wandb_sync"];
+const FEATURES: &[&str] = &["datasets", "remotes", "runs", "schedules", "wandb_sync"];
 
 async fn health() -> Json<Health> {
     Json(Health {

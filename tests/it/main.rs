@@ -14,6 +14,7 @@ mod queue_scale;
 mod remote_hostile;
 mod remote_s3;
 mod runs_index;
+mod schedule;
 mod store_cli;
 mod store_crash;
 mod store_golden;
