@@ -8,6 +8,7 @@
 //! or overwrite an attempt that was reassigned. The queue knows datasets by
 //! name only and knows nothing about GPUs beyond the ids it is told to record.
 
+mod events;
 mod holdings;
 mod list;
 mod logs;
@@ -446,6 +447,37 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX gpu_holdings_by_end ON gpu_holdings(end_ns);
     CREATE INDEX attempts_by_finish ON attempts(finished_ns);",
+    // 7: the notification outbox (`crate::notify`): events written in the
+    // transaction of the change that causes them, one delivery per (event,
+    // sink), and the sinks added with `notify add` (their URLs are secrets,
+    // like job_secrets' values).
+    "CREATE TABLE notify_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        routed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX notify_events_unrouted ON notify_events(id) WHERE routed = 0;
+    CREATE TABLE notify_deliveries (
+        event_id INTEGER NOT NULL REFERENCES notify_events(id),
+        sink TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_ns INTEGER NOT NULL,
+        last_error TEXT,
+        done_ns INTEGER,
+        PRIMARY KEY (event_id, sink)
+    ) WITHOUT ROWID;
+    CREATE INDEX notify_deliveries_due ON notify_deliveries(next_ns) WHERE state = 'pending';
+    CREATE TABLE notify_sinks (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        url TEXT,
+        rule TEXT NOT NULL,
+        priority INTEGER,
+        created_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// A queued job as the scheduler needs it: no spec parsing.
@@ -652,13 +684,17 @@ impl Queue {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql())?;
             for (job, dep) in &doomed {
-                tx.execute(
-                    "UPDATE jobs SET state = 'failed', finished_ns = ?3,
-                         reason = 'dependency ' || ?2 || ' did not succeed'
-                     WHERE id = ?1 AND state = 'queued'",
-                    params![job, dep, now_ns()],
-                )
-                .map_err(self.sql())?;
+                let failed = tx
+                    .execute(
+                        "UPDATE jobs SET state = 'failed', finished_ns = ?3,
+                             reason = 'dependency ' || ?2 || ' did not succeed'
+                         WHERE id = ?1 AND state = 'queued'",
+                        params![job, dep, now_ns()],
+                    )
+                    .map_err(self.sql())?;
+                if failed > 0 {
+                    self.notify_job_end(&tx, JobId(*job))?;
+                }
             }
             tx.commit().map_err(self.sql())?;
         }
@@ -1065,6 +1101,7 @@ impl Queue {
             params![job.0, new_state.as_str(), reason, exit_code, now],
         )
         .map_err(self.sql())?;
+        self.notify_job_end(&tx, job)?;
         tx.commit().map_err(self.sql())?;
         tracing::info!(job = job.0, attempt = n, state = %new_state, "attempt finished");
         Ok(new_state)
@@ -1105,6 +1142,7 @@ impl Queue {
             params![id.0, now],
         )
         .map_err(self.sql())?;
+        self.notify_job_end(&tx, id)?;
         tx.commit().map_err(self.sql())?;
         Ok(token)
     }
@@ -1193,6 +1231,7 @@ impl Queue {
                 ],
             )
             .map_err(self.sql())?;
+            self.notify_job_end(&tx, JobId(job))?;
             out.push((JobId(job), state));
         }
         tx.commit().map_err(self.sql())?;
