@@ -424,8 +424,10 @@ impl Client {
 
     /// Remove a notification sink added with [`Client::notify_add`].
     pub async fn notify_remove(&self, name: &str) -> Result<()> {
-        self.send(self.req(Method::DELETE, &format!("/notify/sinks/{name}")))
-            .await?;
+        self.send(Self::no_body(
+            self.req(Method::DELETE, &format!("/notify/sinks/{name}")),
+        ))
+        .await?;
         Ok(())
     }
 

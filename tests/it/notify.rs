@@ -124,14 +124,10 @@ fn serve(
 
 /// A daemon with fast retries (100 ms, doubling) and one fake GPU.
 fn up(env: &Env, name: &str, extra: &[&str]) -> (Proc, String) {
-    let mut a = vec![
-        "--fake-gpus",
-        "1xA100-80GB",
-        "--notify-retry",
-        "100ms",
-        "--notify-tries",
-        "6",
-    ];
+    let mut a = vec!["--fake-gpus", "1xA100-80GB", "--notify-retry", "100ms"];
+    if !extra.contains(&"--notify-tries") {
+        a.extend(["--notify-tries", "6"]);
+    }
     a.extend_from_slice(extra);
     env.up(name, &a)
 }
