@@ -485,3 +485,124 @@ pub(crate) fn insert_event(
     ])?;
     Ok(conn.last_insert_rowid())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{JobSpec, Queue};
+
+    const SEC: i64 = 1_000_000_000;
+
+    fn sink(name: &str, events: &[EventKind]) -> Sink {
+        Sink {
+            name: name.into(),
+            kind: SinkKind::Webhook,
+            url: Some(Secret::new("http://127.0.0.1:9/hook")),
+            rule: Rule {
+                events: events.to_vec(),
+                ..Rule::default()
+            },
+            priority: None,
+            origin: Origin::Config,
+        }
+    }
+
+    /// A job's end is an event written by the queue itself; a failure with
+    /// attempts left, an assignment or a start is none.
+    #[test]
+    fn job_ends_become_events_once_routed_per_sink_and_settled() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("queue.db");
+        let q = Queue::open(&path).unwrap();
+        let o = Outbox::open(&path).unwrap();
+        let spec = |j: &str| JobSpec::parse(j).unwrap();
+        let ok = q
+            .submit(&spec(r#"{"command": ["true"], "name": "ok", "project": "detr"}"#))
+            .unwrap();
+        let flaky = q
+            .submit(&spec(r#"{"command": ["false"], "max_attempts": 2}"#))
+            .unwrap();
+        let a = q.assign(ok, "h", &["GPU-1".into()], 30 * SEC).unwrap();
+        q.started(&a.token, None).unwrap();
+        q.finish(&a.token, Some(0), None).unwrap();
+        let b = q.assign(flaky, "h", &[], 30 * SEC).unwrap();
+        q.finish(&b.token, Some(1), None).unwrap(); // requeued: no event
+        q.cancel(flaky).unwrap();
+        let sinks = [
+            sink("all", &[]),
+            sink("failures", &[EventKind::JobFailed, EventKind::JobCancelled]),
+        ];
+        assert_eq!(o.route(&sinks).unwrap(), 3, "ok → all; cancel → all, failures");
+        assert_eq!(o.route(&sinks).unwrap(), 0, "routing again adds nothing");
+        let due = o.due(now_ns(), 10).unwrap();
+        let got: Vec<(EventKind, &str)> = due.iter().map(|d| (d.kind, d.sink.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (EventKind::JobSucceeded, "all"),
+                (EventKind::JobCancelled, "all"),
+                (EventKind::JobCancelled, "failures")
+            ]
+        );
+        let e = &due[0].event;
+        assert_eq!(
+            (e.job, e.name.as_deref(), e.project.as_deref(), e.gpus),
+            (Some(ok), Some("ok"), Some("detr"), Some(1))
+        );
+        // Delivered, retried, dead.
+        o.delivered(due[0].event_id, "all").unwrap();
+        o.delivered(due[0].event_id, "all").unwrap(); // no effect twice
+        let later = now_ns() + 60 * SEC;
+        o.failed(due[1].event_id, "all", "HTTP 500", Some(later)).unwrap();
+        o.failed(due[2].event_id, "failures", "HTTP 404", None).unwrap();
+        assert!(o.due(now_ns(), 10).unwrap().is_empty());
+        assert_eq!(o.next_due().unwrap(), Some(later));
+        assert_eq!(o.due(later, 10).unwrap().len(), 1);
+        let log = o.log(None, 10).unwrap();
+        let states: Vec<(&str, DeliveryState, u32)> = log
+            .iter()
+            .map(|l| (l.sink.as_str(), l.state, l.attempts))
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("all", DeliveryState::Pending, 1),
+                ("failures", DeliveryState::Dead, 1),
+                ("all", DeliveryState::Delivered, 1)
+            ]
+        );
+        assert_eq!(o.log(Some(DeliveryState::Dead), 10).unwrap().len(), 1);
+        // Retention forgets what ended, keeps what is pending.
+        assert_eq!(o.purge(now_ns() + SEC).unwrap(), 2);
+        assert_eq!(o.log(None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn stored_sinks_keep_their_url_and_rule_and_names_are_unique() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("queue.db");
+        let _q = Queue::open(&path).unwrap();
+        let o = Outbox::open(&path).unwrap();
+        let mut s = sink("team", &[EventKind::JobFailed]);
+        s.origin = Origin::Cli;
+        s.rule.users = vec!["ana".into()];
+        o.add_sink(&s).unwrap();
+        assert!(matches!(
+            o.add_sink(&s),
+            Err(NotifyError::SinkExists { .. })
+        ));
+        let back = o.sinks().unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].url.as_ref().unwrap().expose(), "http://127.0.0.1:9/hook");
+        assert_eq!(back[0].rule, s.rule);
+        assert_eq!(back[0].origin, Origin::Cli);
+        // A test event goes to its one sink, already routed.
+        let id = o.record_for(EventKind::Test, &Event::default(), "team").unwrap();
+        assert_eq!(o.route(&[sink("other", &[])]).unwrap(), 0);
+        let due = o.due(now_ns(), 10).unwrap();
+        assert_eq!((due[0].event_id, due[0].sink.as_str()), (id, "team"));
+        assert!(o.remove_sink("team").unwrap());
+        assert!(!o.remove_sink("team").unwrap());
+        assert_eq!(o.abandon("team", "the sink was removed").unwrap(), 1);
+    }
+}
