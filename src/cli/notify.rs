@@ -243,7 +243,9 @@ fn test(ctx: &Ctx, d: &DaemonArgs, name: &str, wait: Duration) -> anyhow::Result
         }
     };
     if ctx.json {
-        output::json(&serde_json::json!({ "event_id": t.event_id, "sink": t.sink, "delivery": found }))?;
+        output::json(
+            &serde_json::json!({ "event_id": t.event_id, "sink": t.sink, "delivery": found }),
+        )?;
     }
     match found {
         Some(x) if x.state == DeliveryState::Delivered => {

@@ -123,7 +123,8 @@ pub fn resolve(
         let at = |k: &str| format!("notify.{name}.{k}");
         check_name(name).map_err(|e| (format!("notify.{name}"), e))?;
         let events = parse_events(&at("events"), &t.events).map_err(|e| (at("events"), e))?;
-        let priority = check_priority(&at("priority"), t.priority).map_err(|e| (at("priority"), e))?;
+        let priority =
+            check_priority(&at("priority"), t.priority).map_err(|e| (at("priority"), e))?;
         let (field, url) = match (&t.url, &t.url_env) {
             (Some(_), Some(_)) => {
                 return Err((

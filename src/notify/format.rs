@@ -90,10 +90,9 @@ pub fn message(ui: &str, kind: EventKind, e: &Event) -> Message {
         EventKind::IdleStopped => format!("Job {job} stopped for idling{name}"),
         EventKind::ScheduleFired => format!("Schedule fired{name}"),
         EventKind::ScheduleMissed => format!("Schedule missed{name}"),
-        EventKind::WandbSyncFailed => format!(
-            "W&B sync of run {} failed",
-            e.run.as_deref().unwrap_or("?")
-        ),
+        EventKind::WandbSyncFailed => {
+            format!("W&B sync of run {} failed", e.run.as_deref().unwrap_or("?"))
+        }
         EventKind::AgentLost => format!("Agent {agent} lost"),
         EventKind::DiskLow => "Disk space low".to_string(),
         EventKind::Test => "Test notification from Trainyard".to_string(),
@@ -106,10 +105,7 @@ pub fn message(ui: &str, kind: EventKind, e: &Event) -> Message {
     };
     fact("user", e.user.clone());
     fact("project", e.project.clone());
-    fact(
-        "tags",
-        (!e.tags.is_empty()).then(|| e.tags.join(", ")),
-    );
+    fact("tags", (!e.tags.is_empty()).then(|| e.tags.join(", ")));
     fact("exit code", e.exit_code.map(|c| c.to_string()));
     fact("attempt", e.attempt.map(|c| c.to_string()));
     if kind != EventKind::AgentLost {
@@ -301,7 +297,11 @@ fn discord(m: &Message) -> Value {
     let room = DISCORD_EMBED_TOTAL
         .saturating_sub(used)
         .min(DISCORD_DESCRIPTION);
-    let description = m.detail.as_deref().map(|d| clip(d, room)).unwrap_or_default();
+    let description = m
+        .detail
+        .as_deref()
+        .map(|d| clip(d, room))
+        .unwrap_or_default();
     json!({
         "content": clip(&m.title, DISCORD_CONTENT),
         // Never ping @everyone or a role because a job name says so.

@@ -95,7 +95,9 @@ pub enum NotifyError {
         name: String,
     },
     /// A sink of that name exists already.
-    #[error("a notification sink named {name:?} exists already; remove it first or pick another name")]
+    #[error(
+        "a notification sink named {name:?} exists already; remove it first or pick another name"
+    )]
     SinkExists {
         /// The name.
         name: String,

@@ -148,11 +148,8 @@ impl Outbox {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql())?;
         let id = insert_event(&tx, kind, event).map_err(self.sql())?;
-        tx.execute(
-            "UPDATE notify_events SET routed = 1 WHERE id = ?1",
-            [id],
-        )
-        .map_err(self.sql())?;
+        tx.execute("UPDATE notify_events SET routed = 1 WHERE id = ?1", [id])
+            .map_err(self.sql())?;
         tx.execute(
             "INSERT OR IGNORE INTO notify_deliveries (event_id, sink, state, next_ns)
              VALUES (?1, ?2, 'pending', ?3)",
@@ -192,10 +189,9 @@ impl Outbox {
             }
             let now = now_ns();
             for (id, kind, body) in &rows {
-                let (Some(kind), Ok(event)) = (
-                    EventKind::stored(kind),
-                    serde_json::from_str::<Event>(body),
-                ) else {
+                let (Some(kind), Ok(event)) =
+                    (EventKind::stored(kind), serde_json::from_str::<Event>(body))
+                else {
                     tracing::warn!(event = id, kind, "unreadable notification event; skipped");
                     continue;
                 };
@@ -233,7 +229,14 @@ impl Outbox {
             .map_err(self.sql())?;
         let rows: Vec<(i64, String, i64, String, i64, String)> = st
             .query_map(params![now_ns, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .map_err(self.sql())?
             .collect::<rusqlite::Result<_>>()
@@ -475,14 +478,12 @@ pub(crate) fn insert_event(
     kind: EventKind,
     event: &Event,
 ) -> rusqlite::Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO notify_events (kind, created_ns, body) VALUES (?1, ?2, ?3)",
-    )?
-    .execute(params![
-        kind.as_str(),
-        now_ns(),
-        serde_json::to_string(event).expect("events serialize")
-    ])?;
+    conn.prepare_cached("INSERT INTO notify_events (kind, created_ns, body) VALUES (?1, ?2, ?3)")?
+        .execute(params![
+            kind.as_str(),
+            now_ns(),
+            serde_json::to_string(event).expect("events serialize")
+        ])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -517,7 +518,9 @@ mod tests {
         let o = Outbox::open(&path).unwrap();
         let spec = |j: &str| JobSpec::parse(j).unwrap();
         let ok = q
-            .submit(&spec(r#"{"command": ["true"], "name": "ok", "project": "detr"}"#))
+            .submit(&spec(
+                r#"{"command": ["true"], "name": "ok", "project": "detr"}"#,
+            ))
             .unwrap();
         let flaky = q
             .submit(&spec(r#"{"command": ["false"], "max_attempts": 2}"#))
@@ -532,7 +535,11 @@ mod tests {
             sink("all", &[]),
             sink("failures", &[EventKind::JobFailed, EventKind::JobCancelled]),
         ];
-        assert_eq!(o.route(&sinks).unwrap(), 3, "ok → all; cancel → all, failures");
+        assert_eq!(
+            o.route(&sinks).unwrap(),
+            3,
+            "ok → all; cancel → all, failures"
+        );
         assert_eq!(o.route(&sinks).unwrap(), 0, "routing again adds nothing");
         let due = o.due(now_ns(), 10).unwrap();
         let got: Vec<(EventKind, &str)> = due.iter().map(|d| (d.kind, d.sink.as_str())).collect();
@@ -553,8 +560,10 @@ mod tests {
         o.delivered(due[0].event_id, "all").unwrap();
         o.delivered(due[0].event_id, "all").unwrap(); // no effect twice
         let later = now_ns() + 60 * SEC;
-        o.failed(due[1].event_id, "all", "HTTP 500", Some(later)).unwrap();
-        o.failed(due[2].event_id, "failures", "HTTP 404", None).unwrap();
+        o.failed(due[1].event_id, "all", "HTTP 500", Some(later))
+            .unwrap();
+        o.failed(due[2].event_id, "failures", "HTTP 404", None)
+            .unwrap();
         assert!(o.due(now_ns(), 10).unwrap().is_empty());
         assert_eq!(o.next_due().unwrap(), Some(later));
         assert_eq!(o.due(later, 10).unwrap().len(), 1);
@@ -593,11 +602,16 @@ mod tests {
         ));
         let back = o.sinks().unwrap();
         assert_eq!(back.len(), 1);
-        assert_eq!(back[0].url.as_ref().unwrap().expose(), "http://127.0.0.1:9/hook");
+        assert_eq!(
+            back[0].url.as_ref().unwrap().expose(),
+            "http://127.0.0.1:9/hook"
+        );
         assert_eq!(back[0].rule, s.rule);
         assert_eq!(back[0].origin, Origin::Cli);
         // A test event goes to its one sink, already routed.
-        let id = o.record_for(EventKind::Test, &Event::default(), "team").unwrap();
+        let id = o
+            .record_for(EventKind::Test, &Event::default(), "team")
+            .unwrap();
         assert_eq!(o.route(&[sink("other", &[])]).unwrap(), 0);
         let due = o.due(now_ns(), 10).unwrap();
         assert_eq!((due[0].event_id, due[0].sink.as_str()), (id, "team"));

@@ -209,7 +209,10 @@ impl Notifier {
         let mut all = self.config_sinks.clone();
         for s in self.outbox.sinks()? {
             if all.iter().any(|c| c.name == s.name) {
-                tracing::warn!(sink = s.name, "a stored sink has a config sink's name; the config's wins");
+                tracing::warn!(
+                    sink = s.name,
+                    "a stored sink has a config sink's name; the config's wins"
+                );
                 continue;
             }
             all.push(s);
@@ -352,10 +355,9 @@ impl Notifier {
             if !due.is_empty() {
                 let full = due.len() == 32;
                 let sinks = self.sinks();
-                let outcomes = futures_util::future::join_all(
-                    due.iter().map(|d| self.deliver(&sinks, d)),
-                )
-                .await;
+                let outcomes =
+                    futures_util::future::join_all(due.iter().map(|d| self.deliver(&sinks, d)))
+                        .await;
                 let n = self.clone();
                 let _ = tokio::task::spawn_blocking(move || n.settle(&due, outcomes)).await;
                 if full {
@@ -392,10 +394,16 @@ impl Notifier {
                         self.settings.backoff.after(failures)
                     };
                     match next {
-                        Some(w) => tracing::warn!(event = d.event_id, sink = d.sink, tries = failures, retry_in = ?w, error = %e.message, "notification not delivered; will retry"),
-                        None => tracing::error!(event = d.event_id, sink = d.sink, tries = failures, error = %e.message, "notification not delivered; given up (dead letter)"),
+                        Some(w) => {
+                            tracing::warn!(event = d.event_id, sink = d.sink, tries = failures, retry_in = ?w, error = %e.message, "notification not delivered; will retry")
+                        }
+                        None => {
+                            tracing::error!(event = d.event_id, sink = d.sink, tries = failures, error = %e.message, "notification not delivered; given up (dead letter)")
+                        }
                     }
-                    let at = next.map(|w| now_ns().saturating_add(w.as_nanos().min(i64::MAX as u128) as i64));
+                    let at = next.map(|w| {
+                        now_ns().saturating_add(w.as_nanos().min(i64::MAX as u128) as i64)
+                    });
                     self.outbox.failed(d.event_id, &d.sink, &e.message, at)
                 }
             };
@@ -463,7 +471,10 @@ impl Notifier {
         let resp = self
             .http
             .post(&target)
-            .header("Idempotency-Key", format!("trainyard-{}-{}", d.event_id, sink.name))
+            .header(
+                "Idempotency-Key",
+                format!("trainyard-{}-{}", d.event_id, sink.name),
+            )
             .json(&body)
             .send()
             .await
@@ -478,8 +489,8 @@ impl Notifier {
         }
         let text = resp.text().await.unwrap_or_default();
         let text = format::clip(text.trim(), 200);
-        let permanent = status.is_client_error()
-            && !matches!(status.as_u16(), 408 | 409 | 425 | 429);
+        let permanent =
+            status.is_client_error() && !matches!(status.as_u16(), 408 | 409 | 425 | 429);
         Err(TryError {
             message: format!(
                 "POST {shown}: HTTP {}{}",
@@ -521,10 +532,7 @@ mod tests {
                 None
             ]
         );
-        let one = Backoff {
-            tries: 1,
-            ..b
-        };
+        let one = Backoff { tries: 1, ..b };
         assert_eq!(one.after(1), None);
         let huge = Backoff {
             tries: 100,

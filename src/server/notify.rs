@@ -104,7 +104,10 @@ pub(crate) async fn test(
 ) -> ApiResult<(StatusCode, Json<NotifyTestAnswer>)> {
     let sink = name.clone();
     let event_id = blocking(&c, move |c| Ok(c.notify.test(&name)?)).await?;
-    Ok((StatusCode::ACCEPTED, Json(NotifyTestAnswer { event_id, sink })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(NotifyTestAnswer { event_id, sink }),
+    ))
 }
 
 #[derive(Deserialize)]

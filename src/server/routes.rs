@@ -83,7 +83,10 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/runs/{id}/history", get(super::runs::history))
         .route("/runs/{id}/sync", post(super::runs::sync_run))
         .route("/usage", get(super::usage::usage))
-        .route("/notify/sinks", get(super::notify::sinks).post(super::notify::add))
+        .route(
+            "/notify/sinks",
+            get(super::notify::sinks).post(super::notify::add),
+        )
         .route("/notify/sinks/{name}", delete(super::notify::remove))
         .route("/notify/sinks/{name}/test", post(super::notify::test))
         .route("/notify/log", get(super::notify::log))

@@ -193,10 +193,16 @@ fn a_webhook_that_fails_twice_gets_exactly_one_delivery_and_never_shows_its_url(
 
     // The log shows the two failures' last error, and no URL path.
     let log = env.ok(&["notify", "log", "--server", &url]);
-    assert!(log.contains("job_succeeded") && log.contains("delivered"), "{log}");
+    assert!(
+        log.contains("job_succeeded") && log.contains("delivered"),
+        "{log}"
+    );
     let ls = env.ok(&["notify", "ls", "--server", &url]);
     let ls_json = env.ok(&["--json", "notify", "ls", "--server", &url]);
-    assert!(ls.contains("team") && ls.contains("http://127.0.0.1"), "{ls}");
+    assert!(
+        ls.contains("team") && ls.contains("http://127.0.0.1"),
+        "{ls}"
+    );
 
     // A test message goes to that sink alone and is delivered.
     let t = env.ok(&["notify", "test", "team", "--server", &url]);
@@ -219,21 +225,46 @@ fn a_webhook_that_fails_twice_gets_exactly_one_delivery_and_never_shows_its_url(
         &url,
     ]);
     let err = env.fail(&["notify", "test", "dead", "--wait", "20s", "--server", &url]);
-    assert!(err.contains("dead after 6 tries") && err.contains("HTTP 500"), "{err}");
+    assert!(
+        err.contains("dead after 6 tries") && err.contains("HTTP 500"),
+        "{err}"
+    );
     let dead_letters = env.json(&["notify", "log", "--state", "dead", "--server", &url]);
     assert_eq!(dead_letters["deliveries"].as_array().unwrap().len(), 1);
     assert_eq!(dead.got().len(), 6);
 
     // Bad sinks are refused naming the flag, without the secret.
     let e = env.fail(&[
-        "notify", "add", "x", "--slack", &format!("ftp://hooks.slack.com/{SECRET}"), "--server", &url,
+        "notify",
+        "add",
+        "x",
+        "--slack",
+        &format!("ftp://hooks.slack.com/{SECRET}"),
+        "--server",
+        &url,
     ]);
     assert!(e.contains("--slack") && e.contains("http or https"), "{e}");
     let e2 = env.fail(&[
-        "notify", "add", "x", "--webhook", &hook, "--events", "job_faild", "--server", &url,
+        "notify",
+        "add",
+        "x",
+        "--webhook",
+        &hook,
+        "--events",
+        "job_faild",
+        "--server",
+        &url,
     ]);
     assert!(e2.contains("--events") && e2.contains("job_faild"), "{e2}");
-    let e3 = env.fail(&["notify", "add", "team", "--webhook", &hook, "--server", &url]);
+    let e3 = env.fail(&[
+        "notify",
+        "add",
+        "team",
+        "--webhook",
+        &hook,
+        "--server",
+        &url,
+    ]);
     assert!(e3.contains("exists already"), "{e3}");
     let e4 = env.fail(&["notify", "rm", "nosuch", "--server", &url]);
     assert!(e4.contains("no notification sink named"), "{e4}");
@@ -242,7 +273,10 @@ fn a_webhook_that_fails_twice_gets_exactly_one_delivery_and_never_shows_its_url(
 
     d.term();
     let stderr = d.stderr();
-    assert!(stderr.contains("notification not delivered; will retry"), "{stderr}");
+    assert!(
+        stderr.contains("notification not delivered; will retry"),
+        "{stderr}"
+    );
     for text in [&out, &log, &ls, &ls_json, &t, &err, &e, &e2, &e3, &stderr] {
         assert!(!text.contains(SECRET), "the webhook URL leaked: {text}");
         assert!(!text.contains("hookpathsecret"), "{text}");
@@ -304,7 +338,10 @@ fn pending_notifications_survive_a_killed_daemon_and_go_out_once() {
         .map(|g| g.body["event"]["job"].as_u64().unwrap())
         .collect();
     jobs.sort();
-    assert_eq!(jobs, ids, "each job's notification exactly once: {accepted:#?}");
+    assert_eq!(
+        jobs, ids,
+        "each job's notification exactly once: {accepted:#?}"
+    );
     let kinds: Vec<&str> = accepted
         .iter()
         .map(|g| g.body["kind"].as_str().unwrap())
@@ -329,10 +366,30 @@ fn slack_discord_and_ntfy_get_their_own_shapes_within_limits() {
         ("n", "--ntfy", "/ntfy/lab-jobs".to_string()),
     ] {
         env.ok(&[
-            "notify", "add", name, flag, &rx.url(&path), "--events", "job_failed", "--server", &url,
+            "notify",
+            "add",
+            name,
+            flag,
+            &rx.url(&path),
+            "--events",
+            "job_failed",
+            "--server",
+            &url,
         ]);
     }
-    env.ok(&["notify", "add", "n9", "--ntfy", &rx.url("/ntfy/urgent"), "--events", "job_failed", "--priority", "5", "--server", &url]);
+    env.ok(&[
+        "notify",
+        "add",
+        "n9",
+        "--ntfy",
+        &rx.url("/ntfy/urgent"),
+        "--events",
+        "job_failed",
+        "--priority",
+        "5",
+        "--server",
+        &url,
+    ]);
     // A long name, output that is not ours, a failure: every sink gets it.
     let name = format!("train <detr> & @everyone {}", "x".repeat(150));
     let id = submit(&env, &url, &["--name", &name, "--", "sh", "-c", "exit 3"]);
@@ -359,7 +416,10 @@ fn slack_discord_and_ntfy_get_their_own_shapes_within_limits() {
         assert!(chars(&b["text"]["text"]) <= 3000);
     }
     let all = serde_json::to_string(s).unwrap();
-    assert!(all.contains(&format!("<{link}|Open in Trainyard>")), "{all}");
+    assert!(
+        all.contains(&format!("<{link}|Open in Trainyard>")),
+        "{all}"
+    );
     assert!(all.contains("exit code") && all.contains('3'));
 
     let discord = by_path("/discord/");
@@ -392,7 +452,10 @@ fn slack_discord_and_ntfy_get_their_own_shapes_within_limits() {
         let b = &g.body;
         assert_eq!(b["click"], link);
         assert!(b["message"].as_str().unwrap().len() <= 4096);
-        assert!(b["title"].as_str().unwrap().contains(&format!("Job {id} failed")));
+        assert!(b["title"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Job {id} failed")));
         match b["topic"].as_str().unwrap() {
             "lab-jobs" => assert_eq!(b["priority"], 4, "failures are high by default"),
             "urgent" => assert_eq!(b["priority"], 5),
@@ -519,7 +582,10 @@ fn bad_notify_config_stops_the_daemon_naming_the_field() {
     );
     std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
     let e = up_fails(&env, &[]);
-    assert!(e.contains("notify.team.url") && e.contains("chmod 600"), "{e}");
+    assert!(
+        e.contains("notify.team.url") && e.contains("chmod 600"),
+        "{e}"
+    );
     assert!(!e.contains(SECRET), "{e}");
     // ...and read from the environment it is fine: the daemon starts and
     // lists the sink, showing scheme and host only.
@@ -538,4 +604,53 @@ fn bad_notify_config_stops_the_daemon_naming_the_field() {
     assert!(e.contains("defined in config.toml"), "{e}");
     d.term();
     assert!(!d.stderr().contains(SECRET));
+}
+
+#[test]
+fn a_silent_agent_is_reported_lost_once() {
+    let env = Env::new();
+    let rx = Receiver::start(&[]);
+    let (mut d, url) = env.up(
+        "up",
+        &["--no-agent", "--lease", "2s", "--notify-retry", "100ms"],
+    );
+    env.ok(&[
+        "notify",
+        "add",
+        "ops",
+        "--webhook",
+        &rx.url("/ops"),
+        "--events",
+        "agent_lost",
+        "--server",
+        &url,
+    ]);
+    let mut a = env.spawn(
+        "agent",
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--name",
+            "a1",
+            "--fake-gpus",
+            "1xA100-80GB",
+        ],
+    );
+    wait_for(Duration::from_secs(20), || {
+        env.json(&["agents", "--server", &url])
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x["name"] == "a1"))
+    });
+    a.kill9();
+    wait_for(Duration::from_secs(20), || !rx.accepted().is_empty());
+    // Several scheduling passes later, still one.
+    std::thread::sleep(Duration::from_millis(1500));
+    let got = rx.accepted();
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let b = &got[0].body;
+    assert_eq!(b["kind"], "agent_lost");
+    assert_eq!(b["event"]["agent"], "a1");
+    assert_eq!(b["link"], format!("{url}/#/gpus"));
+    d.term();
 }
