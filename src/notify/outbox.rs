@@ -106,6 +106,9 @@ pub struct Outbox {
     conn: std::sync::Mutex<Connection>,
 }
 
+/// A `notify_sinks` row: name, kind, url, rule, priority.
+type SinkRow = (String, String, Option<String>, String, Option<i64>);
+
 /// Events routed per transaction.
 const ROUTE_BATCH: i64 = 256;
 
@@ -369,7 +372,7 @@ impl Outbox {
                 "SELECT name, kind, url, rule, priority FROM notify_sinks ORDER BY name",
             )
             .map_err(self.sql())?;
-        let rows: Vec<(String, String, Option<String>, String, Option<i64>)> = st
+        let rows: Vec<SinkRow> = st
             .query_map([], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })

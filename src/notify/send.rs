@@ -480,7 +480,7 @@ impl Notifier {
             .await
             .map_err(|e| TryError {
                 // reqwest's message names the URL: drop it, show scheme and host.
-                message: format!("POST {shown}: {}", e.without_url()),
+                message: format!("POST {shown}: {}", causes(&e.without_url())),
                 permanent: false,
             })?;
         let status = resp.status();
@@ -504,6 +504,21 @@ impl Notifier {
             permanent,
         })
     }
+}
+
+/// An error and its causes, `a: b: c` (a connection refused says so).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        src = s.source();
+    }
+    out
 }
 
 fn gib(b: u64) -> String {

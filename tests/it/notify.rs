@@ -229,8 +229,29 @@ fn a_webhook_that_fails_twice_gets_exactly_one_delivery_and_never_shows_its_url(
         err.contains("dead after 6 tries") && err.contains("HTTP 500"),
         "{err}"
     );
+    // Nothing listening: the transport's error, scheme and host only.
+    let closed = crate::support::free_port();
+    env.ok(&[
+        "notify",
+        "add",
+        "gone",
+        "--webhook",
+        &format!("http://127.0.0.1:{closed}/x/{SECRET}"),
+        "--events",
+        "agent_lost",
+        "--server",
+        &url,
+    ]);
+    let gone = env.fail(&["notify", "test", "gone", "--wait", "20s", "--server", &url]);
+    assert!(
+        gone.contains(&format!("POST http://127.0.0.1:{closed}/…"))
+            && gone.to_lowercase().contains("connect"),
+        "{gone}"
+    );
+    assert!(!gone.contains(SECRET), "{gone}");
+    env.ok(&["notify", "rm", "gone", "--server", &url]);
     let dead_letters = env.json(&["notify", "log", "--state", "dead", "--server", &url]);
-    assert_eq!(dead_letters["deliveries"].as_array().unwrap().len(), 1);
+    assert_eq!(dead_letters["deliveries"].as_array().unwrap().len(), 2);
     assert_eq!(dead.got().len(), 6);
 
     // Bad sinks are refused naming the flag, without the secret.
