@@ -478,6 +478,45 @@ impl Client {
             .await
     }
 
+    /// Notification sinks (`GET /notify/sinks`; URLs as scheme and host).
+    pub async fn notify_sinks(&self) -> Result<Vec<api::NotifySink>> {
+        self.json(self.req(Method::GET, "/notify/sinks")).await
+    }
+
+    /// Add a notification sink.
+    pub async fn notify_add(&self, req: &api::AddSinkRequest) -> Result<api::NotifySink> {
+        self.json(Self::body(self.req(Method::POST, "/notify/sinks"), req))
+            .await
+    }
+
+    /// Remove a notification sink added with [`Client::notify_add`].
+    pub async fn notify_remove(&self, name: &str) -> Result<()> {
+        self.send(Self::no_body(
+            self.req(Method::DELETE, &format!("/notify/sinks/{name}")),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Queue a test message to one sink.
+    pub async fn notify_test(&self, name: &str) -> Result<api::NotifyTestAnswer> {
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/notify/sinks/{name}/test")),
+        ))
+        .await
+    }
+
+    /// Deliveries, newest first: all, or those in `state` (`pending`,
+    /// `delivered`, `dead`).
+    pub async fn notify_log(&self, state: Option<&str>, limit: usize) -> Result<api::NotifyLog> {
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(s) = state {
+            q.push(("state", s.to_string()));
+        }
+        self.json(self.req(Method::GET, "/notify/log").query(&q))
+            .await
+    }
+
     /// Agent: heartbeat.
     pub async fn heartbeat(&self, name: &str, report: &AgentReport) -> Result<AgentOrders> {
         self.json(Self::body(

@@ -4,6 +4,7 @@
 mod daemon;
 mod data;
 mod jobs;
+mod notify;
 mod output;
 mod remote;
 mod runs;
@@ -149,6 +150,11 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
+    /// Notifications: sinks (generic webhook, Slack, Discord, ntfy, the
+    /// desktop app), which events go where, test messages, and the
+    /// delivery log with its dead letters.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// The agents the daemon knows, with their GPUs and last heartbeat.
     Agents {
         #[command(flatten)]
@@ -265,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gpus { daemon } => jobs::gpus(&ctx, &daemon),
         Command::Agents { daemon } => jobs::agents(&ctx, &daemon),
         Command::Usage { args, daemon } => usage::usage(&ctx, &daemon, args),
+        Command::Notify(cmd) => notify::run(&ctx, cmd),
         Command::Ui { daemon } => jobs::ui(&ctx, &daemon),
         Command::Completions { .. } => unreachable!("handled above"),
     }

@@ -8,6 +8,7 @@
 //! or overwrite an attempt that was reassigned. The queue knows datasets by
 //! name only and knows nothing about GPUs beyond the ids it is told to record.
 
+mod events;
 mod holdings;
 mod list;
 mod logs;
@@ -492,6 +493,37 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN after_first INTEGER;
     ALTER TABLE jobs ADD COLUMN after_count INTEGER;
     CREATE INDEX jobs_by_not_after ON jobs(not_after_ns) WHERE not_after_ns IS NOT NULL;",
+    // 8: the notification outbox (`crate::notify`): events written in the
+    // transaction of the change that causes them, one delivery per (event,
+    // sink), and the sinks added with `notify add` (their URLs are secrets,
+    // like job_secrets' values).
+    "CREATE TABLE notify_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        routed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX notify_events_unrouted ON notify_events(id) WHERE routed = 0;
+    CREATE TABLE notify_deliveries (
+        event_id INTEGER NOT NULL REFERENCES notify_events(id),
+        sink TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_ns INTEGER NOT NULL,
+        last_error TEXT,
+        done_ns INTEGER,
+        PRIMARY KEY (event_id, sink)
+    ) WITHOUT ROWID;
+    CREATE INDEX notify_deliveries_due ON notify_deliveries(next_ns) WHERE state = 'pending';
+    CREATE TABLE notify_sinks (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        url TEXT,
+        rule TEXT NOT NULL,
+        priority INTEGER,
+        created_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` of
@@ -770,13 +802,17 @@ impl Queue {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql())?;
             for (job, dep) in &doomed {
-                tx.execute(
-                    "UPDATE jobs SET state = 'failed', finished_ns = ?3,
-                         reason = 'dependency ' || ?2 || ' did not succeed'
-                     WHERE id = ?1 AND state = 'queued'",
-                    params![job, dep, now_ns()],
-                )
-                .map_err(self.sql())?;
+                let failed = tx
+                    .execute(
+                        "UPDATE jobs SET state = 'failed', finished_ns = ?3,
+                             reason = 'dependency ' || ?2 || ' did not succeed'
+                         WHERE id = ?1 AND state = 'queued'",
+                        params![job, dep, now_ns()],
+                    )
+                    .map_err(self.sql())?;
+                if failed > 0 {
+                    self.notify_job_end(&tx, JobId(*job))?;
+                }
             }
             tx.commit().map_err(self.sql())?;
         }
@@ -1188,6 +1224,7 @@ impl Queue {
             params![job.0, new_state.as_str(), reason, exit_code, now],
         )
         .map_err(self.sql())?;
+        self.notify_job_end(&tx, job)?;
         tx.commit().map_err(self.sql())?;
         tracing::info!(job = job.0, attempt = n, state = %new_state, "attempt finished");
         Ok(new_state)
@@ -1241,6 +1278,7 @@ impl Queue {
             params![id.0, now, reason],
         )
         .map_err(self.sql())?;
+        self.notify_job_end(tx, id)?;
         Ok(token)
     }
 
@@ -1379,6 +1417,7 @@ impl Queue {
                 ],
             )
             .map_err(self.sql())?;
+            self.notify_job_end(&tx, JobId(job))?;
             out.push((JobId(job), state));
         }
         tx.commit().map_err(self.sql())?;

@@ -24,6 +24,8 @@ pub(crate) struct AgentEntry {
     pub report: AgentReport,
     pub last_seen: Instant,
     pub wake: Arc<Notify>,
+    /// `agent_lost` was recorded for its current silence.
+    pub lost_notified: bool,
 }
 
 /// An agent name held by a live agent of another identity.
@@ -59,6 +61,8 @@ pub(crate) struct Coord {
     pub wake_schedules: Notify,
     /// The home's dataset store, opened on first use (data schedules).
     store: std::sync::OnceLock<crate::store::Store>,
+    /// Notification sinks, the outbox and its sender.
+    pub notify: Arc<crate::notify::Notifier>,
 }
 
 impl Coord {
@@ -69,6 +73,7 @@ impl Coord {
         retention: Retention,
         telemetry: crate::telemetry::Telemetry,
         lab: crate::config::LabConfig,
+        notify: Arc<crate::notify::Notifier>,
     ) -> Coord {
         Coord {
             tele: super::tele_state::TeleState::new(telemetry),
@@ -83,6 +88,7 @@ impl Coord {
             wake_schedules: Notify::new(),
             store: std::sync::OnceLock::new(),
             lab,
+            notify,
         }
     }
 
@@ -166,7 +172,53 @@ impl Coord {
     }
 
     pub fn job_event(&self, id: JobId, state: JobState) {
+        if state.is_terminal() {
+            // The queue wrote its notification with the state change.
+            self.notify.wake();
+        }
         self.emit(Event::Job { id, state });
+    }
+
+    /// Record a notification event (blocking: SQLite); a failure is
+    /// logged, never the caller's failure.
+    pub fn notify(&self, kind: crate::notify::EventKind, event: &crate::notify::Event) {
+        if let Err(e) = self.notify.record(kind, event) {
+            tracing::error!(error = %e, kind = %kind, "cannot record a notification");
+        }
+    }
+
+    /// Record `agent_lost` for each agent silent for a lease, once per
+    /// silence.
+    fn notice_lost_agents(&self) {
+        let lost: Vec<(String, String, u64)> = {
+            let mut agents = self.agents();
+            agents
+                .iter_mut()
+                .filter(|(_, e)| !e.lost_notified && e.last_seen.elapsed() >= self.lease)
+                .map(|(name, e)| {
+                    e.lost_notified = true;
+                    (
+                        name.clone(),
+                        e.report.hostname.clone(),
+                        e.last_seen.elapsed().as_secs(),
+                    )
+                })
+                .collect()
+        };
+        for (name, host, silent) in lost {
+            tracing::warn!(agent = name, host, silent_s = silent, "agent lost");
+            self.notify(
+                crate::notify::EventKind::AgentLost,
+                &crate::notify::Event {
+                    agent: Some(name.clone()),
+                    detail: Some(format!(
+                        "The agent {name} (host {host}) has not reported for {silent} s; \
+                         its GPUs are not scheduled until it is back."
+                    )),
+                    ..Default::default()
+                },
+            );
+        }
     }
 
     pub fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentEntry>> {
@@ -213,10 +265,12 @@ impl Coord {
                 report: AgentReport::default(),
                 last_seen: Instant::now(),
                 wake: Arc::new(Notify::new()),
+                lost_notified: false,
             });
         let changed = e.report.gpus != report.gpus || e.report.cpu_slots != report.cpu_slots;
         e.report = report;
         e.last_seen = Instant::now();
+        e.lost_notified = false;
         let wake = e.wake.clone();
         drop(agents);
         if new {
@@ -331,6 +385,7 @@ impl Coord {
     /// blocked job that would fit once Trainyard's own attempts end.
     pub fn schedule(&self) -> Result<(), QueueError> {
         let t0 = Instant::now();
+        self.notice_lost_agents();
         let now = now_ns();
         for (id, state) in self.queue.expire_leases(now)? {
             tracing::warn!(job = id.0, %state, "attempt lease expired");
@@ -442,6 +497,10 @@ impl Coord {
             .keep_for
             .map(|d| now_ns().saturating_sub(d.as_nanos().min(i64::MAX as u128) as i64));
         let gone = self.queue.purge_finished(r.keep_jobs, before, 1000)?;
+        // Delivered and dead notifications are kept as long as finished jobs.
+        if let Err(e) = self.notify.outbox().purge(before.unwrap_or(i64::MIN)) {
+            tracing::warn!(error = %e, "cannot purge old notifications");
+        }
         for id in &gone {
             if let Err(e) = self.logs.remove_job(*id) {
                 tracing::warn!(job = id.0, error = %e, "cannot remove a purged job's logs");

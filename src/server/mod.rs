@@ -15,6 +15,7 @@ mod coord;
 mod datasets;
 mod error;
 mod guard;
+mod notify;
 mod routes;
 mod runs;
 mod schedules;
@@ -65,6 +66,9 @@ pub struct Config {
     pub token: Option<Secret>,
     /// How long finished jobs and their logs are kept, and how big a log grows.
     pub retention: Retention,
+    /// Notification delivery: retries, timeouts, the UI address in links,
+    /// the disk-space floor.
+    pub notify: crate::notify::send::Settings,
 }
 
 /// What the daemon keeps of finished jobs, applied at start and then every
@@ -136,6 +140,9 @@ pub enum ServerError {
     /// The lab config (`config.toml`) is unusable: the daemon does not start.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The notification outbox.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     /// The telemetry database.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
@@ -199,6 +206,19 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let notifier = {
+            let sinks = lab.notify_sinks(&home.config_path())?;
+            let queue_path = home.queue_path();
+            let disks = vec![("store", home.store_dir()), ("logs", home.logs_dir())];
+            let settings = config.notify.clone();
+            let url = format!("http://{addr}");
+            tokio::task::spawn_blocking(move || {
+                let outbox = crate::notify::Outbox::open(&queue_path)?;
+                crate::notify::Notifier::new(outbox, sinks, settings, &url, disks)
+            })
+            .await
+            .expect("opening the notification outbox does not panic")?
+        };
         let coord = Arc::new(coord::Coord::new(
             queue,
             home.clone(),
@@ -206,7 +226,11 @@ impl Server {
             config.retention,
             telemetry,
             lab,
+            Arc::new(notifier),
         ));
+        coord
+            .notify
+            .set_desktop(notify::desktop_out(coord.events.clone()));
         let guard = Arc::new(guard::Guard::new(token.clone(), addr, &config.allow_hosts));
         Ok(Server {
             _lock: lock,
@@ -278,6 +302,7 @@ impl Server {
         let retention = tokio::spawn(retention_loop(self.coord.clone()));
         let compact = tokio::spawn(telemetry::compact_loop(self.coord.clone()));
         let stats = tokio::spawn(telemetry::stats_loop(self.coord.clone()));
+        let notify = tokio::spawn(self.coord.notify.clone().run());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = routes::router(self.coord.clone(), self.guard.clone());
         // The peer address: `/metrics` needs no token over loopback.
@@ -298,6 +323,7 @@ impl Server {
         retention.abort();
         compact.abort();
         stats.abort();
+        notify.abort();
         // Only remove the file if it is still ours.
         if let Ok(text) = std::fs::read_to_string(&daemon_file) {
             if serde_json::from_str::<DaemonFile>(&text).is_ok_and(|d| d.pid == info.pid) {

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
@@ -90,6 +90,13 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/schedules/{name}/pause", post(sch::pause))
         .route("/schedules/{name}/resume", post(sch::resume))
         .route("/schedules/{name}/run", post(sch::run))
+        .route(
+            "/notify/sinks",
+            get(super::notify::sinks).post(super::notify::add),
+        )
+        .route("/notify/sinks/{name}", delete(super::notify::remove))
+        .route("/notify/sinks/{name}/test", post(super::notify::test))
+        .route("/notify/log", get(super::notify::log))
         .fallback(not_found)
         .layer(middleware::from_fn(explain_body_limit))
         .layer(middleware::from_fn_with_state(
@@ -139,7 +146,7 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
 }
 
 /// What `GET /health` lists in `features`.
-const FEATURES: &[&str] = &["datasets", "remotes", "runs", "schedules", "wandb_sync"];
+const FEATURES: &[&str] = &["datasets", "remotes", "runs", "schedules", "wandb_sync", "notify"];
 
 async fn health() -> Json<Health> {
     Json(Health {

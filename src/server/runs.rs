@@ -157,6 +157,18 @@ pub(crate) async fn sync_run(
     let syncer = Syncer::new(server, ledger, opts, sync::Retry::default())?;
     let mut report = syncer.sync_dirs(&[dir], &NoProgress).await;
     let report = report.runs.remove(0);
+    if report.outcome == sync::SyncOutcome::Failed {
+        let event = crate::notify::Event {
+            run: Some(id.clone()),
+            detail: report.error.clone(),
+            ..Default::default()
+        };
+        let cc = c.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            cc.notify(crate::notify::EventKind::WandbSyncFailed, &event)
+        })
+        .await;
+    }
     c.emit(crate::api::Event::Run {
         id,
         sync: report.outcome,

@@ -169,6 +169,7 @@ fn queue_reads_back(name: &str, version: u32, secret: bool) {
                 max_log_bytes: None,
                 every: Duration::from_secs(3600),
             },
+            notify: Default::default(),
         },
         agent: None,
         metrics_bind: None,
@@ -282,6 +283,11 @@ fn queue_reads_back(name: &str, version: u32, secret: bool) {
         "migrated to the current schema"
     );
     let conn = rusqlite::Connection::open(&db).unwrap();
+    // Jobs that ended before the outbox existed notify nobody.
+    let events: i64 = conn
+        .query_row("SELECT count(*) FROM notify_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(events, 0, "no notification for jobs that ended before");
     let secrets: Vec<(i64, String, String)> = conn
         .prepare("SELECT job_id, name, value FROM job_secrets")
         .unwrap()

@@ -9,6 +9,7 @@ mod daemon_home;
 mod field_store;
 mod golden;
 mod hardening;
+mod notify;
 mod queue_daemon;
 mod queue_scale;
 mod remote_hostile;
