@@ -399,6 +399,16 @@ mod tests {
                 Default::default(),
                 t,
                 lab.clone(),
+                Arc::new(
+                    crate::notify::Notifier::new(
+                        crate::notify::Outbox::open(&home.queue_path()).unwrap(),
+                        Vec::new(),
+                        Default::default(),
+                        "http://127.0.0.1:1",
+                        Vec::new(),
+                    )
+                    .unwrap(),
+                ),
             )
         };
         let query = usage::Query {
