@@ -314,12 +314,31 @@ pub enum Event {
         /// The log's new size.
         size: u64,
     },
+    /// A schedule was added, changed, removed, or fired.
+    Schedule {
+        /// The schedule.
+        name: String,
+    },
     /// A run's sync state changed.
     Run {
         /// The wandb run id.
         id: String,
         /// Its sync outcome (`synced`, `unchanged`, `failed`).
         sync: SyncOutcome,
+    },
+    /// A notification for a `desktop` sink: the desktop app shows it
+    /// natively.
+    Notification {
+        /// The notification event's id.
+        id: i64,
+        /// Its kind (`job_failed`, …).
+        kind: String,
+        /// One line.
+        title: String,
+        /// The facts and detail.
+        body: String,
+        /// Where to look in the UI.
+        link: String,
     },
 }
 
@@ -330,9 +349,98 @@ impl Event {
             Event::Job { .. } => "job",
             Event::Agent { .. } => "agent",
             Event::Log { .. } => "log",
+            Event::Schedule { .. } => "schedule",
             Event::Run { .. } => "run",
+            Event::Notification { .. } => "notification",
         }
     }
+}
+
+/// A notification sink as `GET /notify/sinks` shows it: never its URL
+/// beyond scheme and host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifySink {
+    /// Its name.
+    pub name: String,
+    /// `webhook`, `slack`, `discord`, `ntfy` or `desktop`.
+    pub kind: crate::notify::SinkKind,
+    /// Scheme and host of its URL (`https://hooks.slack.com/…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Event kinds it wants; empty: all.
+    pub events: Vec<crate::notify::EventKind>,
+    /// Only these users' jobs.
+    pub users: Vec<String>,
+    /// Only these projects' jobs.
+    pub projects: Vec<String>,
+    /// Only jobs with one of these tags.
+    pub tags: Vec<String>,
+    /// ntfy priority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// `config` (config.toml) or `cli` (`notify add`).
+    pub origin: crate::notify::Origin,
+}
+
+impl NotifySink {
+    /// How a sink is shown.
+    pub fn of(s: &crate::notify::Sink) -> NotifySink {
+        NotifySink {
+            name: s.name.clone(),
+            kind: s.kind,
+            url: s.shown_url(),
+            events: s.rule.events.clone(),
+            users: s.rule.users.clone(),
+            projects: s.rule.projects.clone(),
+            tags: s.rule.tags.clone(),
+            priority: s.priority,
+            origin: s.origin,
+        }
+    }
+}
+
+/// `POST /notify/sinks`: add a sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddSinkRequest {
+    /// Its name (`[a-z0-9_-]`, up to 64).
+    pub name: String,
+    /// What it speaks.
+    pub kind: crate::notify::SinkKind,
+    /// Its URL (all kinds but `desktop`); a secret, never shown again.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Event names; empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Only these users' jobs.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Only these projects' jobs.
+    #[serde(default)]
+    pub projects: Vec<String>,
+    /// Only jobs with one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// ntfy priority, 1..5.
+    #[serde(default)]
+    pub priority: Option<i64>,
+}
+
+/// `POST /notify/sinks/{name}/test`: the test message's event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifyTestAnswer {
+    /// The event's id (its delivery is in `GET /notify/log`).
+    pub event_id: i64,
+    /// The sink.
+    pub sink: String,
+}
+
+/// `GET /notify/log`: deliveries, newest event first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotifyLog {
+    /// The deliveries.
+    pub deliveries: Vec<crate::notify::Delivery>,
 }
 
 /// One row of `GET /api/v1/usage`: GPU time in hours, energy in kWh.
@@ -413,6 +521,17 @@ pub struct TagRequest {
     /// Tags to remove.
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+/// The answer to a [`TagRequest`] for a run
+/// (`POST /api/v1/runs/{id}/tags`): the run's tags now, its own (from
+/// wandb) first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunTagAnswer {
+    /// The run's id.
+    pub run: String,
+    /// Its tags.
+    pub tags: Vec<String>,
 }
 
 /// The answer to a [`TagRequest`]: the job's tags now.

@@ -12,6 +12,7 @@ use crate::api::{
     PollRequest, SubmitRequest, SubmitResponse,
 };
 use crate::queue::{Job, JobId, JobOrder, JobSpec, JobState, SweepGrid};
+use crate::schedule::{NewSchedule, RunAnswer, ScheduleDetail, ScheduleInfo};
 use crate::secret::Secret;
 
 /// What `GET /jobs` is asked for; empty fields do not filter.
@@ -348,10 +349,76 @@ impl Client {
         .await
     }
 
+    /// Add and remove a wandb run's tags (by id or directory).
+    pub async fn tag_run(
+        &self,
+        run: &str,
+        req: &crate::api::TagRequest,
+    ) -> Result<crate::api::RunTagAnswer> {
+        // One path segment: a run's directory has slashes.
+        let run: String = run
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        self.json(Self::body(
+            self.req(Method::POST, &format!("/runs/{run}/tags")),
+            req,
+        ))
+        .await
+    }
+
     /// Retry a job.
     pub async fn retry(&self, id: JobId) -> Result<Job> {
         self.json(Self::no_body(
             self.req(Method::POST, &format!("/jobs/{id}/retry")),
+        ))
+        .await
+    }
+
+    /// Every schedule.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>> {
+        self.json(self.req(Method::GET, "/schedules")).await
+    }
+
+    /// Add a schedule.
+    pub async fn add_schedule(&self, s: &NewSchedule) -> Result<ScheduleInfo> {
+        self.json(Self::body(self.req(Method::POST, "/schedules"), s))
+            .await
+    }
+
+    /// One schedule with its next fire times, runs and missed occurrences.
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleDetail> {
+        self.json(self.req(Method::GET, &format!("/schedules/{name}")))
+            .await
+    }
+
+    /// Remove a schedule (its jobs stay).
+    pub async fn remove_schedule(&self, name: &str) -> Result<()> {
+        self.send(Self::no_body(
+            self.req(Method::DELETE, &format!("/schedules/{name}")),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Pause (`true`) or resume a schedule.
+    pub async fn pause_schedule(&self, name: &str, pause: bool) -> Result<ScheduleInfo> {
+        let action = if pause { "pause" } else { "resume" };
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/schedules/{name}/{action}")),
+        ))
+        .await
+    }
+
+    /// Fire a schedule now.
+    pub async fn run_schedule(&self, name: &str) -> Result<RunAnswer> {
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/schedules/{name}/run")),
         ))
         .await
     }
@@ -408,6 +475,45 @@ impl Client {
     /// GPU usage (`GET /usage`); `params` as the API documents them.
     pub async fn usage(&self, params: &[(&str, String)]) -> Result<crate::api::UsageAnswer> {
         self.json(self.req(Method::GET, "/usage").query(params))
+            .await
+    }
+
+    /// Notification sinks (`GET /notify/sinks`; URLs as scheme and host).
+    pub async fn notify_sinks(&self) -> Result<Vec<api::NotifySink>> {
+        self.json(self.req(Method::GET, "/notify/sinks")).await
+    }
+
+    /// Add a notification sink.
+    pub async fn notify_add(&self, req: &api::AddSinkRequest) -> Result<api::NotifySink> {
+        self.json(Self::body(self.req(Method::POST, "/notify/sinks"), req))
+            .await
+    }
+
+    /// Remove a notification sink added with [`Client::notify_add`].
+    pub async fn notify_remove(&self, name: &str) -> Result<()> {
+        self.send(Self::no_body(
+            self.req(Method::DELETE, &format!("/notify/sinks/{name}")),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Queue a test message to one sink.
+    pub async fn notify_test(&self, name: &str) -> Result<api::NotifyTestAnswer> {
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/notify/sinks/{name}/test")),
+        ))
+        .await
+    }
+
+    /// Deliveries, newest first: all, or those in `state` (`pending`,
+    /// `delivered`, `dead`).
+    pub async fn notify_log(&self, state: Option<&str>, limit: usize) -> Result<api::NotifyLog> {
+        let mut q = vec![("limit", limit.to_string())];
+        if let Some(s) = state {
+            q.push(("state", s.to_string()));
+        }
+        self.json(self.req(Method::GET, "/notify/log").query(&q))
             .await
     }
 

@@ -12,13 +12,24 @@
 //! [teams.vision]
 //! users = ["ana", "bo"]
 //! projects = ["detr"]         # a project's team wins over its submitter's
+//!
+//! [notify.team-slack]         # a notification sink (`crate::notify::config`)
+//! kind = "slack"
+//! url_env = "TEAM_SLACK_URL"  # or url = "…" in a config.toml only its owner reads
+//! events = ["job_failed"]
 //! ```
+//!
+//! A webhook URL is a secret: it comes from the daemon's environment
+//! (`url_env`), or from `url` only when the file is not readable by others.
 
 use std::path::{Path, PathBuf};
 
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
+use crate::notify::{self, config::SinkConfig};
 use crate::usage::{self, Teams};
 
 /// Why the lab config cannot be used.
@@ -53,6 +64,18 @@ pub enum ConfigError {
         #[source]
         source: Box<usage::UsageError>,
     },
+    /// A `[notify.NAME]` table that cannot be used (the message names
+    /// the field).
+    #[error("{}: {source}", path.display())]
+    Notify {
+        /// The file.
+        path: PathBuf,
+        /// The key, e.g. `notify.team.events`.
+        field: String,
+        /// What is wrong (URLs shown as scheme and host only).
+        #[source]
+        source: Box<notify::NotifyError>,
+    },
 }
 
 /// The lab's settings.
@@ -65,6 +88,9 @@ pub struct LabConfig {
     /// Teams: users and projects.
     #[serde(default)]
     pub teams: Teams,
+    /// Notification sinks and their rules, by name.
+    #[serde(default)]
+    pub notify: BTreeMap<String, SinkConfig>,
 }
 
 /// `[usage]`.
@@ -108,7 +134,32 @@ impl LabConfig {
             field: "usage.timezone",
             source: Box::new(e),
         })?;
+        c.notify_sinks(path)?;
         Ok(c)
+    }
+
+    /// The notification sinks of `[notify.*]`, their URLs read from the
+    /// process environment where `url_env` says so. [`LabConfig::load`]
+    /// has checked them; this reads them again for the daemon.
+    pub fn notify_sinks(&self, path: &Path) -> Result<Vec<notify::Sink>, ConfigError> {
+        let shared = {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0)
+        };
+        self.notify_sinks_from(shared, &|v| std::env::var(v).ok())
+            .map_err(|(field, e)| ConfigError::Notify {
+                path: path.to_path_buf(),
+                field,
+                source: Box::new(e),
+            })
+    }
+
+    fn notify_sinks_from(
+        &self,
+        file_shared: bool,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<notify::Sink>, (String, notify::NotifyError)> {
+        notify::config::resolve(&self.notify, &notify::config::Sources { env, file_shared })
     }
 
     /// The lab's time zone.

@@ -187,6 +187,14 @@ export const jobRuns = (id, opts) => get(`/jobs/${seg(id)}/runs`, opts);
 /** The job attempts that produced a run: `[{job, attempt, run}]`. */
 export const runJobs = (id, opts) => get(`/runs/${seg(id)}/jobs`, opts);
 
+export const schedules = (opts) => get('/schedules', opts);
+/** `{schedule, next, runs, missed}`. */
+export const schedule = (name, opts) => get(`/schedules/${seg(name)}`, opts);
+export const pauseSchedule = (name) => post(`/schedules/${seg(name)}/pause`);
+export const resumeSchedule = (name) => post(`/schedules/${seg(name)}/resume`);
+/** Fire now: `{name, occurrence: {outcome, jobs, detail, ...}}`. */
+export const runSchedule = (name) => post(`/schedules/${seg(name)}/run`);
+
 // ----------------------------------------------------------- live events ---
 
 const subscribers = new Set();
@@ -195,7 +203,7 @@ let conn = 'idle'; // idle | connecting | live | reconnecting
 let stream = null; // AbortController of the running event loop
 
 /**
- * Live changes: `fn(event)` gets `{type: 'job'|'agent'|'log', ...}` as the
+ * Live changes: `fn(event)` gets `{type: 'job'|'agent'|'log'|'schedule', ...}` as the
  * daemon sends them, and `{type: 'refresh'}` when events may have been missed
  * (after a reconnect, or when the daemon says we lagged): refetch everything.
  * Returns the unsubscribe function.

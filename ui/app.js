@@ -11,9 +11,10 @@ import * as queue from './pages/queue.js';
 import * as datasets from './pages/datasets.js';
 import * as runs from './pages/runs.js';
 import * as usage from './pages/usage.js';
+import * as schedules from './pages/schedules.js';
 
-const PAGES = { gpus, queue, datasets, runs, usage };
-const TITLES = { gpus: 'GPUs', queue: 'Queue', datasets: 'Datasets', runs: 'Runs', usage: 'Usage' };
+const PAGES = { gpus, queue, schedules, datasets, runs, usage };
+const TITLES = { gpus: 'GPUs', queue: 'Queue', schedules: 'Schedules', datasets: 'Datasets', runs: 'Runs', usage: 'Usage' };
 
 const main = document.getElementById('main');
 let health = null;

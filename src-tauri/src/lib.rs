@@ -75,6 +75,7 @@ fn start_daemon(app: &AppHandle) -> Result<Target, Box<dyn std::error::Error>> {
             // The home's token, so the CLI works against this daemon too.
             token: None,
             retention: Default::default(),
+            notify: Default::default(),
         },
         // The local agent: NVML, or a fake inventory only when asked for.
         agent: Some(trainyard::agent::Setup {
@@ -109,7 +110,8 @@ fn start_daemon(app: &AppHandle) -> Result<Target, Box<dyn std::error::Error>> {
     })
 }
 
-/// A desktop notification when a job succeeds, fails or is lost.
+/// A desktop notification when a job succeeds, fails or is lost, and
+/// each message for a `desktop` notification sink.
 async fn notify_job_ends(
     app: AppHandle,
     client: Client,
@@ -121,8 +123,15 @@ async fn notify_job_ends(
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
             Err(_) => return,
         };
-        let Event::Job { id, state } = e else {
-            continue;
+        let (id, state) = match e {
+            // A `desktop` notification sink's message (`trainyard notify add
+            // NAME --desktop`): shown as the daemon formatted it.
+            Event::Notification { title, body, .. } => {
+                let _ = app.notification().builder().title(title).body(body).show();
+                continue;
+            }
+            Event::Job { id, state } => (id, state),
+            _ => continue,
         };
         if !matches!(
             state,

@@ -111,6 +111,17 @@ pub struct UpArgs {
     /// How often the daemon applies --keep-jobs and --keep-for.
     #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = humantime::parse_duration)]
     retention_every: Duration,
+    /// Links in notifications point at this UI address [default: the daemon's URL].
+    #[arg(long, value_name = "URL", env = "TRAINYARD_UI_URL")]
+    ui_url: Option<String>,
+    /// Wait this long before retrying a notification that failed; the
+    /// wait doubles with each further failure, up to an hour.
+    #[arg(long, value_name = "DURATION", default_value = "10s", env = "TRAINYARD_NOTIFY_RETRY", value_parser = humantime::parse_duration)]
+    notify_retry: Duration,
+    /// Tries per notification and sink before it becomes a dead letter
+    /// (`trainyard notify log`).
+    #[arg(long, value_name = "N", default_value_t = 10, env = "TRAINYARD_NOTIFY_TRIES", value_parser = clap::value_parser!(u32).range(1..))]
+    notify_tries: u32,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -190,6 +201,23 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
                 keep_for: (!args.keep_for.is_zero()).then_some(args.keep_for),
                 max_log_bytes: (max_log_mib > 0).then_some(max_log_mib << 20),
                 every: args.retention_every,
+            },
+            notify: trainyard::notify::send::Settings {
+                backoff: trainyard::notify::Backoff {
+                    first: args.notify_retry,
+                    tries: args.notify_tries,
+                    ..Default::default()
+                },
+                ui_url: match &args.ui_url {
+                    Some(u) => Some(
+                        trainyard::notify::sink::check_url("--ui-url", u)?
+                            .as_str()
+                            .trim_end_matches('/')
+                            .to_string(),
+                    ),
+                    None => None,
+                },
+                ..Default::default()
             },
         },
         agent: (!args.no_agent).then(|| args.agent.setup()),

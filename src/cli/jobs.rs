@@ -182,7 +182,7 @@ fn read_env_file(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>
 }
 
 /// The job (the template of a sweep) and the sweep grid (empty: one job).
-fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::SweepGrid)> {
+pub(super) fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::SweepGrid)> {
     let mut spec = match &a.file {
         Some(f) => {
             let text =
@@ -666,8 +666,10 @@ pub struct JobsArgs {
 /// `trainyard tag`.
 #[derive(Debug, Args)]
 pub struct TagArgs {
-    /// The job.
-    job: i64,
+    /// The job (its number), or a wandb run (its id or directory, as
+    /// `trainyard runs ls` shows them).
+    #[arg(value_name = "JOB|RUN")]
+    target: String,
     /// The tags.
     #[arg(required = true)]
     tags: Vec<String>,
@@ -691,19 +693,32 @@ pub fn tag(ctx: &Ctx, d: &DaemonArgs, a: TagArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         }
     };
-    let r = rt()?.block_on(client(ctx, d)?.tag(JobId(a.job), &req))?;
-    if ctx.json {
-        output::json(&r)?;
-    } else {
-        println!(
-            "job {}: tags {}",
-            r.id,
-            if r.tags.is_empty() {
-                "(none)".to_string()
+    let list = |tags: &[String]| {
+        if tags.is_empty() {
+            "(none)".to_string()
+        } else {
+            tags.join(", ")
+        }
+    };
+    let c = client(ctx, d)?;
+    // A number is a job; anything else a run.
+    match a.target.parse::<i64>() {
+        Ok(job) => {
+            let r = rt()?.block_on(c.tag(JobId(job), &req))?;
+            if ctx.json {
+                output::json(&r)?;
             } else {
-                r.tags.join(", ")
+                println!("job {}: tags {}", r.id, list(&r.tags));
             }
-        );
+        }
+        Err(_) => {
+            let r = rt()?.block_on(c.tag_run(&a.target, &req))?;
+            if ctx.json {
+                output::json(&r)?;
+            } else {
+                println!("run {}: tags {}", r.run, list(&r.tags));
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

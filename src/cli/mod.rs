@@ -4,9 +4,11 @@
 mod daemon;
 mod data;
 mod jobs;
+mod notify;
 mod output;
 mod remote;
 mod runs;
+mod schedule;
 mod sync;
 mod usage;
 
@@ -71,6 +73,17 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
+    /// Schedules: jobs submitted on a cron pattern (IANA zones, DST-safe,
+    /// catch-up and overlap policies, start windows) or when a dataset
+    /// gets a new version.
+    ///
+    /// Example: trainyard schedule add nightly --cron "0 3 * * *" --tz Asia/Seoul -- python eval.py
+    Schedule {
+        #[command(subcommand)]
+        cmd: schedule::ScheduleCommand,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
     /// List jobs: queued (with the reason they wait), running, recently finished.
     Ps {
         #[command(flatten)]
@@ -100,11 +113,12 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
-    /// Tag a job (or untag it with --remove), also after it ended: a job
-    /// tagged `ignore-usage` (the lab's ignore tag) leaves the usage report,
-    /// retroactively.
+    /// Tag a job or a wandb run (or untag it with --remove), also after it
+    /// ended: one tagged `ignore-usage` (the lab's ignore tag) leaves the
+    /// usage report, retroactively.
     ///
-    /// Example: trainyard tag 42 ignore-usage
+    /// Examples: trainyard tag 42 ignore-usage;
+    /// trainyard tag dinit002 ignore-usage
     Tag {
         #[command(flatten)]
         args: jobs::TagArgs,
@@ -136,6 +150,11 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
+    /// Notifications: sinks (generic webhook, Slack, Discord, ntfy, the
+    /// desktop app), which events go where, test messages, and the
+    /// delivery log with its dead letters.
+    #[command(subcommand)]
+    Notify(notify::NotifyCommand),
     /// The agents the daemon knows, with their GPUs and last heartbeat.
     Agents {
         #[command(flatten)]
@@ -242,6 +261,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => daemon::up(&ctx, *args),
         Command::Agent(args) => daemon::agent(&ctx, args),
         Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, *args),
+        Command::Schedule { cmd, daemon } => schedule::run(&ctx, &daemon, cmd),
         Command::Ps { args, daemon } => jobs::ps(&ctx, &daemon, args),
         Command::Show { args, daemon } => jobs::show(&ctx, &daemon, args),
         Command::Logs { args, daemon } => jobs::logs(&ctx, &daemon, args),
@@ -251,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gpus { daemon } => jobs::gpus(&ctx, &daemon),
         Command::Agents { daemon } => jobs::agents(&ctx, &daemon),
         Command::Usage { args, daemon } => usage::usage(&ctx, &daemon, args),
+        Command::Notify(cmd) => notify::run(&ctx, cmd),
         Command::Ui { daemon } => jobs::ui(&ctx, &daemon),
         Command::Completions { .. } => unreachable!("handled above"),
     }

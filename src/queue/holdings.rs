@@ -51,10 +51,14 @@ impl Queue {
                     user: r.get(4)?,
                     project: r.get(5)?,
                     // Sorted and deduplicated: a job's tags are a set.
-                    tags: serde_json::from_str::<BTreeSet<String>>(&tags)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .collect(),
+                    tags: if tags == "[]" {
+                        Vec::new()
+                    } else {
+                        serde_json::from_str::<BTreeSet<String>>(&tags)
+                            .unwrap_or_default()
+                            .into_iter()
+                            .collect()
+                    },
                     start_ms: r.get::<_, i64>(7)? / 1_000_000,
                     end_ms: r.get::<_, i64>(8)? / 1_000_000,
                 })

@@ -8,6 +8,7 @@
 //! or overwrite an attempt that was reassigned. The queue knows datasets by
 //! name only and knows nothing about GPUs beyond the ids it is told to record.
 
+mod events;
 mod holdings;
 mod list;
 mod logs;
@@ -446,7 +447,104 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX gpu_holdings_by_end ON gpu_holdings(end_ns);
     CREATE INDEX attempts_by_finish ON attempts(finished_ns);",
+    // 7: schedules (`crate::schedule`): recurring and data-triggered jobs,
+    // each occurrence recorded once under its idempotency key, in the same
+    // transaction as the jobs it submitted; and the start constraints a
+    // fired job may carry (a window: not before / not after; a previous
+    // run of its schedule that must end first).
+    "CREATE TABLE schedules (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        sweep TEXT,
+        cron TEXT,
+        tz TEXT NOT NULL,
+        dataset TEXT,
+        tag_pattern TEXT,
+        overlap TEXT NOT NULL,
+        catch_up TEXT NOT NULL,
+        start_window TEXT,
+        paused INTEGER NOT NULL DEFAULT 0,
+        user TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        watermark_ns INTEGER NOT NULL
+    );
+    CREATE TABLE schedule_secrets (
+        schedule_id INTEGER NOT NULL REFERENCES schedules(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (schedule_id, name)
+    ) WITHOUT ROWID;
+    CREATE TABLE schedule_occurrences (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        schedule_id INTEGER NOT NULL REFERENCES schedules(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        at_ns INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        job_first INTEGER,
+        job_count INTEGER NOT NULL DEFAULT 0,
+        detail TEXT,
+        recorded_ns INTEGER NOT NULL,
+        UNIQUE (schedule_id, key)
+    );
+    CREATE INDEX schedule_occurrences_by_outcome ON schedule_occurrences(schedule_id, outcome, seq);
+    ALTER TABLE jobs ADD COLUMN not_before_ns INTEGER;
+    ALTER TABLE jobs ADD COLUMN not_after_ns INTEGER;
+    ALTER TABLE jobs ADD COLUMN after_first INTEGER;
+    ALTER TABLE jobs ADD COLUMN after_count INTEGER;
+    CREATE INDEX jobs_by_not_after ON jobs(not_after_ns) WHERE not_after_ns IS NOT NULL;",
+    // 8: the notification outbox (`crate::notify`): events written in the
+    // transaction of the change that causes them, one delivery per (event,
+    // sink), and the sinks added with `notify add` (their URLs are secrets,
+    // like job_secrets' values).
+    "CREATE TABLE notify_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        body TEXT NOT NULL,
+        routed INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX notify_events_unrouted ON notify_events(id) WHERE routed = 0;
+    CREATE TABLE notify_deliveries (
+        event_id INTEGER NOT NULL REFERENCES notify_events(id),
+        sink TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_ns INTEGER NOT NULL,
+        last_error TEXT,
+        done_ns INTEGER,
+        PRIMARY KEY (event_id, sink)
+    ) WITHOUT ROWID;
+    CREATE INDEX notify_deliveries_due ON notify_deliveries(next_ns) WHERE state = 'pending';
+    CREATE TABLE notify_sinks (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        url TEXT,
+        rule TEXT NOT NULL,
+        priority INTEGER,
+        created_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
+
+/// The schema version this build writes (`PRAGMA user_version` of
+/// `queue.db`): the number of its migrations.
+pub const SCHEMA: usize = MIGRATIONS.len();
+
+/// When a job may start, beyond its dependencies: what a schedule puts on
+/// the jobs it fires (`--window`, `--overlap queue`). Plain submissions
+/// have none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct StartRule {
+    /// Not assigned before this time (ns).
+    pub not_before_ns: Option<i64>,
+    /// Cancelled, with `window_reason`, if still queued at this time (ns).
+    pub not_after_ns: Option<i64>,
+    /// Not assigned while a job with an id in `[first, first + count)` is
+    /// queued, assigned or running (the previous run of its schedule).
+    pub after: Option<(i64, i64)>,
+    /// The reason the job waits, shown until the scheduler replaces it.
+    pub reason: Option<String>,
+}
 
 /// A queued job as the scheduler needs it: no spec parsing.
 #[derive(Debug, Clone)]
@@ -549,6 +647,46 @@ impl Queue {
     }
 
     fn insert_job(&self, tx: &rusqlite::Transaction<'_>, spec: &JobSpec) -> Result<JobId> {
+        self.insert_job_with(tx, spec, &StartRule::default())
+    }
+
+    /// Run `f` in one `BEGIN IMMEDIATE` transaction of the queue database,
+    /// committed when it returns `Ok`: what a schedule's occurrence needs to
+    /// submit its jobs and record itself atomically.
+    pub(crate) fn transaction<T, E: From<QueueError>>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let out = f(&tx)?;
+        tx.commit().map_err(self.sql())?;
+        Ok(out)
+    }
+
+    /// Read with the queue's connection (no transaction of its own).
+    pub(crate) fn read<T, E: From<QueueError>>(
+        &self,
+        f: impl FnOnce(&Connection) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let conn = self.conn()?;
+        f(&conn)
+    }
+
+    /// The error of a failed statement on this queue's database.
+    pub(crate) fn sql_error(&self, e: rusqlite::Error) -> QueueError {
+        self.sql()(e)
+    }
+
+    /// Validate and insert one job with start constraints, inside `tx`.
+    pub(crate) fn insert_job_with(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        spec: &JobSpec,
+        rule: &StartRule,
+    ) -> Result<JobId> {
         for d in &spec.depends_on {
             let exists: bool = tx
                 .query_row("SELECT 1 FROM jobs WHERE id = ?1", [d], |_| Ok(true))
@@ -572,8 +710,9 @@ impl Queue {
         };
         tx.prepare_cached(
             "INSERT INTO jobs (spec, project, user, priority, state, max_attempts, submitted_ns,
-                               gpu_count, gpu_min_mib, gpu_model)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9)",
+                               gpu_count, gpu_min_mib, gpu_model, not_before_ns, not_after_ns,
+                               after_first, after_count, reason)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )
         .map_err(self.sql())?
         .execute(params![
@@ -586,6 +725,11 @@ impl Queue {
             spec.gpus.count,
             spec.gpus.min_memory_mib as i64,
             spec.gpus.model,
+            rule.not_before_ns,
+            rule.not_after_ns,
+            rule.after.map(|a| a.0),
+            rule.after.map(|a| a.1),
+            rule.reason,
         ])
         .map_err(self.sql())?;
         let id = tx.last_insert_rowid();
@@ -632,6 +776,12 @@ impl Queue {
     /// scheduling order. Jobs whose dependency ended without success are
     /// failed here, with the reason, since they can never run.
     pub fn runnable(&self, limit: usize) -> Result<Vec<Pending>> {
+        self.runnable_at(limit, now_ns())
+    }
+
+    /// [`Queue::runnable`] at `now` (ns): a job whose window opens later,
+    /// or whose schedule's previous run has not ended, is not runnable yet.
+    pub fn runnable_at(&self, limit: usize, now: i64) -> Result<Vec<Pending>> {
         let mut conn = self.conn()?;
         // Only jobs with a dependency that ended badly are touched: the scan
         // starts from those dependencies, not from the whole queue.
@@ -652,13 +802,17 @@ impl Queue {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql())?;
             for (job, dep) in &doomed {
-                tx.execute(
-                    "UPDATE jobs SET state = 'failed', finished_ns = ?3,
-                         reason = 'dependency ' || ?2 || ' did not succeed'
-                     WHERE id = ?1 AND state = 'queued'",
-                    params![job, dep, now_ns()],
-                )
-                .map_err(self.sql())?;
+                let failed = tx
+                    .execute(
+                        "UPDATE jobs SET state = 'failed', finished_ns = ?3,
+                             reason = 'dependency ' || ?2 || ' did not succeed'
+                         WHERE id = ?1 AND state = 'queued'",
+                        params![job, dep, now_ns()],
+                    )
+                    .map_err(self.sql())?;
+                if failed > 0 {
+                    self.notify_job_end(&tx, JobId(*job))?;
+                }
             }
             tx.commit().map_err(self.sql())?;
         }
@@ -668,11 +822,16 @@ impl Queue {
                  WHERE state = 'queued' AND NOT EXISTS (
                      SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
                      WHERE d.job_id = jobs.id AND j.state != 'succeeded')
+                   AND (not_before_ns IS NULL OR not_before_ns <= ?2)
+                   AND (after_first IS NULL OR NOT EXISTS (
+                     SELECT 1 FROM jobs p WHERE p.id >= jobs.after_first
+                       AND p.id < jobs.after_first + jobs.after_count
+                       AND p.state IN ('queued', 'assigned', 'running')))
                  ORDER BY priority DESC, id LIMIT ?1",
             )
             .map_err(self.sql())?;
         let rows = st
-            .query_map([limit as i64], |r| {
+            .query_map([limit as i64, now], |r| {
                 Ok(Pending {
                     id: JobId(r.get(0)?),
                     gpus: GpuRequest {
@@ -1065,6 +1224,7 @@ impl Queue {
             params![job.0, new_state.as_str(), reason, exit_code, now],
         )
         .map_err(self.sql())?;
+        self.notify_job_end(&tx, job)?;
         tx.commit().map_err(self.sql())?;
         tracing::info!(job = job.0, attempt = n, state = %new_state, "attempt finished");
         Ok(new_state)
@@ -1077,7 +1237,20 @@ impl Queue {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql())?;
-        let job = self.read_job(&tx, id)?;
+        let token = self.cancel_in(&tx, id, "cancelled by user")?;
+        tx.commit().map_err(self.sql())?;
+        Ok(token)
+    }
+
+    /// Cancel job `id` inside `tx` with `reason`; the token of its attempt
+    /// in flight, if any.
+    pub(crate) fn cancel_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: JobId,
+        reason: &str,
+    ) -> Result<Option<String>> {
+        let job = self.read_job(tx, id)?;
         if job.state.is_terminal() {
             return Err(QueueError::BadState {
                 job: id,
@@ -1101,12 +1274,62 @@ impl Queue {
         )
         .map_err(self.sql())?;
         tx.execute(
-            "UPDATE jobs SET state = 'cancelled', reason = 'cancelled by user', finished_ns = ?2 WHERE id = ?1",
-            params![id.0, now],
+            "UPDATE jobs SET state = 'cancelled', reason = ?3, finished_ns = ?2 WHERE id = ?1",
+            params![id.0, now, reason],
         )
         .map_err(self.sql())?;
-        tx.commit().map_err(self.sql())?;
+        self.notify_job_end(tx, id)?;
         Ok(token)
+    }
+
+    /// Cancel the queued jobs whose start window closed before `now` (ns)
+    /// without their getting GPUs, each with a reason saying so. Returns
+    /// them.
+    pub fn expire_windows(&self, now: i64) -> Result<Vec<JobId>> {
+        let mut conn = self.conn()?;
+        // The common case, nothing to expire, takes no write lock.
+        let any: bool = conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM jobs
+                 WHERE not_after_ns IS NOT NULL AND not_after_ns <= ?1 AND state = 'queued')",
+            )
+            .map_err(self.sql())?
+            .query_row([now], |r| r.get(0))
+            .map_err(self.sql())?;
+        if !any {
+            return Ok(Vec::new());
+        }
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let due: Vec<(i64, i64)> = {
+            let mut st = tx
+                .prepare(
+                    "SELECT id, not_after_ns FROM jobs
+                     WHERE not_after_ns IS NOT NULL AND not_after_ns <= ?1 AND state = 'queued'",
+                )
+                .map_err(self.sql())?;
+            let rows = st
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(self.sql())?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.sql())?;
+            rows
+        };
+        for (id, until) in &due {
+            let closed = jiff::Timestamp::from_nanosecond(i128::from(*until))
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| until.to_string());
+            tx.execute(
+                "UPDATE jobs SET state = 'cancelled', finished_ns = ?2,
+                     reason = 'its start window closed at ' || ?3 || ' before it could get GPUs'
+                 WHERE id = ?1 AND state = 'queued'",
+                params![id, now, closed],
+            )
+            .map_err(self.sql())?;
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok(due.into_iter().map(|(id, _)| JobId(id)).collect())
     }
 
     /// Put a failed, lost or cancelled job back in the queue with one more attempt.
@@ -1125,7 +1348,8 @@ impl Queue {
         }
         conn.execute(
             "UPDATE jobs SET state = 'queued', reason = 'retried', finished_ns = NULL,
-                 max_attempts = max(max_attempts, attempts + 1) WHERE id = ?1",
+                 max_attempts = max(max_attempts, attempts + 1),
+                 not_before_ns = NULL, not_after_ns = NULL WHERE id = ?1",
             [id.0],
         )
         .map_err(self.sql())?;
@@ -1193,6 +1417,7 @@ impl Queue {
                 ],
             )
             .map_err(self.sql())?;
+            self.notify_job_end(&tx, JobId(job))?;
             out.push((JobId(job), state));
         }
         tx.commit().map_err(self.sql())?;

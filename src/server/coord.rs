@@ -13,6 +13,7 @@ use crate::api::{AgentInfo, AgentOrders, AgentReport, Event, HeldGpu, Work};
 use crate::db::now_ns;
 use crate::queue::{Active, AttemptLogs, JobId, JobState, Placed, Queue, QueueError};
 use crate::sched::{self, HostView};
+use crate::schedule::{Effects, ScheduleError, Schedules};
 
 use super::Retention;
 
@@ -23,6 +24,8 @@ pub(crate) struct AgentEntry {
     pub report: AgentReport,
     pub last_seen: Instant,
     pub wake: Arc<Notify>,
+    /// `agent_lost` was recorded for its current silence.
+    pub lost_notified: bool,
 }
 
 /// An agent name held by a live agent of another identity.
@@ -54,6 +57,12 @@ pub(crate) struct Coord {
     pub lab: crate::config::LabConfig,
     /// GPU telemetry history and the metrics counters.
     pub tele: super::tele_state::TeleState,
+    /// Wakes the schedule evaluator (a schedule was added or resumed).
+    pub wake_schedules: Notify,
+    /// The home's dataset store, opened on first use (data schedules).
+    store: std::sync::OnceLock<crate::store::Store>,
+    /// Notification sinks, the outbox and its sender.
+    pub notify: Arc<crate::notify::Notifier>,
 }
 
 impl Coord {
@@ -64,6 +73,7 @@ impl Coord {
         retention: Retention,
         telemetry: crate::telemetry::Telemetry,
         lab: crate::config::LabConfig,
+        notify: Arc<crate::notify::Notifier>,
     ) -> Coord {
         Coord {
             tele: super::tele_state::TeleState::new(telemetry),
@@ -75,8 +85,81 @@ impl Coord {
             agents: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             wake_sched: Notify::new(),
+            wake_schedules: Notify::new(),
+            store: std::sync::OnceLock::new(),
             lab,
+            notify,
         }
+    }
+
+    /// The schedules kept in the queue's database.
+    pub fn schedules(&self) -> Schedules<'_> {
+        Schedules::new(&self.queue)
+    }
+
+    /// The home's dataset store; `None` (logged) while it cannot be opened.
+    pub fn store(&self) -> Option<&crate::store::Store> {
+        if let Some(s) = self.store.get() {
+            return Some(s);
+        }
+        match crate::store::Store::open(&self.home) {
+            Ok(s) => Some(self.store.get_or_init(|| s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the dataset store");
+                None
+            }
+        }
+    }
+
+    /// The zone of a schedule that names none: the lab's (`[usage]
+    /// timezone`), else the system's, else UTC.
+    pub fn default_zone(&self) -> String {
+        self.lab
+            .usage
+            .timezone
+            .clone()
+            .or_else(|| {
+                jiff::tz::TimeZone::try_system()
+                    .ok()
+                    .and_then(|z| z.iana_name().map(str::to_string))
+            })
+            .unwrap_or_else(|| "UTC".into())
+    }
+
+    /// Announce what a schedule evaluation or run did: job and schedule
+    /// events, a stop for the agents of replaced jobs, a scheduling pass.
+    pub fn announce(&self, fx: &Effects) {
+        for (id, agent) in &fx.cancelled {
+            if let Some(a) = agent {
+                self.wake_agent(a);
+            }
+            self.job_event(*id, JobState::Cancelled);
+        }
+        for id in &fx.submitted {
+            self.job_event(*id, JobState::Queued);
+        }
+        let mut names: Vec<&String> = fx.changed.iter().collect();
+        names.dedup();
+        for name in names {
+            self.emit(Event::Schedule { name: name.clone() });
+        }
+        if !fx.submitted.is_empty() || !fx.cancelled.is_empty() {
+            self.wake_sched.notify_one();
+        }
+    }
+
+    /// Evaluate the schedules at `now` and announce what fired; returns
+    /// when the next evaluation is due (`None`: no active schedule).
+    pub fn evaluate_schedules(
+        &self,
+        now: jiff::Timestamp,
+    ) -> Result<Option<jiff::Timestamp>, ScheduleError> {
+        let schedules = self.schedules();
+        let any_data = schedules.watches_data()?;
+        let store = if any_data { self.store() } else { None };
+        let fx = schedules.evaluate(store, now)?;
+        self.announce(&fx);
+        schedules.next_due(now)
     }
 
     pub fn lease_ns(&self) -> i64 {
@@ -89,7 +172,53 @@ impl Coord {
     }
 
     pub fn job_event(&self, id: JobId, state: JobState) {
+        if state.is_terminal() {
+            // The queue wrote its notification with the state change.
+            self.notify.wake();
+        }
         self.emit(Event::Job { id, state });
+    }
+
+    /// Record a notification event (blocking: SQLite); a failure is
+    /// logged, never the caller's failure.
+    pub fn notify(&self, kind: crate::notify::EventKind, event: &crate::notify::Event) {
+        if let Err(e) = self.notify.record(kind, event) {
+            tracing::error!(error = %e, kind = %kind, "cannot record a notification");
+        }
+    }
+
+    /// Record `agent_lost` for each agent silent for a lease, once per
+    /// silence.
+    fn notice_lost_agents(&self) {
+        let lost: Vec<(String, String, u64)> = {
+            let mut agents = self.agents();
+            agents
+                .iter_mut()
+                .filter(|(_, e)| !e.lost_notified && e.last_seen.elapsed() >= self.lease)
+                .map(|(name, e)| {
+                    e.lost_notified = true;
+                    (
+                        name.clone(),
+                        e.report.hostname.clone(),
+                        e.last_seen.elapsed().as_secs(),
+                    )
+                })
+                .collect()
+        };
+        for (name, host, silent) in lost {
+            tracing::warn!(agent = name, host, silent_s = silent, "agent lost");
+            self.notify(
+                crate::notify::EventKind::AgentLost,
+                &crate::notify::Event {
+                    agent: Some(name.clone()),
+                    detail: Some(format!(
+                        "The agent {name} (host {host}) has not reported for {silent} s; \
+                         its GPUs are not scheduled until it is back."
+                    )),
+                    ..Default::default()
+                },
+            );
+        }
     }
 
     pub fn agents(&self) -> std::sync::MutexGuard<'_, HashMap<String, AgentEntry>> {
@@ -136,10 +265,12 @@ impl Coord {
                 report: AgentReport::default(),
                 last_seen: Instant::now(),
                 wake: Arc::new(Notify::new()),
+                lost_notified: false,
             });
         let changed = e.report.gpus != report.gpus || e.report.cpu_slots != report.cpu_slots;
         e.report = report;
         e.last_seen = Instant::now();
+        e.lost_notified = false;
         let wake = e.wake.clone();
         drop(agents);
         if new {
@@ -254,13 +385,22 @@ impl Coord {
     /// blocked job that would fit once Trainyard's own attempts end.
     pub fn schedule(&self) -> Result<(), QueueError> {
         let t0 = Instant::now();
-        for (id, state) in self.queue.expire_leases(now_ns())? {
+        self.notice_lost_agents();
+        let now = now_ns();
+        for (id, state) in self.queue.expire_leases(now)? {
             tracing::warn!(job = id.0, %state, "attempt lease expired");
             self.job_event(id, state);
         }
+        for id in self.queue.expire_windows(now)? {
+            tracing::info!(
+                job = id.0,
+                "start window closed before the job got GPUs; cancelled"
+            );
+            self.job_event(id, JobState::Cancelled);
+        }
         let active = self.queue.active()?;
         let mut hosts = self.host_views(&active);
-        let jobs = self.queue.runnable(PASS_WINDOW)?;
+        let jobs = self.queue.runnable_at(PASS_WINDOW, now)?;
         let read_us = t0.elapsed().as_micros() as u64;
         let considered = jobs.len();
         let mut planned = Vec::new();
@@ -357,6 +497,10 @@ impl Coord {
             .keep_for
             .map(|d| now_ns().saturating_sub(d.as_nanos().min(i64::MAX as u128) as i64));
         let gone = self.queue.purge_finished(r.keep_jobs, before, 1000)?;
+        // Delivered and dead notifications are kept as long as finished jobs.
+        if let Err(e) = self.notify.outbox().purge(before.unwrap_or(i64::MIN)) {
+            tracing::warn!(error = %e, "cannot purge old notifications");
+        }
         for id in &gone {
             if let Err(e) = self.logs.remove_job(*id) {
                 tracing::warn!(job = id.0, error = %e, "cannot remove a purged job's logs");

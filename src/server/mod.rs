@@ -16,8 +16,10 @@ mod datasets;
 mod error;
 mod guard;
 mod links;
+mod notify;
 mod routes;
 mod runs;
+mod schedules;
 mod tele_state;
 mod telemetry;
 mod ui;
@@ -65,6 +67,9 @@ pub struct Config {
     pub token: Option<Secret>,
     /// How long finished jobs and their logs are kept, and how big a log grows.
     pub retention: Retention,
+    /// Notification delivery: retries, timeouts, the UI address in links,
+    /// the disk-space floor.
+    pub notify: crate::notify::send::Settings,
 }
 
 /// What the daemon keeps of finished jobs, applied at start and then every
@@ -136,6 +141,9 @@ pub enum ServerError {
     /// The lab config (`config.toml`) is unusable: the daemon does not start.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The notification outbox.
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
     /// The telemetry database.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
@@ -180,8 +188,15 @@ impl Server {
             .await
             .expect("opening the queue does not panic")?;
         let tele_path = home.telemetry_path();
+        let zone = lab
+            .zone()
+            .map_err(|source| crate::config::ConfigError::Invalid {
+                path: home.config_path(),
+                field: "usage.timezone",
+                source: Box::new(source),
+            })?;
         let telemetry = tokio::task::spawn_blocking(move || {
-            crate::telemetry::Telemetry::open(&tele_path, Default::default())
+            crate::telemetry::Telemetry::open(&tele_path, Default::default())?.with_day_zone(&zone)
         })
         .await
         .expect("opening the telemetry database does not panic")?;
@@ -192,6 +207,19 @@ impl Server {
                 source,
             })?;
         let addr = listener.local_addr().map_err(ServerError::Serve)?;
+        let notifier = {
+            let sinks = lab.notify_sinks(&home.config_path())?;
+            let queue_path = home.queue_path();
+            let disks = vec![("store", home.store_dir()), ("logs", home.logs_dir())];
+            let settings = config.notify.clone();
+            let url = format!("http://{addr}");
+            tokio::task::spawn_blocking(move || {
+                let outbox = crate::notify::Outbox::open(&queue_path)?;
+                crate::notify::Notifier::new(outbox, sinks, settings, &url, disks)
+            })
+            .await
+            .expect("opening the notification outbox does not panic")?
+        };
         let coord = Arc::new(coord::Coord::new(
             queue,
             home.clone(),
@@ -199,7 +227,11 @@ impl Server {
             config.retention,
             telemetry,
             lab,
+            Arc::new(notifier),
         ));
+        coord
+            .notify
+            .set_desktop(notify::desktop_out(coord.events.clone()));
         let guard = Arc::new(guard::Guard::new(token.clone(), addr, &config.allow_hosts));
         Ok(Server {
             _lock: lock,
@@ -267,9 +299,11 @@ impl Server {
         }
         tracing::info!(url = %info.url, "daemon listening");
         let sched = tokio::spawn(scheduler_loop(self.coord.clone()));
+        let schedules = tokio::spawn(schedule_loop(self.coord.clone()));
         let retention = tokio::spawn(retention_loop(self.coord.clone()));
         let compact = tokio::spawn(telemetry::compact_loop(self.coord.clone()));
         let stats = tokio::spawn(telemetry::stats_loop(self.coord.clone()));
+        let notify = tokio::spawn(self.coord.notify.clone().run());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = routes::router(self.coord.clone(), self.guard.clone());
         // The peer address: `/metrics` needs no token over loopback.
@@ -286,9 +320,11 @@ impl Server {
             } => Ok(()),
         };
         sched.abort();
+        schedules.abort();
         retention.abort();
         compact.abort();
         stats.abort();
+        notify.abort();
         // Only remove the file if it is still ours.
         if let Ok(text) = std::fs::read_to_string(&daemon_file) {
             if serde_json::from_str::<DaemonFile>(&text).is_ok_and(|d| d.pid == info.pid) {
@@ -379,6 +415,48 @@ async fn scheduler_loop(coord: Arc<coord::Coord>) {
     }
 }
 
+/// Evaluate the schedules now, then whenever the next one is due (at most
+/// a minute apart, so a changed clock is noticed) or one was added or
+/// resumed. The evaluation takes the time as an argument; only this loop
+/// reads the system clock.
+async fn schedule_loop(coord: Arc<coord::Coord>) {
+    const IDLE: Duration = Duration::from_secs(60);
+    loop {
+        let c = coord.clone();
+        let next =
+            match tokio::task::spawn_blocking(move || c.evaluate_schedules(jiff::Timestamp::now()))
+                .await
+            {
+                Ok(Ok(next)) => next,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "schedule evaluation failed");
+                    jiff::Timestamp::now()
+                        .checked_add(Duration::from_secs(1))
+                        .ok()
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "schedule evaluation panicked");
+                    jiff::Timestamp::now()
+                        .checked_add(Duration::from_secs(1))
+                        .ok()
+                }
+            };
+        let wait = next
+            .and_then(|t| {
+                let d = t.duration_since(jiff::Timestamp::now());
+                Duration::try_from(d).ok()
+            })
+            // A few ms past the fire time, so the occurrence is due.
+            .map(|d| (d + Duration::from_millis(5)).min(IDLE))
+            .unwrap_or(if next.is_some() {
+                Duration::from_millis(5)
+            } else {
+                IDLE
+            });
+        let _ = tokio::time::timeout(wait, coord.wake_schedules.notified()).await;
+    }
+}
+
 /// Apply retention now and then every `retention.every`.
 async fn retention_loop(coord: Arc<coord::Coord>) {
     let every = coord.retention.every.max(Duration::from_millis(100));
@@ -432,9 +510,11 @@ mod tests {
             doc["paths"].as_object().unwrap().keys().cloned().collect();
         documented.sort();
         let src = include_str!("routes.rs");
+        // `.route("/path", ...)`, also where rustfmt broke the call over lines.
         let mut routed: Vec<String> = src
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .split(".route(")
+            .skip(1)
+            .filter_map(|rest| rest.trim_start().strip_prefix('"'))
             .map(|l| format!("{}{}", crate::api::PREFIX, &l[..l.find('"').unwrap()]))
             .collect();
         routed.sort();

@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio_stream::wrappers::BroadcastStream;
@@ -20,6 +20,7 @@ use tokio_stream::{Stream, StreamExt};
 use super::coord::Coord;
 use super::error::{blocking, parse, valid_agent_name, ApiError, ApiResult};
 use super::guard::{self, Guard};
+use super::schedules as sch;
 use crate::api::{
     self, AgentReport, Event, FinishRequest, Health, JobDetail, PollRequest, SubmitRequest,
     SubmitResponse,
@@ -84,7 +85,20 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/runs/{id}/history", get(super::runs::history))
         .route("/runs/{id}/jobs", get(super::links::run_jobs))
         .route("/runs/{id}/sync", post(super::runs::sync_run))
+        .route("/runs/{id}/tags", post(super::runs::tag))
         .route("/usage", get(super::usage::usage))
+        .route("/schedules", get(sch::list).post(sch::add))
+        .route("/schedules/{name}", get(sch::show).delete(sch::remove))
+        .route("/schedules/{name}/pause", post(sch::pause))
+        .route("/schedules/{name}/resume", post(sch::resume))
+        .route("/schedules/{name}/run", post(sch::run))
+        .route(
+            "/notify/sinks",
+            get(super::notify::sinks).post(super::notify::add),
+        )
+        .route("/notify/sinks/{name}", delete(super::notify::remove))
+        .route("/notify/sinks/{name}/test", post(super::notify::test))
+        .route("/notify/log", get(super::notify::log))
         .fallback(not_found)
         .layer(middleware::from_fn(explain_body_limit))
         .layer(middleware::from_fn_with_state(
@@ -140,7 +154,9 @@ const FEATURES: &[&str] = &[
     "datasets",
     "remotes",
     "runs",
+    "schedules",
     "wandb_sync",
+    "notify",
     "usage",
     "telemetry",
 ];

@@ -21,7 +21,9 @@ impl From<IndexError> for ApiError {
     fn from(e: IndexError) -> ApiError {
         let (status, code) = match &e {
             IndexError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            IndexError::BadRoot { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            IndexError::BadRoot { .. } | IndexError::OwnTag { .. } => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
             _ => {
                 tracing::error!(error = %e, "run index error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
@@ -102,6 +104,21 @@ pub(crate) async fn show(
     ))
 }
 
+/// `POST /runs/{id}/tags`: add and remove tags of a run (an ignore tag
+/// takes it out of the usage report, retroactively).
+pub(crate) async fn tag(
+    State(c): State<Arc<Coord>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<crate::api::RunTagAnswer>> {
+    let req: crate::api::TagRequest = parse(&body)?;
+    for t in req.add.iter().chain(&req.remove) {
+        crate::queue::check_tag(t).map_err(crate::queue::QueueError::from)?;
+    }
+    let (run, tags) = blocking(&c, move |c| Ok(open(c)?.tag(&id, &req.add, &req.remove)?)).await?;
+    Ok(Json(crate::api::RunTagAnswer { run, tags }))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct SyncRequest {
@@ -140,6 +157,18 @@ pub(crate) async fn sync_run(
     let syncer = Syncer::new(server, ledger, opts, sync::Retry::default())?;
     let mut report = syncer.sync_dirs(&[dir], &NoProgress).await;
     let report = report.runs.remove(0);
+    if report.outcome == sync::SyncOutcome::Failed {
+        let event = crate::notify::Event {
+            run: Some(id.clone()),
+            detail: report.error.clone(),
+            ..Default::default()
+        };
+        let cc = c.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            cc.notify(crate::notify::EventKind::WandbSyncFailed, &event)
+        })
+        .await;
+    }
     c.emit(crate::api::Event::Run {
         id,
         sync: report.outcome,

@@ -17,6 +17,7 @@
 //! go, never what has not been rolled up. Replaying a step gives the same
 //! rows, so a crash between steps loses nothing and doubles nothing.
 
+mod days;
 pub mod metrics;
 mod query;
 
@@ -29,6 +30,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::db::{self, DbError};
 
+pub use days::{DayCover, DayRow};
 pub use query::{Resolution, Series, Stat, TelemetryPoint, TelemetryQuery, TelemetrySeries};
 
 /// A sample counts as idle when its utilization is below this, percent.
@@ -104,6 +106,25 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE marks (
         name TEXT PRIMARY KEY,
         ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+    // 2: daily totals per GPU and holder in the lab's zone (days.rs), and
+    // the settings they were built with.
+    "CREATE TABLE days (
+        day INTEGER NOT NULL,
+        gpu INTEGER NOT NULL,
+        job INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        day_end INTEGER NOT NULL,
+        cov INTEGER NOT NULL,
+        used INTEGER NOT NULL,
+        idle INTEGER NOT NULL,
+        energy INTEGER,
+        m_max INTEGER NOT NULL,
+        PRIMARY KEY (day, gpu, job, attempt)
+    ) WITHOUT ROWID;
+    CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
     ) WITHOUT ROWID;",
 ];
 
@@ -269,6 +290,8 @@ pub struct CompactReport {
     pub minute_rows: u64,
     /// 15-minute rows written.
     pub quarter_rows: u64,
+    /// Daily rows written.
+    pub day_rows: u64,
     /// Rows deleted by retention (all tables).
     pub deleted: u64,
     /// Transactions committed.
@@ -292,6 +315,8 @@ pub struct Telemetry {
     path: PathBuf,
     conn: Mutex<Connection>,
     retention: Retention,
+    /// The zone daily totals are kept in, if any ([`Telemetry::with_day_zone`]).
+    day_zone: Option<jiff::tz::TimeZone>,
 }
 
 fn floor(t: i64, step: i64) -> i64 {
@@ -311,6 +336,7 @@ impl Telemetry {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             retention,
+            day_zone: None,
         })
     }
 
@@ -498,11 +524,16 @@ impl Telemetry {
             );
             report.quarter_rows +=
                 self.replace_range(&tx, "m15", start, end, QUARTER_MS, Some(&src))?;
+            self.redo_days_from(&tx, start)?;
             set_mark(&tx, M15_DONE, done.max(end)).map_err(self.sql())?;
             self.advance_redo(&tx, M15_REDO, redo, end, done)?;
             tx.commit().map_err(self.sql())?;
             report.steps += 1;
         }
+        // Days, from quarters.
+        let (day_rows, day_steps) = self.compact_days()?;
+        report.day_rows += day_rows;
+        report.steps += day_steps;
         // Retention: never past what has been rolled up.
         let r = &self.retention;
         let mut conn = self.conn();
@@ -530,6 +561,13 @@ impl Telemetry {
             .execute(
                 &format!("DELETE FROM m15 WHERE {PER_GPU} AND t < ?1"),
                 [m15_before],
+            )
+            .map_err(self.sql())? as u64;
+        // A day goes with its last quarter.
+        report.deleted += tx
+            .execute(
+                "DELETE FROM days WHERE day < ?1 AND day_end <= ?1",
+                [m15_before * QUARTER_MS],
             )
             .map_err(self.sql())? as u64;
         tx.commit().map_err(self.sql())?;
@@ -613,6 +651,16 @@ impl Telemetry {
             .collect::<rusqlite::Result<_>>()
             .map_err(self.sql())?;
         Ok(rows)
+    }
+
+    /// Every GPU's model name by UUID, as its samples last named it.
+    pub fn models(&self) -> Result<HashMap<String, String>> {
+        let conn = self.conn();
+        Ok(self
+            .gpus(&conn)?
+            .into_iter()
+            .map(|(_, g)| (g.uuid, g.model))
+            .collect())
     }
 
     /// The watermarks: (everything before this is in `m1`, in `m15`), ms.

@@ -415,3 +415,107 @@ fn the_database_is_owner_only_and_a_newer_schema_is_refused() {
     };
     assert!(e.contains("newer"), "{e}");
 }
+
+#[test]
+fn daily_totals_follow_the_quarters_across_dst_late_samples_and_a_zone_change() {
+    use jiff::tz::TimeZone;
+    let berlin = TimeZone::get("Europe/Berlin").unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let t = open(&d).with_day_zone(&berlin).unwrap();
+    // 2026-03-28 00:00 UTC: Berlin springs forward the next night, so its
+    // 29 March is 23 hours long.
+    let start = T0 + 27 * DAY;
+    let sunday = start + 23 * HOUR; // 2026-03-29 00:00 +01:00
+    let monday = sunday + 23 * HOUR; // 2026-03-30 00:00 +02:00
+    let tuesday = monday + DAY;
+    let holders = [Holder {
+        uuid: "GPU-0".into(),
+        job: 5,
+        attempt: 1,
+        from_ms: start,
+        until_ms: None,
+    }];
+    // GPU 0's samples of 23:50 on Monday arrive late.
+    let late_minute = tuesday - 10 * MINUTE_MS;
+    let is_late =
+        |g: &GpuInfo, s: &Sample| g.index == 0 && s.t_ms / MINUTE_MS == late_minute / MINUTE_MS;
+    let end = tuesday + 30 * MINUTE_MS;
+    let mut late = Vec::new();
+    let mut h = start;
+    while h < end {
+        let (l, on_time): (Vec<_>, Vec<_>) = samples(h, h + HOUR, 30_000)
+            .into_iter()
+            .filter(|(_, s)| s.t_ms < end)
+            .partition(|(g, s)| is_late(g, s));
+        late.extend(l);
+        // The hour's first sample is an hour old by its end: ingest just
+        // before (raw samples are kept for an hour).
+        let now = (h + HOUR).min(end) - 1;
+        t.ingest(&on_time, &holders, now).unwrap();
+        t.compact(now + MINUTE_MS).unwrap();
+        h += HOUR;
+    }
+    let now = end + MINUTE_MS;
+    // Whole final days inside the range only: Sunday and Monday.
+    let cover = t.day_rows(&berlin, start, end).unwrap().unwrap();
+    assert_eq!((cover.from_ms, cover.to_ms), (sunday, tuesday));
+    let by_day = |c: &DayCover| -> Vec<(i64, i64, i64, i64)> {
+        c.rows
+            .iter()
+            .map(|r| {
+                assert_eq!((&*r.uuid, r.job, r.attempt), ("GPU-0", 5, 1));
+                (r.day_ms, r.end_ms, r.covered_ms, r.used_ms)
+            })
+            .collect()
+    };
+    // Monday lacks the late minute; GPU 0 is busy every other minute.
+    let late_used = i64::from(util(0, late_minute)) * MINUTE_MS / 100;
+    assert_eq!(
+        by_day(&cover),
+        [
+            (sunday, monday, 23 * HOUR, 23 * HOUR / 2),
+            (monday, tuesday, DAY - MINUTE_MS, DAY / 2 - late_used),
+        ]
+    );
+    // The same sums as the quarters of each day.
+    let conn = t.conn();
+    let quarters = |a: i64, b: i64| -> (i64, i64) {
+        conn.query_row(
+            "SELECT sum(cov), sum(used) FROM m15 WHERE job = 5 AND t >= ?1 AND t < ?2",
+            [a / QUARTER_MS, b / QUARTER_MS],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    assert_eq!(quarters(sunday, monday), (23 * HOUR, 23 * HOUR / 2));
+    drop(conn);
+    // The late minute makes Monday's quarter, then Monday, roll up again.
+    assert_eq!(t.ingest(&late, &holders, now).unwrap().stored, 2);
+    t.compact(now + MINUTE_MS).unwrap();
+    let cover = t.day_rows(&berlin, start, end).unwrap().unwrap();
+    assert_eq!(by_day(&cover)[1], (monday, tuesday, DAY, DAY / 2));
+    // Another zone than the table's: no answer, the caller reads quarters.
+    let seoul = TimeZone::get("Asia/Seoul").unwrap();
+    assert_eq!(t.day_rows(&seoul, start, end).unwrap(), None);
+    // Opening with another zone rebuilds the days in it.
+    drop(t);
+    let t = open(&d).with_day_zone(&seoul).unwrap();
+    assert!(t
+        .day_rows(&seoul, start, end)
+        .unwrap()
+        .unwrap()
+        .rows
+        .is_empty());
+    t.compact(now + MINUTE_MS).unwrap();
+    let cover = t.day_rows(&seoul, start, end).unwrap().unwrap();
+    // Seoul's days start at 15:00 UTC.
+    let first = start + 15 * HOUR;
+    assert_eq!((cover.from_ms, cover.to_ms), (first, first + 2 * DAY));
+    assert!(by_day(&cover).iter().all(|r| r.2 == DAY && r.3 == DAY / 2));
+    // A range of less than a day has no whole day in it.
+    let c = t
+        .day_rows(&seoul, first + HOUR, first + 5 * HOUR)
+        .unwrap()
+        .unwrap();
+    assert!(c.from_ms >= c.to_ms && c.rows.is_empty());
+}

@@ -22,7 +22,10 @@
 pub mod reconcile;
 mod when;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
@@ -189,31 +192,68 @@ impl Usage {
     }
 }
 
-/// The calendar days of `tz` that `[from, to)` touches, each with the part of
-/// the span that falls in it (ms since the epoch, half open).
-fn days(tz: &TimeZone, from: i64, to: i64) -> Result<Vec<(Date, i64, i64)>, UsageError> {
-    let range = |e: jiff::Error| UsageError::Range(e.to_string());
-    let mut out = Vec::new();
-    let mut t = from;
-    while t < to {
+/// A time zone's calendar days, remembered as they are computed: a report
+/// over a year asks for the same few hundred days tens of thousands of
+/// times, and converting an instant to a zoned date is the expensive part.
+/// Not `Sync` (a report is computed on one thread).
+pub struct Calendar {
+    tz: TimeZone,
+    /// Day start (ms) → the date and its end (the next day's start).
+    known: RefCell<BTreeMap<i64, (Date, i64)>>,
+}
+
+impl Calendar {
+    /// The days of `tz`.
+    pub fn new(tz: TimeZone) -> Calendar {
+        Calendar {
+            tz,
+            known: RefCell::new(BTreeMap::new()),
+        }
+    }
+
+    /// The zone.
+    pub fn tz(&self) -> &TimeZone {
+        &self.tz
+    }
+
+    /// The day holding `t`: its date, start and end (ms).
+    fn day_of(&self, t: i64) -> Result<(Date, i64, i64), UsageError> {
+        if let Some((&start, &(date, end))) = self.known.borrow().range(..=t).next_back() {
+            if t < end {
+                return Ok((date, start, end));
+            }
+        }
+        let range = |e: jiff::Error| UsageError::Range(e.to_string());
         let date = Timestamp::from_millisecond(t)
             .map_err(range)?
-            .to_zoned(tz.clone())
+            .to_zoned(self.tz.clone())
             .date();
-        // The next day's first instant (midnight, or the first instant
-        // after a DST gap that swallows midnight).
-        let next = date
-            .tomorrow()
-            .map_err(range)?
-            .to_zoned(tz.clone())
-            .map_err(range)?
-            .timestamp()
-            .as_millisecond();
-        let end = next.min(to);
-        out.push((date, t, end));
-        t = end;
+        // A day's first instant: midnight, or the first instant after a DST
+        // gap that swallows midnight.
+        let first = |d: Date| -> Result<i64, UsageError> {
+            Ok(d.to_zoned(self.tz.clone())
+                .map_err(range)?
+                .timestamp()
+                .as_millisecond())
+        };
+        let (start, end) = (first(date)?, first(date.tomorrow().map_err(range)?)?);
+        self.known.borrow_mut().insert(start, (date, end));
+        Ok((date, start, end))
     }
-    Ok(out)
+
+    /// The calendar days that `[from, to)` touches, each with the part of
+    /// the span that falls in it (ms since the epoch, half open).
+    fn days(&self, from: i64, to: i64) -> Result<Vec<(Date, i64, i64)>, UsageError> {
+        let mut out = Vec::new();
+        let mut t = from;
+        while t < to {
+            let (date, _, next) = self.day_of(t)?;
+            let end = next.min(to);
+            out.push((date, t, end));
+            t = end;
+        }
+        Ok(out)
+    }
 }
 
 /// Per-day spans of a day's tz.
@@ -225,14 +265,14 @@ type DaySpans = Vec<(Date, i64, i64)>;
 fn allocated(
     h: &Holding,
     window: (i64, i64),
-    tz: &TimeZone,
+    cal: &Calendar,
 ) -> Result<Option<(BTreeMap<Date, Usage>, DaySpans, i64, i64)>, UsageError> {
     let start = h.start_ms.max(window.0);
     let end = h.end_ms.min(window.1);
     if start >= end {
         return Ok(None);
     }
-    let day_spans = days(tz, start, end)?;
+    let day_spans = cal.days(start, end)?;
     let mut out: BTreeMap<Date, Usage> = BTreeMap::new();
     for (d, a, b) in &day_spans {
         out.entry(*d).or_default().allocated_ms += b - a;
@@ -268,9 +308,9 @@ pub fn account_measured(
     h: &Holding,
     measured: &[Measured],
     window: (i64, i64),
-    tz: &TimeZone,
+    cal: &Calendar,
 ) -> Result<BTreeMap<Date, Usage>, UsageError> {
-    let Some((mut out, _, _, _)) = allocated(h, window, tz)? else {
+    let Some((mut out, _, _, _)) = allocated(h, window, cal)? else {
         return Ok(BTreeMap::new());
     };
     // The store integrated each interval for this holder only: clip to the
@@ -282,7 +322,7 @@ pub fn account_measured(
         if p >= q {
             continue;
         }
-        for (d, x, y) in days(tz, p, q)? {
+        for (d, x, y) in cal.days(p, q)? {
             let f = (y - x) as f64 / len;
             let u = out.entry(d).or_default();
             u.used_ms += m.used_ms * f;
@@ -302,10 +342,10 @@ pub fn account(
     h: &Holding,
     samples: &[Sample],
     window: (i64, i64),
-    tz: &TimeZone,
+    cal: &Calendar,
     policy: &Policy,
 ) -> Result<BTreeMap<Date, Usage>, UsageError> {
-    let Some((mut out, day_spans, start, end)) = allocated(h, window, tz)? else {
+    let Some((mut out, day_spans, start, end)) = allocated(h, window, cal)? else {
         return Ok(BTreeMap::new());
     };
     // Samples that speak for some of [start, end).
@@ -504,8 +544,8 @@ pub struct Report {
 #[derive(Default)]
 struct Acc {
     usage: Usage,
-    jobs: BTreeSet<u64>,
-    runs: BTreeSet<String>,
+    jobs: FxHashSet<u64>,
+    runs: FxHashSet<String>,
 }
 
 impl Acc {
@@ -516,7 +556,9 @@ impl Acc {
                 self.jobs.insert(*job);
             }
             Holder::Run { run } => {
-                self.runs.insert(run.clone());
+                if !self.runs.contains(run) {
+                    self.runs.insert(run.clone());
+                }
             }
         }
     }
@@ -565,11 +607,19 @@ fn keys(h: &Holding, by: &[Dim], teams: &Teams) -> Vec<Vec<String>> {
     out
 }
 
-fn period_label(p: Period, d: Date) -> Option<String> {
+/// The first day of the period `d` is in (`None`: the whole range).
+fn period_of(p: Period, d: Date) -> Option<Date> {
     match p {
         Period::Total => None,
-        Period::Daily => Some(d.to_string()),
-        Period::Monthly => Some(format!("{:04}-{:02}", d.year(), d.month())),
+        Period::Daily => Some(d),
+        Period::Monthly => Some(d.first_of_month()),
+    }
+}
+
+fn period_label(p: Period, d: Date) -> String {
+    match p {
+        Period::Monthly => format!("{:04}-{:02}", d.year(), d.month()),
+        _ => d.to_string(),
     }
 }
 
@@ -580,7 +630,14 @@ pub fn report<'a>(
     teams: &Teams,
     accounted: impl IntoIterator<Item = (&'a Holding, BTreeMap<Date, Usage>)>,
 ) -> Report {
-    let mut rows: HashMap<(Option<String>, Vec<String>), Acc> = HashMap::new();
+    // Keys are interned, and computed once per distinct set of a holding's
+    // attributes: a year's report folds a hundred thousand holding-days
+    // into a few thousand rows.
+    type Attrs<'h> = (&'h str, &'h str, &'h str, &'h str, &'h [String]);
+    let mut by_attrs: FxHashMap<Attrs<'a>, Vec<usize>> = FxHashMap::default();
+    let mut ids: FxHashMap<Vec<String>, usize> = FxHashMap::default();
+    let mut names: Vec<Vec<String>> = Vec::new();
+    let mut rows: FxHashMap<(Option<Date>, usize), Acc> = FxHashMap::default();
     let mut total = Acc::default();
     for (h, by_day) in accounted {
         if q.ignore_tag
@@ -589,20 +646,40 @@ pub fn report<'a>(
         {
             continue;
         }
-        let ks = keys(h, &q.by, teams);
+        let attrs = (
+            h.user.as_str(),
+            h.project.as_str(),
+            h.host.as_str(),
+            h.model.as_str(),
+            h.tags.as_slice(),
+        );
+        let ks = by_attrs.entry(attrs).or_insert_with(|| {
+            keys(h, &q.by, teams)
+                .into_iter()
+                .map(|k| {
+                    *ids.entry(k).or_insert_with_key(|k| {
+                        names.push(k.clone());
+                        names.len() - 1
+                    })
+                })
+                .collect()
+        });
         for (d, u) in &by_day {
             total.add(h, u);
-            let p = period_label(q.period, *d);
-            for k in &ks {
-                rows.entry((p.clone(), k.clone())).or_default().add(h, u);
+            let p = period_of(q.period, *d);
+            for k in ks.iter() {
+                rows.entry((p, *k)).or_default().add(h, u);
             }
         }
     }
-    let mut rows: Vec<Row> = rows.into_iter().map(|((p, k), a)| a.row(p, k)).collect();
-    rows.sort_by(|a, b| (&a.period, &a.key).cmp(&(&b.period, &b.key)));
+    let mut rows: Vec<((Option<Date>, usize), Acc)> = rows.into_iter().collect();
+    rows.sort_by(|((pa, ka), _), ((pb, kb), _)| (pa, &names[*ka]).cmp(&(pb, &names[*kb])));
     Report {
         by: q.by.clone(),
-        rows,
+        rows: rows
+            .into_iter()
+            .map(|((p, k), a)| a.row(p.map(|d| period_label(q.period, d)), names[k].clone()))
+            .collect(),
         total: total.row(None, vec!["total".to_string()]),
     }
 }

@@ -110,6 +110,15 @@ pub fn reconcile<T: Clone>(
     runs: Vec<(Holding, T)>,
     host_of_agent: &dyn Fn(&str) -> Option<String>,
 ) -> Reconciled<T> {
+    // Without runs there is nothing to link, trim or flag (the scheduler
+    // never gives one GPU to two attempts at once).
+    if runs.is_empty() {
+        return Reconciled {
+            runs_to_count: Vec::new(),
+            links: Vec::new(),
+            conflicts: Vec::new(),
+        };
+    }
     let job_host = |h: &Holding| host_of_agent(&h.host).unwrap_or_else(|| h.host.clone());
     let jobs: Vec<(&Holding, String, (String, String))> = jobs
         .iter()

@@ -47,7 +47,14 @@ fn a_holding_across_midnight_is_split_at_the_labs_midnight() {
     let (a, b) = (ts("2026-11-30T14:00:00Z"), ts("2026-11-30T16:30:00Z"));
     let h = holding(1, "ana", "p", &[], a, b);
     let samples = trace(a, b, 50.0, 200.0);
-    let by_day = account(&h, &samples, ALL, &seoul(), &Policy::default()).unwrap();
+    let by_day = account(
+        &h,
+        &samples,
+        ALL,
+        &Calendar::new(seoul()),
+        &Policy::default(),
+    )
+    .unwrap();
     let d30: Date = "2026-11-30".parse().unwrap();
     let d01: Date = "2026-12-01".parse().unwrap();
     assert_eq!(by_day.keys().copied().collect::<Vec<_>>(), vec![d30, d01]);
@@ -59,7 +66,14 @@ fn a_holding_across_midnight_is_split_at_the_labs_midnight() {
     // 200 W for an hour is 200 Wh = 720,000,000 mJ.
     assert_eq!(by_day[&d30].energy_mj, 200.0 * H as f64);
     // In UTC the same holding is one day.
-    let utc = account(&h, &samples, ALL, &TimeZone::UTC, &Policy::default()).unwrap();
+    let utc = account(
+        &h,
+        &samples,
+        ALL,
+        &Calendar::new(TimeZone::UTC.clone()),
+        &Policy::default(),
+    )
+    .unwrap();
     assert_eq!(utc.len(), 1);
     assert_eq!(utc.values().next().unwrap().allocated_ms, 5 * H / 2);
 }
@@ -69,7 +83,14 @@ fn a_day_with_a_dst_change_has_23_or_25_hours() {
     let berlin = parse_zone("Europe/Berlin").unwrap();
     let spring = (ts("2026-03-28T23:00:00Z"), ts("2026-03-29T22:00:00Z"));
     let h = holding(1, "ana", "p", &[], spring.0 - H, spring.1 + H);
-    let by_day = account(&h, &[], ALL, &berlin, &Policy::default()).unwrap();
+    let by_day = account(
+        &h,
+        &[],
+        ALL,
+        &Calendar::new(berlin.clone()),
+        &Policy::default(),
+    )
+    .unwrap();
     let d: Date = "2026-03-29".parse().unwrap();
     assert_eq!(by_day[&d].allocated_ms, 23 * H);
     let h = holding(
@@ -80,7 +101,14 @@ fn a_day_with_a_dst_change_has_23_or_25_hours() {
         ts("2026-10-24T22:00:00Z"),
         ts("2026-10-25T23:00:00Z"),
     );
-    let by_day = account(&h, &[], ALL, &berlin, &Policy::default()).unwrap();
+    let by_day = account(
+        &h,
+        &[],
+        ALL,
+        &Calendar::new(berlin.clone()),
+        &Policy::default(),
+    )
+    .unwrap();
     let d: Date = "2026-10-25".parse().unwrap();
     assert_eq!(by_day[&d].allocated_ms, 25 * H);
     // No samples: allocated, neither used nor idle.
@@ -95,7 +123,14 @@ fn idle_used_and_unknown_time_follow_the_trace() {
     // 0-40 s busy at 90 %, 40-70 s idle at 2 %, then the agent went quiet.
     let mut s = trace(a, a + 40 * S, 90.0, 300.0);
     s.extend(trace(a + 40 * S, a + 70 * S, 2.0, 60.0));
-    let u = account(&h, &s, ALL, &TimeZone::UTC, &Policy::default()).unwrap();
+    let u = account(
+        &h,
+        &s,
+        ALL,
+        &Calendar::new(TimeZone::UTC.clone()),
+        &Policy::default(),
+    )
+    .unwrap();
     let u = u.values().next().unwrap();
     assert_eq!(u.allocated_ms, 100 * S);
     // The last sample (68 s) speaks for 10 s at most: to 78 s.
@@ -110,7 +145,14 @@ fn a_sample_before_the_holding_speaks_for_its_start_and_the_window_clips() {
     let s = trace(a - 10 * S, a + 60 * S, 100.0, 100.0);
     // The holding starts 1 s after a sample: that sample covers 1 s of it.
     let h = holding(1, "ana", "p", &[], a + S, a + 11 * S);
-    let u = account(&h, &s, ALL, &TimeZone::UTC, &Policy::default()).unwrap();
+    let u = account(
+        &h,
+        &s,
+        ALL,
+        &Calendar::new(TimeZone::UTC.clone()),
+        &Policy::default(),
+    )
+    .unwrap();
     let u = u.values().next().unwrap();
     assert_eq!(u.allocated_ms, 10 * S);
     assert_eq!(u.used_ms, (10 * S) as f64);
@@ -119,7 +161,7 @@ fn a_sample_before_the_holding_speaks_for_its_start_and_the_window_clips() {
         &h,
         &s,
         (a + 5 * S, a + 8 * S),
-        &TimeZone::UTC,
+        &Calendar::new(TimeZone::UTC),
         &Policy::default(),
     )
     .unwrap();
@@ -131,7 +173,7 @@ fn a_sample_before_the_holding_speaks_for_its_start_and_the_window_clips() {
         &h,
         &s,
         (a + 20 * S, a + 30 * S),
-        &TimeZone::UTC,
+        &Calendar::new(TimeZone::UTC),
         &Policy::default()
     )
     .unwrap()
@@ -152,7 +194,14 @@ fn energy_comes_from_the_counter_when_both_ends_have_it() {
         })
         .collect();
     let h = holding(1, "ana", "p", &[], a, a + 8 * S);
-    let u = account(&h, &s, ALL, &TimeZone::UTC, &Policy::default()).unwrap();
+    let u = account(
+        &h,
+        &s,
+        ALL,
+        &Calendar::new(TimeZone::UTC.clone()),
+        &Policy::default(),
+    )
+    .unwrap();
     let u = u.values().next().unwrap();
     assert_eq!(u.energy_mj, 4.0 * 500_000.0);
     assert_eq!(u.peak_mem_mib, 30);
@@ -181,9 +230,19 @@ fn reports_group_by_dimensions_periods_and_teams() {
     let teams: Teams =
         toml::from_str("[vision]\nprojects = [\"detr\"]\n[nlp]\nusers = [\"ana\"]\n").unwrap();
     let q = query(&[Dim::Team, Dim::User], Period::Total);
-    let acc = hs
-        .iter()
-        .map(|h| (h, account(h, &[], ALL, &q.tz, &Policy::default()).unwrap()));
+    let acc = hs.iter().map(|h| {
+        (
+            h,
+            account(
+                h,
+                &[],
+                ALL,
+                &Calendar::new(q.tz.clone()),
+                &Policy::default(),
+            )
+            .unwrap(),
+        )
+    });
     let r = report(&q, &teams, acc);
     let rows: Vec<(Vec<String>, i64, u64)> = r
         .rows
@@ -203,9 +262,19 @@ fn reports_group_by_dimensions_periods_and_teams() {
 
     // Daily and monthly periods are the lab's days.
     let q = query(&[], Period::Daily);
-    let acc = hs
-        .iter()
-        .map(|h| (h, account(h, &[], ALL, &q.tz, &Policy::default()).unwrap()));
+    let acc = hs.iter().map(|h| {
+        (
+            h,
+            account(
+                h,
+                &[],
+                ALL,
+                &Calendar::new(q.tz.clone()),
+                &Policy::default(),
+            )
+            .unwrap(),
+        )
+    });
     let r = report(&q, &teams, acc);
     let days: Vec<(Option<String>, i64)> = r
         .rows
@@ -220,9 +289,19 @@ fn reports_group_by_dimensions_periods_and_teams() {
         ]
     );
     let q = query(&[Dim::Tag], Period::Monthly);
-    let acc = hs
-        .iter()
-        .map(|h| (h, account(h, &[], ALL, &q.tz, &Policy::default()).unwrap()));
+    let acc = hs.iter().map(|h| {
+        (
+            h,
+            account(
+                h,
+                &[],
+                ALL,
+                &Calendar::new(q.tz.clone()),
+                &Policy::default(),
+            )
+            .unwrap(),
+        )
+    });
     let r = report(&q, &teams, acc);
     let tags: Vec<(Option<String>, String, i64)> = r
         .rows

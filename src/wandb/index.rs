@@ -58,6 +58,14 @@ pub enum IndexError {
     /// No indexed run has this id or directory.
     #[error("no run {0:?} in the index; `trainyard runs ls` lists runs, `trainyard runs scan DIR` adds them")]
     NotFound(String),
+    /// A tag to remove that the run's own files carry.
+    #[error("run {run}: the tag {tag:?} is the run's own (from wandb); only tags added with `trainyard tag` can be removed")]
+    OwnTag {
+        /// The run.
+        run: String,
+        /// The tag.
+        tag: String,
+    },
     /// The stored reader checkpoint of a run is unreadable (written by a
     /// different version); the run is read again from the start.
     #[error("run index entry for {dir} is damaged: {reason}")]
@@ -71,7 +79,8 @@ pub enum IndexError {
 
 type Result<T, E = IndexError> = std::result::Result<T, E>;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE runs (
         rid INTEGER PRIMARY KEY,
         dir TEXT NOT NULL UNIQUE,
         wandb_file TEXT NOT NULL,
@@ -132,7 +141,15 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE runs (
         ts REAL,
         text TEXT NOT NULL,
         PRIMARY KEY (rid, seq)
-    ) WITHOUT ROWID;"];
+    ) WITHOUT ROWID;",
+    // 2: tags added here (`trainyard tag RUN TAG`), by run id so they
+    // outlive a re-index of the run's files, which rewrites `runs.tags`.
+    "CREATE TABLE local_tags (
+        run_id TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        PRIMARY KEY (run_id, tag)
+    ) WITHOUT ROWID;",
+];
 
 /// How a scan treats what it finds.
 #[derive(Debug, Clone, Copy)]
@@ -1029,7 +1046,7 @@ impl RunIndex {
             "SELECT {SUMMARY_COLS} FROM runs
              WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR state = ?2)
                AND NOT EXISTS (SELECT 1 FROM json_each(?3) w
-                               WHERE w.value NOT IN (SELECT value FROM json_each(runs.tags)))
+                               WHERE w.value NOT IN (SELECT value FROM json_each({TAGS})))
                AND (?4 IS NULL OR start_time >= ?4) AND (?5 IS NULL OR start_time < ?5)
                AND (?6 IS NULL OR {HOST} = ?6)
              ORDER BY start_time DESC, rid DESC"
@@ -1087,6 +1104,52 @@ impl RunIndex {
             system_keys,
             console_lines: console_lines as u64,
         })
+    }
+
+    /// Add and remove tags of a run (by id or directory), kept beside the
+    /// run's own: a re-index keeps them. Only tags added here can be
+    /// removed; the run's own come from its files. Returns the run's id and
+    /// its tags now.
+    pub fn tag(
+        &self,
+        key: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<(String, Vec<String>)> {
+        let rid = self.resolve(key)?;
+        let mut conn = self.conn();
+        let tx = self.db(conn.transaction())?;
+        let (run_id, own): (String, String) = self.db(tx.query_row(
+            "SELECT run_id, tags FROM runs WHERE rid = ?1",
+            [rid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        ))?;
+        let own: Vec<String> = serde_json::from_str(&own).unwrap_or_default();
+        if let Some(t) = remove.iter().find(|t| own.contains(t)) {
+            return Err(IndexError::OwnTag {
+                run: run_id,
+                tag: t.clone(),
+            });
+        }
+        for t in add {
+            self.db(tx.execute(
+                "INSERT OR IGNORE INTO local_tags (run_id, tag) VALUES (?1, ?2)",
+                params![run_id, t],
+            ))?;
+        }
+        for t in remove {
+            self.db(tx.execute(
+                "DELETE FROM local_tags WHERE run_id = ?1 AND tag = ?2",
+                params![run_id, t],
+            ))?;
+        }
+        let tags: String = self.db(tx.query_row(
+            &format!("SELECT {TAGS} FROM runs WHERE rid = ?1"),
+            [rid],
+            |r| r.get(0),
+        ))?;
+        self.db(tx.commit())?;
+        Ok((run_id, serde_json::from_str(&tags).unwrap_or_default()))
     }
 
     /// Columns of a run's history (or, for `system.`-prefixed keys, system
@@ -1201,9 +1264,24 @@ impl RunIndex {
     }
 }
 
+/// A run's tags: the run's own (wandb's, in order), then those added here
+/// (a macro, for `concat!`).
+macro_rules! tags_sql {
+    () => {
+        "CASE WHEN EXISTS (SELECT 1 FROM local_tags l WHERE l.run_id = runs.run_id) \
+         THEN (SELECT json_group_array(v) FROM ( \
+             SELECT value AS v FROM json_each(runs.tags) \
+             UNION ALL SELECT tag FROM local_tags l WHERE l.run_id = runs.run_id \
+                 AND l.tag NOT IN (SELECT value FROM json_each(runs.tags)))) \
+         ELSE runs.tags END"
+    };
+}
+const TAGS: &str = tags_sql!();
+
 const SUMMARY_COLS: &str = concat!(
-    "rid, run_id, dir, entity, project, name, state, exit_code, start_time, \
-     runtime, tags, summary, history_rows, system_rows, ",
+    "rid, run_id, dir, entity, project, name, state, exit_code, start_time, runtime, ",
+    tags_sql!(),
+    ", summary, history_rows, system_rows, ",
     "COALESCE(NULLIF(json_extract(meta, '$.host'), ''), json_extract(meta, '$.environment.host')), ",
     "json_extract(meta, '$.environment.gpu_type'), json_extract(meta, '$.environment.gpu_count')"
 );

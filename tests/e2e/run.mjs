@@ -212,6 +212,31 @@ async function runTests() {
     if (!v1.includes('nas')) throw new Error(`v1 row does not show the remote: ${v1}`);
   });
 
+  await test('4b', 'Schedules: next fire time, run now, last outcome, pause and resume', async () => {
+    await d.api('POST', '/schedules', { name: 'e2e-nightly', cron: '0 3 * * *', tz: 'Asia/Seoul', job: { command: ['true'] } });
+    await page.goto(`${ui.url}/#/schedules`);
+    const row = page.locator('tr[data-schedule="e2e-nightly"]');
+    await row.waitFor();
+    const next = await row.locator('td.next time').getAttribute('title');
+    if (!next.includes('T03:00:00+09:00')) throw new Error(`next fire time: ${next}`);
+    const last = row.locator('td.last');
+    if (!(await last.textContent()).includes('never fired')) throw new Error(`last outcome: ${await last.textContent()}`);
+    await row.getByRole('button', { name: 'Run now' }).click();
+    await page.locator('.form-notice .alert-ok a').first().waitFor();
+    await until('the last outcome to show its job succeeded', async () => (await last.textContent()).includes('succeeded'), 20_000);
+    await row.getByRole('button', { name: 'Pause' }).click();
+    await until('the row to say paused', async () => (await row.locator('td.next').textContent()).includes('paused'));
+    await row.getByRole('button', { name: 'Resume' }).click();
+    await until('a next fire time again', async () => (await row.locator('td.next time').count()) === 1);
+    if (await row.locator('td.missed').textContent() !== '0') throw new Error('missed occurrences shown');
+    await row.getByRole('link', { name: 'e2e-nightly' }).click();
+    await page.waitForURL('**/#/schedules/e2e-nightly');
+    await until('5 next fire times', async () => (await page.locator('.next-times li').count()) === 5);
+    const runs = page.locator('section[aria-label="Last runs"] tbody tr');
+    await until('one run listed', async () => (await runs.count()) === 1);
+    await page.locator('section[aria-label="Missed occurrences"]').getByText('No missed occurrences yet.').waitFor();
+  });
+
   await test(5, 'Runs: scan the fixtures, list them, chart a run\'s history', async () => {
     await page.goto(`${ui.url}/#/runs`);
     await page.locator('table.runs, .state-empty, .state-error').first().waitFor();

@@ -199,6 +199,30 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
             401,
         ),
         (
+            "cross-site form adding a notification sink (posts events elsewhere)",
+            format!("POST /api/v1/notify/sinks HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
+            r#"{"name":"evil","kind":"webhook","url":"http://evil.example/x"}"#.to_string(),
+            403,
+        ),
+        (
+            "adding a notification sink without the token",
+            format!("POST /api/v1/notify/sinks HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
+            r#"{"name":"evil","kind":"webhook","url":"http://evil.example/x"}"#.to_string(),
+            401,
+        ),
+        (
+            "DNS rebinding: list the notification sinks",
+            format!("GET /api/v1/notify/sinks HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {token}", port(&addr)),
+            String::new(),
+            421,
+        ),
+        (
+            "removing a notification sink as a simple request",
+            format!("DELETE /api/v1/notify/sinks/x HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain"),
+            String::new(),
+            415,
+        ),
+        (
             "the event stream without the token",
             format!("GET /api/v1/events HTTP/1.1\r\nHost: {addr}"),
             String::new(),
@@ -244,6 +268,11 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
         .unwrap()
         .is_empty());
     assert!(!marker.exists());
+    assert_eq!(
+        get_json(&url, "/api/v1/notify/sinks", None),
+        serde_json::json!([]),
+        "no notification sink was added"
+    );
 
     // What is allowed still works: health without a token, the UI's own
     // origin, loopback names, the CLI with the home's token.

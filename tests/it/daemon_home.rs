@@ -299,6 +299,7 @@ fn the_daemon_runs_in_process_and_stops_in_order() {
             allow_hosts: Vec::new(),
             token: None,
             retention: Default::default(),
+            notify: Default::default(),
         },
         agent: agent.then(|| trainyard::agent::Setup {
             name: Some("inproc".into()),

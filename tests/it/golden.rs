@@ -169,6 +169,7 @@ fn queue_reads_back(name: &str, version: u32, secret: bool) {
                 max_log_bytes: None,
                 every: Duration::from_secs(3600),
             },
+            notify: Default::default(),
         },
         agent: None,
         metrics_bind: None,
@@ -254,10 +255,39 @@ fn queue_reads_back(name: &str, version: u32, secret: bool) {
         } else {
             assert!(c.job(JobId(9)).await.is_err());
         }
+        // Schedules (schema 7): the fixture's one, fired once by hand.
+        let schedules = c.schedules().await.unwrap();
+        if version >= 7 {
+            assert_eq!(schedules.len(), 1, "{schedules:?}");
+            let s = &schedules[0];
+            assert_eq!(s.name, "golden-nightly");
+            assert_eq!(s.cron.as_deref(), Some("0 3 * * *"));
+            assert_eq!(s.tz, "Asia/Seoul");
+            assert_eq!(s.window.as_deref(), Some("00:00-23:59"));
+            assert_eq!(s.job.secret_env["HF_TOKEN"], "<secret>");
+            let last = s.last.as_ref().unwrap();
+            assert_eq!(last.jobs, [JobId(10)]);
+            assert_eq!(last.state, Some(JobState::Succeeded));
+            assert_eq!(
+                job(10).await.job.spec.env["TRAINYARD_SCHEDULE"],
+                "golden-nightly"
+            );
+        } else {
+            assert!(schedules.is_empty(), "{schedules:?}");
+        }
         d.stop().await.unwrap();
     });
-    assert_eq!(user_version(&db), 6, "migrated to the current schema");
+    assert_eq!(
+        user_version(&db) as usize,
+        trainyard::queue::SCHEMA,
+        "migrated to the current schema"
+    );
     let conn = rusqlite::Connection::open(&db).unwrap();
+    // Jobs that ended before the outbox existed notify nobody.
+    let events: i64 = conn
+        .query_row("SELECT count(*) FROM notify_events", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(events, 0, "no notification for jobs that ended before");
     let secrets: Vec<(i64, String, String)> = conn
         .prepare("SELECT job_id, name, value FROM job_secrets")
         .unwrap()
@@ -266,13 +296,20 @@ fn queue_reads_back(name: &str, version: u32, secret: bool) {
         .map(Result::unwrap)
         .collect();
     if secret {
-        assert_eq!(
-            secrets,
-            [(9, "HF_TOKEN".into(), "golden-secret-value".into())]
-        );
+        let mut want = vec![(9, "HF_TOKEN".into(), "golden-secret-value".into())];
+        if version >= 7 {
+            // The scheduled job got the schedule's secret.
+            want.push((10, "HF_TOKEN".into(), "golden-secret-value".into()));
+        }
+        assert_eq!(secrets, want);
     } else {
         assert!(secrets.is_empty());
     }
+}
+
+#[test]
+fn queue_v7_still_reads() {
+    queue_reads_back("queue-v7", 7, true);
 }
 
 #[test]
@@ -672,6 +709,41 @@ fn gen_queue() {
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         all.push(v["ids"][0].as_u64().unwrap());
+    }
+    if g.help_mentions(&["--help"], "schedule") {
+        let mut c = g.cmd();
+        c.args(["schedule", "add", "golden-nightly", "--server", &url])
+            .args([
+                "--cron",
+                "0 3 * * *",
+                "--tz",
+                "Asia/Seoul",
+                "--window",
+                "00:00-23:59",
+            ])
+            .args([
+                "--overlap",
+                "queue",
+                "--catch-up",
+                "once",
+                "--workdir",
+                "/tmp",
+            ])
+            .args([
+                "--project",
+                "golden",
+                "--secret-env",
+                "HF_TOKEN",
+                "--",
+                "true",
+            ])
+            .env("HF_TOKEN", "golden-secret-value");
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Fired by hand (its window is open but for a minute a day).
+        let v = g.json(&["schedule", "run", "golden-nightly", "--server", &url]);
+        let id = v["occurrence"]["jobs"][0].as_u64().unwrap();
+        all.push(id);
     }
     wait_for(Duration::from_secs(60), || {
         all.iter()

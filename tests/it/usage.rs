@@ -269,6 +269,53 @@ fn wandb_runs_count_the_gpus_their_processes_used_once() {
         t.contains("overlap on gpu-host-b") && t.contains("run dinit001 and run dinit002"),
         "{t}"
     );
+    // A run tagged with the ignore tag leaves the report, retroactively,
+    // and comes back untagged; its own (wandb) tags cannot be removed here.
+    let day = [
+        "usage",
+        "--server",
+        &url,
+        "--by",
+        "user",
+        "--since",
+        "2026-11-30",
+        "--until",
+        "2026-11-30",
+        "--tz",
+        "UTC",
+    ];
+    let out = env.ok(&["tag", "--server", &url, "usage001", "ignore-usage"]);
+    assert_eq!(out.trim(), "run usage001: tags one-of-two, ignore-usage");
+    let r = env.json(&day);
+    assert!(row(&r, &["ana"]).is_none(), "{r:#}");
+    assert_eq!(secs(&r["total"], "allocated_gpu_h"), 240.0);
+    // The tag survives a re-scan of the run's files.
+    env.ok(&["runs", "scan", fixtures]);
+    assert!(row(&env.json(&day), &["ana"]).is_none());
+    let e = env.fail(&[
+        "tag",
+        "--server",
+        &url,
+        "usage001",
+        "one-of-two",
+        "--remove",
+    ]);
+    assert!(e.contains("the tag \"one-of-two\" is the run's own"), "{e}");
+    let e = env.fail(&["tag", "--server", &url, "nosuchrun", "x"]);
+    assert!(e.contains("no run \"nosuchrun\""), "{e}");
+    env.ok(&[
+        "tag",
+        "--server",
+        &url,
+        "usage001",
+        "ignore-usage",
+        "--remove",
+    ]);
+    let r = env.json(&day);
+    assert_eq!(
+        hours(row(&r, &["ana"]).expect("ana back")),
+        (120.0, 78.0, 15.0)
+    );
     up.term();
 }
 
@@ -462,5 +509,75 @@ fn a_run_a_job_produced_is_linked_to_it_both_ways() {
     );
     let runs_row = row(&r, &["wandb-linked"]).expect("the runs' row");
     assert_eq!(runs_row["runs"], 2, "{r:#}");
+    up.term();
+}
+
+/// A cancelled job counts until its GPU was released (the cancel), and a
+/// job whose agent was killed with SIGKILL mid-job counts until the daemon
+/// judged the attempt lost (at most a lease after the kill): the usage
+/// report's allocated hours are exactly the attempts' recorded spans.
+#[test]
+fn cancelled_and_agent_killed_attempts_count_until_their_release() {
+    let env = Env::new();
+    let (mut up, url) = env.up("up", &["--no-agent", "--lease", "3s"]);
+    let agent = |log: &str| {
+        env.spawn(
+            log,
+            &[
+                "agent",
+                "--server",
+                &url,
+                "--name",
+                "a",
+                "--fake-gpus",
+                "2xA100-80GB",
+                "--grace",
+                "1s",
+            ],
+        )
+    };
+    let mut a = agent("agent-1");
+    // Short sleeps: the killed agent's job outlives it, then ends by itself.
+    let cancelled = submit(&env, &url, &["--gpus", "1", "--", "sleep", "20"]);
+    let orphaned = submit(&env, &url, &["--gpus", "1", "--", "sleep", "8"]);
+    for id in [cancelled, orphaned] {
+        wait_state(&url, id, "running", Duration::from_secs(30));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let before_cancel = std::time::SystemTime::now();
+    env.ok(&["cancel", "--server", &url, &cancelled.to_string()]);
+    wait_state(&url, cancelled, "cancelled", Duration::from_secs(20));
+    let killed_at = std::time::SystemTime::now();
+    a.kill9();
+    wait_state(&url, orphaned, "lost", Duration::from_secs(30));
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    };
+    let span = |id: u64| {
+        let j = job(&url, id);
+        let a = &j["attempt_log"][0];
+        (
+            a["assigned_ns"].as_i64().unwrap() / 1_000_000,
+            a["finished_ns"].as_i64().expect("finished") / 1_000_000,
+        )
+    };
+    let (_, cancel_end) = span(cancelled);
+    assert!(
+        cancel_end >= ms(before_cancel) && cancel_end <= ms(killed_at),
+        "{cancel_end}"
+    );
+    let (_, lost_end) = span(orphaned);
+    assert!(
+        lost_end >= ms(killed_at) && lost_end <= ms(killed_at) + 3_000 + 5_000,
+        "lost at {lost_end}, killed at {}",
+        ms(killed_at)
+    );
+    let r = env.json(&["usage", "--server", &url, "--since", "today"]);
+    let want = attempt_gpu_hours(&url, cancelled) + attempt_gpu_hours(&url, orphaned);
+    assert!(
+        close(r["total"]["allocated_gpu_h"].as_f64().unwrap(), want),
+        "{r:#}"
+    );
+    assert_eq!(r["total"]["jobs"], 2);
     up.term();
 }

@@ -67,7 +67,14 @@ fn account(h: &Holding, samples: &[Sample], max_gap_ms: i64) -> Usage {
         max_gap_ms,
         ..Policy::default()
     };
-    let by_day = usage::account(h, samples, WHOLE_DAY, &TimeZone::UTC, &policy).unwrap();
+    let by_day = usage::account(
+        h,
+        samples,
+        WHOLE_DAY,
+        &usage::Calendar::new(TimeZone::UTC.clone()),
+        &policy,
+    )
+    .unwrap();
     let day: Date = "2026-11-30".parse().unwrap();
     assert_eq!(by_day.keys().copied().collect::<Vec<_>>(), vec![day]);
     by_day[&day]
@@ -233,7 +240,14 @@ fn double_init_is_flagged_and_counted_once_and_the_report_equals_the_hand_count(
                 max_gap_ms: gaps[run_id(h)],
                 ..Policy::default()
             };
-            let u = usage::account(h, s, WHOLE_DAY, &TimeZone::UTC, &policy).unwrap();
+            let u = usage::account(
+                h,
+                s,
+                WHOLE_DAY,
+                &usage::Calendar::new(TimeZone::UTC.clone()),
+                &policy,
+            )
+            .unwrap();
             (h, u)
         })
         .collect();

@@ -1,0 +1,49 @@
+//! The queue's side of notifications: a job's end is written to the
+//! notification outbox (`notify_events`, see `crate::notify::outbox`) in
+//! the transaction that ends the job, so a crash can lose neither the
+//! state change nor its notification. Only the facts rules and messages
+//! need go in; never the spec's environment or secret values.
+
+use super::{JobId, Queue, Result};
+use crate::notify::{self, EventKind};
+
+impl Queue {
+    /// Append the notification of job `id`'s end, if its state (as the
+    /// transaction now has it) is final. Inside `tx`.
+    pub(super) fn notify_job_end(&self, tx: &rusqlite::Transaction<'_>, id: JobId) -> Result<()> {
+        let job = self.read_job(tx, id)?;
+        let Some(kind) = EventKind::of_job_end(job.state) else {
+            return Ok(());
+        };
+        let runtime_s = match (job.started_ns, job.finished_ns) {
+            (Some(s), Some(f)) if f > s => Some(((f - s) / 1_000_000_000) as u64),
+            _ => None,
+        };
+        let gpus = job.gpus.len() as u32;
+        let name = job
+            .spec
+            .name
+            .clone()
+            .unwrap_or_else(|| notify::format::clip(&job.spec.argv().join(" "), 200));
+        let event = notify::Event {
+            job: Some(id),
+            name: Some(name),
+            user: job.spec.user.clone(),
+            project: Some(job.spec.project.clone()),
+            tags: job.spec.tags.clone(),
+            state: Some(job.state),
+            exit_code: job.exit_code,
+            attempt: (job.attempts > 0).then_some(job.attempts),
+            agent: job.agent.clone(),
+            gpus: Some(gpus),
+            gpu_hours: runtime_s
+                .filter(|_| gpus > 0)
+                .map(|s| gpus as f64 * s as f64 / 3600.0),
+            runtime_s,
+            run: None,
+            detail: job.reason.clone(),
+        };
+        notify::outbox::insert_event(tx, kind, &event).map_err(self.sql())?;
+        Ok(())
+    }
+}
