@@ -139,6 +139,30 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
             400,
         ),
         (
+            "run tag, form post, foreign Origin",
+            format!("POST /api/v1/runs/usage001/tags HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
+            r#"{"add":["ignore-usage"]}"#.to_string(),
+            403,
+        ),
+        (
+            "run tag, text/plain, with the token",
+            format!("POST /api/v1/runs/usage001/tags HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain"),
+            r#"{"add":["ignore-usage"]}"#.to_string(),
+            415,
+        ),
+        (
+            "run tag, no token",
+            format!("POST /api/v1/runs/usage001/tags HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
+            r#"{"add":["ignore-usage"]}"#.to_string(),
+            401,
+        ),
+        (
+            "run tag, unknown key, with the token",
+            format!("POST /api/v1/runs/usage001/tags HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"),
+            r#"{"add":["ignore-usage"],"x":"="}"#.to_string(),
+            400,
+        ),
+        (
             "samples, no token",
             format!("POST /api/v1/agents/evil/samples HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
             r#"{"agent_id":"x","sent_ms":0,"dropped":0,"samples":[]}"#.to_string(),
