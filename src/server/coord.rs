@@ -225,6 +225,15 @@ impl Coord {
         self.agents.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Each live agent's name → the host name it reports (job holdings name
+    /// the agent; wandb runs the host).
+    pub fn agent_hosts(&self) -> HashMap<String, String> {
+        self.agents()
+            .iter()
+            .map(|(name, e)| (name.clone(), e.report.hostname.clone()))
+            .collect()
+    }
+
     /// Wake an agent's pending poll (after an assignment or a cancel).
     pub fn wake_agent(&self, name: &str) {
         if let Some(a) = self.agents().get(name) {

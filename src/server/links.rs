@@ -4,7 +4,6 @@
 //! around the job's or the run's time from the queue and the run index, and
 //! translates.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -88,12 +87,7 @@ fn links(
         .into_iter()
         .map(|r| r.holding)
         .collect();
-    // Job holdings name the agent; runs the host it reports.
-    let hosts: HashMap<String, String> = c
-        .agents()
-        .iter()
-        .map(|(name, e)| (name.clone(), e.report.hostname.clone()))
-        .collect();
+    let hosts = c.agent_hosts();
     Ok(usage::links_of(
         &jobs,
         runs,

@@ -116,23 +116,17 @@ pub(crate) fn report(c: &Coord, q: &usage::Query, now_ms: i64) -> ApiResult<Foun
         now_ms * ms,
     )?;
     // GPU models and host names from what the agents report.
-    let (models, hosts) = {
-        let agents = c.agents();
-        let models: HashMap<String, String> = agents
-            .values()
-            .flat_map(|e| {
-                e.report
-                    .gpus
-                    .iter()
-                    .map(|g| (g.uuid.clone(), g.name.clone()))
-            })
-            .collect();
-        let hosts: HashMap<String, String> = agents
-            .iter()
-            .map(|(name, e)| (name.clone(), e.report.hostname.clone()))
-            .collect();
-        (models, hosts)
-    };
+    let models: HashMap<String, String> = c
+        .agents()
+        .values()
+        .flat_map(|e| {
+            e.report
+                .gpus
+                .iter()
+                .map(|g| (g.uuid.clone(), g.name.clone()))
+        })
+        .collect();
+    let hosts = c.agent_hosts();
     // GPUs no agent reports now: as their samples named them.
     let known = c.tele.db.models()?;
     for h in &mut holdings {
