@@ -9,7 +9,7 @@
 // the CLI must work against it; then, with `trainyard up` running for the
 // home, a second launch must attach to that daemon instead of starting one.
 // TRAINYARD_BIN: the CLI (default target/debug/trainyard).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
@@ -100,6 +100,22 @@ function runCli(args) {
   });
 }
 
+// Waits until no process holds the home's daemon lock: a closed WebDriver
+// session does not mean the app has exited yet, and `trainyard up` refuses a
+// home whose daemon still holds the lock. `flock` is util-linux's, in every
+// Debian; a shared lock is granted only once the exclusive holder is gone.
+async function waitLockFree(what) {
+  const lock = join(home, 'daemon.lock');
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const r = spawnSync('flock', ['--nonblock', '--shared', lock, 'true']);
+    if (r.error) throw new Error(`flock: ${r.error.message} (apt-get install util-linux)`);
+    if (r.status === 0) return;
+    if (Date.now() > deadline) throw new Error(`${what}: ${lock} still locked after 30 s`);
+    await sleep(100);
+  }
+}
+
 let failed = false;
 let up = null;
 try {
@@ -126,6 +142,7 @@ try {
   if (!models.includes('RTX4090')) throw new Error(`trainyard gpus against the app's daemon: ${models.slice(0, 500)}`);
   console.log('PASS the CLI works against the desktop app\'s daemon');
   await closeApp();
+  await waitLockFree('the first app did not exit when its session closed');
 
   // 2. A daemon already runs for the home (`trainyard up`, other fake GPUs):
   // the app attaches to it instead of starting a second one.
