@@ -17,7 +17,52 @@ pub(super) const KEEP_ON_PURGE: &str = "INSERT OR IGNORE INTO gpu_holdings
     FROM attempts a JOIN jobs j ON j.id = a.job_id, json_each(a.gpus) g
     WHERE a.job_id = ?1";
 
+/// An attempt's hold on its GPUs as telemetry attribution needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    /// The job.
+    pub job: super::JobId,
+    /// The attempt.
+    pub attempt: u32,
+    /// The agent it was given to.
+    pub agent: String,
+    /// GPU UUIDs it held.
+    pub gpus: Vec<String>,
+    /// Assignment (ns).
+    pub assigned_ns: i64,
+    /// Release (ns).
+    pub finished_ns: i64,
+}
+
 impl Queue {
+    /// Attempts that ended at or after `since_ns`, through the index on
+    /// their end: the daemon's telemetry learns of attempts that began
+    /// and ended between two sample batches from it.
+    pub fn finished_since(&self, since_ns: i64) -> Result<Vec<Held>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT job_id, n, agent, gpus, assigned_ns, finished_ns FROM attempts
+                 WHERE finished_ns >= ?1 ORDER BY finished_ns",
+            )
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map([since_ns], |r| {
+                Ok(Held {
+                    job: super::JobId(r.get(0)?),
+                    attempt: r.get::<_, i64>(1)? as u32,
+                    agent: r.get(2)?,
+                    gpus: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                    assigned_ns: r.get(4)?,
+                    finished_ns: r.get(5)?,
+                })
+            })
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sql())?;
+        Ok(rows)
+    }
+
     /// Every GPU held by an attempt during `[since_ns, until_ns)`: one
     /// [`Holding`] per attempt and GPU, from assignment to release (to
     /// `now_ns` while it is still held). The host is the agent's name; the

@@ -10,6 +10,7 @@
 
 mod events;
 mod holdings;
+pub use holdings::Held;
 mod list;
 mod logs;
 mod spec;

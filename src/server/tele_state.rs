@@ -42,15 +42,22 @@ struct Hold {
 /// The daemon's telemetry state.
 pub(crate) struct TeleState {
     pub db: Telemetry,
-    holds: Mutex<HashMap<(JobId, u32), Hold>>,
+    holds: Mutex<Holds>,
     stats: Mutex<Stats>,
+}
+
+/// The holds known, and up to when the queue's ended attempts were read.
+#[derive(Default)]
+struct Holds {
+    by_attempt: HashMap<(JobId, u32), Hold>,
+    swept_ns: Option<i64>,
 }
 
 impl TeleState {
     pub(crate) fn new(db: Telemetry) -> TeleState {
         TeleState {
             db,
-            holds: Mutex::new(HashMap::new()),
+            holds: Mutex::new(Holds::default()),
             stats: Mutex::new(Stats {
                 started_ns: now_ns(),
                 submit_to_start: Histogram::new(&START_BUCKETS),
@@ -69,15 +76,53 @@ impl TeleState {
 
     /// The holds of `agent`'s GPUs, brought up to date with the queue: new
     /// attempts in flight are added with their assignment time, ended ones
-    /// get their end time. Only in-flight attempts are listed (an index);
-    /// one attempt is read per change.
+    /// get their end time, and attempts that began and ended since the
+    /// last call (shorter than a sample batch) are added too. Only
+    /// in-flight attempts and those ended since the last call are read
+    /// (two indexes). Where a hold is new or its end became known, the
+    /// samples already stored for its GPUs are attributed again.
     pub(super) fn holders(
         &self,
         queue: &Queue,
         agent: &str,
         now_ms: i64,
     ) -> Result<Vec<Holder>, QueueError> {
-        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let Holds {
+            by_attempt: holds,
+            swept_ns,
+        } = &mut *guard;
+        let now = now_ms * 1_000_000;
+        let raw_ms = self.db.retention().raw.as_millis() as i64;
+        // Ends are written with the daemon's clock; a little overlap
+        // between reads costs nothing (known holds are skipped).
+        let since = swept_ns.unwrap_or(now - (raw_ms + 60_000) * 1_000_000) - 5_000_000_000;
+        let ended = queue.finished_since(since)?;
+        *swept_ns = Some(now);
+        let mut changed: Vec<(JobId, u32)> = Vec::new();
+        for e in ended {
+            let key = (e.job, e.attempt);
+            let until = Some(e.finished_ns / 1_000_000);
+            match holds.get_mut(&key) {
+                Some(h) if h.until_ms.is_none() => {
+                    h.until_ms = until;
+                    changed.push(key);
+                }
+                Some(_) => {}
+                None => {
+                    holds.insert(
+                        key,
+                        Hold {
+                            agent: e.agent,
+                            gpus: e.gpus,
+                            from_ms: e.assigned_ns / 1_000_000,
+                            until_ms: until,
+                        },
+                    );
+                    changed.push(key);
+                }
+            }
+        }
         let active: HashSet<(JobId, u32)> = queue
             .active()?
             .into_iter()
@@ -103,6 +148,7 @@ impl TeleState {
                             until_ms: None,
                         },
                     );
+                    changed.push(*key);
                 }
             }
         }
@@ -110,6 +156,18 @@ impl TeleState {
             if h.until_ms.is_none() && !active.contains(key) {
                 let end = attempt(key.0, key.1)?.and_then(|a| a.finished_ns);
                 h.until_ms = Some(end.map_or(now_ms, |e| e / 1_000_000));
+                changed.push(*key);
+            }
+        }
+        for key in changed {
+            let Some(h) = holds.get(&key) else { continue };
+            for holder in Self::holders_of(key, h) {
+                // A failure here leaves the attribution as it was, which
+                // the next change of the hold retries; it must not refuse
+                // the batch.
+                if let Err(e) = self.db.reattribute(&h.agent, &holder) {
+                    tracing::warn!(job = key.0 .0, attempt = key.1, error = %e, "cannot attribute stored GPU samples again");
+                }
             }
         }
         // Samples older than the raw retention are refused anyway.
@@ -118,15 +176,18 @@ impl TeleState {
         Ok(holds
             .iter()
             .filter(|(_, h)| h.agent == agent)
-            .flat_map(|((job, n), h)| {
-                h.gpus.iter().map(|uuid| Holder {
-                    uuid: uuid.clone(),
-                    job: job.0,
-                    attempt: *n,
-                    from_ms: h.from_ms,
-                    until_ms: h.until_ms,
-                })
-            })
+            .flat_map(|(key, h)| Self::holders_of(*key, h))
             .collect())
+    }
+
+    /// One [`Holder`] per GPU of a hold.
+    fn holders_of((job, n): (JobId, u32), h: &Hold) -> impl Iterator<Item = Holder> + '_ {
+        h.gpus.iter().map(move |uuid| Holder {
+            uuid: uuid.clone(),
+            job: job.0,
+            attempt: n,
+            from_ms: h.from_ms,
+            until_ms: h.until_ms,
+        })
     }
 }

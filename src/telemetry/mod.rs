@@ -265,12 +265,16 @@ pub struct Holder {
     pub until_ms: Option<i64>,
 }
 
-/// Which attempt held `uuid` at `t_ms`: `(0, 0)` for none.
-pub fn holder_at(holders: &[Holder], uuid: &str, t_ms: i64) -> (i64, u32) {
+/// The hold on `uuid` at `t_ms`, if an attempt held it.
+fn hold_at<'a>(holders: &'a [Holder], uuid: &str, t_ms: i64) -> Option<&'a Holder> {
     holders
         .iter()
         .find(|h| h.uuid == uuid && h.from_ms <= t_ms && h.until_ms.is_none_or(|u| t_ms < u))
-        .map_or((0, 0), |h| (h.job, h.attempt))
+}
+
+/// Which attempt held `uuid` at `t_ms`: `(0, 0)` for none.
+pub fn holder_at(holders: &[Holder], uuid: &str, t_ms: i64) -> (i64, u32) {
+    hold_at(holders, uuid, t_ms).map_or((0, 0), |h| (h.job, h.attempt))
 }
 
 /// What an ingest kept and refused.
@@ -423,12 +427,24 @@ impl Telemetry {
                         id
                     }
                 };
-                let (job, attempt) = holder_at(holders, &g.uuid, s.t_ms);
+                let hold = hold_at(holders, &g.uuid, s.t_ms);
+                let (job, attempt) = hold.map_or((0, 0), |h| (h.job, h.attempt));
+                // A holder's first sample counts from its assignment on,
+                // so its time never exceeds the time it held the GPU.
+                let dt = hold.map_or(s.dt_ms as i64, |h| (s.dt_ms as i64).min(s.t_ms - h.from_ms));
+                // The interval's energy, in proportion.
+                let de = s.interval_energy_mj.map(|e| {
+                    if dt < s.dt_ms as i64 {
+                        (e as i64) * dt / (s.dt_ms as i64).max(1)
+                    } else {
+                        e as i64
+                    }
+                });
                 insert
                     .execute(params![
                         id,
                         s.t_ms,
-                        s.dt_ms,
+                        dt,
                         job,
                         attempt,
                         s.util_pct,
@@ -436,7 +452,7 @@ impl Telemetry {
                         s.temp_c,
                         s.power_w,
                         s.energy_mj.map(|e| e as i64),
-                        s.interval_energy_mj.map(|e| e as i64),
+                        de,
                         s.others,
                     ])
                     .map_err(self.sql())?;
@@ -451,6 +467,66 @@ impl Telemetry {
         }
         tx.commit().map_err(self.sql())?;
         Ok(report)
+    }
+
+    /// Brings the stored samples of `h.uuid` on `host` in line with the
+    /// hold as the queue now knows it. Samples are attributed when they
+    /// arrive, from the holds known then; an attempt that began and ended
+    /// between two batches, or whose end the daemon learnt after samples
+    /// from past it arrived, was attributed wrongly. Unheld samples inside
+    /// `[from, until)` are claimed (the first one clipped to begin at the
+    /// assignment), and samples given to the attempt outside it are freed.
+    /// Minutes already rolled up from changed samples are redone. Returns
+    /// the samples changed.
+    pub fn reattribute(&self, host: &str, h: &Holder) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let gpu: Option<i64> = tx
+            .query_row(
+                "SELECT id FROM gpus WHERE host = ?1 AND uuid = ?2",
+                params![host, h.uuid],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        let Some(gpu) = gpu else {
+            return Ok(0);
+        };
+        let until = h.until_ms.unwrap_or(i64::MAX);
+        let first: Option<i64> = tx
+            .query_row(
+                "SELECT min(t) FROM raw WHERE gpu = ?1 AND (
+                    (t >= ?2 AND t < ?3 AND job = 0)
+                    OR (job = ?4 AND attempt = ?5 AND (t < ?2 OR t >= ?3)))",
+                params![gpu, h.from_ms, until, h.job, h.attempt],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())?;
+        let Some(first) = first else {
+            return Ok(0);
+        };
+        let claimed = tx
+            .execute(
+                "UPDATE raw SET job = ?4, attempt = ?5, dt = min(dt, t - ?2),
+                    de = CASE WHEN t - ?2 < dt THEN de * (t - ?2) / max(dt, 1) ELSE de END
+                 WHERE gpu = ?1 AND t >= ?2 AND t < ?3 AND job = 0",
+                params![gpu, h.from_ms, until, h.job, h.attempt],
+            )
+            .map_err(self.sql())?;
+        let freed = tx
+            .execute(
+                "UPDATE raw SET job = 0, attempt = 0
+                 WHERE gpu = ?1 AND job = ?4 AND attempt = ?5 AND (t < ?2 OR t >= ?3)",
+                params![gpu, h.from_ms, until, h.job, h.attempt],
+            )
+            .map_err(self.sql())?;
+        if first < mark(&tx, M1_DONE).map_err(self.sql())? {
+            lower_mark(&tx, M1_REDO, floor(first, MINUTE_MS)).map_err(self.sql())?;
+        }
+        tx.commit().map_err(self.sql())?;
+        Ok((claimed + freed) as u64)
     }
 
     /// Roll up what is due and apply retention, one transaction per step.

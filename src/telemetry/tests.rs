@@ -197,7 +197,10 @@ fn minutes_and_quarters_hold_min_mean_max_and_the_integrals() {
     assert_eq!((p[2].used_ms, p[2].idle_ms), (0, MINUTE_MS));
     assert_eq!(p[7].job, Some(3));
     assert_eq!(p[6].job, None);
-    // The first quarter of GPU 0: 7 unheld minutes and 8 held ones.
+    // The first quarter of GPU 0: 7 unheld minutes and 8 held ones, less
+    // the held interval's first sample, which covers time before the
+    // assignment and so counts for nobody (a hold is never given more
+    // time than it held its GPU).
     let a = t
         .query(
             &TelemetryQuery {
@@ -212,17 +215,21 @@ fn minutes_and_quarters_hold_min_mean_max_and_the_integrals() {
     assert_eq!(p.len(), 3);
     let (free, held) = (&p[0], &p[1]);
     assert_eq!((free.job, free.covered_ms), (None, 7 * MINUTE_MS));
-    assert_eq!((held.job, held.covered_ms), (Some(3), 8 * MINUTE_MS));
+    assert_eq!(
+        (held.job, held.covered_ms),
+        (Some(3), 8 * MINUTE_MS - 2_000)
+    );
     // Minutes 0-6: 1, 3, 5 busy; 7-14: 7, 9, 11, 13 busy.
     assert_eq!(free.used_ms, 3 * MINUTE_MS);
     assert_eq!(free.idle_ms, 4 * MINUTE_MS);
-    assert_eq!(held.used_ms, 4 * MINUTE_MS);
+    assert_eq!(held.used_ms, 4 * MINUTE_MS - 2_000);
     let u = held.util_pct.unwrap();
-    assert_eq!((u.min, u.mean, u.max), (0.0, 50.0, 100.0));
+    let busy = (4 * MINUTE_MS - 2_000) as f64 / (8 * MINUTE_MS - 2_000) as f64;
+    assert_eq!((u.min, u.mean, u.max), (0.0, 100.0 * busy, 100.0));
     assert_eq!(held.power_w.unwrap().max, 300.0);
     assert_eq!(
         held.energy_mj,
-        Some(4 * 300 * MINUTE_MS + 4 * 100 * MINUTE_MS)
+        Some(4 * 300 * MINUTE_MS + 4 * 100 * MINUTE_MS - 300 * 2_000)
     );
     // Totals agree across resolutions.
     let used = |r| {
@@ -245,7 +252,7 @@ fn minutes_and_quarters_hold_min_mean_max_and_the_integrals() {
     };
     assert_eq!(used(Resolution::Raw), used(Resolution::Minute));
     assert_eq!(used(Resolution::Raw), used(Resolution::Quarter));
-    assert_eq!(used(Resolution::Raw).1, 2 * 30 * MINUTE_MS);
+    assert_eq!(used(Resolution::Raw).1, 2 * 30 * MINUTE_MS - 2_000);
 }
 
 #[test]
@@ -518,4 +525,69 @@ fn daily_totals_follow_the_quarters_across_dst_late_samples_and_a_zone_change() 
         .unwrap()
         .unwrap();
     assert!(c.from_ms >= c.to_ms && c.rows.is_empty());
+}
+
+#[test]
+fn holds_learnt_late_take_their_samples_and_never_more_time_than_they_held() {
+    let d = tempfile::tempdir().unwrap();
+    let t = open(&d);
+    let now = T0 + 20 * MINUTE_MS;
+    // Ten minutes of samples arrive while no attempt is known to hold a GPU.
+    t.ingest(&samples(T0, T0 + 10 * MINUTE_MS, 2_000), &[], now)
+        .unwrap();
+    t.compact(now).unwrap();
+    // An attempt that began and ended between two batches, off the
+    // sample grid: 119 s of GPU 0.
+    let short = Holder {
+        uuid: "GPU-0".into(),
+        job: 9,
+        attempt: 1,
+        from_ms: T0 + 61_000,
+        until_ms: Some(T0 + 180_000),
+    };
+    assert_eq!(t.reattribute("h1", &short).unwrap(), 59);
+    // Again: nothing left to change. Another host's GPU: nothing.
+    assert_eq!(t.reattribute("h1", &short).unwrap(), 0);
+    assert_eq!(t.reattribute("h2", &short).unwrap(), 0);
+    t.compact(now).unwrap();
+    let job = |t: &Telemetry, job: i64| {
+        let a = t
+            .query(
+                &TelemetryQuery {
+                    resolution: Some(Resolution::Minute),
+                    job: Some(job),
+                    ..q(T0, now)
+                },
+                now,
+            )
+            .unwrap();
+        a.series
+            .iter()
+            .flat_map(|s| &s.points)
+            .map(|p| (p.covered_ms, p.used_ms + p.idle_ms))
+            .fold((0, 0), |(c, u), (pc, pu)| (c + pc, u + pu))
+    };
+    // Its time: from its assignment to its last sample, never more than
+    // it held (the minutes were rolled up again).
+    assert_eq!(job(&t, 9), (117_000, 117_000));
+
+    // An attempt whose end the daemon learns after samples from past it
+    // arrived: those are given back to no one.
+    let mut long = Holder {
+        uuid: "GPU-1".into(),
+        job: 10,
+        attempt: 1,
+        from_ms: T0 + 12 * MINUTE_MS,
+        until_ms: None,
+    };
+    t.ingest(
+        &samples(T0 + 12 * MINUTE_MS, T0 + 16 * MINUTE_MS, 2_000),
+        std::slice::from_ref(&long),
+        now,
+    )
+    .unwrap();
+    long.until_ms = Some(T0 + 14 * MINUTE_MS);
+    assert_eq!(t.reattribute("h1", &long).unwrap(), 60);
+    t.compact(now).unwrap();
+    assert_eq!(job(&t, 10).0, 2 * MINUTE_MS - 2_000);
 }

@@ -190,6 +190,67 @@ fn a_scripted_trace_comes_back_through_the_telemetry_api_with_its_job() {
     );
 }
 
+/// A job shorter than the agent's sample batches (here 1 s inside 5 s
+/// batches) is over before any batch arrives while it runs: its samples
+/// are attributed to it when the daemon learns of it, and never cover more
+/// time than it held its GPU.
+#[test]
+fn a_job_shorter_than_a_sample_batch_keeps_its_samples() {
+    let env = Env::new();
+    let trace = env.path("trace.toml");
+    std::fs::write(&trace, TRACE).unwrap();
+    let (_d, url) = env.up("up", &["--no-agent"]);
+    let _agent = env.spawn(
+        "agent",
+        &[
+            "agent",
+            "--server",
+            &url,
+            "--agent-name",
+            "lab1",
+            "--fake-gpus",
+            "1xA100-80GB",
+            "--fake-gpu-trace",
+            trace.to_str().unwrap(),
+            "--sample-every",
+            "1s",
+        ],
+    );
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let job = submit(&env, &url, &["--gpus", "1", "--", "sleep", "1.5"]);
+        wait_state(&url, job, "succeeded", Duration::from_secs(30));
+        jobs.push(job);
+    }
+    for job in jobs {
+        let detail = get_json(&url, &format!("/api/v1/jobs/{job}"), None);
+        let a = &detail["attempt_log"][0];
+        let (from, until) = (
+            a["assigned_ns"].as_i64().unwrap() / 1_000_000,
+            a["finished_ns"].as_i64().unwrap() / 1_000_000,
+        );
+        // Every 1 s sample inside the hold: at least one of a 1.5 s job.
+        let mut answer = serde_json::Value::Null;
+        wait_for(Duration::from_secs(15), || {
+            answer = telemetry(&url, &format!("job={job}"));
+            answer["series"][0]["points"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty())
+        });
+        let p = points(&answer["series"][0]);
+        let covered: i64 = p.iter().map(|p| p["covered_ms"].as_i64().unwrap()).sum();
+        assert!(
+            covered > 0 && covered <= until - from,
+            "job {job}: {covered} ms of samples over a {} ms hold",
+            until - from
+        );
+        for p in p {
+            let t = p["t_ms"].as_i64().unwrap();
+            assert!(from <= t && t < until, "{from} <= {t} < {until}");
+        }
+    }
+}
+
 #[test]
 fn a_bad_trace_file_stops_the_agent_naming_the_line() {
     let env = Env::new();
