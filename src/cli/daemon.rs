@@ -173,13 +173,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a SIGTERM right after the
+/// daemon said it is ready (systemd's stop) must not kill it uncleanly.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
@@ -224,6 +229,7 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
         metrics_bind: args.metrics_bind,
     };
     rt.block_on(async move {
+        let stop = stop_signal();
         let daemon = Daemon::start(config).await?;
         let url = daemon.url();
         if let Some(m) = daemon.metrics_addr() {
@@ -250,15 +256,19 @@ pub fn up(ctx: &Ctx, args: UpArgs) -> anyhow::Result<ExitCode> {
                 serde_json::json!({ "url": url, "pid": std::process::id() })
             );
         }
+        // Under systemd (`trainyard service install up`): ready now that
+        // it listens.
+        trainyard::service::notify_ready(&format!("listening on {url}"));
         let agent_failed = daemon.agent_failed();
         tokio::select! {
-            _ = stop_signal() => {}
+            _ = stop => {}
             e = agent_failed => {
                 eprintln!("error: the local agent stopped: {e}");
                 stop_signal().await;
             }
         }
         eprintln!("stopping: ending local jobs, then the daemon");
+        trainyard::service::notify_stopping("ending local jobs, then the daemon");
         daemon.stop().await?;
         Ok(ExitCode::SUCCESS)
     })
@@ -281,6 +291,7 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
     } = args.agent.setup().prepare(&ctx.home)?;
     let rt = runtime()?;
     rt.block_on(async move {
+        let stop = stop_signal();
         let client = Client::new(&args.server, token);
         // "connected" only once the daemon accepted the token: an
         // authenticated call, not the open health route.
@@ -296,7 +307,12 @@ pub fn agent(ctx: &Ctx, args: AgentCmdArgs) -> anyhow::Result<ExitCode> {
             }
             Err(e) => eprintln!("warning: {e}; retrying in the background"),
         }
-        run_agent(cfg, client, gpus, stop_signal()).await?;
+        trainyard::service::notify_ready(&format!("agent {} for {}", cfg.name, args.server));
+        run_agent(cfg, client, gpus, async {
+            stop.await;
+            trainyard::service::notify_stopping("ending jobs");
+        })
+        .await?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -9,6 +9,7 @@ mod output;
 mod remote;
 mod runs;
 mod schedule;
+mod service;
 mod sync;
 mod usage;
 
@@ -167,6 +168,10 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
+    /// Run the daemon or an agent as a systemd service (system or user
+    /// unit): install, uninstall, status.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -189,12 +194,17 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(color_stderr())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if trainyard::service::logs_to_journal() {
+        // The journal stamps each line itself.
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
 }
 
 /// Colour in logs only on a terminal, and never with `NO_COLOR` set
@@ -273,6 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Usage { args, daemon } => usage::usage(&ctx, &daemon, args),
         Command::Notify(cmd) => notify::run(&ctx, cmd),
         Command::Ui { daemon } => jobs::ui(&ctx, &daemon),
+        Command::Service(cmd) => service::run(&ctx, cmd),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }
