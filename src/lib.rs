@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod demo;
 pub mod gpu;
 pub mod home;
 pub mod notify;

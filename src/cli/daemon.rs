@@ -166,7 +166,7 @@ impl AgentArgs {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -176,7 +176,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is
 /// called, not when the future is first polled: a SIGTERM right after the
 /// daemon said it is ready (systemd's stop) must not kill it uncleanly.
-fn stop_signal() -> impl std::future::Future<Output = ()> {
+pub(super) fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");

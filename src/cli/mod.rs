@@ -3,6 +3,7 @@
 
 mod daemon;
 mod data;
+mod demo;
 mod jobs;
 mod notify;
 mod output;
@@ -168,6 +169,11 @@ enum Command {
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
+    /// A tour in one command: a daemon on a throwaway home with FAKE GPUs,
+    /// the sample dataset in two versions, wandb runs and jobs queued,
+    /// running, finished and failed; opens the UI (or prints its address).
+    /// Ctrl-C stops it and deletes the home.
+    Demo(demo::DemoArgs),
     /// Run the daemon or an agent as a systemd service (system or user
     /// unit): install, uninstall, status.
     #[command(subcommand)]
@@ -217,7 +223,10 @@ fn color_stderr() -> bool {
 /// Run the CLI; errors are printed once, readably, with a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Up(_) | Command::Agent(_)) {
+    if !matches!(
+        cli.command,
+        Command::Up(_) | Command::Agent(_) | Command::Demo(_)
+    ) {
         // Die quietly on a closed pipe (`trainyard runs history R | head`),
         // as Unix tools do, instead of panicking in println!. Not in the
         // long-running daemon and agent, whose sockets may close any time.
@@ -284,6 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Notify(cmd) => notify::run(&ctx, cmd),
         Command::Ui { daemon } => jobs::ui(&ctx, &daemon),
         Command::Service(cmd) => service::run(&ctx, cmd),
+        Command::Demo(args) => demo::demo(&ctx, args),
         Command::Completions { .. } => unreachable!("handled above"),
     }
 }

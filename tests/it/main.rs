@@ -6,6 +6,7 @@ mod support;
 mod agent_crash;
 mod api_guard;
 mod daemon_home;
+mod demo;
 mod field_store;
 mod golden;
 mod hardening;
