@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod db;
 pub mod gpu;
 pub mod home;
+pub mod idle;
 pub mod notify;
 pub mod progress;
 pub mod queue;

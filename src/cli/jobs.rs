@@ -150,6 +150,17 @@ pub struct SubmitArgs {
     /// A free-form label (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// The idle policy for this job, WINDOW:THRESHOLD:ACTION: stop,
+    /// requeue or notify when all its GPUs stay under THRESHOLD
+    /// utilization for WINDOW, e.g. 30m:5%:stop; parts left empty keep the
+    /// lab's defaults (`[idle]` in config.toml), e.g. ::requeue. `off`
+    /// exempts the job.
+    #[arg(long, value_name = "WINDOW:THRESHOLD:ACTION")]
+    idle: Option<String>,
+    /// Arm idle detection at the latest this long after the start (earlier
+    /// if the job uses its GPUs), e.g. 15m [default: the lab's].
+    #[arg(long, value_name = "DURATION")]
+    idle_grace: Option<String>,
     /// The command and its arguments (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -246,6 +257,13 @@ pub(super) fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::Swee
     spec.inputs.extend(a.inputs);
     spec.depends_on.extend(a.depends_on);
     spec.tags.extend(a.tags);
+    if let Some(i) = &a.idle {
+        spec.idle = trainyard::idle::Override::parse("--idle", i)?.text();
+    }
+    if let Some(g) = &a.idle_grace {
+        trainyard::idle::parse_grace("--idle-grace", g)?;
+        spec.idle_grace = Some(g.trim().to_string());
+    }
     if let (Some(repo), Some(rev)) = (a.git, a.rev) {
         spec.git = Some(GitSource { repo, rev });
         spec.workdir = None;

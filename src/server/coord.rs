@@ -63,6 +63,8 @@ pub(crate) struct Coord {
     store: std::sync::OnceLock<crate::store::Store>,
     /// Notification sinks, the outbox and its sender.
     pub notify: Arc<crate::notify::Notifier>,
+    /// The idle policy's trackers of running attempts.
+    pub idle: super::idle_watch::IdleWatch,
 }
 
 impl Coord {
@@ -89,6 +91,7 @@ impl Coord {
             store: std::sync::OnceLock::new(),
             lab,
             notify,
+            idle: super::idle_watch::IdleWatch::default(),
         }
     }
 
@@ -327,9 +330,11 @@ impl Coord {
             .map(|w| w.assignment.token.clone())
             .collect();
         self.queue.renew(&delivered, self.lease_ns())?;
+        let stop_reasons = self.queue.idle_stop_reasons(&stop)?;
         Ok(AgentOrders {
             assignments,
             stop,
+            stop_reasons,
             lease_ms: self.lease.as_millis() as u64,
         })
     }

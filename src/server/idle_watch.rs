@@ -1,0 +1,239 @@
+//! The daemon's side of the idle policy: one `idle::Tracker` per running
+//! attempt, fed by the agents' sample batches (each GPU sample given to
+//! the attempt that held its GPU then, with the attempt's process-group
+//! activity), and the queue changes its decisions make (evidence,
+//! `idle_warned`, `idle_stopped`, the stop or requeue). Translation
+//! only: the rules are `crate::idle`'s. Trackers live in memory: a
+//! restarted daemon starts each attempt's window again (it never stops a
+//! job on evidence it did not see).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use crate::api::HostSample;
+use crate::idle::{self, Action, Decision, IdleConfig, JobIdle, Observation, Tracker};
+use crate::queue::{IdleEnd, JobId, JobState, Queue, QueueError};
+use crate::telemetry::Holder;
+
+struct Entry {
+    agent: String,
+    /// `None`: exempt (or a policy that cannot be resolved, logged once).
+    tracker: Option<Tracker>,
+    /// The status as last written to the queue.
+    written: Option<idle::Status>,
+}
+
+/// What the idle policy changed, for the caller to announce.
+#[derive(Debug, Default)]
+pub(crate) struct IdleEffects {
+    /// Jobs whose state changed (stopped, requeued).
+    pub jobs: Vec<(JobId, JobState)>,
+    /// Agents that must stop an attempt.
+    pub agents: Vec<String>,
+    /// Whether notification events were written.
+    pub notified: bool,
+    /// Jobs whose idle status changed (for live views).
+    pub changed: Vec<JobId>,
+}
+
+/// The trackers of the running attempts.
+#[derive(Default)]
+pub(crate) struct IdleWatch {
+    trackers: Mutex<HashMap<(JobId, u32), Entry>>,
+}
+
+/// "when" as an RFC 3339 time to the second, for messages.
+fn at(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+fn rule(p: &idle::Policy) -> String {
+    format!(
+        "{}:{}%:{}",
+        idle::human_ms(p.window_ms).replace(' ', ""),
+        p.threshold_pct,
+        p.action
+    )
+}
+
+impl IdleWatch {
+    /// Feed `agent`'s samples (times already on the daemon's clock) to
+    /// the trackers of the attempts holding its GPUs, and carry out what
+    /// they decide. Blocking (SQLite).
+    pub(crate) fn observe(
+        &self,
+        queue: &Queue,
+        cfg: &IdleConfig,
+        agent: &str,
+        holders: &[Holder],
+        samples: &[(i64, &HostSample)],
+    ) -> Result<IdleEffects, QueueError> {
+        let mut fx = IdleEffects::default();
+        let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        let live: HashSet<(JobId, u32)> = holders
+            .iter()
+            .filter(|h| h.until_ms.is_none())
+            .map(|h| (JobId(h.job), h.attempt))
+            .collect();
+        trackers.retain(|k, e| e.agent != agent || live.contains(k));
+        for (t_ms, hs) in samples {
+            // Each attempt's GPUs in this sample.
+            let mut by: HashMap<(JobId, u32), Vec<Option<u32>>> = HashMap::new();
+            for g in &hs.gpus {
+                let (job, attempt) = crate::telemetry::holder_at(holders, &g.uuid, *t_ms);
+                if job != 0 && live.contains(&(JobId(job), attempt)) {
+                    by.entry((JobId(job), attempt))
+                        .or_default()
+                        .push(g.utilization_pct);
+                }
+            }
+            for ((job, n), util_pct) in by {
+                if !trackers.contains_key(&(job, n)) {
+                    let Some(e) = new_entry(queue, cfg, agent, job, n)? else {
+                        continue;
+                    };
+                    trackers.insert((job, n), e);
+                }
+                let e = trackers.get_mut(&(job, n)).expect("inserted above");
+                let Some(tr) = e.tracker.as_mut() else {
+                    continue;
+                };
+                let group = hs.groups.iter().find(|g| g.job == job && g.attempt == n);
+                let decision = tr.observe(&Observation {
+                    t_ms: *t_ms,
+                    util_pct,
+                    cpu_pct: group.map(|g| g.cpu_pct),
+                    io_bytes_per_s: group.map(|g| g.io_bytes_per_s),
+                });
+                let status = tr.status();
+                let policy = *tr.policy();
+                match decision {
+                    None => {}
+                    Some(Decision::Warn {
+                        act_at_ms,
+                        evidence,
+                    }) => {
+                        let what = match policy.action {
+                            Action::Requeue => "requeued",
+                            _ => "stopped",
+                        };
+                        let detail = format!(
+                            "job {job}'s GPUs have been idle (under {}%) since {}; it will be {what} at {} (in {}) unless it uses them (policy {})",
+                            policy.threshold_pct,
+                            at(evidence.idle_since_ms),
+                            at(act_at_ms),
+                            idle::human_ms(act_at_ms - t_ms),
+                            rule(&policy),
+                        );
+                        if queue.idle_warned(job, n, &evidence, &status, &detail)? {
+                            fx.notified = true;
+                            e.written = Some(status.clone());
+                        }
+                    }
+                    Some(Decision::Act {
+                        action: Action::Notify,
+                        evidence,
+                    }) => {
+                        let detail = format!(
+                            "job {job}'s GPUs have been idle (under {}%) for {} since {} (policy {}: notify only)",
+                            policy.threshold_pct,
+                            idle::human_ms(t_ms - evidence.idle_since_ms),
+                            at(evidence.idle_since_ms),
+                            rule(&policy),
+                        );
+                        if queue.idle_warned(job, n, &evidence, &status, &detail)? {
+                            fx.notified = true;
+                            e.written = Some(status.clone());
+                        }
+                    }
+                    Some(Decision::Act { action, evidence }) => {
+                        let (how, what) = match action {
+                            Action::Requeue => (IdleEnd::Requeue, "requeued"),
+                            _ => (IdleEnd::Stop, "stopped"),
+                        };
+                        let reason = format!(
+                            "attempt {n} {what} for idling: its GPUs stayed under {}% utilization for {} (idle since {}; policy {})",
+                            policy.threshold_pct,
+                            idle::human_ms(policy.window_ms),
+                            at(evidence.idle_since_ms),
+                            rule(&policy),
+                        );
+                        if queue
+                            .idle_stop(job, n, how, &evidence, &status, &reason)?
+                            .is_some()
+                        {
+                            fx.notified = true;
+                            fx.agents.push(agent.to_string());
+                            fx.jobs.push((
+                                job,
+                                match how {
+                                    IdleEnd::Stop => JobState::IdleStopped,
+                                    IdleEnd::Requeue => JobState::Queued,
+                                },
+                            ));
+                            e.written = Some(status.clone());
+                        }
+                    }
+                }
+                if changed(e.written.as_ref(), &status) {
+                    queue.set_idle_status(job, n, &status)?;
+                    e.written = Some(status);
+                    fx.changed.push(job);
+                }
+            }
+        }
+        Ok(fx)
+    }
+}
+
+/// Whether the status differs from the written one in what people see
+/// (the phase and the idle run), not just the latest sample's time.
+fn changed(written: Option<&idle::Status>, now: &idle::Status) -> bool {
+    match written {
+        None => true,
+        Some(w) => w.phase != now.phase || w.idle_since_ms != now.idle_since_ms,
+    }
+}
+
+/// A tracker for attempt `n` of `job`, once its process has started
+/// (`None` before); exempt attempts get an entry without one.
+fn new_entry(
+    queue: &Queue,
+    cfg: &IdleConfig,
+    agent: &str,
+    job: JobId,
+    n: u32,
+) -> Result<Option<Entry>, QueueError> {
+    let j = match queue.get(job) {
+        Ok(j) => j,
+        Err(QueueError::UnknownJob(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let Some(started_ns) = queue
+        .attempts(job)?
+        .into_iter()
+        .find(|a| a.n == n)
+        .and_then(|a| a.started_ns)
+    else {
+        return Ok(None);
+    };
+    let policy = cfg
+        .policy_for(&JobIdle {
+            project: &j.spec.project,
+            tags: &j.spec.tags,
+            idle: j.spec.idle.as_deref(),
+            grace: j.spec.idle_grace.as_deref(),
+        })
+        .unwrap_or_else(|e| {
+            // Specs and the config were checked when they were read.
+            tracing::warn!(job = job.0, error = %e, "idle policy cannot be resolved; the job is left alone");
+            None
+        });
+    Ok(Some(Entry {
+        agent: agent.to_string(),
+        tracker: policy.map(|p| Tracker::new(p, started_ns / 1_000_000)),
+        written: None,
+    }))
+}
