@@ -299,11 +299,33 @@ pub struct AgentInfo {
     pub alive: bool,
     /// GPU UUIDs held by Trainyard attempts, with the job holding each.
     pub held: Vec<HeldGpu>,
+    /// GPUs whose memory is held while their utilization stays at 0 %
+    /// (by a job or a foreign process), with since when; `flagged` once
+    /// that lasted the lab's idle window ("memory held, idle").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_idle: Vec<MemoryIdle>,
+}
+
+/// A GPU whose memory is held at 0 % utilization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryIdle {
+    /// The GPU.
+    pub uuid: String,
+    /// Since when (the first such sample), ms since the epoch.
+    pub since_ms: i64,
+    /// For how long, ms, as of the latest sample.
+    pub idle_ms: i64,
+    /// Whether that is the lab's idle window or more.
+    pub flagged: bool,
 }
 
 /// A GPU held by an attempt.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeldGpu {
+    /// Where idle detection stands for the holding attempt (none: exempt,
+    /// or no sample yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<crate::idle::Status>,
     /// The GPU.
     pub uuid: String,
     /// The job holding it.

@@ -115,7 +115,8 @@ mod tests {
 
     #[test]
     fn stat_and_io_fields_are_read_where_the_kernel_puts_them() {
-        let stat = "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 777 0 0";
+        let stat =
+            "4242 (my (odd) prog) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 777 0 0";
         assert_eq!(cpu_ticks(stat), Some(300));
         let io = "rchar: 1000\nwchar: 24\nsyscr: 5\nsyscw: 1\nread_bytes: 4096\nwrite_bytes: 0\ncancelled_write_bytes: 0\n";
         assert_eq!(io_bytes(io), 1024);

@@ -113,6 +113,41 @@ pub struct Status {
     pub seen_ms: i64,
 }
 
+impl Status {
+    /// One line for people at `now_ms`: "idle 12 min; stop in 18 min",
+    /// "0 % GPU but busy reading: idle detection suspended"; `None` while
+    /// the GPUs are in use or detection waits to arm.
+    pub fn describe(&self, now_ms: i64) -> Option<String> {
+        let idle_for = |s: i64| super::human_ms(now_ms - s);
+        match (self.phase, self.idle_since_ms) {
+            (Phase::Busy, _) => Some("GPUs idle but busy reading: idle detection suspended".into()),
+            (Phase::Idle, Some(s)) => {
+                let act = self.act_at_ms.unwrap_or(s + self.window_ms);
+                let what = match self.action {
+                    Action::Notify => "notify",
+                    Action::Stop => "stop",
+                    Action::Requeue => "requeue",
+                };
+                Some(if act > now_ms {
+                    format!(
+                        "idle {}; {what} in {}",
+                        idle_for(s),
+                        super::human_ms(act - now_ms)
+                    )
+                } else {
+                    format!("idle {}; {what} due now", idle_for(s))
+                })
+            }
+            (Phase::Acted, Some(s)) => Some(match self.action {
+                Action::Notify => format!("idle {}; owner notified", idle_for(s)),
+                Action::Stop => "stopped for idling".into(),
+                Action::Requeue => "requeued for idling".into(),
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The record of a decision, kept on the attempt: the policy, why
 /// detection armed, the idle run and its samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,9 +302,7 @@ impl Tracker {
         }
         self.last_ms = o.t_ms;
         let known: Option<Vec<u32>> = o.util_pct.iter().copied().collect();
-        let max_util = known
-            .as_ref()
-            .map(|u| u.iter().copied().max().unwrap_or(0));
+        let max_util = known.as_ref().map(|u| u.iter().copied().max().unwrap_or(0));
         let threshold = u32::from(self.policy.threshold_pct);
         let used = max_util.is_some_and(|m| m >= threshold);
         if self.armed.is_none() {
@@ -393,6 +426,32 @@ mod tests {
     }
 
     #[test]
+    fn the_status_says_how_long_and_what_comes_when() {
+        let mut t = Tracker::new(policy(Action::Stop), 0);
+        t.observe(&obs(0, &[90]));
+        assert_eq!(t.status().describe(0), None);
+        t.observe(&obs(1000, &[0]));
+        assert_eq!(t.status().describe(4000).unwrap(), "idle 3 s; stop in 7 s");
+        assert_eq!(
+            t.status().describe(12_000).unwrap(),
+            "idle 11 s; stop due now"
+        );
+        t.observe(&Observation {
+            cpu_pct: Some(90.0),
+            ..obs(2000, &[0])
+        });
+        assert!(t.status().describe(2000).unwrap().contains("suspended"));
+        let mut t = Tracker::new(policy(Action::Notify), 0);
+        t.observe(&obs(0, &[90]));
+        t.observe(&obs(1000, &[0]));
+        t.observe(&obs(11_000, &[0]));
+        assert_eq!(
+            t.status().describe(13 * 60_000).unwrap(),
+            "idle 12 min; owner notified"
+        );
+    }
+
+    #[test]
     fn the_decision_carries_its_evidence() {
         let mut t = Tracker::new(policy(Action::Requeue), 0);
         let mut last = None;
@@ -436,7 +495,9 @@ mod tests {
         let mut t = Tracker::new(policy(Action::Stop), 0);
         // Used once at 2 s: armed then, idle from 3 s, stop at 13 s, long
         // before the grace (30 s) would have armed it.
-        let d = run(&mut t, 0, 20_000, |s| obs(s, &[if s == 2000 { 6 } else { 4 }]));
+        let d = run(&mut t, 0, 20_000, |s| {
+            obs(s, &[if s == 2000 { 6 } else { 4 }])
+        });
         assert_eq!(d, [(9_000, "warn"), (13_000, "stop")]);
         // The threshold is "at or above": 5 % is used.
         let mut t = Tracker::new(policy(Action::Stop), 0);
@@ -512,7 +573,7 @@ mod tests {
         });
         assert_eq!(d, [(11_000, "notify"), (36_000, "notify")]);
         let st = t.status();
-        assert_eq!(st.phase, Phase::Idle);
+        assert_eq!(st.phase, Phase::Acted);
         assert_eq!(st.warn_at_ms, None);
     }
 
@@ -531,20 +592,26 @@ mod tests {
         let mut p = policy(Action::Stop);
         p.warn_before_ms = 60_000;
         let mut t = Tracker::new(p, 0);
-        let d = run(&mut t, 0, 20_000, |s| obs(s, &[if s == 0 { 90 } else { 0 }]));
+        let d = run(&mut t, 0, 20_000, |s| {
+            obs(s, &[if s == 0 { 90 } else { 0 }])
+        });
         assert_eq!(d, [(1_000, "warn"), (11_000, "stop")]);
         // No lead: the warning and the stop come with the same sample.
         let mut p = policy(Action::Stop);
         p.warn_before_ms = 0;
         let mut t = Tracker::new(p, 0);
-        let d = run(&mut t, 0, 20_000, |s| obs(s, &[if s == 0 { 90 } else { 0 }]));
+        let d = run(&mut t, 0, 20_000, |s| {
+            obs(s, &[if s == 0 { 90 } else { 0 }])
+        });
         assert_eq!(d, [(11_000, "stop")]);
     }
 
     #[test]
     fn samples_out_of_order_and_after_the_stop_are_ignored() {
         let mut t = Tracker::new(policy(Action::Stop), 0);
-        run(&mut t, 0, 20_000, |s| obs(s, &[if s == 0 { 90 } else { 0 }]));
+        run(&mut t, 0, 20_000, |s| {
+            obs(s, &[if s == 0 { 90 } else { 0 }])
+        });
         assert_eq!(t.status().phase, Phase::Acted);
         assert_eq!(t.observe(&obs(30_000, &[0])), None);
         let mut t = Tracker::new(policy(Action::Stop), 0);

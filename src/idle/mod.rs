@@ -152,7 +152,10 @@ impl Override {
         if parts.len() > 3 {
             return Err(bad(
                 field,
-                format!("{text:?} has {} parts; give WINDOW:THRESHOLD:ACTION like 30m:5%:stop, or off", parts.len()),
+                format!(
+                    "{text:?} has {} parts; give WINDOW:THRESHOLD:ACTION like 30m:5%:stop, or off",
+                    parts.len()
+                ),
             ));
         }
         let window = match parts[0].trim() {
@@ -497,11 +500,17 @@ mod tests {
             }
         );
         assert_eq!(
-            Override::parse("--idle", "::requeue").unwrap().text().unwrap(),
+            Override::parse("--idle", "::requeue")
+                .unwrap()
+                .text()
+                .unwrap(),
             "::requeue"
         );
         assert_eq!(
-            Override::parse("--idle", "1h30m:10").unwrap().text().unwrap(),
+            Override::parse("--idle", "1h30m:10")
+                .unwrap()
+                .text()
+                .unwrap(),
             "1h30m:10%"
         );
     }
@@ -527,10 +536,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("--idle-grace: "));
-        assert_eq!(
-            parse_grace("--idle-grace", "0s").unwrap(),
-            Duration::ZERO
-        );
+        assert_eq!(parse_grace("--idle-grace", "0s").unwrap(), Duration::ZERO);
     }
 
     #[test]
@@ -624,13 +630,25 @@ mod tests {
             window: "soon".into(),
             ..IdleConfig::default()
         };
-        assert!(c.check().unwrap_err().to_string().starts_with("idle.window: "));
+        assert!(c
+            .check()
+            .unwrap_err()
+            .to_string()
+            .starts_with("idle.window: "));
         c.window = "30m".into();
         c.busy_io = "1 parsec".into();
-        assert!(c.check().unwrap_err().to_string().starts_with("idle.busy_io: "));
+        assert!(c
+            .check()
+            .unwrap_err()
+            .to_string()
+            .starts_with("idle.busy_io: "));
         c.busy_io = "0".into();
         c.threshold = 0;
-        assert!(c.check().unwrap_err().to_string().starts_with("idle.threshold: "));
+        assert!(c
+            .check()
+            .unwrap_err()
+            .to_string()
+            .starts_with("idle.threshold: "));
         c.threshold = 5;
         c.project.insert(
             "p".into(),

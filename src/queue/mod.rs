@@ -9,20 +9,20 @@
 //! name only and knows nothing about GPUs beyond the ids it is told to record.
 
 mod events;
-mod idle;
 mod holdings;
+mod idle;
 mod list;
 mod logs;
 mod spec;
 mod tags;
 
+pub use idle::IdleEnd;
 pub use list::{Cursor, JobFilter, JobOrder, JobPage, MAX_PAGE};
 pub use logs::{AttemptLogs, LogChunk, LogError, MIN_LOG_CAP};
 pub use spec::{
     parse_env_file, parse_memory_mib, parse_sweep, sweep_len, timeout_secs, Command, GitSource,
     GpuRequest, JobSpec, SpecError, SweepGrid, MAX_MEMORY_MIB, SECRET_REDACTED,
 };
-pub use idle::IdleEnd;
 pub use tags::check_tag;
 
 use std::collections::BTreeMap;

@@ -348,6 +348,13 @@ impl Coord {
                 e.insert(self.queue.get(a.job)?.spec.user.unwrap_or_default());
             }
         }
+        let window_ms = self
+            .lab
+            .idle
+            .policy_for(&crate::idle::JobIdle::default())
+            .ok()
+            .flatten()
+            .map_or(30 * 60_000, |p| p.window_ms);
         let agents = self.agents();
         let mut out: Vec<AgentInfo> = agents
             .iter()
@@ -361,12 +368,14 @@ impl Coord {
                     .filter(|a| &a.agent == name)
                     .flat_map(|a| {
                         a.gpus.iter().map(|g| HeldGpu {
+                            idle: self.idle.status(a.job, a.attempt),
                             uuid: g.clone(),
                             job: a.job,
                             user: users.get(&a.job).cloned().unwrap_or_default(),
                         })
                     })
                     .collect(),
+                memory_idle: self.idle.memory_idle(name, window_ms),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

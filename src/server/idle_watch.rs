@@ -40,6 +40,9 @@ pub(crate) struct IdleEffects {
 #[derive(Default)]
 pub(crate) struct IdleWatch {
     trackers: Mutex<HashMap<(JobId, u32), Entry>>,
+    /// (agent, GPU) → (first, latest) sample time of its memory held at
+    /// 0 % utilization, without a break.
+    memory: Mutex<HashMap<(String, String), (i64, i64)>>,
 }
 
 /// "when" as an RFC 3339 time to the second, for messages.
@@ -78,6 +81,20 @@ impl IdleWatch {
             .map(|h| (JobId(h.job), h.attempt))
             .collect();
         trackers.retain(|k, e| e.agent != agent || live.contains(k));
+        {
+            let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+            for (t_ms, hs) in samples {
+                for g in &hs.gpus {
+                    let key = (agent.to_string(), g.uuid.clone());
+                    if g.memory_used_mib > 0 && g.utilization_pct == Some(0) {
+                        let e = memory.entry(key).or_insert((*t_ms, *t_ms));
+                        e.1 = e.1.max(*t_ms);
+                    } else {
+                        memory.remove(&key);
+                    }
+                }
+            }
+        }
         for (t_ms, hs) in samples {
             // Each attempt's GPUs in this sample.
             let mut by: HashMap<(JobId, u32), Vec<Option<u32>>> = HashMap::new();
@@ -185,6 +202,35 @@ impl IdleWatch {
             }
         }
         Ok(fx)
+    }
+}
+
+impl IdleWatch {
+    /// Where idle detection stands for attempt `n` of `job`, if tracked.
+    pub(crate) fn status(&self, job: JobId, n: u32) -> Option<idle::Status> {
+        let trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+        trackers
+            .get(&(job, n))
+            .and_then(|e| e.tracker.as_ref())
+            .map(Tracker::status)
+    }
+
+    /// `agent`'s GPUs whose memory is held at 0 %, flagged after
+    /// `window_ms`.
+    pub(crate) fn memory_idle(&self, agent: &str, window_ms: i64) -> Vec<crate::api::MemoryIdle> {
+        let memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<crate::api::MemoryIdle> = memory
+            .iter()
+            .filter(|((a, _), _)| a == agent)
+            .map(|((_, uuid), (since, last))| crate::api::MemoryIdle {
+                uuid: uuid.clone(),
+                since_ms: *since,
+                idle_ms: last - since,
+                flagged: last - since >= window_ms,
+            })
+            .collect();
+        out.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        out
     }
 }
 

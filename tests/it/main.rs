@@ -9,6 +9,7 @@ mod daemon_home;
 mod field_store;
 mod golden;
 mod hardening;
+mod idle;
 mod notify;
 mod queue_daemon;
 mod queue_scale;
