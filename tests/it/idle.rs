@@ -171,11 +171,12 @@ fn a_job_idle_past_its_window_is_warned_then_stopped_with_its_evidence() {
 fn reading_data_and_exempt_jobs_are_not_stopped_an_idle_sleeper_is() {
     let env = Env::new();
     // No trace: every GPU at 0 %. Busy means 10 % of a core or 1 MiB/s.
+    // GPU 4 has 20 GB held at 0 % from the start (a foreign process's).
     let (_d, _a, url) = lab(
         &env,
-        "[idle]\nbusy_cpu = 10\nbusy_io = \"1MiB\"\nwarn_before = \"0s\"\nexempt_tag = \"keep\"\n",
-        (4, "A100-80GB"),
-        None,
+        "[idle]\nwindow = \"2s\"\nbusy_cpu = 10\nbusy_io = \"1MiB\"\nwarn_before = \"0s\"\nexempt_tag = \"keep\"\n",
+        (6, "A100-80GB"),
+        Some("version = 1\nprocesses = \"environment\"\n[[gpu]]\nindex = 4\npoints = [[0, 0, 20000, 60]]\n"),
     );
     let idle = ["--idle", "2s:5%:stop", "--idle-grace", "0s"];
     let submit_with = |extra: &[&str], cmd: &[&str]| {
@@ -199,6 +200,11 @@ fn reading_data_and_exempt_jobs_are_not_stopped_an_idle_sleeper_is() {
     let mut tagged = idle.to_vec();
     tagged.extend(["--tag", "keep"]);
     let exempt = submit_with(&tagged, &["sleep", "5"]);
+    // Notify only: the job keeps running, `ps` says it is idle.
+    let notified = submit_with(
+        &["--idle", "1s:5%:notify", "--idle-grace", "0s"],
+        &["sleep", "60"],
+    );
     let t0 = Instant::now();
     wait_state(&url, sleeper, "idle_stopped", Duration::from_secs(20));
     // The others outlive the sleeper's window and end by themselves.
@@ -211,6 +217,55 @@ fn reading_data_and_exempt_jobs_are_not_stopped_an_idle_sleeper_is() {
         assert!(a.get("idle_evidence").is_none(), "job {id}: {j:#}");
     }
     assert!(t0.elapsed() >= Duration::from_secs(4));
+    // The notified job runs on, and `ps` says so.
+    assert_eq!(job(&url, notified)["state"], "running");
+    assert_eq!(
+        events(&env, notified)
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["idle_warned"]
+    );
+    let ps = env.ok(&["ps", "--server", &url]);
+    let line = ps
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{notified} ")))
+        .unwrap_or_else(|| panic!("{ps}"));
+    assert!(
+        line.contains("owner notified") && line.contains("idle "),
+        "{line}"
+    );
+    let sleeper_line = ps
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{sleeper} ")))
+        .unwrap();
+    assert!(sleeper_line.contains("idle_stopped"), "{sleeper_line}");
+    // A foreign process on GPU 5 (not in any job's process group) is
+    // named with its user; GPU 4's memory held at 0 % is flagged.
+    let uuids = crate::support::jobs::gpu_uuids(&url, 6);
+    let mut foreign = std::process::Command::new("sleep")
+        .arg("30")
+        .env("TRAINYARD_GPU_UUIDS", &uuids[5])
+        .spawn()
+        .unwrap();
+    let mut out = String::new();
+    wait_for(Duration::from_secs(10), || {
+        out = env.ok(&["gpus", "--server", &url]);
+        out.contains(&format!("pid {}", foreign.id()))
+    });
+    let _ = foreign.kill();
+    let _ = foreign.wait();
+    let gpu5 = out
+        .lines()
+        .find(|l| l.contains(&format!("pid {}", foreign.id())))
+        .unwrap();
+    assert!(gpu5.contains("FOREIGN") && gpu5.contains(" ("), "{gpu5}");
+    let gpu4 = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("4"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(gpu4.contains("memory held, idle"), "{out}");
+    env.ok(&["cancel", "--server", &url, &notified.to_string()]);
     // Exempt jobs have no idle status at all.
     assert!(attempts(&url, off)[0].get("idle").is_none());
     assert!(attempts(&url, exempt)[0].get("idle").is_none());

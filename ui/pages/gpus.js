@@ -84,7 +84,7 @@ export function mount(root, route, ctx) {
     swap(body, ...agents.map((a) => host(a, now)));
   }
 
-  ctx.live(['agent', 'job'], refresh, 1000);
+  ctx.live(['agent', 'job', 'idle'], refresh, 1000);
   refresh();
   if ((ctx.health?.features ?? []).includes('telemetry')) root.append(historyPanel(route, ctx));
 }

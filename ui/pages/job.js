@@ -326,7 +326,7 @@ export function mount(root, route, ctx) {
     if (ev.type === 'log' && String(ev.id) === String(id)) {
       if (ev.attempt === shown && ev.size > offset) readLog();
       else if (shown == null || (followLatest && ev.attempt > shown)) refreshSoon();
-    } else if ((ev.type === 'job' && String(ev.id) === String(id)) || ev.type === 'refresh') refreshSoon();
+    } else if (((ev.type === 'job' || ev.type === 'idle') && String(ev.id) === String(id)) || ev.type === 'refresh') refreshSoon();
   });
   const refreshSoon = ctx.live([], refresh, 250);
   ctx.every(() => tick(info), 1000);
