@@ -405,7 +405,7 @@ impl IdleConfig {
     /// win over its project's, which win over the lab's.
     pub fn policy_for(&self, job: &JobIdle<'_>) -> Result<Option<Policy>, IdleError> {
         let mut p = self.base()?;
-        if !self.exempt_tag.is_empty() && job.tags.iter().any(|t| *t == self.exempt_tag) {
+        if !self.exempt_tag.is_empty() && job.tags.contains(&self.exempt_tag) {
             return Ok(None);
         }
         if let Some(proj) = self.project.get(job.project) {

@@ -23,6 +23,16 @@ struct Entry {
     written: Option<idle::Status>,
 }
 
+/// A decision or status change to write: the attempt, the sample's
+/// time, the decision, the status and the policy.
+type Todo = (
+    (JobId, u32),
+    i64,
+    Option<Decision>,
+    idle::Status,
+    idle::Policy,
+);
+
 /// What the idle policy changed, for the caller to announce.
 #[derive(Debug, Default)]
 pub(crate) struct IdleEffects {
@@ -64,7 +74,8 @@ fn rule(p: &idle::Policy) -> String {
 impl IdleWatch {
     /// Feed `agent`'s samples (times already on the daemon's clock) to
     /// the trackers of the attempts holding its GPUs, and carry out what
-    /// they decide. Blocking (SQLite).
+    /// they decide. Blocking (SQLite); the trackers' lock is never held
+    /// across a query.
     pub(crate) fn observe(
         &self,
         queue: &Queue,
@@ -73,30 +84,15 @@ impl IdleWatch {
         holders: &[Holder],
         samples: &[(i64, &HostSample)],
     ) -> Result<IdleEffects, QueueError> {
-        let mut fx = IdleEffects::default();
-        let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
         let live: HashSet<(JobId, u32)> = holders
             .iter()
             .filter(|h| h.until_ms.is_none())
             .map(|h| (JobId(h.job), h.attempt))
             .collect();
-        trackers.retain(|k, e| e.agent != agent || live.contains(k));
-        {
-            let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
-            for (t_ms, hs) in samples {
-                for g in &hs.gpus {
-                    let key = (agent.to_string(), g.uuid.clone());
-                    if g.memory_used_mib > 0 && g.utilization_pct == Some(0) {
-                        let e = memory.entry(key).or_insert((*t_ms, *t_ms));
-                        e.1 = e.1.max(*t_ms);
-                    } else {
-                        memory.remove(&key);
-                    }
-                }
-            }
-        }
+        self.watch_memory(agent, samples);
+        // Each running attempt's observations, in time order.
+        let mut seen: Vec<((JobId, u32), Observation)> = Vec::new();
         for (t_ms, hs) in samples {
-            // Each attempt's GPUs in this sample.
             let mut by: HashMap<(JobId, u32), Vec<Option<u32>>> = HashMap::new();
             for g in &hs.gpus {
                 let (job, attempt) = crate::telemetry::holder_at(holders, &g.uuid, *t_ms);
@@ -106,102 +102,171 @@ impl IdleWatch {
                         .push(g.utilization_pct);
                 }
             }
+            let mut by: Vec<_> = by.into_iter().collect();
+            by.sort_by_key(|(k, _)| *k);
             for ((job, n), util_pct) in by {
-                if !trackers.contains_key(&(job, n)) {
-                    let Some(e) = new_entry(queue, cfg, agent, job, n)? else {
-                        continue;
-                    };
-                    trackers.insert((job, n), e);
-                }
-                let e = trackers.get_mut(&(job, n)).expect("inserted above");
+                let group = hs.groups.iter().find(|g| g.job == job && g.attempt == n);
+                seen.push((
+                    (job, n),
+                    Observation {
+                        t_ms: *t_ms,
+                        util_pct,
+                        cpu_pct: group.map(|g| g.cpu_pct),
+                        io_bytes_per_s: group.map(|g| g.io_bytes_per_s),
+                    },
+                ));
+            }
+        }
+        // New attempts' policies, read without the lock.
+        let missing: Vec<(JobId, u32)> = {
+            let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+            trackers.retain(|k, e| e.agent != agent || live.contains(k));
+            let mut m: Vec<_> = seen
+                .iter()
+                .map(|(k, _)| *k)
+                .filter(|k| !trackers.contains_key(k))
+                .collect();
+            m.sort();
+            m.dedup();
+            m
+        };
+        let mut fresh = Vec::new();
+        for (job, n) in missing {
+            if let Some(e) = new_entry(queue, cfg, agent, job, n)? {
+                fresh.push(((job, n), e));
+            }
+        }
+        // Observe under the lock; act after it.
+        let mut todo: Vec<Todo> = Vec::new();
+        {
+            let mut trackers = self.trackers.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, e) in fresh {
+                trackers.entry(k).or_insert(e);
+            }
+            for (key, o) in &seen {
+                let Some(e) = trackers.get_mut(key) else {
+                    continue;
+                };
                 let Some(tr) = e.tracker.as_mut() else {
                     continue;
                 };
-                let group = hs.groups.iter().find(|g| g.job == job && g.attempt == n);
-                let decision = tr.observe(&Observation {
-                    t_ms: *t_ms,
-                    util_pct,
-                    cpu_pct: group.map(|g| g.cpu_pct),
-                    io_bytes_per_s: group.map(|g| g.io_bytes_per_s),
-                });
+                let decision = tr.observe(o);
                 let status = tr.status();
-                let policy = *tr.policy();
-                match decision {
-                    None => {}
-                    Some(Decision::Warn {
-                        act_at_ms,
-                        evidence,
-                    }) => {
-                        let what = match policy.action {
-                            Action::Requeue => "requeued",
-                            _ => "stopped",
-                        };
-                        let detail = format!(
-                            "job {job}'s GPUs have been idle (under {}%) since {}; it will be {what} at {} (in {}) unless it uses them (policy {})",
-                            policy.threshold_pct,
-                            at(evidence.idle_since_ms),
-                            at(act_at_ms),
-                            idle::human_ms(act_at_ms - t_ms),
-                            rule(&policy),
-                        );
-                        if queue.idle_warned(job, n, &evidence, &status, &detail)? {
-                            fx.notified = true;
-                            e.written = Some(status.clone());
-                        }
-                    }
-                    Some(Decision::Act {
-                        action: Action::Notify,
-                        evidence,
-                    }) => {
-                        let detail = format!(
-                            "job {job}'s GPUs have been idle (under {}%) for {} since {} (policy {}: notify only)",
-                            policy.threshold_pct,
-                            idle::human_ms(t_ms - evidence.idle_since_ms),
-                            at(evidence.idle_since_ms),
-                            rule(&policy),
-                        );
-                        if queue.idle_warned(job, n, &evidence, &status, &detail)? {
-                            fx.notified = true;
-                            e.written = Some(status.clone());
-                        }
-                    }
-                    Some(Decision::Act { action, evidence }) => {
-                        let (how, what) = match action {
-                            Action::Requeue => (IdleEnd::Requeue, "requeued"),
-                            _ => (IdleEnd::Stop, "stopped"),
-                        };
-                        let reason = format!(
-                            "attempt {n} {what} for idling: its GPUs stayed under {}% utilization for {} (idle since {}; policy {})",
-                            policy.threshold_pct,
-                            idle::human_ms(policy.window_ms),
-                            at(evidence.idle_since_ms),
-                            rule(&policy),
-                        );
-                        if queue
-                            .idle_stop(job, n, how, &evidence, &status, &reason)?
-                            .is_some()
-                        {
-                            fx.notified = true;
-                            fx.agents.push(agent.to_string());
-                            fx.jobs.push((
-                                job,
-                                match how {
-                                    IdleEnd::Stop => JobState::IdleStopped,
-                                    IdleEnd::Requeue => JobState::Queued,
-                                },
-                            ));
-                            e.written = Some(status.clone());
-                        }
-                    }
-                }
-                if changed(e.written.as_ref(), &status) {
-                    queue.set_idle_status(job, n, &status)?;
-                    e.written = Some(status);
-                    fx.changed.push(job);
+                if decision.is_some() || changed(e.written.as_ref(), &status) {
+                    e.written = Some(status.clone());
+                    todo.push((*key, o.t_ms, decision, status, *tr.policy()));
                 }
             }
         }
+        let mut fx = IdleEffects::default();
+        for ((job, n), t_ms, decision, status, policy) in todo {
+            self.carry_out(
+                queue, agent, job, n, t_ms, decision, &status, &policy, &mut fx,
+            )?;
+        }
         Ok(fx)
+    }
+
+    fn watch_memory(&self, agent: &str, samples: &[(i64, &HostSample)]) {
+        let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        for (t_ms, hs) in samples {
+            for g in &hs.gpus {
+                let key = (agent.to_string(), g.uuid.clone());
+                if g.memory_used_mib > 0 && g.utilization_pct == Some(0) {
+                    let e = memory.entry(key).or_insert((*t_ms, *t_ms));
+                    e.1 = e.1.max(*t_ms);
+                } else {
+                    memory.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Write a decision (and the status) to the queue.
+    #[allow(clippy::too_many_arguments)]
+    fn carry_out(
+        &self,
+        queue: &Queue,
+        agent: &str,
+        job: JobId,
+        n: u32,
+        t_ms: i64,
+        decision: Option<Decision>,
+        status: &idle::Status,
+        policy: &idle::Policy,
+        fx: &mut IdleEffects,
+    ) -> Result<(), QueueError> {
+        match decision {
+            None => {
+                queue.set_idle_status(job, n, status)?;
+                fx.changed.push(job);
+            }
+            Some(Decision::Warn {
+                act_at_ms,
+                evidence,
+            }) => {
+                let what = match policy.action {
+                    Action::Requeue => "requeued",
+                    _ => "stopped",
+                };
+                let detail = format!(
+                    "job {job}'s GPUs have been idle (under {}%) since {}; it will be {what} at {} (in {}) unless it uses them (policy {})",
+                    policy.threshold_pct,
+                    at(evidence.idle_since_ms),
+                    at(act_at_ms),
+                    idle::human_ms(act_at_ms - t_ms),
+                    rule(policy),
+                );
+                if queue.idle_warned(job, n, &evidence, status, &detail)? {
+                    fx.notified = true;
+                    fx.changed.push(job);
+                }
+            }
+            Some(Decision::Act {
+                action: Action::Notify,
+                evidence,
+            }) => {
+                let detail = format!(
+                    "job {job}'s GPUs have been idle (under {}%) for {} since {} (policy {}: notify only)",
+                    policy.threshold_pct,
+                    idle::human_ms(t_ms - evidence.idle_since_ms),
+                    at(evidence.idle_since_ms),
+                    rule(policy),
+                );
+                if queue.idle_warned(job, n, &evidence, status, &detail)? {
+                    fx.notified = true;
+                    fx.changed.push(job);
+                }
+            }
+            Some(Decision::Act { action, evidence }) => {
+                let (how, what) = match action {
+                    Action::Requeue => (IdleEnd::Requeue, "requeued"),
+                    _ => (IdleEnd::Stop, "stopped"),
+                };
+                let reason = format!(
+                    "attempt {n} {what} for idling: its GPUs stayed under {}% utilization for {} (idle since {}; policy {})",
+                    policy.threshold_pct,
+                    idle::human_ms(policy.window_ms),
+                    at(evidence.idle_since_ms),
+                    rule(policy),
+                );
+                if queue
+                    .idle_stop(job, n, how, &evidence, status, &reason)?
+                    .is_some()
+                {
+                    fx.notified = true;
+                    fx.agents.push(agent.to_string());
+                    fx.jobs.push((
+                        job,
+                        match how {
+                            IdleEnd::Stop => JobState::IdleStopped,
+                            IdleEnd::Requeue => JobState::Queued,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
