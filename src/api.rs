@@ -148,6 +148,26 @@ pub struct HostSample {
     pub dt_ms: u32,
     /// Each GPU.
     pub gpus: Vec<GpuSample>,
+    /// What each held attempt's processes did over `dt_ms` besides the
+    /// GPU (the idle policy's "busy reading"); absent before the second
+    /// sample of an attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupSample>,
+}
+
+/// One attempt's processes (its process group and cgroup) over a
+/// sample's interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSample {
+    /// The job.
+    pub job: JobId,
+    /// The attempt.
+    pub attempt: u32,
+    /// CPU use (user + system), % of one core.
+    pub cpu_pct: f64,
+    /// Bytes read and written through system calls, per second.
+    pub io_bytes_per_s: u64,
 }
 
 /// One GPU in a [`HostSample`].
@@ -220,6 +240,10 @@ pub struct AgentOrders {
     /// Held attempts that are no longer current (cancelled, reassigned,
     /// expired): stop them now.
     pub stop: Vec<String>,
+    /// Why, for those of `stop` the idle policy stopped: (token, reason),
+    /// which the agent writes at the end of the attempt's log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_reasons: Vec<(String, String)>,
     /// How long a lease lasts, ms.
     pub lease_ms: u64,
 }
@@ -275,11 +299,33 @@ pub struct AgentInfo {
     pub alive: bool,
     /// GPU UUIDs held by Trainyard attempts, with the job holding each.
     pub held: Vec<HeldGpu>,
+    /// GPUs whose memory is held while their utilization stays at 0 %
+    /// (by a job or a foreign process), with since when; `flagged` once
+    /// that lasted the lab's idle window ("memory held, idle").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_idle: Vec<MemoryIdle>,
+}
+
+/// A GPU whose memory is held at 0 % utilization.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryIdle {
+    /// The GPU.
+    pub uuid: String,
+    /// Since when (the first such sample), ms since the epoch.
+    pub since_ms: i64,
+    /// For how long, ms, as of the latest sample.
+    pub idle_ms: i64,
+    /// Whether that is the lab's idle window or more.
+    pub flagged: bool,
 }
 
 /// A GPU held by an attempt.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeldGpu {
+    /// Where idle detection stands for the holding attempt (none: exempt,
+    /// or no sample yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<crate::idle::Status>,
     /// The GPU.
     pub uuid: String,
     /// The job holding it.
@@ -326,6 +372,12 @@ pub enum Event {
         /// Its sync outcome (`synced`, `unchanged`, `failed`).
         sync: SyncOutcome,
     },
+    /// Idle detection of a job's running attempt changed phase (idle,
+    /// busy, active again, warned).
+    Idle {
+        /// The job.
+        id: JobId,
+    },
     /// A notification for a `desktop` sink: the desktop app shows it
     /// natively.
     Notification {
@@ -351,6 +403,7 @@ impl Event {
             Event::Log { .. } => "log",
             Event::Schedule { .. } => "schedule",
             Event::Run { .. } => "run",
+            Event::Idle { .. } => "idle",
             Event::Notification { .. } => "notification",
         }
     }

@@ -13,6 +13,10 @@
 //! users = ["ana", "bo"]
 //! projects = ["detr"]         # a project's team wins over its submitter's
 //!
+//! [idle]                      # the idle policy's defaults (`crate::idle::IdleConfig`)
+//! window = "30m"
+//! action = "stop"
+//!
 //! [notify.team-slack]         # a notification sink (`crate::notify::config`)
 //! kind = "slack"
 //! url_env = "TEAM_SLACK_URL"  # or url = "…" in a config.toml only its owner reads
@@ -29,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 
+use crate::idle::{IdleConfig, IdleError};
 use crate::notify::{self, config::SinkConfig};
 use crate::usage::{self, Teams};
 
@@ -64,6 +69,16 @@ pub enum ConfigError {
         #[source]
         source: Box<usage::UsageError>,
     },
+    /// An `[idle]` value that cannot be used (the message names the
+    /// field, e.g. `idle.window`).
+    #[error("{}: {source}", path.display())]
+    Idle {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the field.
+        #[source]
+        source: IdleError,
+    },
     /// A `[notify.NAME]` table that cannot be used (the message names
     /// the field).
     #[error("{}: {source}", path.display())]
@@ -91,6 +106,9 @@ pub struct LabConfig {
     /// Notification sinks and their rules, by name.
     #[serde(default)]
     pub notify: BTreeMap<String, SinkConfig>,
+    /// The idle policy's lab and project defaults.
+    #[serde(default)]
+    pub idle: IdleConfig,
 }
 
 /// `[usage]`.
@@ -135,6 +153,10 @@ impl LabConfig {
             source: Box::new(e),
         })?;
         c.notify_sinks(path)?;
+        c.idle.check().map_err(|source| ConfigError::Idle {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(c)
     }
 

@@ -29,6 +29,10 @@ pub struct GpuProcess {
     pub pid: u32,
     /// GPU memory it uses, MiB, when the driver says.
     pub used_mib: Option<u64>,
+    /// The user it runs as (filled in by the agent for processes that are
+    /// not Trainyard's, so `gpus` can say whose they are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// One GPU's identity and live state.
@@ -241,6 +245,7 @@ impl GpuSource for NvmlGpus {
                         UsedGpuMemory::Used(b) => Some(b >> 20),
                         UsedGpuMemory::Unavailable => None,
                     },
+                    user: None,
                 })
                 .collect();
             out.push(Gpu {

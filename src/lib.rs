@@ -13,6 +13,7 @@ pub mod db;
 pub mod demo;
 pub mod gpu;
 pub mod home;
+pub mod idle;
 pub mod notify;
 pub mod progress;
 pub mod queue;

@@ -253,6 +253,7 @@ mod tests {
         h.gpus[1].processes.push(GpuProcess {
             pid: 4242,
             used_mib: Some(1000),
+            user: None,
         });
         let err = place(&req(1, 0, None), &[h.clone()]).unwrap_err();
         assert_eq!(err, "no host has 1 free GPU");

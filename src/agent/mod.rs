@@ -10,6 +10,7 @@
 //! The agent talks to the daemon only through the HTTP API, the agent
 //! embedded in `trainyard up` included.
 
+pub mod activity;
 pub mod cgroup;
 pub mod env;
 pub mod git;

@@ -186,7 +186,12 @@ impl Sampler {
                 }
             })
             .collect();
-        HostSample { t_ms, dt_ms, gpus }
+        HostSample {
+            t_ms,
+            dt_ms,
+            gpus,
+            groups: Vec::new(),
+        }
     }
 }
 
@@ -254,6 +259,7 @@ mod tests {
             t_ms: t,
             dt_ms: 2000,
             gpus: vec![GpuSample::default(); gpus],
+            groups: Vec::new(),
         }
     }
 
@@ -307,10 +313,12 @@ mod tests {
                 crate::gpu::GpuProcess {
                     pid: 10,
                     used_mib: Some(4),
+                    user: None,
                 },
                 crate::gpu::GpuProcess {
                     pid: 11,
                     used_mib: None,
+                    user: None,
                 },
             ],
         };

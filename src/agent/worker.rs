@@ -32,6 +32,7 @@ use crate::queue::JobId;
 use crate::store::{CheckoutOptions, DatasetRef, Store};
 use crate::Home;
 
+use super::activity;
 use super::cgroup::{self, Cgroups};
 use super::identity::Identity;
 use super::record::{self, AttemptRecord, RecordedEnd, Records};
@@ -111,6 +112,8 @@ struct Held {
     renewed: Instant,
     /// Stopped because its lease could not be renewed.
     lease_stopped: bool,
+    /// Why the daemon stopped it, when it said (the idle policy).
+    stop_reason: Option<String>,
 }
 
 struct GpuState {
@@ -157,10 +160,13 @@ impl Agent {
         }
     }
 
-    fn stop(&self, tokens: &[String]) {
-        let held = self.held();
+    fn stop(&self, tokens: &[String], reasons: &[(String, String)]) {
+        let mut held = self.held();
         for t in tokens {
-            if let Some(h) = held.get(t) {
+            if let Some(h) = held.get_mut(t) {
+                if let Some((_, r)) = reasons.iter().find(|(rt, _)| rt == t) {
+                    h.stop_reason.get_or_insert_with(|| r.clone());
+                }
                 tracing::info!(
                     job = h.job.0,
                     attempt = h.attempt,
@@ -267,7 +273,7 @@ pub async fn run(
     ship.abort();
     // Stop everything still running and let the attempt tasks report it.
     let tokens: Vec<String> = agent.held().keys().cloned().collect();
-    agent.stop(&tokens);
+    agent.stop(&tokens, &[]);
     for _ in 0..200 {
         if agent.held().is_empty() {
             break;
@@ -307,6 +313,8 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
     let every = a.cfg.sample_every.max(Duration::from_millis(50));
     let mut warned = false;
     let mut sampler = Sampler::default();
+    let mut meter = activity::GroupMeter::default();
+    let mut users: HashMap<u32, String> = HashMap::new();
     let mut last: Option<Instant> = None;
     let mut next = Instant::now();
     while !stop.load(Ordering::Relaxed) {
@@ -338,6 +346,10 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
         let owners = owners(&groups, &cgroups);
         let mut pids: Vec<u32> = owners.keys().copied().collect();
         pids.sort_unstable();
+        let mut gpus = gpus;
+        if let Some(gpus) = &mut gpus {
+            name_foreign(gpus, &owners, &mut users);
+        }
         {
             let mut g = a.gpu.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(gpus) = &gpus {
@@ -347,7 +359,9 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
         }
         if let Some(gpus) = gpus.filter(|g| !g.is_empty()) {
             let dt = last.map_or(every, |l| taken - l);
-            a.samples.push(sampler.sample(&gpus, &owners, t_ms, dt));
+            let mut sample = sampler.sample(&gpus, &owners, t_ms, dt);
+            sample.groups = meter.sample(&owners, sample.dt_ms, activity::read);
+            a.samples.push(sample);
             last = Some(taken);
         }
         // On a fixed grid, so the interval does not drift by the work.
@@ -361,6 +375,30 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
                 return;
             }
             std::thread::sleep((next - Instant::now()).min(Duration::from_millis(100)));
+        }
+    }
+}
+
+/// Name the user of each GPU process that is not Trainyard's (`users`
+/// caches uid → name), so `gpus` and the GPUs page can say whose it is.
+fn name_foreign(gpus: &mut [Gpu], owners: &HashMap<u32, Owner>, users: &mut HashMap<u32, String>) {
+    use std::os::unix::fs::MetadataExt;
+    for g in gpus {
+        for p in &mut g.processes {
+            if owners.contains_key(&p.pid) {
+                continue;
+            }
+            let Ok(m) = std::fs::metadata(format!("/proc/{}", p.pid)) else {
+                continue;
+            };
+            let uid = m.uid();
+            let name = users.entry(uid).or_insert_with(|| {
+                nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| format!("uid{uid}"), |u| u.name)
+            });
+            p.user = Some(name.clone());
         }
     }
 }
@@ -417,7 +455,7 @@ async fn heartbeat_loop(a: Arc<Agent>) {
                 }
                 a.lease_ms.store(o.lease_ms, Ordering::Relaxed);
                 a.renewed(sent, &report.attempts, &o.stop);
-                a.stop(&o.stop);
+                a.stop(&o.stop, &o.stop_reasons);
             }
             Err(e) => {
                 if !down {
@@ -442,7 +480,7 @@ async fn poll_loop(a: Arc<Agent>) -> Result<(), AgentError> {
                 backoff = Duration::from_millis(100);
                 a.lease_ms.store(orders.lease_ms, Ordering::Relaxed);
                 a.renewed(sent, &included, &orders.stop);
-                a.stop(&orders.stop);
+                a.stop(&orders.stop, &orders.stop_reasons);
                 for w in orders.assignments {
                     let token = w.assignment.token.clone();
                     if a.retired
@@ -470,6 +508,7 @@ async fn poll_loop(a: Arc<Agent>) -> Result<(), AgentError> {
                                 cgroup: None,
                                 renewed: sent,
                                 lease_stopped: false,
+                                stop_reason: None,
                             },
                         );
                     }
@@ -665,10 +704,18 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<StopFlag>) {
                     append_line(&log, &format!("trainyard: {msg}"));
                     (None, Some(msg))
                 }
-                Ok(Ok(Outcome::Cancelled)) => (
-                    None,
-                    Some(format!("attempt {n} was stopped (cancelled or reassigned)")),
-                ),
+                Ok(Ok(Outcome::Cancelled)) => {
+                    match a.held().get(&token).and_then(|h| h.stop_reason.clone()) {
+                        Some(reason) => {
+                            append_line(&log, &format!("trainyard: {reason}"));
+                            (None, Some(reason))
+                        }
+                        None => (
+                            None,
+                            Some(format!("attempt {n} was stopped (cancelled or reassigned)")),
+                        ),
+                    }
+                }
                 Ok(Err(e)) => (None, Some(e.to_string())),
                 Err(e) => (None, Some(format!("waiting panicked: {e}"))),
             }

@@ -150,6 +150,17 @@ pub struct SubmitArgs {
     /// A free-form label (repeatable).
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// The idle policy for this job, WINDOW:THRESHOLD:ACTION: stop,
+    /// requeue or notify when all its GPUs stay under THRESHOLD
+    /// utilization for WINDOW, e.g. 30m:5%:stop; parts left empty keep the
+    /// lab's defaults (`[idle]` in config.toml), e.g. ::requeue. `off`
+    /// exempts the job.
+    #[arg(long, value_name = "WINDOW:THRESHOLD:ACTION")]
+    idle: Option<String>,
+    /// Arm idle detection at the latest this long after the start (earlier
+    /// if the job uses its GPUs), e.g. 15m [default: the lab's].
+    #[arg(long, value_name = "DURATION")]
+    idle_grace: Option<String>,
     /// The command and its arguments (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -246,6 +257,13 @@ pub(super) fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::Swee
     spec.inputs.extend(a.inputs);
     spec.depends_on.extend(a.depends_on);
     spec.tags.extend(a.tags);
+    if let Some(i) = &a.idle {
+        spec.idle = trainyard::idle::Override::parse("--idle", i)?.text();
+    }
+    if let Some(g) = &a.idle_grace {
+        trainyard::idle::parse_grace("--idle-grace", g)?;
+        spec.idle_grace = Some(g.trim().to_string());
+    }
     if let (Some(repo), Some(rev)) = (a.git, a.rev) {
         spec.git = Some(GitSource { repo, rev });
         spec.workdir = None;
@@ -455,13 +473,25 @@ pub fn ps(ctx: &Ctx, d: &DaemonArgs, a: PsArgs) -> anyhow::Result<ExitCode> {
             short(j.spec.user.as_deref().unwrap_or("-"), 10),
             short(&place, 14),
             short(&time, 9),
-            j.reason.as_deref().unwrap_or("")
+            reason_of(j)
         );
     }
     if hidden > 0 {
         println!("({hidden} more jobs not shown; --all shows them, --state/--user/--tag narrow)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `ps` says of a job: the idle policy's line while it runs (idle
+/// how long, and what happens when), else its reason.
+fn reason_of(j: &Job) -> String {
+    let now_ms = trainyard::db::now_ns() / 1_000_000;
+    let idle = j
+        .idle
+        .as_ref()
+        .filter(|_| j.state == JobState::Running)
+        .and_then(|s| s.describe(now_ms));
+    idle.or_else(|| j.reason.clone()).unwrap_or_default()
 }
 
 /// `trainyard show`.
@@ -783,13 +813,41 @@ pub fn gpus(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 .processes
                 .iter()
                 .filter(|p| !a.report.pids.contains(&p.pid))
-                .map(|p| format!("pid {}", p.pid))
+                .map(|p| {
+                    let mem = p.used_mib.map(|m| format!(", {m} MiB")).unwrap_or_default();
+                    match &p.user {
+                        Some(u) => format!("pid {} ({u}{mem})", p.pid),
+                        None => format!("pid {}{mem}", p.pid),
+                    }
+                })
                 .collect();
-            let who = match held {
-                Some(h) => format!("job {} ({})", h.job, h.user),
-                None if !foreign.is_empty() => format!("FOREIGN {}", foreign.join(", ")),
+            let now_ms = trainyard::db::now_ns() / 1_000_000;
+            let mut who = match held {
+                Some(h) => {
+                    let idle = h
+                        .idle
+                        .as_ref()
+                        .and_then(|s| s.describe(now_ms))
+                        .map(|d| format!(": {d}"))
+                        .unwrap_or_default();
+                    format!("job {} ({}){idle}", h.job, h.user)
+                }
                 None => "free".into(),
             };
+            if !foreign.is_empty() {
+                let list = format!("FOREIGN {}", foreign.join(", "));
+                who = if held.is_some() {
+                    format!("{who}; {list}")
+                } else {
+                    list
+                };
+            }
+            if let Some(m) = a.memory_idle.iter().find(|m| m.uuid == g.uuid && m.flagged) {
+                who = format!(
+                    "{who} [memory held, idle {}]",
+                    trainyard::idle::human_ms(m.idle_ms)
+                );
+            }
             let opt =
                 |v: Option<u32>, unit: &str| v.map(|x| format!("{x}{unit}")).unwrap_or("-".into());
             println!(

@@ -377,6 +377,7 @@ impl GpuSource for TraceGpus {
                 .map(|(pid, _)| GpuProcess {
                     pid: *pid,
                     used_mib: None,
+                    user: None,
                 })
                 .collect();
         }

@@ -97,6 +97,7 @@ impl EventKind {
             JobState::Failed => Some(EventKind::JobFailed),
             JobState::Cancelled => Some(EventKind::JobCancelled),
             JobState::Lost => Some(EventKind::JobLost),
+            JobState::IdleStopped => Some(EventKind::IdleStopped),
             JobState::Queued | JobState::Assigned | JobState::Running => None,
         }
     }

@@ -15,6 +15,35 @@ impl Queue {
         let Some(kind) = EventKind::of_job_end(job.state) else {
             return Ok(());
         };
+        // A job stopped for idling is announced by `notify_idle`, with
+        // its evidence's summary.
+        if kind == EventKind::IdleStopped {
+            return Ok(());
+        }
+        self.insert_job_event(tx, &job, kind, job.reason.clone())
+    }
+
+    /// Append an idle event (`idle_warned`, `idle_stopped`) of job `id`
+    /// with `detail`. Inside `tx`.
+    pub(super) fn notify_idle(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        id: JobId,
+        kind: EventKind,
+        detail: &str,
+    ) -> Result<()> {
+        let job = self.read_job(tx, id)?;
+        self.insert_job_event(tx, &job, kind, Some(detail.to_string()))
+    }
+
+    fn insert_job_event(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        job: &super::Job,
+        kind: EventKind,
+        detail: Option<String>,
+    ) -> Result<()> {
+        let id = job.id;
         let runtime_s = match (job.started_ns, job.finished_ns) {
             (Some(s), Some(f)) if f > s => Some(((f - s) / 1_000_000_000) as u64),
             _ => None,
@@ -41,7 +70,7 @@ impl Queue {
                 .map(|s| gpus as f64 * s as f64 / 3600.0),
             runtime_s,
             run: None,
-            detail: job.reason.clone(),
+            detail,
         };
         notify::outbox::insert_event(tx, kind, &event).map_err(self.sql())?;
         Ok(())

@@ -18,7 +18,7 @@ pub const MAX_PAGE: usize = 5_000;
 /// `WHERE`/`ORDER BY` on `j` (jobs) and `a` (attempts).
 pub(super) const JOB_SELECT: &str =
     "SELECT j.id, j.spec, j.state, j.attempts, j.reason, j.submitted_ns, j.exit_code, j.finished_ns,
-            a.agent, a.gpus, a.started_ns, a.gpu_indices, j.priority
+            a.agent, a.gpus, a.started_ns, a.gpu_indices, j.priority, a.idle_status
      FROM jobs j LEFT JOIN attempts a ON a.job_id = j.id AND a.n = j.attempts";
 
 /// One row of [`JOB_SELECT`], unparsed.
@@ -34,6 +34,7 @@ pub(super) type JobRow = (
     Option<String>,
     Option<String>,
     Option<i64>,
+    Option<String>,
     Option<String>,
 );
 
@@ -51,6 +52,7 @@ pub(super) fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         r.get(9)?,
         r.get(10)?,
         r.get(11)?,
+        r.get(13)?,
     ))
 }
 
@@ -80,6 +82,7 @@ pub(super) fn job_of_row(row: JobRow) -> Result<Job> {
             .11
             .map(|g| serde_json::from_str(&g).unwrap_or_default())
             .unwrap_or_default(),
+        idle: row.12.and_then(|s| serde_json::from_str(&s).ok()),
     })
 }
 
@@ -181,11 +184,12 @@ pub struct JobPage {
     pub total: u64,
 }
 
-const TERMINAL: [JobState; 4] = [
+const TERMINAL: [JobState; 5] = [
     JobState::Succeeded,
     JobState::Failed,
     JobState::Cancelled,
     JobState::Lost,
+    JobState::IdleStopped,
 ];
 
 /// The `WHERE` terms (on `j`) and their parameters for a filter, for a
@@ -412,7 +416,7 @@ impl Queue {
                     .prepare_cached(
                         "SELECT j.id FROM jobs j
                          WHERE j.finished_ns IS NOT NULL
-                           AND j.state IN ('succeeded', 'failed', 'cancelled', 'lost')
+                           AND j.state IN ('succeeded', 'failed', 'cancelled', 'lost', 'idle_stopped')
                            AND (j.finished_ns < ?1 OR (j.finished_ns = ?1 AND j.id <= ?2))
                            AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs w ON w.id = d.job_id
                                            WHERE d.depends_on = j.id

@@ -302,6 +302,8 @@ mod tests {
             exit_code: None,
             error: None,
             commit: None,
+            idle: None,
+            idle_evidence: Vec::new(),
         };
         let at = |next, size| LogChunk {
             bytes: Vec::new(),

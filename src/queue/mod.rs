@@ -11,11 +11,13 @@
 mod events;
 mod holdings;
 pub use holdings::Held;
+mod idle;
 mod list;
 mod logs;
 mod spec;
 mod tags;
 
+pub use idle::IdleEnd;
 pub use list::{Cursor, JobFilter, JobOrder, JobPage, MAX_PAGE};
 pub use logs::{AttemptLogs, LogChunk, LogError, MIN_LOG_CAP};
 pub use spec::{
@@ -64,11 +66,14 @@ pub enum JobState {
     Cancelled,
     /// Its agent vanished with no attempts left.
     Lost,
+    /// Stopped by the idle policy (`stop`): its GPUs stayed idle for the
+    /// window (the reason says so; the evidence is on the attempt).
+    IdleStopped,
 }
 
 impl JobState {
     /// Every state, in the order of a job's life.
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
         JobState::Queued,
         JobState::Assigned,
         JobState::Running,
@@ -76,6 +81,7 @@ impl JobState {
         JobState::Failed,
         JobState::Cancelled,
         JobState::Lost,
+        JobState::IdleStopped,
     ];
     /// The state's name.
     pub fn as_str(self) -> &'static str {
@@ -87,6 +93,7 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
             JobState::Lost => "lost",
+            JobState::IdleStopped => "idle_stopped",
         }
     }
     /// Parse a state name (`queued`, `running`, ...); unknown names are `None`.
@@ -101,6 +108,7 @@ impl JobState {
             "failed" => JobState::Failed,
             "cancelled" => JobState::Cancelled,
             "lost" => JobState::Lost,
+            "idle_stopped" => JobState::IdleStopped,
             _ => JobState::Queued,
         }
     }
@@ -108,7 +116,11 @@ impl JobState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Lost
+            JobState::Succeeded
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::Lost
+                | JobState::IdleStopped
         )
     }
 }
@@ -120,7 +132,7 @@ impl fmt::Display for JobState {
 }
 
 /// Where one attempt of a job is: assigned → running → succeeded | failed
-/// | cancelled | lost. Stored in `attempts.state` under these names.
+/// | cancelled | lost | idle_stopped. Stored in `attempts.state` under these names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttemptState {
@@ -136,17 +148,20 @@ pub enum AttemptState {
     Cancelled,
     /// Its lease expired: the agent stopped renewing it.
     Lost,
+    /// Stopped (or requeued) by the idle policy; not a failure.
+    IdleStopped,
 }
 
 impl AttemptState {
     /// Every state, in the order of an attempt's life.
-    pub const ALL: [AttemptState; 6] = [
+    pub const ALL: [AttemptState; 7] = [
         AttemptState::Assigned,
         AttemptState::Running,
         AttemptState::Succeeded,
         AttemptState::Failed,
         AttemptState::Cancelled,
         AttemptState::Lost,
+        AttemptState::IdleStopped,
     ];
     /// The state's name.
     pub fn as_str(self) -> &'static str {
@@ -157,6 +172,7 @@ impl AttemptState {
             AttemptState::Failed => "failed",
             AttemptState::Cancelled => "cancelled",
             AttemptState::Lost => "lost",
+            AttemptState::IdleStopped => "idle_stopped",
         }
     }
     /// Parse a state name (`assigned`, `running`, ...); unknown names are `None`.
@@ -271,6 +287,9 @@ pub struct Job {
     pub started_ns: Option<i64>,
     /// When the job reached a final state (ns since the epoch).
     pub finished_ns: Option<i64>,
+    /// Where idle detection stands for the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<crate::idle::Status>,
 }
 
 /// One attempt of a job, as recorded.
@@ -301,6 +320,14 @@ pub struct AttemptInfo {
     /// resolved the job's rev; also the job's `TRAINYARD_GIT_COMMIT`.
     #[serde(default)]
     pub commit: Option<String>,
+    /// Where idle detection stands (or stood when the attempt ended);
+    /// none for exempt jobs and attempts the daemon has no sample of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<crate::idle::Status>,
+    /// The idle policy's decisions on this attempt (warned, notified,
+    /// stopped, requeued), each with its evidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle_evidence: Vec<crate::idle::Evidence>,
 }
 
 impl AttemptInfo {
@@ -525,6 +552,14 @@ const MIGRATIONS: &[&str] = &[
         priority INTEGER,
         created_ns INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 9: the idle policy (`crate::idle`): where detection stands for an
+    // attempt (`idle_status`, JSON `idle::Status`, written when its phase
+    // or idle run changes) and its decisions with their evidence
+    // (`idle_evidence`, a JSON array of `idle::Evidence`). A job stopped
+    // for idling is in the new state `idle_stopped` (states are text: no
+    // row changes).
+    "ALTER TABLE attempts ADD COLUMN idle_status TEXT;
+    ALTER TABLE attempts ADD COLUMN idle_evidence TEXT;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` of
@@ -791,7 +826,7 @@ impl Queue {
                 "SELECT d.job_id, d.depends_on FROM jobs j
                  JOIN deps d ON d.depends_on = j.id
                  JOIN jobs w ON w.id = d.job_id AND w.state = 'queued'
-                 WHERE j.state IN ('failed', 'cancelled', 'lost')",
+                 WHERE j.state IN ('failed', 'cancelled', 'lost', 'idle_stopped')",
             )
             .map_err(self.sql())?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -921,7 +956,7 @@ impl Queue {
         let mut st = conn
             .prepare_cached(
                 "SELECT n, agent, gpus, state, assigned_ns, started_ns, finished_ns, exit_code, error,
-                        gpu_indices, git_commit
+                        gpu_indices, git_commit, idle_status, idle_evidence
                  FROM attempts WHERE job_id = ?1 ORDER BY n",
             )
             .map_err(self.sql())?;
@@ -939,6 +974,13 @@ impl Queue {
                     error: r.get(8)?,
                     gpu_indices: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
                     commit: r.get(10)?,
+                    idle: r
+                        .get::<_, Option<String>>(11)?
+                        .and_then(|s| serde_json::from_str(&s).ok()),
+                    idle_evidence: r
+                        .get::<_, Option<String>>(12)?
+                        .and_then(|s| serde_json::from_str(&s).ok())
+                        .unwrap_or_default(),
                 })
             })
             .map_err(self.sql())?
@@ -1333,13 +1375,14 @@ impl Queue {
         Ok(due.into_iter().map(|(id, _)| JobId(id)).collect())
     }
 
-    /// Put a failed, lost or cancelled job back in the queue with one more attempt.
+    /// Put a failed, lost, cancelled or idle-stopped job back in the queue
+    /// with one more attempt.
     pub fn retry(&self, id: JobId) -> Result<()> {
         let conn = self.conn()?;
         let job = self.read_job(&conn, id)?;
         if !matches!(
             job.state,
-            JobState::Failed | JobState::Lost | JobState::Cancelled
+            JobState::Failed | JobState::Lost | JobState::Cancelled | JobState::IdleStopped
         ) {
             return Err(QueueError::BadState {
                 job: id,

@@ -119,6 +119,15 @@ pub struct JobSpec {
     /// Free-form labels.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The job's idle policy (`crate::idle`): `off`, or
+    /// `WINDOW:THRESHOLD:ACTION` (`30m:5%:stop`; parts may be left empty
+    /// for the lab's or project's defaults). None: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle: Option<String>,
+    /// How long after its start the idle policy arms at the latest
+    /// (`15m`), unless the job uses its GPUs earlier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_grace: Option<String>,
 }
 
 fn default_project() -> String {
@@ -318,6 +327,12 @@ impl JobSpec {
         }
         if let Some(t) = self.timeout_s {
             check_timeout("timeout_s", t)?;
+        }
+        if let Some(i) = &self.idle {
+            crate::idle::Override::parse("idle", i).map_err(|e| bad("idle", e.reason))?;
+        }
+        if let Some(g) = &self.idle_grace {
+            crate::idle::parse_grace("idle_grace", g).map_err(|e| bad("idle_grace", e.reason))?;
         }
         for (i, input) in self.inputs.iter().enumerate() {
             if let Err(e) = input.parse::<crate::store::DatasetRef>() {

@@ -63,6 +63,8 @@ pub(crate) struct Coord {
     store: std::sync::OnceLock<crate::store::Store>,
     /// Notification sinks, the outbox and its sender.
     pub notify: Arc<crate::notify::Notifier>,
+    /// The idle policy's trackers of running attempts.
+    pub idle: super::idle_watch::IdleWatch,
 }
 
 impl Coord {
@@ -89,6 +91,7 @@ impl Coord {
             store: std::sync::OnceLock::new(),
             lab,
             notify,
+            idle: super::idle_watch::IdleWatch::default(),
         }
     }
 
@@ -327,9 +330,11 @@ impl Coord {
             .map(|w| w.assignment.token.clone())
             .collect();
         self.queue.renew(&delivered, self.lease_ns())?;
+        let stop_reasons = self.queue.idle_stop_reasons(&stop)?;
         Ok(AgentOrders {
             assignments,
             stop,
+            stop_reasons,
             lease_ms: self.lease.as_millis() as u64,
         })
     }
@@ -343,6 +348,13 @@ impl Coord {
                 e.insert(self.queue.get(a.job)?.spec.user.unwrap_or_default());
             }
         }
+        let window_ms = self
+            .lab
+            .idle
+            .policy_for(&crate::idle::JobIdle::default())
+            .ok()
+            .flatten()
+            .map_or(30 * 60_000, |p| p.window_ms);
         let agents = self.agents();
         let mut out: Vec<AgentInfo> = agents
             .iter()
@@ -356,12 +368,14 @@ impl Coord {
                     .filter(|a| &a.agent == name)
                     .flat_map(|a| {
                         a.gpus.iter().map(|g| HeldGpu {
+                            idle: self.idle.status(a.job, a.attempt),
                             uuid: g.clone(),
                             job: a.job,
                             user: users.get(&a.job).cloned().unwrap_or_default(),
                         })
                     })
                     .collect(),
+                memory_idle: self.idle.memory_idle(name, window_ms),
             })
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -15,6 +15,7 @@ mod coord;
 mod datasets;
 mod error;
 mod guard;
+mod idle_watch;
 mod links;
 mod notify;
 mod routes;

@@ -455,10 +455,16 @@ async fn heartbeat(
     let report: AgentReport = parse(&body)?;
     let held = report.attempts.clone();
     c.report(&name, report).map_err(name_taken)?;
-    let stop = blocking(&c, move |c| Ok(c.queue.renew(&held, c.lease_ns())?)).await?;
+    let (stop, stop_reasons) = blocking(&c, move |c| {
+        let stop = c.queue.renew(&held, c.lease_ns())?;
+        let reasons = c.queue.idle_stop_reasons(&stop)?;
+        Ok((stop, reasons))
+    })
+    .await?;
     Ok(Json(api::AgentOrders {
         assignments: Vec::new(),
         stop,
+        stop_reasons,
         lease_ms: c.lease.as_millis() as u64,
     }))
 }

@@ -111,6 +111,11 @@ pub(crate) async fn ingest(
             }
         }
         let r = c.tele.db.ingest(&rows, &holders, now_ms)?;
+        let shifted: Vec<(i64, &crate::api::HostSample)> =
+            batch.samples.iter().map(|hs| (hs.t_ms + shift, hs)).collect();
+        let fx = c
+            .idle
+            .observe(&c.queue, &c.lab.idle, &name, &holders, &shifted)?;
         let mut s = c.tele.stats();
         s.samples_stored += r.stored;
         s.samples_refused += r.refused;
@@ -118,12 +123,33 @@ pub(crate) async fn ingest(
         if batch.dropped > 0 {
             tracing::warn!(agent = %name, dropped = batch.dropped, "an agent dropped GPU samples while the daemon was unreachable");
         }
-        Ok(SampleAck {
-            stored: r.stored,
-            refused: r.refused,
-        })
+        Ok((
+            SampleAck {
+                stored: r.stored,
+                refused: r.refused,
+            },
+            fx,
+        ))
     })
     .await?;
+    let (ack, fx) = ack;
+    for a in &fx.agents {
+        c.wake_agent(a);
+    }
+    for (id, state) in &fx.jobs {
+        c.job_event(*id, *state);
+    }
+    if !fx.jobs.is_empty() {
+        c.wake_sched.notify_one();
+    }
+    if fx.notified {
+        c.notify.wake();
+    }
+    for id in fx.changed {
+        if !fx.jobs.iter().any(|(j, _)| *j == id) {
+            c.emit(Event::Idle { id });
+        }
+    }
     Ok(Json(ack))
 }
 

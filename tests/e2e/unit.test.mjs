@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { sseParser } from '../../ui/lib/sse.js';
 import { keyValues, parseDuration, shellWords } from '../../ui/lib/util.js';
-import { axisNums, bytes, duration, mib, num } from '../../ui/lib/format.js';
+import { axisNums, bytes, duration, idleText, mib, num } from '../../ui/lib/format.js';
 import {
   answerDays, daysFrom, fixed, gpuHours, idleRanking, niceScale, prevMonth, rangeParams, stackDays, usageCsv,
 } from '../../ui/lib/usage.js';
@@ -197,4 +197,14 @@ test('joinColumns: undefined where a table has no point, its nulls kept', () => 
   const j = joinColumns([{ x: [1, 3], ys: [[10, null]] }, { x: [2, 3], ys: [[20, 30]] }]);
   assert.deepEqual(j.x, [1, 2, 3]);
   assert.deepEqual(j.ys, [[10, undefined, null], [undefined, 20, 30]]);
+});
+
+test('idleText says how long a job has been idle and what happens when (as idle::Status::describe)', () => {
+  const st = { phase: 'idle', action: 'stop', window_ms: 600_000, threshold_pct: 5, arms_at_ms: 0, idle_since_ms: 1_000, act_at_ms: 601_000, seen_ms: 1_000 };
+  assert.equal(idleText(st, 721_000 - 600_000), 'idle 2m; stop in 8m');
+  assert.equal(idleText(st, 700_000), 'idle 11m; stop due now');
+  assert.equal(idleText({ ...st, phase: 'busy' }, 0), 'GPUs idle but busy reading: idle detection suspended');
+  assert.equal(idleText({ ...st, phase: 'active', idle_since_ms: undefined }, 0), null);
+  assert.equal(idleText({ ...st, phase: 'acted', action: 'notify' }, 721_000), 'idle 12m; owner notified');
+  assert.equal(idleText(null), null);
 });

@@ -10,6 +10,7 @@ mod demo;
 mod field_store;
 mod golden;
 mod hardening;
+mod idle;
 mod notify;
 mod queue_daemon;
 mod queue_scale;

@@ -34,6 +34,30 @@ export function duration(s) {
   return `${sec}s`;
 }
 
+/**
+ * The idle policy's status of a running attempt (`idle` of a job or a
+ * held GPU) as one line — "idle 12m; stop in 18m" — or null while its
+ * GPUs are in use or detection has not armed. Mirrors
+ * `idle::Status::describe`.
+ */
+export function idleText(st, now = Date.now()) {
+  if (!st) return null;
+  const since = st.idle_since_ms;
+  const idleFor = () => duration(Math.max(0, now - since) / 1000).split(' ')[0];
+  if (st.phase === 'busy') return 'GPUs idle but busy reading: idle detection suspended';
+  if (st.phase === 'idle' && since != null) {
+    const act = st.act_at_ms ?? since + st.window_ms;
+    return act > now
+      ? `idle ${idleFor()}; ${st.action} in ${duration((act - now) / 1000).split(' ')[0]}`
+      : `idle ${idleFor()}; ${st.action} due now`;
+  }
+  if (st.phase === 'acted' && since != null) {
+    if (st.action === 'notify') return `idle ${idleFor()}; owner notified`;
+    return st.action === 'stop' ? 'stopped for idling' : 'requeued for idling';
+  }
+  return null;
+}
+
 /** Nanoseconds since the epoch (the daemon's timestamps) to milliseconds. */
 export const nsToMs = (ns) => (ns == null ? null : ns / 1e6);
 

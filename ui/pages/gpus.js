@@ -8,7 +8,7 @@
 
 import * as api from '../api.js';
 import { h, swap, loading, empty, failure, alertLine, icon, stat } from '../lib/dom.js';
-import { mib, timeEl, plural } from '../lib/format.js';
+import { duration, idleText, mib, timeEl, plural } from '../lib/format.js';
 import { Samples, sparkline } from '../lib/sparkline.js';
 import { timeChart } from '../lib/chart.js';
 import { cssVar } from '../lib/theme.js';
@@ -84,7 +84,7 @@ export function mount(root, route, ctx) {
     swap(body, ...agents.map((a) => host(a, now)));
   }
 
-  ctx.live(['agent', 'job'], refresh, 1000);
+  ctx.live(['agent', 'job', 'idle'], refresh, 1000);
   refresh();
   if ((ctx.health?.features ?? []).includes('telemetry')) root.append(historyPanel(route, ctx));
 }
@@ -244,6 +244,7 @@ function meter(label, pct, text) {
 
 function card(g, a, mine, now) {
   const holders = a.held.filter((x) => x.uuid === g.uuid);
+  const memIdle = (a.memory_idle ?? []).find((m) => m.uuid === g.uuid);
   const foreign = (g.processes ?? []).filter((p) => !mine.has(p.pid));
   const memPct = g.memory_total_mib ? (100 * g.memory_used_mib) / g.memory_total_mib : null;
   const temp = g.temperature_c;
@@ -258,8 +259,13 @@ function card(g, a, mine, now) {
     holders.length
       ? h('span', { class: 'gpu-holder' }, holders.map((x) =>
         h('a', { href: `#/queue/${x.job}`, 'data-key': `job-${g.uuid}-${x.job}`, title: `Held by job ${x.job}` },
-          `job ${x.job}`, x.user ? h('span', { class: 'muted' }, ` · ${x.user}`) : null)))
+          `job ${x.job}`, x.user ? h('span', { class: 'muted' }, ` · ${x.user}`) : null,
+          idleText(x.idle, now) ? h('span', { class: 'chip chip-warn gpu-idle' }, idleText(x.idle, now)) : null)))
       : h('span', { class: 'gpu-holder gpu-holder-free' }, a.alive ? 'free' : '—')),
+  memIdle && memIdle.flagged
+    ? h('p', { class: 'gpu-mem-idle chip chip-warn', title: `Memory held at 0 % utilization since ${new Date(memIdle.since_ms).toLocaleString()}` },
+      `memory held, idle ${duration(memIdle.idle_ms / 1000).split(' ')[0]}`)
+    : null,
   meter('Util', g.utilization_pct, g.utilization_pct == null ? '—' : `${g.utilization_pct}%`),
   meter('Mem', memPct, `${mib(g.memory_used_mib)} / ${mib(g.memory_total_mib)}`),
   h('div', { class: 'spark-wrap' },
@@ -279,6 +285,7 @@ function card(g, a, mine, now) {
       const f = !mine.has(p.pid);
       return h('li', { class: ['proc', f ? 'proc-foreign' : null], title: f ? 'Not started by Trainyard' : 'Started by a Trainyard job' },
         h('span', { class: 'mono' }, `pid ${p.pid}`),
+        f && p.user ? h('span', { class: 'proc-user' }, p.user) : null,
         h('span', null, p.used_mib == null ? '' : mib(p.used_mib)),
         f ? h('span', { class: 'chip chip-warn' }, 'foreign') : h('span', { class: 'chip chip-muted' }, 'job'));
     }))

@@ -6,7 +6,18 @@
 
 import * as api from '../api.js';
 import { h, swap, loading, failure, alertLine, badge, facts, icon } from '../lib/dom.js';
-import { bytes, dateTime, duration, mib, nsToMs, timeEl } from '../lib/format.js';
+import { bytes, dateTime, duration, idleText, mib, nsToMs, timeEl } from '../lib/format.js';
+
+/** The idle policy's decisions on an attempt, for a tooltip: when, why, and the samples' range. */
+function evidenceTitle(list) {
+  return list.map((e) => {
+    const p = e.policy;
+    const utils = e.samples.map((s) => s.max_util_pct).filter((u) => u != null);
+    return `${e.decision} at ${dateTime(e.at_ms)}: idle since ${dateTime(e.idle_since_ms)} `
+      + `(under ${p.threshold_pct}% for ${duration(p.window_ms / 1000)}, armed by ${e.armed_by.replace('_', ' ')}); `
+      + `${e.samples.length} samples, max util ${utils.length ? Math.max(...utils) : '—'}%`;
+  }).join('\n');
+}
 import { LogView } from '../lib/logview.js';
 import { PALETTE, timeChart } from '../lib/chart.js';
 import { gpuColumns, joinColumns } from '../lib/telemetry.js';
@@ -277,7 +288,12 @@ export function mount(root, route, ctx) {
         a.commit ? h('span', { class: 'mono muted', title: `git commit ${a.commit}` }, a.commit.slice(0, 10)) : null,
         h('span', { class: 'muted' }, s ? (f ? duration((f - s) / 1000) : 'running') : 'not started'),
         a.exit_code != null ? h('span', { class: 'muted' }, `exit ${a.exit_code}`) : null,
-        a.error ? h('span', { class: 'attempt-error', title: a.error }, a.error) : null));
+        a.error ? h('span', { class: 'attempt-error', title: a.error }, a.error) : null,
+        !f && idleText(a.idle) ? h('span', { class: 'chip chip-warn', 'data-key': `idle-${a.n}` }, idleText(a.idle)) : null,
+        (a.idle_evidence ?? []).length
+          ? h('span', { class: 'muted', title: evidenceTitle(a.idle_evidence) },
+            `idle policy: ${a.idle_evidence.map((e) => e.decision).join(', ')}`)
+          : null));
       }))));
   }
 
@@ -310,7 +326,7 @@ export function mount(root, route, ctx) {
     if (ev.type === 'log' && String(ev.id) === String(id)) {
       if (ev.attempt === shown && ev.size > offset) readLog();
       else if (shown == null || (followLatest && ev.attempt > shown)) refreshSoon();
-    } else if ((ev.type === 'job' && String(ev.id) === String(id)) || ev.type === 'refresh') refreshSoon();
+    } else if (((ev.type === 'job' || ev.type === 'idle') && String(ev.id) === String(id)) || ev.type === 'refresh') refreshSoon();
   });
   const refreshSoon = ctx.live([], refresh, 250);
   ctx.every(() => tick(info), 1000);

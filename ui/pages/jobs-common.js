@@ -3,10 +3,10 @@
 
 import * as api from '../api.js';
 import { h } from '../lib/dom.js';
-import { duration, nsToMs } from '../lib/format.js';
+import { duration, idleText, nsToMs } from '../lib/format.js';
 
 export const ACTIVE = ['queued', 'assigned', 'running'];
-export const RETRYABLE = ['failed', 'lost', 'cancelled'];
+export const RETRYABLE = ['failed', 'lost', 'cancelled', 'idle_stopped'];
 
 function quote(word) {
   return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, "'\\''")}'`;
@@ -75,7 +75,8 @@ export function reasonText(job) {
   switch (job.state) {
     case 'queued': return job.reason ?? 'waiting for a free slot';
     case 'assigned': return `starting on ${job.agent ?? 'an agent'}`;
-    case 'running': return job.attempts > 1 ? `attempt ${job.attempts} of ${job.spec.max_attempts}` : '';
+    case 'running': return idleText(job.idle)
+      ?? (job.attempts > 1 ? `attempt ${job.attempts} of ${job.spec.max_attempts}` : '');
     case 'succeeded': return job.exit_code != null ? `exit ${job.exit_code}` : '';
     default: return job.reason ?? (job.exit_code != null ? `exit ${job.exit_code}` : '');
   }

@@ -217,7 +217,7 @@ export function mount(root, route, ctx) {
     await guarded(() => fetchLists());
   }
 
-  ctx.live(['job'], refresh, 250);
+  ctx.live(['job', 'idle'], refresh, 250);
   ctx.every(() => tick(content), 1000);
   drawSeg();
   load();
