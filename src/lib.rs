@@ -25,5 +25,6 @@ pub mod telemetry;
 pub mod usage;
 pub mod user;
 pub mod wandb;
+pub mod watch;
 
 pub use home::Home;

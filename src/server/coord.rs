@@ -63,6 +63,8 @@ pub(crate) struct Coord {
     store: std::sync::OnceLock<crate::store::Store>,
     /// Notification sinks, the outbox and its sender.
     pub notify: Arc<crate::notify::Notifier>,
+    /// The watch rules and their threads (set by `Server::bind`).
+    pub watches: std::sync::OnceLock<Arc<crate::watch::Watcher>>,
 }
 
 impl Coord {
@@ -89,6 +91,7 @@ impl Coord {
             store: std::sync::OnceLock::new(),
             lab,
             notify,
+            watches: std::sync::OnceLock::new(),
         }
     }
 
