@@ -209,7 +209,10 @@ pub fn run(ctx: &Ctx, d: &DaemonArgs, cmd: WatchCommand) -> anyhow::Result<ExitC
                 println!("nothing logged yet");
             }
             for e in &log {
-                println!("{}", output::clean(&format!("{} #{} {}", when(e.at_ns), e.watch, line(e))));
+                println!(
+                    "{}",
+                    output::clean(&format!("{} #{} {}", when(e.at_ns), e.watch, line(e)))
+                );
             }
         }
     }

@@ -92,7 +92,10 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/schedules/{name}/pause", post(sch::pause))
         .route("/schedules/{name}/resume", post(sch::resume))
         .route("/schedules/{name}/run", post(sch::run))
-        .route("/watches", get(super::watches::list).post(super::watches::add))
+        .route(
+            "/watches",
+            get(super::watches::list).post(super::watches::add),
+        )
         .route("/watches/log", get(super::watches::log_all))
         .route(
             "/watches/{id}",

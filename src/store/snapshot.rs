@@ -501,10 +501,9 @@ impl Store {
         // Drop paths below another touched path: the walk of that one covers them.
         let mut kept: Vec<&str> = Vec::with_capacity(roots.len());
         for r in roots {
-            if kept
-                .last()
-                .is_some_and(|k| r.len() > k.len() && r.starts_with(k) && r.as_bytes()[k.len()] == b'/')
-            {
+            if kept.last().is_some_and(|k| {
+                r.len() > k.len() && r.starts_with(k) && r.as_bytes()[k.len()] == b'/'
+            }) {
                 continue;
             }
             kept.push(r);
@@ -554,7 +553,8 @@ impl Store {
             match e.kind {
                 Kind::Dir => {}
                 Kind::Symlink => {
-                    let t = std::fs::read_link(&p).map_err(|err| Error::io("read link", &p, err))?;
+                    let t =
+                        std::fs::read_link(&p).map_err(|err| Error::io("read link", &p, err))?;
                     let b = t.as_os_str().as_encoded_bytes();
                     e.stamp.size = b.len() as u64;
                     e.id = Some(ObjectId::of_bytes(b));
@@ -570,7 +570,11 @@ impl Store {
         let hashed = now.iter().filter(|e| e.kind == Kind::File).count() as u64;
         let current: Vec<Entry> = now.into_iter().map(WalkEntry::into_entry).collect();
         let changes = diff(&old, &current);
-        let files_before = manifest.entries.iter().filter(|e| e.kind == Kind::File).count() as i64;
+        let files_before = manifest
+            .entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .count() as i64;
         let files = files_before - old.iter().filter(|e| e.kind == Kind::File).count() as i64
             + current.iter().filter(|e| e.kind == Kind::File).count() as i64;
         Ok(StatusReport {

@@ -156,7 +156,8 @@ pub struct Book {
     conn: Mutex<Connection>,
 }
 
-const COLS: &str = "id, path, kind, dataset, quiet_ms, max_wait_ms, when_file, push, tag_format, host,
+const COLS: &str =
+    "id, path, kind, dataset, quiet_ms, max_wait_ms, when_file, push, tag_format, host,
      live_ms, poll, poll_interval_ms, paused, state, detail, mode, fs_type, clean_version, sure,
      created_ns";
 
@@ -388,7 +389,9 @@ impl Book {
         if let Some((id, ds)) = existing {
             return Err(WatchError::Exists {
                 id,
-                what: ds.map_or("syncs wandb runs of".into(), |d| format!("snapshots {d} from")),
+                what: ds.map_or("syncs wandb runs of".into(), |d| {
+                    format!("snapshots {d} from")
+                }),
                 path: v.path,
             });
         }

@@ -246,6 +246,9 @@ pub(super) struct Rule {
     next_probe: Instant,
     next_rescan: Instant,
     shown: (State, String),
+    /// Files in the dataset's latest version (snapshot rules): an empty
+    /// directory while it has some is an unmounted one, not a return.
+    last_files: Option<u64>,
     /// For wandb rules.
     pub runs: Option<super::runs::RunWatch>,
 }
@@ -271,6 +274,7 @@ impl Rule {
             next_probe: now,
             next_rescan: now + RESCAN_EVERY,
             shown: (State::Starting, String::new()),
+            last_files: None,
             runs: None,
             info,
         }
@@ -287,9 +291,9 @@ impl Rule {
             return;
         }
         self.shown = (state, detail.to_string());
-        if let Err(e) =
-            self.book
-                .set_state(self.info.id, state, detail, &self.mode, &self.fs_name)
+        if let Err(e) = self
+            .book
+            .set_state(self.info.id, state, detail, &self.mode, &self.fs_name)
         {
             tracing::error!(watch = self.info.id, error = %e, "cannot record the watch state");
         }
@@ -306,6 +310,12 @@ impl Rule {
         let _ = self.book.set_unsure(self.info.id);
         if self.info.kind == Kind::Wandb {
             self.runs = Some(super::runs::RunWatch::new(&self));
+        } else if let (Ok(store), Some(ds)) = (Store::open(&self.home), &self.info.dataset) {
+            self.last_files = store
+                .log(ds)
+                .ok()
+                .and_then(|v| v.into_iter().next())
+                .map(|v| v.files);
         }
         while !self.stop.load(Ordering::Relaxed) {
             let now = Instant::now();
@@ -345,7 +355,21 @@ impl Rule {
         let p = probe(&self.root);
         let gone = match (&p, self.expected) {
             (Probe::Missing(why), _) => Some(why.clone()),
-            (Probe::Present { mount_point, fs, .. }, Some((was_mount, was_fs))) => {
+            (Probe::Present { empty: true, .. }, _) if self.last_files.is_some_and(|n| n > 0) => {
+                Some(format!(
+                    "{} is empty but the latest version of {} has {} files (unmounted or not \
+                     yet mounted?); not snapshotting an empty directory",
+                    self.root.display(),
+                    self.info.dataset.as_deref().unwrap_or(""),
+                    self.last_files.unwrap_or(0)
+                ))
+            }
+            (
+                Probe::Present {
+                    mount_point, fs, ..
+                },
+                Some((was_mount, was_fs)),
+            ) => {
                 if was_mount && !mount_point {
                     Some(format!(
                         "{} is no longer a mount point (unmounted?); it was {}",
@@ -420,7 +444,12 @@ impl Rule {
                     self.source = src;
                     self.mode = "events".into();
                     self.poll_why.clear();
-                    self.book_log("mode", "start", "events", &format!("inotify on {}", fs.name()));
+                    self.book_log(
+                        "mode",
+                        "start",
+                        "events",
+                        &format!("inotify on {}", fs.name()),
+                    );
                     self.show(State::Idle, "");
                     // Events flow from here on: what changes next is recorded.
                     self.sure = true;
@@ -636,9 +665,9 @@ impl Rule {
                 let since = std::mem::take(&mut self.fresh);
                 let sure = sure_before && self.sure;
                 self.recorded = since.len();
-                if let Err(e) =
-                    self.book
-                        .set_clean(self.info.id, version.as_deref(), &since, sure)
+                if let Err(e) = self
+                    .book
+                    .set_clean(self.info.id, version.as_deref(), &since, sure)
                 {
                     tracing::error!(watch = self.info.id, error = %e, "cannot reset the record");
                 }
@@ -685,8 +714,9 @@ impl Rule {
                 return match &latest {
                     Some(v) if v.files > 0 => {
                         let why = format!(
-                            "{} is empty but version {} has {} files (unmounted or not yet \
-                             mounted?); not snapshotting an empty directory",
+                            "{} is empty but the latest version of {name} ({}) has {} files \
+                             (unmounted or not yet mounted?); not snapshotting an empty \
+                             directory",
                             self.root.display(),
                             v.id.short(),
                             v.files
@@ -742,6 +772,7 @@ impl Rule {
             }
         };
         let version = r.version.to_hex();
+        self.last_files = Some(r.files);
         if !r.created {
             self.book_log(
                 "snapshot",
@@ -789,7 +820,8 @@ impl Rule {
 
     fn push(&self, store: &Store, remote: &str, vref: &DatasetRef) {
         let result = (|| -> Result<String, String> {
-            let r = crate::remote::Remote::named(&self.home, Some(remote)).map_err(|e| e.to_string())?;
+            let r = crate::remote::Remote::named(&self.home, Some(remote))
+                .map_err(|e| e.to_string())?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -30,10 +30,7 @@ impl RunWatch {
         let now = Instant::now();
         RunWatch {
             next_scan: now,
-            next_live: rule
-                .info
-                .live_s
-                .map(|s| now + Duration::from_secs_f64(s)),
+            next_live: rule.info.live_s.map(|s| now + Duration::from_secs_f64(s)),
         }
     }
 }
@@ -60,10 +57,7 @@ pub(crate) fn tick(rule: &mut Rule, now: Instant) {
     }
     rw.next_scan = now + SCAN_EVERY;
     if live_due {
-        rw.next_live = rule
-            .info
-            .live_s
-            .map(|s| now + Duration::from_secs_f64(s));
+        rw.next_live = rule.info.live_s.map(|s| now + Duration::from_secs_f64(s));
     }
     let trigger = rule
         .pending
@@ -87,7 +81,12 @@ pub(crate) fn tick(rule: &mut Rule, now: Instant) {
         }
     };
     for f in &report.errors {
-        rule.book_log("index", &trigger, "failed", &format!("{}: {}", f.dir, f.error));
+        rule.book_log(
+            "index",
+            &trigger,
+            "failed",
+            &format!("{}: {}", f.dir, f.error),
+        );
     }
     let mut finished: Vec<(PathBuf, String)> = Vec::new();
     let mut running: Vec<PathBuf> = Vec::new();
@@ -175,11 +174,7 @@ fn sync_runs(rule: &Rule, dirs: &[PathBuf], trigger: &str, live: bool) -> Vec<bo
                         what,
                         trigger,
                         "failed",
-                        &format!(
-                            "{}: {}",
-                            r.dir.display(),
-                            e.as_deref().unwrap_or("failed")
-                        ),
+                        &format!("{}: {}", r.dir.display(), e.as_deref().unwrap_or("failed")),
                     );
                     false
                 }

@@ -38,6 +38,10 @@ pub fn from_record(
         return None;
     }
     let base: ObjectId = clean.parse().ok()?;
-    tracing::debug!(watch = w.id, touched = touched.len(), "status from the watch record");
+    tracing::debug!(
+        watch = w.id,
+        touched = touched.len(),
+        "status from the watch record"
+    );
     Some(store.status_touched(dir, &dataset, &base, &touched))
 }

@@ -13,7 +13,10 @@ fn quiet_period_then_max_wait() {
     let mut p = Pending::new(t0, "events");
     let (quiet, max) = (10 * S, 60 * S);
     assert_eq!(p.due(t0 + 9 * S, quiet, max, None), None);
-    assert!(p.due(t0 + 10 * S, quiet, max, None).unwrap().contains("quiet for 10s after 1 change"));
+    assert!(p
+        .due(t0 + 10 * S, quiet, max, None)
+        .unwrap()
+        .contains("quiet for 10s after 1 change"));
     // A writer that never stops: every 5 s a change, so never quiet …
     for i in 1..12 {
         p.touch(t0 + 5 * i * S);
@@ -21,7 +24,10 @@ fn quiet_period_then_max_wait() {
     }
     // … until max-wait bounds the postponement.
     p.touch(t0 + 60 * S);
-    assert!(p.due(t0 + 61 * S, quiet, max, None).unwrap().contains("max-wait 1m reached"));
+    assert!(p
+        .due(t0 + 61 * S, quiet, max, None)
+        .unwrap()
+        .contains("max-wait 1m reached"));
 }
 
 #[test]
@@ -31,7 +37,10 @@ fn a_marker_is_the_only_trigger_when_asked_for() {
     let (quiet, max) = (S, 10 * S);
     assert_eq!(p.due(t0 + 100 * S, quiet, max, Some("_SUCCESS")), None);
     p.marker = true;
-    assert!(p.due(t0 + S / 2, quiet, max, Some("_SUCCESS")).unwrap().contains("marker _SUCCESS"));
+    assert!(p
+        .due(t0 + S / 2, quiet, max, Some("_SUCCESS"))
+        .unwrap()
+        .contains("marker _SUCCESS"));
 }
 
 #[test]
@@ -70,11 +79,18 @@ fn rules_are_checked_field_by_field() {
     bad(&|w| w.quiet = Some("soon".into()), "quiet");
     bad(&|w| w.max_wait = Some("1s".into()), "max_wait");
     bad(&|w| w.when_file = Some("../x".into()), "when_file");
-    bad(&|w| w.tag_format = Some("bad tag {date}".into()), "tag_format");
+    bad(
+        &|w| w.tag_format = Some("bad tag {date}".into()),
+        "tag_format",
+    );
     bad(&|w| w.live = Some("5m".into()), "live");
     bad(&|w| w.sync_wandb = true, "snapshot");
     let w = book.add(&base, 0).unwrap();
     assert_eq!(w.quiet_s, 60.0);
     assert_eq!(w.max_wait_s, 600.0);
-    assert!(book.add(&base, 0).unwrap_err().to_string().contains("already"));
+    assert!(book
+        .add(&base, 0)
+        .unwrap_err()
+        .to_string()
+        .contains("already"));
 }
