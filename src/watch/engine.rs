@@ -299,6 +299,16 @@ impl Rule {
         }
     }
 
+    /// Idle; when polling, saying why.
+    fn show_idle(&mut self) {
+        let detail = if self.mode == "polling" {
+            format!("polling: {}", self.poll_why)
+        } else {
+            String::new()
+        };
+        self.show(State::Idle, &detail);
+    }
+
     fn unsure(&mut self) {
         if self.sure || self.recorded > 0 {
             self.sure = false;
@@ -397,7 +407,15 @@ impl Rule {
                 self.show(State::Missing, &why);
                 self.missing = Some(why);
             }
-            (Some(why), Some(_)) => self.missing = Some(why),
+            (Some(why), Some(before)) => {
+                // Still away, but for another reason now (removed, then an
+                // empty directory in its place): say so once.
+                if why != before {
+                    self.book_log("missing", "probe", "paused", &why);
+                    self.show(State::Missing, &why);
+                }
+                self.missing = Some(why);
+            }
             (None, was_missing) => {
                 let Probe::Present {
                     fs, mount_point, ..
@@ -623,12 +641,7 @@ impl Rule {
 
     fn snapshot_if_due(&mut self, now: Instant) {
         let Some(p) = &mut self.pending else {
-            let detail = if self.mode == "polling" {
-                format!("polling: {}", self.poll_why)
-            } else {
-                String::new()
-            };
-            self.show(State::Idle, &detail);
+            self.show_idle();
             return;
         };
         // A marker already there counts for a start, rescan or return.
@@ -671,7 +684,7 @@ impl Rule {
                 {
                     tracing::error!(watch = self.info.id, error = %e, "cannot reset the record");
                 }
-                self.show(State::Idle, "");
+                self.show_idle();
             }
             Outcome::Postponed(why) => {
                 let mut p = pending.unwrap_or_else(|| Pending::new(now, "postponed"));
