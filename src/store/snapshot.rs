@@ -494,7 +494,7 @@ impl Store {
         touched: &[String],
     ) -> Result<StatusReport> {
         let (abs, _) = canonical(path)?;
-        let manifest = self.manifest(base)?;
+        let bytes = self.objects.read_verified(base)?;
         let mut roots: Vec<&str> = touched.iter().map(String::as_str).collect();
         roots.sort_unstable();
         roots.dedup();
@@ -516,12 +516,9 @@ impl Store {
             let k = kept[i - 1];
             p == k || (p.starts_with(k) && p.as_bytes().get(k.len()) == Some(&b'/'))
         };
-        let old: Vec<Entry> = manifest
-            .entries
-            .iter()
-            .filter(|e| within(&e.path))
-            .cloned()
-            .collect();
+        let (old, files_before) = Manifest::select(&bytes, within)
+            .map_err(|reason| Error::BadManifest { id: *base, reason })?;
+        drop(bytes);
         let mut now: Vec<WalkEntry> = Vec::new();
         for rel in &kept {
             let p = abs.join(rel);
@@ -570,11 +567,7 @@ impl Store {
         let hashed = now.iter().filter(|e| e.kind == Kind::File).count() as u64;
         let current: Vec<Entry> = now.into_iter().map(WalkEntry::into_entry).collect();
         let changes = diff(&old, &current);
-        let files_before = manifest
-            .entries
-            .iter()
-            .filter(|e| e.kind == Kind::File)
-            .count() as i64;
+        let files_before = files_before as i64;
         let files = files_before - old.iter().filter(|e| e.kind == Kind::File).count() as i64
             + current.iter().filter(|e| e.kind == Kind::File).count() as i64;
         Ok(StatusReport {

@@ -350,6 +350,9 @@ impl Rule {
                 Kind::Wandb => super::runs::tick(&mut self, Instant::now()),
             }
         }
+        // Stopped (paused, removed, the daemon stopping): nothing is
+        // recorded from here on.
+        let _ = self.book.set_unsure(self.info.id);
     }
 
     /// Note a change at `now`.

@@ -4,7 +4,8 @@
 //! snapshot is still the dataset's latest version, only the recorded
 //! paths are looked at ([`Store::status_touched`]). Anything else — no
 //! watch, a watch that is not sure, another version added since, another
-//! dataset asked for, `--against` — returns `None`, and the caller walks.
+//! dataset asked for, `--against`, no daemon serving the home (a stopped
+//! daemon records nothing) — returns `None`, and the caller walks.
 
 use std::path::Path;
 
@@ -21,6 +22,11 @@ pub fn from_record(
     dir: &Path,
     name: Option<&str>,
 ) -> Option<Result<StatusReport>> {
+    // The record is only kept while the daemon runs: a stopped or killed
+    // daemon saw nothing since.
+    if !crate::server::home_in_use(home) {
+        return None;
+    }
     let book = Book::open_existing(&home.watch_path())?;
     let canon = std::fs::canonicalize(dir).ok()?;
     let canon = canon.to_str()?;
