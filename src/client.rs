@@ -423,6 +423,48 @@ impl Client {
         .await
     }
 
+    /// Every watch rule with its state and newest log line.
+    pub async fn watches(&self) -> Result<Vec<crate::watch::WatchInfo>> {
+        self.json(self.req(Method::GET, "/watches")).await
+    }
+
+    /// Add a watch rule.
+    pub async fn add_watch(&self, w: &crate::watch::NewWatch) -> Result<crate::watch::WatchInfo> {
+        self.json(Self::body(self.req(Method::POST, "/watches"), w))
+            .await
+    }
+
+    /// Remove a watch rule (by id).
+    pub async fn remove_watch(&self, id: i64) -> Result<()> {
+        self.send(Self::no_body(
+            self.req(Method::DELETE, &format!("/watches/{id}")),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Pause (`true`) or resume a watch rule.
+    pub async fn pause_watch(&self, id: i64, pause: bool) -> Result<crate::watch::WatchInfo> {
+        let action = if pause { "pause" } else { "resume" };
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/watches/{id}/{action}")),
+        ))
+        .await
+    }
+
+    /// A watch's log (or every watch's), newest first.
+    pub async fn watch_log(
+        &self,
+        id: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<crate::watch::LogEntry>> {
+        let path = match id {
+            Some(id) => format!("/watches/{id}/log?limit={limit}"),
+            None => format!("/watches/log?limit={limit}"),
+        };
+        self.json(self.req(Method::GET, &path)).await
+    }
+
     /// Read a log from `offset`, waiting up to `wait` for bytes.
     pub async fn log(
         &self,

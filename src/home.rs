@@ -199,6 +199,11 @@ impl Home {
         self.root.join("telemetry.db")
     }
 
+    /// The watch rules, their log and record (`watch.db`, `docs/watch.md`).
+    pub fn watch_path(&self) -> PathBuf {
+        self.root.join("watch.db")
+    }
+
     /// The job queue database (the daemon's alone).
     pub fn queue_path(&self) -> PathBuf {
         self.root.join("queue.db")

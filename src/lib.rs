@@ -28,5 +28,6 @@ pub mod telemetry;
 pub mod usage;
 pub mod user;
 pub mod wandb;
+pub mod watch;
 
 pub use home::Home;

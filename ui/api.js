@@ -195,6 +195,13 @@ export const resumeSchedule = (name) => post(`/schedules/${seg(name)}/resume`);
 /** Fire now: `{name, occurrence: {outcome, jobs, detail, ...}}`. */
 export const runSchedule = (name) => post(`/schedules/${seg(name)}/run`);
 
+/** Watch rules with their state and newest log line. */
+export const watches = (opts) => get('/watches', opts);
+/** Every watch's log, newest first. */
+export const watchLog = (opts) => get('/watches/log', { ...opts, query: { limit: 200 } });
+export const pauseWatch = (id) => post(`/watches/${seg(String(id))}/pause`);
+export const resumeWatch = (id) => post(`/watches/${seg(String(id))}/resume`);
+
 // ----------------------------------------------------------- live events ---
 
 const subscribers = new Set();

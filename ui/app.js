@@ -12,9 +12,10 @@ import * as datasets from './pages/datasets.js';
 import * as runs from './pages/runs.js';
 import * as usage from './pages/usage.js';
 import * as schedules from './pages/schedules.js';
+import * as watches from './pages/watches.js';
 
-const PAGES = { gpus, queue, schedules, datasets, runs, usage };
-const TITLES = { gpus: 'GPUs', queue: 'Queue', schedules: 'Schedules', datasets: 'Datasets', runs: 'Runs', usage: 'Usage' };
+const PAGES = { gpus, queue, schedules, watches, datasets, runs, usage };
+const TITLES = { gpus: 'GPUs', queue: 'Queue', schedules: 'Schedules', watches: 'Watches', datasets: 'Datasets', runs: 'Runs', usage: 'Usage' };
 
 const main = document.getElementById('main');
 let health = null;

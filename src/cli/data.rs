@@ -243,7 +243,19 @@ fn status(
     name: Option<&str>,
     against: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let r = store.status(path, name, against, &Bar::new())?;
+    // A watch that is sure of what changed answers without a walk.
+    let recorded = match against {
+        None => trainyard::watch::status::from_record(&ctx.home, store, path, name),
+        Some(_) => None,
+    };
+    let r = match recorded {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the watch record could not answer; walking");
+            store.status(path, name, against, &Bar::new())?
+        }
+        None => store.status(path, name, against, &Bar::new())?,
+    };
     if ctx.json {
         output::json(&r)?;
         return Ok(ExitCode::SUCCESS);

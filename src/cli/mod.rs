@@ -13,6 +13,7 @@ mod schedule;
 mod service;
 mod sync;
 mod usage;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,6 +84,17 @@ enum Command {
     Schedule {
         #[command(subcommand)]
         cmd: schedule::ScheduleCommand,
+        #[command(flatten)]
+        daemon: jobs::DaemonArgs,
+    },
+    /// Watch directories (run by the daemon): snapshot a dataset when its
+    /// files stop changing, or sync wandb runs as they end. Events on local
+    /// filesystems, polling on NFS/SMB/FUSE.
+    ///
+    /// Example: trainyard watch add /data/imagenet --snapshot imagenet --quiet 60s
+    Watch {
+        #[command(subcommand)]
+        cmd: watch::WatchCommand,
         #[command(flatten)]
         daemon: jobs::DaemonArgs,
     },
@@ -281,6 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => daemon::agent(&ctx, args),
         Command::Submit { args, daemon } => jobs::submit(&ctx, &daemon, *args),
         Command::Schedule { cmd, daemon } => schedule::run(&ctx, &daemon, cmd),
+        Command::Watch { cmd, daemon } => watch::run(&ctx, &daemon, cmd),
         Command::Ps { args, daemon } => jobs::ps(&ctx, &daemon, args),
         Command::Show { args, daemon } => jobs::show(&ctx, &daemon, args),
         Command::Logs { args, daemon } => jobs::logs(&ctx, &daemon, args),

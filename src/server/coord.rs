@@ -65,6 +65,8 @@ pub(crate) struct Coord {
     pub notify: Arc<crate::notify::Notifier>,
     /// The idle policy's trackers of running attempts.
     pub idle: super::idle_watch::IdleWatch,
+    /// The watch rules and their threads (set by `Server::bind`).
+    pub watches: std::sync::OnceLock<Arc<crate::watch::Watcher>>,
 }
 
 impl Coord {
@@ -92,6 +94,7 @@ impl Coord {
             lab,
             notify,
             idle: super::idle_watch::IdleWatch::default(),
+            watches: std::sync::OnceLock::new(),
         }
     }
 

@@ -25,6 +25,7 @@ mod tele_state;
 mod telemetry;
 mod ui;
 mod usage;
+mod watches;
 
 pub use auth::{
     load_or_create as load_or_create_token, read_token, remote_access_notice, Secret, TokenError,
@@ -148,6 +149,9 @@ pub enum ServerError {
     /// The telemetry database.
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    /// The watch database (`watch.db`).
+    #[error(transparent)]
+    Watch(#[from] crate::db::DbError),
     /// Serving failed.
     #[error("serving HTTP: {0}")]
     Serve(std::io::Error),
@@ -233,6 +237,11 @@ impl Server {
         coord
             .notify
             .set_desktop(notify::desktop_out(coord.events.clone()));
+        let watch_home = home.clone();
+        let watcher = tokio::task::spawn_blocking(move || crate::watch::Watcher::open(&watch_home))
+            .await
+            .expect("opening the watch database does not panic")?;
+        let _ = coord.watches.set(Arc::new(watcher));
         let guard = Arc::new(guard::Guard::new(token.clone(), addr, &config.allow_hosts));
         Ok(Server {
             _lock: lock,
@@ -305,6 +314,10 @@ impl Server {
         let compact = tokio::spawn(telemetry::compact_loop(self.coord.clone()));
         let stats = tokio::spawn(telemetry::stats_loop(self.coord.clone()));
         let notify = tokio::spawn(self.coord.notify.clone().run());
+        // The watch rules run in threads of their own (they hash and walk).
+        if let Some(w) = self.coord.watches.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || w.reconcile()).await;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = routes::router(self.coord.clone(), self.guard.clone());
         // The peer address: `/metrics` needs no token over loopback.
@@ -326,6 +339,9 @@ impl Server {
         compact.abort();
         stats.abort();
         notify.abort();
+        if let Some(w) = self.coord.watches.get().cloned() {
+            let _ = tokio::task::spawn_blocking(move || w.stop_all()).await;
+        }
         // Only remove the file if it is still ours.
         if let Ok(text) = std::fs::read_to_string(&daemon_file) {
             if serde_json::from_str::<DaemonFile>(&text).is_ok_and(|d| d.pid == info.pid) {

@@ -93,6 +93,18 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/schedules/{name}/resume", post(sch::resume))
         .route("/schedules/{name}/run", post(sch::run))
         .route(
+            "/watches",
+            get(super::watches::list).post(super::watches::add),
+        )
+        .route("/watches/log", get(super::watches::log_all))
+        .route(
+            "/watches/{id}",
+            get(super::watches::show).delete(super::watches::remove),
+        )
+        .route("/watches/{id}/pause", post(super::watches::pause))
+        .route("/watches/{id}/resume", post(super::watches::resume))
+        .route("/watches/{id}/log", get(super::watches::log))
+        .route(
             "/notify/sinks",
             get(super::notify::sinks).post(super::notify::add),
         )
@@ -155,6 +167,7 @@ const FEATURES: &[&str] = &[
     "remotes",
     "runs",
     "schedules",
+    "watches",
     "wandb_sync",
     "notify",
     "usage",

@@ -29,7 +29,7 @@ pub use id::{ObjectId, ParseIdError};
 pub use maint::{FsckProblem, FsckReport, GcReport};
 pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Listed, Manifest};
 pub use refs::{validate_dataset_name, validate_tag_name, DatasetRef};
-pub use snapshot::{AddOptions, AddReport, StatusReport};
+pub use snapshot::{tree_stamp, AddOptions, AddReport, StatusReport, TreeStamp};
 pub use transfer::{write_file_atomic, Export, Import, Incoming, ObjectReader};
 
 /// Parse a pack file's bytes into (object id, offset, length) triples, each

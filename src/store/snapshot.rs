@@ -76,6 +76,58 @@ pub struct StatusReport {
     /// has, so the user can pick one with `--name`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other_datasets: Vec<String>,
+    /// Answered from a record of changed paths ([`Store::status_touched`]):
+    /// how many were recorded. `None`: the directory was walked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub touched: Option<u64>,
+}
+
+/// What a stat walk of a tree saw, without reading any file's content:
+/// counts and one digest of every entry's path, kind, mode bit, size,
+/// inode, mtime and ctime. Two equal stamps mean nothing a stat can see
+/// changed (the watcher's polling compares them between polls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct TreeStamp {
+    /// Entries (files, directories, symlinks) below the root.
+    pub entries: u64,
+    /// Regular files among them.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// BLAKE3 of the entries' paths and stat fields, in path order.
+    pub digest: ObjectId,
+}
+
+/// Stat-walk `path` (in parallel, never following symlinks, checkout temp
+/// files left out as `add` leaves them out) into a [`TreeStamp`]. Reads
+/// directories and inodes only, never a file's bytes.
+pub fn tree_stamp(path: &Path) -> Result<TreeStamp> {
+    let Walk { entries, .. } = walk(path)?;
+    let mut h = blake3::Hasher::new();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for e in &entries {
+        if e.kind == Kind::File {
+            files += 1;
+            bytes += e.stamp.size;
+        }
+        h.update(&(e.rel.len() as u64).to_le_bytes());
+        h.update(e.rel.as_bytes());
+        h.update(&[e.kind as u8, u8::from(e.exec)]);
+        for v in [
+            e.stamp.size,
+            e.stamp.ino,
+            e.stamp.mtime_ns as u64,
+            e.stamp.ctime_ns as u64,
+        ] {
+            h.update(&v.to_le_bytes());
+        }
+    }
+    Ok(TreeStamp {
+        entries: entries.len() as u64,
+        files,
+        bytes,
+        digest: ObjectId::from(h.finalize()),
+    })
 }
 
 fn lock(m: &Mutex<PackWriter>) -> Result<MutexGuard<'_, PackWriter>> {
@@ -424,6 +476,108 @@ impl Store {
             files,
             hashed_files: hashed,
             other_datasets,
+            touched: None,
+        })
+    }
+
+    /// `status` from a record of what changed: the directory `path` is
+    /// known to equal version `base` of `dataset` except, at most, at the
+    /// paths `touched` (relative; a directory stands for everything below
+    /// it). Only those paths are looked at — stat, and a hash for files —
+    /// so the answer costs the manifest read plus the touched files, not a
+    /// walk (a watcher's record, as git's fsmonitor gives git).
+    pub fn status_touched(
+        &self,
+        path: &Path,
+        dataset: &str,
+        base: &ObjectId,
+        touched: &[String],
+    ) -> Result<StatusReport> {
+        let (abs, _) = canonical(path)?;
+        let bytes = self.objects.read_verified(base)?;
+        let mut roots: Vec<&str> = touched.iter().map(String::as_str).collect();
+        roots.sort_unstable();
+        roots.dedup();
+        // Drop paths below another touched path: the walk of that one covers them.
+        let mut kept: Vec<&str> = Vec::with_capacity(roots.len());
+        for r in roots {
+            if kept.last().is_some_and(|k| {
+                r.len() > k.len() && r.starts_with(k) && r.as_bytes()[k.len()] == b'/'
+            }) {
+                continue;
+            }
+            kept.push(r);
+        }
+        let within = |p: &str| {
+            let i = kept.partition_point(|k| *k <= p);
+            if i == 0 {
+                return false;
+            }
+            let k = kept[i - 1];
+            p == k || (p.starts_with(k) && p.as_bytes().get(k.len()) == Some(&b'/'))
+        };
+        let (old, files_before) = Manifest::select(&bytes, within)
+            .map_err(|reason| Error::BadManifest { id: *base, reason })?;
+        drop(bytes);
+        let mut now: Vec<WalkEntry> = Vec::new();
+        for rel in &kept {
+            let p = abs.join(rel);
+            let meta = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", &p, e)),
+            };
+            if super::walk::temp_writer_pid(rel.rsplit('/').next().unwrap_or(rel)).is_some() {
+                continue;
+            }
+            let mut top = super::walk::walk(&p)?;
+            if meta.is_dir() {
+                for e in &mut top.entries {
+                    e.rel = format!("{rel}/{}", e.rel);
+                }
+                now.push(super::walk::entry_of(&p, rel.to_string(), &meta)?);
+            } else {
+                for e in &mut top.entries {
+                    e.rel = rel.to_string();
+                }
+            }
+            now.extend(top.entries);
+        }
+        now.sort_unstable_by(|a, b| a.rel.as_bytes().cmp(b.rel.as_bytes()));
+        now.dedup_by(|a, b| a.rel == b.rel);
+        now.par_iter_mut().try_for_each(|e| -> Result<()> {
+            let p = abs.join(&e.rel);
+            match e.kind {
+                Kind::Dir => {}
+                Kind::Symlink => {
+                    let t =
+                        std::fs::read_link(&p).map_err(|err| Error::io("read link", &p, err))?;
+                    let b = t.as_os_str().as_encoded_bytes();
+                    e.stamp.size = b.len() as u64;
+                    e.id = Some(ObjectId::of_bytes(b));
+                }
+                Kind::File => {
+                    let (id, stamp, _) = hash_file(&p, false)?;
+                    e.id = Some(id);
+                    e.stamp = stamp;
+                }
+            }
+            Ok(())
+        })?;
+        let hashed = now.iter().filter(|e| e.kind == Kind::File).count() as u64;
+        let current: Vec<Entry> = now.into_iter().map(WalkEntry::into_entry).collect();
+        let changes = diff(&old, &current);
+        let files_before = files_before as i64;
+        let files = files_before - old.iter().filter(|e| e.kind == Kind::File).count() as i64
+            + current.iter().filter(|e| e.kind == Kind::File).count() as i64;
+        Ok(StatusReport {
+            dataset: dataset.to_string(),
+            against: Some(*base),
+            changes,
+            files: files.max(0) as u64,
+            hashed_files: hashed,
+            other_datasets: Vec::new(),
+            touched: Some(touched.len() as u64),
         })
     }
 

@@ -119,6 +119,11 @@ fn classify(path: &Path, meta: &fs::Metadata) -> Result<(Kind, bool)> {
     }
 }
 
+/// The entry of one path whose metadata is at hand.
+pub(crate) fn entry_of(path: &Path, rel: String, meta: &fs::Metadata) -> Result<WalkEntry> {
+    entry(path, rel, meta)
+}
+
 fn entry(path: &Path, rel: String, meta: &fs::Metadata) -> Result<WalkEntry> {
     let (kind, exec) = classify(path, meta)?;
     let mut stamp = FileStamp::of(meta);

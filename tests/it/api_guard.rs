@@ -223,6 +223,48 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
             401,
         ),
         (
+            "cross-site form adding a watch (snapshots a victim's directory)",
+            format!("POST /api/v1/watches HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
+            r#"{"path":"/tmp","snapshot":"evil"}"#.to_string(),
+            403,
+        ),
+        (
+            "adding a watch without the token",
+            format!("POST /api/v1/watches HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
+            r#"{"path":"/tmp","snapshot":"evil"}"#.to_string(),
+            401,
+        ),
+        (
+            "adding a watch as text/plain, with the token",
+            format!("POST /api/v1/watches HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain"),
+            r#"{"path":"/tmp","snapshot":"evil"}"#.to_string(),
+            415,
+        ),
+        (
+            "adding a watch with an unknown key, with the token",
+            format!("POST /api/v1/watches HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"),
+            r#"{"path":"/tmp","snapshot":"evil","x":1}"#.to_string(),
+            400,
+        ),
+        (
+            "DNS rebinding: read the watch log",
+            format!("GET /api/v1/watches/log HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {token}", port(&addr)),
+            String::new(),
+            421,
+        ),
+        (
+            "cross-site pause of a watch",
+            format!("POST /api/v1/watches/1/pause HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nSec-Fetch-Site: cross-site\r\nAuthorization: Bearer {token}"),
+            String::new(),
+            403,
+        ),
+        (
+            "removing a watch without the token",
+            format!("DELETE /api/v1/watches/1 HTTP/1.1\r\nHost: {addr}"),
+            String::new(),
+            401,
+        ),
+        (
             "cross-site form adding a notification sink (posts events elsewhere)",
             format!("POST /api/v1/notify/sinks HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
             r#"{"name":"evil","kind":"webhook","url":"http://evil.example/x"}"#.to_string(),
@@ -296,6 +338,11 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
         get_json(&url, "/api/v1/notify/sinks", None),
         serde_json::json!([]),
         "no notification sink was added"
+    );
+    assert_eq!(
+        get_json(&url, "/api/v1/watches", None),
+        serde_json::json!([]),
+        "no watch was added"
     );
 
     // What is allowed still works: health without a token, the UI's own

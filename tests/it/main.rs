@@ -28,3 +28,4 @@ mod usage;
 mod wandb_field;
 mod wandb_server;
 mod wandb_sync;
+mod watch;

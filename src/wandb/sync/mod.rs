@@ -262,6 +262,11 @@ pub struct SyncOptions {
     pub window: u64,
     /// Bytes of lines per `file_stream` request, at most (about).
     pub request_bytes: usize,
+    /// A live sync of a running run (the watcher's `--live`): stream the
+    /// lines the server lacks and stop there — no files, no final
+    /// `complete` request, no verification; the ledger keeps the run
+    /// incomplete, so the sync after it ends finishes it.
+    pub live: bool,
 }
 
 impl Default for SyncOptions {
@@ -276,6 +281,7 @@ impl Default for SyncOptions {
             uploads: 8,
             window: 1 << 20,
             request_bytes: 4 << 20,
+            live: false,
         }
     }
 }
@@ -1037,6 +1043,10 @@ impl RunSync<'_> {
             report
                 .notes
                 .push(format!("incomplete tail at offset {off}"));
+        }
+        if self.syncer.opts.live && !self.verify_only {
+            report.outcome = SyncOutcome::Synced;
+            return Ok(());
         }
         let mut local = self.local(&rd, &run, has_output_log, report).await?;
         if self.verify_only {

@@ -232,8 +232,14 @@ pub fn free_port() -> u16 {
 impl Env {
     /// Start a long-running `trainyard` process; stderr goes to a file.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_with(name, args, &[])
+    }
+
+    /// [`Env::spawn`] with more environment variables.
+    pub fn spawn_with(&self, name: &str, args: &[&str], vars: &[(&str, &str)]) -> Proc {
         let log = self.path(&format!("{name}.stderr"));
         let mut c = self.cmd();
+        c.envs(vars.iter().copied());
         c.args(args)
             .env("RUST_LOG", "info")
             .stdin(std::process::Stdio::null())
@@ -248,12 +254,17 @@ impl Env {
     /// `trainyard up` on 127.0.0.1 with `args`; waits until it answers and
     /// returns it with its URL.
     pub fn up(&self, name: &str, args: &[&str]) -> (Proc, String) {
+        self.up_with(name, args, &[])
+    }
+
+    /// [`Env::up`] with more environment variables for the daemon.
+    pub fn up_with(&self, name: &str, args: &[&str], vars: &[(&str, &str)]) -> (Proc, String) {
         let mut a = vec!["--json", "up"];
         if !args.contains(&"--port") {
             a.extend(["--port", "0"]);
         }
         a.extend_from_slice(args);
-        let mut p = self.spawn(name, &a);
+        let mut p = self.spawn_with(name, &a, vars);
         let mut line = String::new();
         let out = p.child.stdout.as_mut().expect("stdout");
         std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
