@@ -11,6 +11,7 @@
 //! talk to it over HTTP like any remote agent.
 
 mod auth;
+mod clusters;
 mod coord;
 mod datasets;
 mod error;
@@ -304,6 +305,7 @@ impl Server {
         let compact = tokio::spawn(telemetry::compact_loop(self.coord.clone()));
         let stats = tokio::spawn(telemetry::stats_loop(self.coord.clone()));
         let notify = tokio::spawn(self.coord.notify.clone().run());
+        let clusters = tokio::spawn(clusters::follow_loop(self.coord.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = routes::router(self.coord.clone(), self.guard.clone());
         // The peer address: `/metrics` needs no token over loopback.
@@ -325,6 +327,7 @@ impl Server {
         compact.abort();
         stats.abort();
         notify.abort();
+        clusters.abort();
         // Only remove the file if it is still ours.
         if let Ok(text) = std::fs::read_to_string(&daemon_file) {
             if serde_json::from_str::<DaemonFile>(&text).is_ok_and(|d| d.pid == info.pid) {

@@ -16,6 +16,7 @@ mod remote_hostile;
 mod remote_s3;
 mod runs_index;
 mod schedule;
+mod slurm;
 mod store_cli;
 mod store_crash;
 mod store_golden;
