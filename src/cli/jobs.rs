@@ -854,6 +854,39 @@ pub fn gpus(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
     if agents.is_empty() {
         println!("(no agents connected)");
     }
+    // SLURM clusters, one pool each (what sinfo says of the partition).
+    // An older daemon without the route shows none.
+    let pools = rt()?.block_on(c.cluster_pools()).unwrap_or_default();
+    for p in &pools {
+        match (&p.pool, &p.error) {
+            (Some(pool), _) => {
+                let types: Vec<String> = pool
+                    .gpu_types
+                    .iter()
+                    .map(|(t, n)| format!("{n}x {t}"))
+                    .collect();
+                println!(
+                    "{:<16} pool  partition {} ({}), {}: {} idle, {} allocated of {}",
+                    short(&format!("slurm:{}", p.cluster), 16),
+                    pool.partition,
+                    pool.state,
+                    if types.is_empty() {
+                        "no GPUs".to_string()
+                    } else {
+                        types.join(", ")
+                    },
+                    pool.gpus_total.saturating_sub(pool.gpus_allocated),
+                    pool.gpus_allocated,
+                    pool.gpus_total
+                );
+            }
+            (None, e) => println!(
+                "{:<16} pool  {}",
+                short(&format!("slurm:{}", p.cluster), 16),
+                output::clean(e.as_deref().unwrap_or("no answer"))
+            ),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -413,6 +413,7 @@ pub fn test(c: &Cluster) -> TestReport {
             },
         });
     }
+    checks.push(trainyard_check(&runner));
     match pool(c) {
         Ok(p) => {
             let part_ok = p.state.starts_with("up");
@@ -467,6 +468,37 @@ pub fn test(c: &Cluster) -> TestReport {
         cluster: c.name.clone(),
         checks,
         ok,
+    }
+}
+
+/// The `trainyard` binary on the cluster's side (what a job runs for
+/// `trainyard data pull`): absent is fine for jobs without dataset inputs;
+/// present with another version is a failed check (formats and flags may
+/// differ).
+fn trainyard_check(runner: &Runner) -> Check {
+    let ours = env!("CARGO_PKG_VERSION");
+    match runner.run("trainyard", &["--version".to_string()], None) {
+        Ok(out) => {
+            let theirs = out.split_whitespace().nth(1).unwrap_or("").to_string();
+            Check {
+                what: "trainyard".into(),
+                ok: theirs == ours,
+                detail: if theirs == ours {
+                    format!("trainyard {theirs} on the cluster, as here")
+                } else {
+                    format!(
+                        "trainyard {theirs} on the cluster, {ours} here: install the same                          version there (docs/slurm.md)"
+                    )
+                },
+            }
+        }
+        Err(_) => Check {
+            what: "trainyard".into(),
+            ok: true,
+            detail: format!(
+                "no trainyard {ours} on the cluster's PATH: needed only by jobs that pull                  datasets there (docs/slurm.md)"
+            ),
+        },
     }
 }
 

@@ -106,6 +106,11 @@ fn cluster_add_ls_test_rm() {
     let pools = get_json(&url, "/api/v1/clusters/pools", None);
     assert_eq!(pools[0]["pool"]["partition"], "debug", "{pools}");
     assert_eq!(pools[0]["pool"]["gpus_total"], 4, "{pools}");
+    let table = env.ok(&["gpus", "--server", &url]);
+    assert!(
+        table.contains("slurm:hpc") && table.contains("partition debug (up), 4x a100: 4 idle"),
+        "{table}"
+    );
 
     // A partition that does not exist fails the test, naming it.
     env.ok(&[
