@@ -374,8 +374,13 @@ impl<'a> Follower<'a> {
                             Err(QueueError::StaleAttempt) => {}
                             Err(e) => return Err(e.into()),
                         }
-                        self.set_reason(l.job, None)?;
                     }
+                    let on = if row.nodes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" on {}", row.nodes)
+                    };
+                    self.set_reason(l.job, Some(&format!("running as SLURM job {id}{on}")))?;
                     self.copy_log(cluster, l)?;
                 }
                 Outcome::Ended { exit_code, error } => {

@@ -43,8 +43,10 @@ fn slurm_id(slurm: &Slurm, url: &str, id: u64) -> String {
     loop {
         let j = job(url, id);
         if let Some(r) = j["reason"].as_str() {
-            if let Some(rest) = r.strip_prefix("submitted as SLURM job ") {
-                return rest.to_string();
+            for prefix in ["submitted as SLURM job ", "running as SLURM job "] {
+                if let Some(rest) = r.strip_prefix(prefix) {
+                    return rest.split(' ').next().unwrap_or("").to_string();
+                }
             }
         }
         // The reason moves on once SLURM runs it: find it by name instead.
