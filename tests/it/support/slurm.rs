@@ -254,8 +254,16 @@ impl Drop for Slurm {
     fn drop(&mut self) {
         if self.ctld.is_some() {
             // Jobs still running end with the cluster.
+            // (slurmd must still run to stop their step daemons: wait.)
             let _ = self.cmd("scancel", &["--partition=debug"]);
-            std::thread::sleep(Duration::from_millis(500));
+            let end = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < end {
+                let o = self.cmd("squeue", &["-h", "-t", "running,completing", "-o", "%i"]);
+                if !o.status.success() || o.stdout.iter().all(|b| b.is_ascii_whitespace()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
         self.kill_slurmd();
         self.stop_ctld();
