@@ -617,3 +617,15 @@ mod tests {
         assert_eq!(serde_json::from_str::<Event>(&wire).unwrap(), run);
     }
 }
+
+/// A cluster as a GPU pool (`GET /clusters/pools`): what `sinfo` says of
+/// its partition, or why it could not be asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterPool {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Partition, GPU types, GPUs allocated and total.
+    pub pool: Option<crate::cluster::slurm::Pool>,
+    /// Why `sinfo` gave no answer.
+    pub error: Option<String>,
+}

@@ -559,6 +559,43 @@ impl Client {
             .await
     }
 
+    /// SLURM clusters with their status (`GET /clusters`).
+    pub async fn clusters(&self) -> Result<Vec<crate::cluster::ClusterStatus>> {
+        self.json(self.req(Method::GET, "/clusters")).await
+    }
+
+    /// Add a cluster (`POST /clusters`).
+    pub async fn cluster_add(
+        &self,
+        c: &crate::cluster::Cluster,
+    ) -> Result<crate::cluster::Cluster> {
+        self.json(Self::body(self.req(Method::POST, "/clusters"), c))
+            .await
+    }
+
+    /// Remove a cluster (`DELETE /clusters/{name}`).
+    pub async fn cluster_remove(&self, name: &str) -> Result<()> {
+        self.send(Self::no_body(
+            self.req(Method::DELETE, &format!("/clusters/{name}")),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// Check a cluster's commands, partition and GPUs
+    /// (`POST /clusters/{name}/test`).
+    pub async fn cluster_test(&self, name: &str) -> Result<crate::cluster::TestReport> {
+        self.json(Self::no_body(
+            self.req(Method::POST, &format!("/clusters/{name}/test")),
+        ))
+        .await
+    }
+
+    /// Each cluster as a GPU pool (`GET /clusters/pools`).
+    pub async fn cluster_pools(&self) -> Result<Vec<api::ClusterPool>> {
+        self.json(self.req(Method::GET, "/clusters/pools")).await
+    }
+
     /// Agent: heartbeat.
     pub async fn heartbeat(&self, name: &str, report: &AgentReport) -> Result<AgentOrders> {
         self.json(Self::body(

@@ -161,6 +161,19 @@ pub struct SubmitArgs {
     /// if the job uses its GPUs), e.g. 15m [default: the lab's].
     #[arg(long, value_name = "DURATION")]
     idle_grace: Option<String>,
+    /// Send the job to this SLURM cluster (`trainyard cluster add`)
+    /// instead of the LAN's agents. Its working directory there is
+    /// --workdir, else the --git checkout, else the cluster's directory
+    /// (not the current one).
+    #[arg(long, value_name = "NAME")]
+    on: Option<String>,
+    /// Send the job to a cluster if the LAN has not placed it within this
+    /// time, e.g. 10m (the cluster of --overflow-to, or the only one).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "on")]
+    overflow_after: Option<Duration>,
+    /// The cluster of --overflow-after [default: the only cluster].
+    #[arg(long, value_name = "NAME", requires = "overflow_after")]
+    overflow_to: Option<String>,
     /// The command and its arguments (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -269,16 +282,27 @@ pub(super) fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::Swee
         spec.workdir = None;
     } else if let Some(w) = a.workdir {
         spec.workdir = Some(std::path::absolute(&w).unwrap_or(w));
-    } else if spec.git.is_none() && spec.workdir.is_none() {
+    } else if spec.git.is_none() && spec.workdir.is_none() && a.on.is_none() && spec.on.is_none() {
         spec.workdir = Some(std::env::current_dir().context("the current directory")?);
     }
     if spec.user.is_none() {
         spec.user = Some(trainyard::user::current());
     }
+    if let Some(on) = a.on {
+        spec.on = Some(on);
+    }
     let grid = queue::parse_sweep(a.sweep.iter().map(String::as_str))?;
     spec.validate()?;
     if let Some(first) = spec.sweep_iter(&grid)?.next() {
         first.validate()?;
+    }
+    // After the checks: an empty cluster is filled in by `submit` (the
+    // daemon knows the clusters), and the daemon checks it all again.
+    if let Some(after) = a.overflow_after {
+        spec.overflow = Some(queue::Overflow {
+            cluster: a.overflow_to.unwrap_or_default(),
+            after_s: after.as_secs(),
+        });
     }
     Ok((spec, grid))
 }
@@ -297,8 +321,25 @@ fn id_list(ids: &[JobId]) -> String {
 }
 
 pub fn submit(ctx: &Ctx, d: &DaemonArgs, a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let (spec, grid) = build_specs(a)?;
+    let (mut spec, grid) = build_specs(a)?;
     let c = client(ctx, d)?;
+    if let Some(o) = spec.overflow.as_mut().filter(|o| o.cluster.is_empty()) {
+        let clusters = rt()?.block_on(c.clusters())?;
+        match clusters.as_slice() {
+            [one] => o.cluster = one.cluster.name.clone(),
+            [] => bail!(
+                "--overflow-after: no cluster to overflow to; add one with `trainyard cluster add NAME --slurm`"
+            ),
+            _ => bail!(
+                "--overflow-after: several clusters ({}); name one with --overflow-to",
+                clusters
+                    .iter()
+                    .map(|c| c.cluster.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
     // A sweep travels as its template and grid: the daemon expands it, so
     // 100,000 combinations are one small request and one transaction.
     let ids = if grid.is_empty() {
@@ -870,6 +911,39 @@ pub fn gpus(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
     }
     if agents.is_empty() {
         println!("(no agents connected)");
+    }
+    // SLURM clusters, one pool each (what sinfo says of the partition).
+    // An older daemon without the route shows none.
+    let pools = rt()?.block_on(c.cluster_pools()).unwrap_or_default();
+    for p in &pools {
+        match (&p.pool, &p.error) {
+            (Some(pool), _) => {
+                let types: Vec<String> = pool
+                    .gpu_types
+                    .iter()
+                    .map(|(t, n)| format!("{n}x {t}"))
+                    .collect();
+                println!(
+                    "{:<16} pool  partition {} ({}), {}: {} idle, {} allocated of {}",
+                    short(&format!("slurm:{}", p.cluster), 16),
+                    pool.partition,
+                    pool.state,
+                    if types.is_empty() {
+                        "no GPUs".to_string()
+                    } else {
+                        types.join(", ")
+                    },
+                    pool.gpus_total.saturating_sub(pool.gpus_allocated),
+                    pool.gpus_allocated,
+                    pool.gpus_total
+                );
+            }
+            (None, e) => println!(
+                "{:<16} pool  {}",
+                short(&format!("slurm:{}", p.cluster), 16),
+                output::clean(e.as_deref().unwrap_or("no answer"))
+            ),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,7 @@
 //! Argument parsing (clap derive; the doc comments are the help text),
 //! logging set-up, and dispatch to one handler per command family.
 
+mod cluster;
 mod daemon;
 mod data;
 mod demo;
@@ -169,6 +170,10 @@ enum Command {
     /// delivery log with its dead letters.
     #[command(subcommand)]
     Notify(notify::NotifyCommand),
+    /// SLURM clusters: the same queue sends jobs to a cluster
+    /// (`submit --on NAME`, `--overflow-after 10m`) and follows them.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// The agents the daemon knows, with their GPUs and last heartbeat.
     Agents {
         #[command(flatten)]
@@ -304,6 +309,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agents { daemon } => jobs::agents(&ctx, &daemon),
         Command::Usage { args, daemon } => usage::usage(&ctx, &daemon, args),
         Command::Notify(cmd) => notify::run(&ctx, cmd),
+        Command::Cluster(cmd) => cluster::run(&ctx, cmd),
         Command::Ui { daemon } => jobs::ui(&ctx, &daemon),
         Command::Service(cmd) => service::run(&ctx, cmd),
         Command::Demo(args) => demo::demo(&ctx, args),

@@ -22,7 +22,7 @@ pub use list::{Cursor, JobFilter, JobOrder, JobPage, MAX_PAGE};
 pub use logs::{AttemptLogs, LogChunk, LogError, MIN_LOG_CAP};
 pub use spec::{
     parse_env_file, parse_memory_mib, parse_sweep, sweep_len, timeout_secs, Command, GitSource,
-    GpuRequest, JobSpec, SpecError, SweepGrid, MAX_MEMORY_MIB, SECRET_REDACTED,
+    GpuRequest, JobSpec, Overflow, SpecError, SweepGrid, MAX_MEMORY_MIB, SECRET_REDACTED,
 };
 pub use tags::check_tag;
 
@@ -238,6 +238,16 @@ pub enum QueueError {
     BadCursor {
         /// The cursor as given.
         cursor: String,
+    },
+    /// `on` or `overflow.cluster` names no cluster of `cluster add`.
+    #[error(
+        "invalid job spec: {field}: no cluster {name:?}; add it with `trainyard cluster add {name} --slurm`"
+    )]
+    UnknownCluster {
+        /// `on` or `overflow.cluster`.
+        field: &'static str,
+        /// The name given.
+        name: String,
     },
     /// One submission with more jobs than [`MAX_BATCH`].
     #[error(
@@ -560,6 +570,46 @@ const MIGRATIONS: &[&str] = &[
     // row changes).
     "ALTER TABLE attempts ADD COLUMN idle_status TEXT;
     ALTER TABLE attempts ADD COLUMN idle_evidence TEXT;",
+    // 10: SLURM clusters (`crate::cluster`): their settings, the cluster a
+    // job is sent to (`on`, or its overflow target and when it moves), and
+    // per attempt the SLURM job that runs it, so a restarted daemon
+    // re-attaches by SLURM job id.
+    "CREATE TABLE clusters (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        partition TEXT,
+        account TEXT,
+        qos TEXT,
+        ssh TEXT,
+        gres_types TEXT NOT NULL,
+        dir TEXT,
+        created_ns INTEGER NOT NULL,
+        unreachable TEXT,
+        checked_ns INTEGER
+    ) WITHOUT ROWID;
+    ALTER TABLE jobs ADD COLUMN cluster TEXT;
+    ALTER TABLE jobs ADD COLUMN overflow_cluster TEXT;
+    ALTER TABLE jobs ADD COLUMN overflow_at_ns INTEGER;
+    CREATE INDEX jobs_by_cluster ON jobs(cluster, state) WHERE cluster IS NOT NULL;
+    CREATE INDEX jobs_by_overflow ON jobs(overflow_at_ns) WHERE overflow_cluster IS NOT NULL;
+    CREATE TABLE cluster_attempts (
+        job_id INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        cluster TEXT NOT NULL,
+        token TEXT NOT NULL,
+        name TEXT NOT NULL,
+        slurm_id TEXT,
+        output TEXT NOT NULL,
+        slurm_state TEXT,
+        log_offset INTEGER NOT NULL DEFAULT 0,
+        gpus INTEGER NOT NULL,
+        alloc_gpus INTEGER,
+        elapsed_s INTEGER,
+        submitted_ns INTEGER NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (job_id, n)
+    ) WITHOUT ROWID;
+    CREATE INDEX cluster_attempts_live ON cluster_attempts(cluster) WHERE done = 0;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` of
@@ -733,6 +783,26 @@ impl Queue {
                 return Err(QueueError::UnknownDependency(JobId(*d)));
             }
         }
+        for (field, name) in [
+            ("on", spec.on.as_ref()),
+            (
+                "overflow.cluster",
+                spec.overflow.as_ref().map(|o| &o.cluster),
+            ),
+        ] {
+            let Some(name) = name else { continue };
+            let exists = tx
+                .query_row("SELECT 1 FROM clusters WHERE name = ?1", [name], |_| Ok(()))
+                .optional()
+                .map_err(self.sql())?
+                .is_some();
+            if !exists {
+                return Err(QueueError::UnknownCluster {
+                    field,
+                    name: name.clone(),
+                });
+            }
+        }
         let user = spec.user.clone().unwrap_or_else(|| "unknown".into());
         // The stored spec names its secrets; their values go to job_secrets.
         let stored = if spec.secret_env.is_empty() {
@@ -747,8 +817,10 @@ impl Queue {
         tx.prepare_cached(
             "INSERT INTO jobs (spec, project, user, priority, state, max_attempts, submitted_ns,
                                gpu_count, gpu_min_mib, gpu_model, not_before_ns, not_after_ns,
-                               after_first, after_count, reason)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                               after_first, after_count, reason, cluster, overflow_cluster,
+                               overflow_at_ns)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                     ?16, ?17)",
         )
         .map_err(self.sql())?
         .execute(params![
@@ -766,6 +838,11 @@ impl Queue {
             rule.after.map(|a| a.0),
             rule.after.map(|a| a.1),
             rule.reason,
+            spec.on,
+            spec.overflow.as_ref().map(|o| &o.cluster),
+            spec.overflow.as_ref().map(|o| {
+                now_ns().saturating_add((o.after_s as i64).saturating_mul(1_000_000_000))
+            }),
         ])
         .map_err(self.sql())?;
         let id = tx.last_insert_rowid();
@@ -855,7 +932,7 @@ impl Queue {
         let mut st = conn
             .prepare_cached(
                 "SELECT id, gpu_count, gpu_min_mib, gpu_model, reason FROM jobs
-                 WHERE state = 'queued' AND NOT EXISTS (
+                 WHERE state = 'queued' AND cluster IS NULL AND NOT EXISTS (
                      SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
                      WHERE d.job_id = jobs.id AND j.state != 'succeeded')
                    AND (not_before_ns IS NULL OR not_before_ns <= ?2)

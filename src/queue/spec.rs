@@ -128,6 +128,24 @@ pub struct JobSpec {
     /// (`15m`), unless the job uses its GPUs earlier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_grace: Option<String>,
+    /// Run on this SLURM cluster (`trainyard cluster add`) instead of the
+    /// LAN's agents (`submit --on NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
+    /// Send the job to a cluster when the LAN has not placed it within a
+    /// time (`submit --overflow-after 10m --overflow-to NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<Overflow>,
+}
+
+/// Where a LAN job goes when the LAN cannot place it in time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Overflow {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Seconds queued on the LAN before it moves.
+    pub after_s: u64,
 }
 
 fn default_project() -> String {
@@ -293,6 +311,22 @@ impl JobSpec {
                 return Err(bad("command", "empty shell command"))
             }
             _ => {}
+        }
+        if self.on.is_some() && self.overflow.is_some() {
+            return Err(bad(
+                "overflow",
+                "a job sent to a cluster with `on` cannot also overflow to one",
+            ));
+        }
+        if let Some(c) = &self.on {
+            if c.trim().is_empty() {
+                return Err(bad("on", "empty cluster name"));
+            }
+        }
+        if let Some(o) = &self.overflow {
+            if o.cluster.trim().is_empty() {
+                return Err(bad("overflow.cluster", "empty cluster name"));
+            }
         }
         if self.workdir.is_some() && self.git.is_some() {
             return Err(bad("workdir", "give either workdir or git, not both"));

@@ -53,6 +53,8 @@ pub(crate) struct Coord {
     pub agents: Mutex<HashMap<String, AgentEntry>>,
     pub events: broadcast::Sender<Event>,
     pub wake_sched: Notify,
+    /// Wakes the cluster follower (a job was submitted or cancelled).
+    pub wake_clusters: Notify,
     /// The lab's settings (`config.toml`), read at start.
     pub lab: crate::config::LabConfig,
     /// GPU telemetry history and the metrics counters.
@@ -89,6 +91,7 @@ impl Coord {
             agents: Mutex::new(HashMap::new()),
             events: broadcast::channel(1024).0,
             wake_sched: Notify::new(),
+            wake_clusters: Notify::new(),
             wake_schedules: Notify::new(),
             store: std::sync::OnceLock::new(),
             lab,

@@ -47,6 +47,7 @@ impl From<QueueError> for ApiError {
             QueueError::UnknownJob(_) => (StatusCode::NOT_FOUND, "not_found"),
             QueueError::Spec(_)
             | QueueError::UnknownDependency(_)
+            | QueueError::UnknownCluster { .. }
             | QueueError::BadCursor { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             QueueError::TooManyJobs { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             QueueError::BadState { .. } => (StatusCode::CONFLICT, "conflict"),

@@ -11,6 +11,7 @@
 //! talk to it over HTTP like any remote agent.
 
 mod auth;
+mod clusters;
 mod coord;
 mod datasets;
 mod error;
@@ -318,6 +319,7 @@ impl Server {
         if let Some(w) = self.coord.watches.get().cloned() {
             let _ = tokio::task::spawn_blocking(move || w.reconcile()).await;
         }
+        let clusters = tokio::spawn(clusters::follow_loop(self.coord.clone()));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let app = routes::router(self.coord.clone(), self.guard.clone());
         // The peer address: `/metrics` needs no token over loopback.
@@ -342,6 +344,7 @@ impl Server {
         if let Some(w) = self.coord.watches.get().cloned() {
             let _ = tokio::task::spawn_blocking(move || w.stop_all()).await;
         }
+        clusters.abort();
         // Only remove the file if it is still ours.
         if let Ok(text) = std::fs::read_to_string(&daemon_file) {
             if serde_json::from_str::<DaemonFile>(&text).is_ok_and(|d| d.pid == info.pid) {

@@ -111,6 +111,13 @@ pub(crate) fn router(coord: Arc<Coord>, guard: Arc<Guard>) -> Router {
         .route("/notify/sinks/{name}", delete(super::notify::remove))
         .route("/notify/sinks/{name}/test", post(super::notify::test))
         .route("/notify/log", get(super::notify::log))
+        .route(
+            "/clusters",
+            get(super::clusters::list).post(super::clusters::add),
+        )
+        .route("/clusters/pools", get(super::clusters::pools))
+        .route("/clusters/{name}", delete(super::clusters::remove))
+        .route("/clusters/{name}/test", post(super::clusters::test))
         .fallback(not_found)
         .layer(middleware::from_fn(explain_body_limit))
         .layer(middleware::from_fn_with_state(
@@ -246,6 +253,7 @@ async fn submit(
         c.job_event(*id, JobState::Queued);
     }
     c.wake_sched.notify_one();
+    c.wake_clusters.notify_one();
     Ok((StatusCode::CREATED, Json(SubmitResponse { ids })))
 }
 
@@ -424,6 +432,8 @@ async fn cancel(
     .await?;
     c.job_event(id, job.state);
     c.wake_sched.notify_one();
+    // A cluster job's SLURM job is cancelled by the follower.
+    c.wake_clusters.notify_one();
     Ok(Json(job))
 }
 

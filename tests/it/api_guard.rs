@@ -289,6 +289,60 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
             415,
         ),
         (
+            "cross-site form adding a cluster (would run commands over ssh)",
+            format!("POST /api/v1/clusters HTTP/1.1\r\nHost: {addr}\r\nOrigin: {evil}\r\nContent-Type: text/plain"),
+            r#"{"name":"evil","ssh":"x@evil.example"}"#.to_string(),
+            403,
+        ),
+        (
+            "adding a cluster without the token",
+            format!("POST /api/v1/clusters HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
+            r#"{"name":"evil","ssh":"x@evil.example"}"#.to_string(),
+            401,
+        ),
+        (
+            "adding a cluster as text/plain",
+            format!("POST /api/v1/clusters HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain"),
+            r#"{"name":"evil","ssh":"x@evil.example"}"#.to_string(),
+            415,
+        ),
+        (
+            "adding a cluster with an unknown key",
+            format!("POST /api/v1/clusters HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"),
+            r#"{"name":"evil","sshh":"x@evil.example"}"#.to_string(),
+            400,
+        ),
+        (
+            "adding a cluster whose ssh target is an ssh option",
+            format!("POST /api/v1/clusters HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json"),
+            r#"{"name":"evil","ssh":"-oProxyCommand=touch /tmp/x"}"#.to_string(),
+            400,
+        ),
+        (
+            "DNS rebinding: list the clusters",
+            format!("GET /api/v1/clusters HTTP/1.1\r\nHost: evil.example:{}\r\nAuthorization: Bearer {token}", port(&addr)),
+            String::new(),
+            421,
+        ),
+        (
+            "testing a cluster without the token (runs commands)",
+            format!("POST /api/v1/clusters/x/test HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json"),
+            String::new(),
+            401,
+        ),
+        (
+            "removing a cluster as a simple request",
+            format!("DELETE /api/v1/clusters/x HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: text/plain"),
+            String::new(),
+            415,
+        ),
+        (
+            "the cluster pools without the token",
+            format!("GET /api/v1/clusters/pools HTTP/1.1\r\nHost: {addr}"),
+            String::new(),
+            401,
+        ),
+        (
             "the event stream without the token",
             format!("GET /api/v1/events HTTP/1.1\r\nHost: {addr}"),
             String::new(),
@@ -343,6 +397,11 @@ fn cross_site_forms_and_dns_rebinding_change_nothing() {
         get_json(&url, "/api/v1/watches", None),
         serde_json::json!([]),
         "no watch was added"
+    );
+    assert_eq!(
+        get_json(&url, "/api/v1/clusters", None),
+        serde_json::json!([]),
+        "no cluster was added"
     );
 
     // What is allowed still works: health without a token, the UI's own

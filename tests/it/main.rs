@@ -19,6 +19,7 @@ mod remote_s3;
 mod runs_index;
 mod schedule;
 mod service;
+mod slurm;
 mod store_cli;
 mod store_crash;
 mod store_golden;

@@ -10,19 +10,27 @@ use std::time::{Duration, SystemTime};
 
 pub mod jobs;
 pub mod s3;
+pub mod slurm;
 pub mod wandb;
 pub mod wandb_run;
 
 pub struct Env {
     pub tmp: tempfile::TempDir,
     pub home: PathBuf,
+    /// Variables every `trainyard` this env runs gets (a test SLURM
+    /// cluster's `SLURM_CONF`).
+    pub vars: std::cell::RefCell<Vec<(String, String)>>,
 }
 
 impl Env {
     pub fn new() -> Env {
         let tmp = tempfile::tempdir().expect("temp dir");
         let home = tmp.path().join("home");
-        Env { tmp, home }
+        Env {
+            tmp,
+            home,
+            vars: Default::default(),
+        }
     }
 
     /// A path under the test's temp dir.
@@ -36,6 +44,9 @@ impl Env {
             .env("TRAINYARD_USER", "tester")
             .env_remove("RUST_LOG")
             .current_dir(self.tmp.path());
+        for (k, v) in self.vars.borrow().iter() {
+            c.env(k, v);
+        }
         c
     }
 
