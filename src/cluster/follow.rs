@@ -179,18 +179,11 @@ impl<'a> Follower<'a> {
     fn queued(&self, cluster: &str, now: i64) -> Result<Vec<JobId>, QueueError> {
         self.queue.read(|c| {
             let mut st = c
-                .prepare_cached(
-                    "SELECT id FROM jobs
-                     WHERE cluster = ?1 AND state = 'queued' AND NOT EXISTS (
-                         SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
-                         WHERE d.job_id = jobs.id AND j.state != 'succeeded')
-                       AND (not_before_ns IS NULL OR not_before_ns <= ?2)
-                       AND (after_first IS NULL OR NOT EXISTS (
-                         SELECT 1 FROM jobs p WHERE p.id >= jobs.after_first
-                           AND p.id < jobs.after_first + jobs.after_count
-                           AND p.state IN ('queued', 'assigned', 'running')))
-                     ORDER BY priority DESC, id LIMIT ?3",
-                )
+                .prepare_cached(concat!(
+                    "SELECT id FROM jobs WHERE cluster = ?1 AND ",
+                    crate::queue::startable_sql!(),
+                    " ORDER BY priority DESC, id LIMIT ?3"
+                ))
                 .map_err(self.sql())?;
             let rows = st
                 .query_map(params![cluster, now, SUBMIT_PER_POLL as i64], |r| {

@@ -395,6 +395,25 @@ pub struct Assignment {
     pub lease_until_ns: i64,
 }
 
+/// The SQL condition under which a job of `jobs` may start now (`?2` is
+/// now, ns): queued, every dependency succeeded, its not-before time has
+/// passed, and no job of the range it runs after is still queued or
+/// running. One text for the LAN's scheduling pass and the cluster
+/// follower, so they never disagree on what may start.
+macro_rules! startable_sql {
+    () => {
+        "state = 'queued' AND NOT EXISTS (
+             SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
+             WHERE d.job_id = jobs.id AND j.state != 'succeeded')
+           AND (not_before_ns IS NULL OR not_before_ns <= ?2)
+           AND (after_first IS NULL OR NOT EXISTS (
+             SELECT 1 FROM jobs p WHERE p.id >= jobs.after_first
+               AND p.id < jobs.after_first + jobs.after_count
+               AND p.state IN ('queued', 'assigned', 'running')))"
+    };
+}
+pub(crate) use startable_sql;
+
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE jobs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -930,18 +949,12 @@ impl Queue {
             tx.commit().map_err(self.sql())?;
         }
         let mut st = conn
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "SELECT id, gpu_count, gpu_min_mib, gpu_model, reason FROM jobs
-                 WHERE state = 'queued' AND cluster IS NULL AND NOT EXISTS (
-                     SELECT 1 FROM deps d JOIN jobs j ON j.id = d.depends_on
-                     WHERE d.job_id = jobs.id AND j.state != 'succeeded')
-                   AND (not_before_ns IS NULL OR not_before_ns <= ?2)
-                   AND (after_first IS NULL OR NOT EXISTS (
-                     SELECT 1 FROM jobs p WHERE p.id >= jobs.after_first
-                       AND p.id < jobs.after_first + jobs.after_count
-                       AND p.state IN ('queued', 'assigned', 'running')))
-                 ORDER BY priority DESC, id LIMIT ?1",
-            )
+                     WHERE cluster IS NULL AND ",
+                startable_sql!(),
+                " ORDER BY priority DESC, id LIMIT ?1"
+            ))
             .map_err(self.sql())?;
         let rows = st
             .query_map([limit as i64, now], |r| {

@@ -203,36 +203,20 @@ impl Manifest {
         mut keep: impl FnMut(&str) -> bool,
     ) -> Result<(Vec<Entry>, u64), String> {
         let mut r = Reader { b: bytes, at: 0 };
-        if r.take(8)? != MAGIC {
-            return Err("not a Trainyard manifest (bad magic)".into());
-        }
-        let version = u32::from_le_bytes(r.array()?);
-        if version != VERSION {
-            return Err(format!("unsupported manifest version {version}"));
-        }
-        let count = u64::from_le_bytes(r.array()?);
+        let count = r.header()?;
         let (mut out, mut files) = (Vec::new(), 0u64);
         for i in 0..count {
-            let at = r.at;
-            let kind_code = r.array::<1>()?[0];
-            let kind = Kind::from_code(kind_code)
-                .ok_or_else(|| format!("entry {i} at offset {at}: unknown kind {kind_code}"))?;
-            let flags = r.array::<1>()?[0];
-            let len = u32::from_le_bytes(r.array()?) as usize;
-            let path = std::str::from_utf8(r.take(len)?)
-                .map_err(|_| format!("entry {i} at offset {at}: path is not UTF-8"))?;
-            let size = u64::from_le_bytes(r.array()?);
-            let id = ObjectId(r.array()?);
-            if kind == Kind::File {
+            let e = r.entry(i)?;
+            if e.kind == Kind::File {
                 files += 1;
             }
-            if keep(path) {
+            if keep(e.path) {
                 out.push(Entry {
-                    path: path.to_string(),
-                    kind,
-                    exec: flags & 1 != 0,
-                    size,
-                    id,
+                    path: e.path.to_string(),
+                    kind: e.kind,
+                    exec: e.flags & 1 != 0,
+                    size: e.size,
+                    id: e.id,
                 });
             }
         }
@@ -242,14 +226,7 @@ impl Manifest {
     /// Decode and validate. Never panics on any input.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, String> {
         let mut r = Reader { b: bytes, at: 0 };
-        if r.take(8)? != MAGIC {
-            return Err("not a Trainyard manifest (bad magic)".into());
-        }
-        let version = u32::from_le_bytes(r.array()?);
-        if version != VERSION {
-            return Err(format!("unsupported manifest version {version}"));
-        }
-        let count = u64::from_le_bytes(r.array()?);
+        let count = r.header()?;
         // Each entry takes at least 46 bytes: refuse absurd counts before allocating.
         if count > (bytes.len() as u64) / 46 {
             return Err(format!(
@@ -259,22 +236,20 @@ impl Manifest {
         let mut entries: Vec<Entry> = Vec::with_capacity(count as usize);
         let mut dirs: HashSet<String> = HashSet::new();
         for i in 0..count {
-            let at = r.at;
-            let kind_code = r.array::<1>()?[0];
-            let kind = Kind::from_code(kind_code)
-                .ok_or_else(|| format!("entry {i} at offset {at}: unknown kind {kind_code}"))?;
-            let flags = r.array::<1>()?[0];
+            let RawEntry {
+                at,
+                kind,
+                flags,
+                path,
+                size,
+                id,
+            } = r.entry(i)?;
             if flags & !1 != 0 || (flags != 0 && kind != Kind::File) {
                 return Err(format!(
                     "entry {i} at offset {at}: invalid flags {flags:#x}"
                 ));
             }
-            let len = u32::from_le_bytes(r.array()?) as usize;
-            let path = std::str::from_utf8(r.take(len)?)
-                .map_err(|_| format!("entry {i} at offset {at}: path is not UTF-8"))?
-                .to_string();
-            let size = u64::from_le_bytes(r.array()?);
-            let id = ObjectId(r.array()?);
+            let path = path.to_string();
             if let Some(p) = path_problem(&path) {
                 return Err(format!("entry {i}: {path:?}: {p}"));
             }
@@ -354,6 +329,50 @@ impl<'a> Reader<'a> {
         a.copy_from_slice(s);
         Ok(a)
     }
+
+    /// The magic and version, checked; returns the entry count.
+    fn header(&mut self) -> Result<u64, String> {
+        if self.take(8)? != MAGIC {
+            return Err("not a Trainyard manifest (bad magic)".into());
+        }
+        let version = u32::from_le_bytes(self.array()?);
+        if version != VERSION {
+            return Err(format!("unsupported manifest version {version}"));
+        }
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    /// Entry `i` as stored: its offset, kind, flags, path, size and id.
+    fn entry(&mut self, i: u64) -> Result<RawEntry<'a>, String> {
+        let at = self.at;
+        let kind_code = self.array::<1>()?[0];
+        let kind = Kind::from_code(kind_code)
+            .ok_or_else(|| format!("entry {i} at offset {at}: unknown kind {kind_code}"))?;
+        let flags = self.array::<1>()?[0];
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        let path = std::str::from_utf8(self.take(len)?)
+            .map_err(|_| format!("entry {i} at offset {at}: path is not UTF-8"))?;
+        let size = u64::from_le_bytes(self.array()?);
+        let id = ObjectId(self.array()?);
+        Ok(RawEntry {
+            at,
+            kind,
+            flags,
+            path,
+            size,
+            id,
+        })
+    }
+}
+
+/// One entry as read, before the manifest's rules are checked.
+struct RawEntry<'a> {
+    at: usize,
+    kind: Kind,
+    flags: u8,
+    path: &'a str,
+    size: u64,
+    id: ObjectId,
 }
 
 /// How a path differs between two versions.
