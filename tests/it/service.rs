@@ -17,8 +17,14 @@ fn verify(unit: &Path) {
         .arg(unit)
         .output()
         .expect("systemd-analyze not found: apt-get install systemd (scripts/setup does)");
+    // Only what it says of this unit counts: a machine where systemd is
+    // not running may add notes about itself.
+    let err = String::from_utf8_lossy(&out.stderr);
+    let about_unit = err
+        .lines()
+        .any(|l| l.contains("trainyard") || l.contains(unit.to_str().unwrap_or_default()));
     assert!(
-        out.status.success() && out.stderr.is_empty(),
+        out.status.success() && !about_unit,
         "systemd-analyze verify {}: {}{}",
         unit.display(),
         String::from_utf8_lossy(&out.stdout),
