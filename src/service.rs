@@ -100,9 +100,42 @@ pub struct Unit {
     pub args: Vec<String>,
     /// System units: the user the service runs as.
     pub user: Option<String>,
+    /// An optional `EnvironmentFile=` (read if present) for settings the
+    /// flags take from the environment, e.g. `TRAINYARD_URL` for an agent.
+    /// Never for the token: that stays in its own 0600 file.
+    pub env_file: Option<PathBuf>,
     /// The grace between SIGTERM and SIGKILL the jobs get: the unit's stop
     /// timeout leaves room for it.
     pub grace: Duration,
+}
+
+/// Where the `.deb` keeps the system units it ships (`packaging/systemd/`
+/// in the repository, installed disabled into `/usr/lib/systemd/system`).
+pub const PACKAGED_DIR: &str = "packaging/systemd";
+
+/// The system units the `.deb` ships: the daemon and an agent, as the
+/// system user `trainyard` with its home `/var/lib/trainyard` (both made by
+/// the package's `postinst`). The admin puts flags the environment carries
+/// into `/etc/default/trainyard-up` or `-agent` (an agent needs
+/// `TRAINYARD_URL`) and an agent's token into `/etc/trainyard/agent.token`
+/// (0600), then `systemctl enable --now trainyard-up` (or `-agent`).
+pub fn packaged() -> Vec<Unit> {
+    [Role::Up, Role::Agent]
+        .into_iter()
+        .map(|role| Unit {
+            role,
+            scope: Scope::System,
+            binary: "/usr/bin/trainyard".into(),
+            home: "/var/lib/trainyard".into(),
+            args: match role {
+                Role::Up => Vec::new(),
+                Role::Agent => vec!["--token-file".into(), "/etc/trainyard/agent.token".into()],
+            },
+            user: Some("trainyard".into()),
+            env_file: Some(format!("/etc/default/trainyard-{}", role.command()).into()),
+            grace: Duration::from_secs(10),
+        })
+        .collect()
 }
 
 /// Why a unit cannot be written, removed or read.
@@ -190,10 +223,15 @@ impl Unit {
         for a in &self.args {
             exec.push(exec_quote("a flag", a)?);
         }
+        let env_file = match &self.env_file {
+            Some(p) => format!("EnvironmentFile=-{}\n", path("the environment file", p)?),
+            None => String::new(),
+        };
         let mut u = String::new();
         let _ = writeln!(
             u,
-            "# Written by `trainyard service install`; `trainyard service uninstall` removes it.\n\
+            "# Written by `trainyard service install` (removed by `service uninstall`), or\n\
+             # shipped disabled by the trainyard package (`systemctl enable --now` it).\n\
              # No secret is in this file: the token is read from a 0600 file.\n\
              [Unit]\n\
              Description={}\n\
@@ -207,7 +245,7 @@ impl Unit {
              NotifyAccess=main\n\
              ExecStart={}\n\
              Environment=NO_COLOR=1\n\
-             Restart=on-failure\n\
+             {}Restart=on-failure\n\
              RestartSec=5s\n\
              # SIGTERM to the daemon only: it stops its jobs (SIGTERM, then SIGKILL after\n\
              # the grace) and reports them before it exits; anything left is killed.\n\
@@ -217,6 +255,7 @@ impl Unit {
              Delegate=yes",
             self.role.description(),
             exec.join(" "),
+            env_file,
             self.grace.as_secs() + 30,
         );
         if let (Scope::System, Some(user)) = (self.scope, &self.user) {
@@ -396,7 +435,35 @@ mod tests {
             home: "/var/lib/trainyard".into(),
             args: args.iter().map(|s| s.to_string()).collect(),
             user: Some("lab".into()),
+            env_file: None,
             grace: Duration::from_secs(10),
+        }
+    }
+
+    /// The unit files in `packaging/systemd/` are what [`packaged`] renders
+    /// (`TRAINYARD_BLESS=1 cargo test --lib packaged_units` rewrites them).
+    #[test]
+    fn packaged_units_are_what_the_code_renders() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(PACKAGED_DIR);
+        for unit in packaged() {
+            let want = unit.render().unwrap();
+            assert!(want.contains("User=trainyard\n"));
+            assert!(want.contains(&format!(
+                "EnvironmentFile=-/etc/default/trainyard-{}\n",
+                unit.role.command()
+            )));
+            let path = dir.join(unit.role.unit_name());
+            if std::env::var_os("TRAINYARD_BLESS").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &want).unwrap();
+            }
+            let have = std::fs::read_to_string(&path).unwrap_or_default();
+            assert_eq!(
+                have,
+                want,
+                "{} differs from what the code renders: run TRAINYARD_BLESS=1 cargo test --lib packaged_units",
+                path.display()
+            );
         }
     }
 

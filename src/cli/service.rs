@@ -253,6 +253,7 @@ fn install(ctx: &Ctx, a: InstallArgs) -> anyhow::Result<ExitCode> {
         home,
         args,
         user,
+        env_file: None,
         grace,
     };
     let dir = a.scope.dir()?;
