@@ -192,6 +192,72 @@ impl Usage {
     }
 }
 
+/// One holding's usage per calendar day, in date order: what [`account`]
+/// and [`account_measured`] return. A holding touches a day or two, so a
+/// small vector searched from its end beats a map (a year's report makes a
+/// hundred thousand of these).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ByDay(Vec<(Date, Usage)>);
+
+impl ByDay {
+    /// The day's usage, added in date order (a day before the last is
+    /// found by a search from the end).
+    pub fn entry(&mut self, d: Date) -> &mut Usage {
+        let i = match self.0.iter().rposition(|(x, _)| *x <= d) {
+            Some(i) if self.0[i].0 == d => i,
+            Some(i) => {
+                self.0.insert(i + 1, (d, Usage::default()));
+                i + 1
+            }
+            None => {
+                self.0.insert(0, (d, Usage::default()));
+                0
+            }
+        };
+        &mut self.0[i].1
+    }
+
+    /// The day's usage, if the holding touched it.
+    pub fn get(&self, d: &Date) -> Option<&Usage> {
+        self.0.iter().find(|(x, _)| x == d).map(|(_, u)| u)
+    }
+
+    /// The days, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &Date> {
+        self.0.iter().map(|(d, _)| d)
+    }
+
+    /// The usage of each day, in order.
+    pub fn values(&self) -> impl Iterator<Item = &Usage> {
+        self.0.iter().map(|(_, u)| u)
+    }
+
+    /// Days and their usage, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Date, &Usage)> {
+        self.0.iter().map(|(d, u)| (d, u))
+    }
+
+    /// How many days.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No day at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Index<&Date> for ByDay {
+    type Output = Usage;
+    fn index(&self, d: &Date) -> &Usage {
+        match self.get(d) {
+            Some(u) => u,
+            None => panic!("no usage on {d}"),
+        }
+    }
+}
+
 /// A time zone's calendar days, remembered as they are computed: a report
 /// over a year asks for the same few hundred days tens of thousands of
 /// times, and converting an instant to a zoned date is the expensive part.
@@ -266,16 +332,16 @@ fn allocated(
     h: &Holding,
     window: (i64, i64),
     cal: &Calendar,
-) -> Result<Option<(BTreeMap<Date, Usage>, DaySpans, i64, i64)>, UsageError> {
+) -> Result<Option<(ByDay, DaySpans, i64, i64)>, UsageError> {
     let start = h.start_ms.max(window.0);
     let end = h.end_ms.min(window.1);
     if start >= end {
         return Ok(None);
     }
     let day_spans = cal.days(start, end)?;
-    let mut out: BTreeMap<Date, Usage> = BTreeMap::new();
+    let mut out = ByDay(Vec::with_capacity(day_spans.len()));
     for (d, a, b) in &day_spans {
-        out.entry(*d).or_default().allocated_ms += b - a;
+        out.entry(*d).allocated_ms += b - a;
     }
     Ok(Some((out, day_spans, start, end)))
 }
@@ -309,9 +375,9 @@ pub fn account_measured(
     measured: &[Measured],
     window: (i64, i64),
     cal: &Calendar,
-) -> Result<BTreeMap<Date, Usage>, UsageError> {
+) -> Result<ByDay, UsageError> {
     let Some((mut out, _, _, _)) = allocated(h, window, cal)? else {
-        return Ok(BTreeMap::new());
+        return Ok(ByDay::default());
     };
     // The store integrated each interval for this holder only: clip to the
     // window, never to the holding (a bucket that starts before the holding
@@ -322,9 +388,19 @@ pub fn account_measured(
         if p >= q {
             continue;
         }
-        for (d, x, y) in cal.days(p, q)? {
+        // Most intervals (a day's totals, a bucket) lie in one day.
+        let (d0, _, end0) = cal.day_of(p)?;
+        let one = [(d0, p, q)];
+        let many;
+        let parts: &[(Date, i64, i64)] = if q <= end0 {
+            &one
+        } else {
+            many = cal.days(p, q)?;
+            &many
+        };
+        for &(d, x, y) in parts {
             let f = (y - x) as f64 / len;
-            let u = out.entry(d).or_default();
+            let u = out.entry(d);
             u.used_ms += m.used_ms * f;
             u.idle_ms += (m.idle_ms * f).round() as i64;
             u.energy_mj += m.energy_mj * f;
@@ -344,9 +420,9 @@ pub fn account(
     window: (i64, i64),
     cal: &Calendar,
     policy: &Policy,
-) -> Result<BTreeMap<Date, Usage>, UsageError> {
+) -> Result<ByDay, UsageError> {
     let Some((mut out, day_spans, start, end)) = allocated(h, window, cal)? else {
-        return Ok(BTreeMap::new());
+        return Ok(ByDay::default());
     };
     // Samples that speak for some of [start, end).
     let first = samples.partition_point(|s| s.t_ms + policy.max_gap_ms <= start);
@@ -365,7 +441,7 @@ pub fn account(
                 .iter()
                 .filter(|(_, x, y)| s.t_ms >= *x && s.t_ms < *y)
             {
-                let u = out.entry(*d).or_default();
+                let u = out.entry(*d);
                 u.peak_mem_mib = u.peak_mem_mib.max(s.mem_used_mib);
             }
         }
@@ -387,7 +463,7 @@ pub fn account(
                 continue;
             }
             let dt = q - p;
-            let u = out.entry(*d).or_default();
+            let u = out.entry(*d);
             u.used_ms += dt as f64 * s.util_pct.clamp(0.0, 100.0) / 100.0;
             if s.util_pct < policy.idle_below_pct {
                 u.idle_ms += dt;
@@ -628,7 +704,7 @@ fn period_label(p: Period, d: Date) -> String {
 pub fn report<'a>(
     q: &Query,
     teams: &Teams,
-    accounted: impl IntoIterator<Item = (&'a Holding, BTreeMap<Date, Usage>)>,
+    accounted: impl IntoIterator<Item = (&'a Holding, ByDay)>,
 ) -> Report {
     // Keys are interned, and computed once per distinct set of a holding's
     // attributes: a year's report folds a hundred thousand holding-days
@@ -664,7 +740,7 @@ pub fn report<'a>(
                 })
                 .collect()
         });
-        for (d, u) in &by_day {
+        for (d, u) in by_day.iter() {
             total.add(h, u);
             let p = period_of(q.period, *d);
             for k in ks.iter() {

@@ -386,3 +386,23 @@ fn dates_ages_months_and_zones_parse_and_bad_ones_say_why() {
     let e = "gpu".parse::<Dim>().unwrap_err().to_string();
     assert!(e.contains("unknown dimension \"gpu\""), "{e}");
 }
+
+#[test]
+fn by_day_keeps_days_in_order_whatever_order_they_come_in() {
+    let d = |n: i8| jiff::civil::date(2026, 3, n);
+    let mut b = ByDay::default();
+    for (n, ms) in [(5, 1), (3, 2), (5, 4), (7, 8), (4, 16), (3, 32)] {
+        b.entry(d(n)).allocated_ms += ms;
+    }
+    assert_eq!(
+        b.keys().copied().collect::<Vec<_>>(),
+        vec![d(3), d(4), d(5), d(7)]
+    );
+    assert_eq!(
+        b.values().map(|u| u.allocated_ms).collect::<Vec<_>>(),
+        vec![34, 16, 5, 8]
+    );
+    assert_eq!(b.get(&d(6)), None);
+    assert_eq!(b[&d(7)].allocated_ms, 8);
+    assert_eq!(b.len(), 4);
+}

@@ -232,7 +232,7 @@ fn double_init_is_flagged_and_counted_once_and_the_report_equals_the_hand_count(
         tz: TimeZone::UTC,
         ignore_tag: None,
     };
-    let accounted: Vec<(&Holding, BTreeMap<Date, Usage>)> = r
+    let accounted: Vec<(&Holding, usage::ByDay)> = r
         .runs_to_count
         .iter()
         .map(|(h, s)| {
