@@ -435,6 +435,120 @@ fn a_fuse_mount_is_polled_and_an_unmount_pauses_the_watch() {
     assert_eq!(files_of(&env, "nas").len(), 3);
 }
 
+/// The user-namespace wrapper that caps inotify watches at `limit` for
+/// the daemon alone: in a new user namespace `user.max_inotify_watches` is
+/// the namespace's own (the kernel counts watches against every level, so
+/// the machine's `fs.inotify.max_user_watches` is neither read nor
+/// changed). `None`, with the reason printed, where unprivileged user
+/// namespaces are not allowed.
+fn inotify_capped(limit: u32) -> Option<Vec<String>> {
+    let set = format!("echo {limit} > /proc/sys/user/max_inotify_watches");
+    let o = Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c", &set])
+        .output();
+    match o {
+        Ok(o) if o.status.success() => Some(vec![
+            "unshare".into(),
+            "--user".into(),
+            "--map-root-user".into(),
+            "sh".into(),
+            "-c".into(),
+            format!("{set} && exec \"$@\""),
+            "sh".into(),
+        ]),
+        Ok(o) => {
+            eprintln!(
+                "no user namespace with its own inotify limit here ({}): skipping",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("unshare is not installed ({e}): skipping");
+            None
+        }
+    }
+}
+
+fn watch_at(env: &Env, url: &str, path: &Path) -> serde_json::Value {
+    watches(env, url)
+        .into_iter()
+        .find(|w| w["path"].as_str() == path.canonicalize().unwrap().to_str())
+        .unwrap_or_else(|| panic!("no watch on {}", path.display()))
+}
+
+#[test]
+fn over_the_inotify_watch_limit_a_watch_polls_and_says_so() {
+    let Some(wrapper) = inotify_capped(3) else {
+        return;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let env = Env::new();
+    let (_d, url) = env.up_via("up", &wrapper, &[], &[]);
+    let quick = ["--quiet", "500ms", "--poll-interval", "300ms"];
+
+    // At start: 7 directories, 3 watches allowed.
+    let wide = env.path("wide");
+    for i in 0..6 {
+        write(&wide.join(format!("d{i}/f")), b"x");
+    }
+    let mut args = vec!["add", wide.to_str().unwrap(), "--snapshot", "wide"];
+    args.extend(quick);
+    watch(&env, &url, &args);
+    wait_versions(&env, &url, "wide", 1, 30);
+    let w = watch_at(&env, &url, &wide);
+    assert_eq!(w["mode"], "polling", "{w}");
+    let detail = w["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the inotify watch limit is reached")
+            && detail.contains("user.max_inotify_watches = 3")
+            && detail.contains("sysctl fs.inotify.max_user_watches"),
+        "{detail}"
+    );
+    let log = log_text(&env, &url);
+    assert!(log.contains("mode polling (start)"), "{log}");
+    // Polling still sees changes, and `data status` walks (no record).
+    write(&wide.join("d0/g"), b"g");
+    wait_versions(&env, &url, "wide", 2, 30);
+    let o = env.json(&["data", "status", wide.to_str().unwrap()]);
+    assert!(o.get("touched").is_none(), "{o}");
+
+    // Later: a narrow tree starts with events (one watch), then new
+    // directories go over the limit; the watch falls back and their files
+    // are still snapshotted.
+    let narrow = env.path("narrow");
+    write(&narrow.join("a"), b"a");
+    let mut args = vec!["add", narrow.to_str().unwrap(), "--snapshot", "narrow"];
+    args.extend(quick);
+    watch(&env, &url, &args);
+    wait_versions(&env, &url, "narrow", 1, 30);
+    wait_for(Duration::from_secs(10), || {
+        let w = watch_at(&env, &url, &narrow);
+        w["state"] == "idle" && w["sure"] == true
+    });
+    assert_eq!(watch_at(&env, &url, &narrow)["mode"], "events");
+    for i in 0..5 {
+        write(&narrow.join(format!("n{i}/f")), b"n");
+    }
+    wait_for(Duration::from_secs(10), || {
+        watch_at(&env, &url, &narrow)["mode"] == "polling"
+    });
+    let w = watch_at(&env, &url, &narrow);
+    assert_eq!(w["sure"], false, "{w}");
+    let log = log_text(&env, &url);
+    assert!(
+        log.lines().any(|l| l.contains("mode polling (events)")
+            && l.contains("the inotify watch limit is reached")),
+        "{log}"
+    );
+    wait_versions(&env, &url, "narrow", 2, 30);
+    wait_for(Duration::from_secs(10), || {
+        files_of(&env, "narrow").len() == 6
+    });
+    let o = env.json(&["data", "status", narrow.to_str().unwrap()]);
+    assert!(o.get("touched").is_none(), "{o}");
+}
+
 /// `trainyard up` with the W&B server and key in its environment.
 fn up_with_wandb(env: &Env, server: &WandbServer) -> (Proc, String) {
     let home = env.path("userhome");
