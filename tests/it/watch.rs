@@ -362,6 +362,45 @@ fn data_status_answers_from_the_watch_record() {
     assert_eq!(crate::support::changes(&o), walked);
     assert_eq!(o["files"], 51);
     assert_eq!(walked.len(), 3, "{walked:?}");
+
+    // The answer came through the rule's index of the version's manifest,
+    // which reads only the runs holding the touched paths' entries: with
+    // a byte of the manifest's header (in no run) flipped, the whole-manifest
+    // read would refuse the object, yet the record still answers.
+    let clean = watches(&env, &url)[0]["clean_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db = rusqlite::Connection::open(env.home.join("watch.db")).unwrap();
+    let indexed: String = db
+        .query_row("SELECT version FROM watch_index WHERE watch = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(indexed, clean);
+    let obj = env
+        .home
+        .join("store/objects")
+        .join(&clean[..2])
+        .join(&clean[2..]);
+    let mut bytes = std::fs::read(&obj).unwrap();
+    bytes[12] ^= 0xff;
+    let mut perm = std::fs::metadata(&obj).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+    std::fs::set_permissions(&obj, perm).unwrap();
+    std::fs::write(&obj, &bytes).unwrap();
+    let o = env.json(&["data", "status", data.to_str().unwrap()]);
+    assert!(o["touched"].as_u64().is_some(), "{o}");
+    assert_eq!(crate::support::changes(&o), walked);
+    assert_eq!(o["files"], 51);
+    let walk = env.run(&[
+        "data",
+        "status",
+        data.to_str().unwrap(),
+        "--against",
+        "latest",
+    ]);
+    assert!(!walk.status.success(), "the walk read the flipped manifest");
 }
 
 fn mounted(dir: &Path) -> bool {
