@@ -14,6 +14,8 @@ use super::ObjectId;
 pub const MAGIC: &[u8; 8] = b"TYMANIF\0";
 /// The manifest encoding version.
 pub const VERSION: u32 = 1;
+/// Bytes before the first entry: magic, version, entry count.
+pub(crate) const HEADER_LEN: usize = 20;
 
 /// What a manifest entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -211,13 +213,7 @@ impl Manifest {
                 files += 1;
             }
             if keep(e.path) {
-                out.push(Entry {
-                    path: e.path.to_string(),
-                    kind: e.kind,
-                    exec: e.flags & 1 != 0,
-                    size: e.size,
-                    id: e.id,
-                });
+                out.push(e.to_entry());
             }
         }
         Ok((out, files))
@@ -307,13 +303,19 @@ pub(crate) fn encode_parts<'a>(
     out
 }
 
-struct Reader<'a> {
+/// Reads manifest bytes (and the index's, `mindex`) from the front.
+pub(crate) struct Reader<'a> {
     b: &'a [u8],
-    at: usize,
+    /// The offset of the next byte.
+    pub(crate) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(crate) fn new(b: &'a [u8]) -> Reader<'a> {
+        Reader { b, at: 0 }
+    }
+
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self
             .at
             .checked_add(n)
@@ -323,7 +325,7 @@ impl<'a> Reader<'a> {
         self.at = end;
         Ok(s)
     }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let s = self.take(N)?;
         let mut a = [0u8; N];
         a.copy_from_slice(s);
@@ -331,7 +333,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The magic and version, checked; returns the entry count.
-    fn header(&mut self) -> Result<u64, String> {
+    pub(crate) fn header(&mut self) -> Result<u64, String> {
         if self.take(8)? != MAGIC {
             return Err("not a Trainyard manifest (bad magic)".into());
         }
@@ -343,7 +345,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Entry `i` as stored: its offset, kind, flags, path, size and id.
-    fn entry(&mut self, i: u64) -> Result<RawEntry<'a>, String> {
+    pub(crate) fn entry(&mut self, i: u64) -> Result<RawEntry<'a>, String> {
         let at = self.at;
         let kind_code = self.array::<1>()?[0];
         let kind = Kind::from_code(kind_code)
@@ -366,13 +368,26 @@ impl<'a> Reader<'a> {
 }
 
 /// One entry as read, before the manifest's rules are checked.
-struct RawEntry<'a> {
+pub(crate) struct RawEntry<'a> {
     at: usize,
-    kind: Kind,
+    pub(crate) kind: Kind,
     flags: u8,
-    path: &'a str,
+    pub(crate) path: &'a str,
     size: u64,
     id: ObjectId,
+}
+
+impl RawEntry<'_> {
+    /// The entry, trusting the bytes (the store's own, verified).
+    pub(crate) fn to_entry(&self) -> Entry {
+        Entry {
+            path: self.path.to_string(),
+            kind: self.kind,
+            exec: self.flags & 1 != 0,
+            size: self.size,
+            id: self.id,
+        }
+    }
 }
 
 /// How a path differs between two versions.

@@ -12,6 +12,7 @@ mod error;
 mod id;
 mod maint;
 mod manifest;
+mod mindex;
 mod objects;
 mod pack;
 mod refs;
@@ -28,6 +29,7 @@ pub use error::{Error, Result};
 pub use id::{ObjectId, ParseIdError};
 pub use maint::{FsckProblem, FsckReport, GcReport};
 pub use manifest::{diff, Change, ChangeKind, Entry, Kind, Listed, Manifest};
+pub use mindex::ManifestIndex;
 pub use refs::{validate_dataset_name, validate_tag_name, DatasetRef};
 pub use snapshot::{tree_stamp, AddOptions, AddReport, StatusReport, TreeStamp};
 pub use transfer::{write_file_atomic, Export, Import, Incoming, ObjectReader};
@@ -219,6 +221,13 @@ impl Store {
     pub fn manifest(&self, id: &ObjectId) -> Result<Manifest> {
         let bytes = self.objects.read_verified(id)?;
         Manifest::decode(&bytes).map_err(|reason| Error::BadManifest { id: *id, reason })
+    }
+
+    /// A sparse index of version `id`'s manifest ([`ManifestIndex`]), so
+    /// that [`Store::status_touched`] can read only the entries it needs.
+    pub fn manifest_index(&self, id: &ObjectId) -> Result<ManifestIndex> {
+        let bytes = self.objects.read_verified(id)?;
+        ManifestIndex::build(*id, &bytes).map_err(|reason| Error::BadManifest { id: *id, reason })
     }
 
     /// The listing of `subpath` in version `r` ([`Manifest::list`]: one

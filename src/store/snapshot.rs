@@ -484,17 +484,20 @@ impl Store {
     /// known to equal version `base` of `dataset` except, at most, at the
     /// paths `touched` (relative; a directory stands for everything below
     /// it). Only those paths are looked at — stat, and a hash for files —
-    /// so the answer costs the manifest read plus the touched files, not a
-    /// walk (a watcher's record, as git's fsmonitor gives git).
+    /// so the answer costs the touched files plus the manifest read, not a
+    /// walk (a watcher's record, as git's fsmonitor gives git). With
+    /// `index` (the [`super::ManifestIndex`] of `base`) only the runs of
+    /// the manifest that hold the touched paths' entries are read; without
+    /// it, the whole manifest.
     pub fn status_touched(
         &self,
         path: &Path,
         dataset: &str,
         base: &ObjectId,
         touched: &[String],
+        index: Option<&super::ManifestIndex>,
     ) -> Result<StatusReport> {
         let (abs, _) = canonical(path)?;
-        let bytes = self.objects.read_verified(base)?;
         let mut roots: Vec<&str> = touched.iter().map(String::as_str).collect();
         roots.sort_unstable();
         roots.dedup();
@@ -516,9 +519,31 @@ impl Store {
             let k = kept[i - 1];
             p == k || (p.starts_with(k) && p.as_bytes().get(k.len()) == Some(&b'/'))
         };
-        let (old, files_before) = Manifest::select(&bytes, within)
-            .map_err(|reason| Error::BadManifest { id: *base, reason })?;
-        drop(bytes);
+        // The base entries at and below the touched paths: through the
+        // index, only the runs of the manifest that hold them; else one
+        // pass over the whole (verified) manifest.
+        let (old, files_before) = match index.filter(|ix| ix.manifest == *base) {
+            Some(ix) => {
+                let (old, read) = ix
+                    .read_selected(&self.objects.path(base), kept.iter().copied(), within)
+                    .map_err(|e| match e {
+                        super::mindex::ReadError::Io(e) => {
+                            Error::io("read", &self.objects.path(base), e)
+                        }
+                        super::mindex::ReadError::Corrupt(_) => Error::CorruptObject {
+                            id: *base,
+                            path: self.objects.path(base),
+                        },
+                    })?;
+                tracing::debug!(read, of = ix.len, "manifest read through its index");
+                (old, ix.files)
+            }
+            None => {
+                let bytes = self.objects.read_verified(base)?;
+                Manifest::select(&bytes, within)
+                    .map_err(|reason| Error::BadManifest { id: *base, reason })?
+            }
+        };
         let mut now: Vec<WalkEntry> = Vec::new();
         for rel in &kept {
             let p = abs.join(rel);

@@ -60,6 +60,13 @@ const MIGRATIONS: &[&str] = &[
         synced_ns INTEGER NOT NULL,
         PRIMARY KEY (watch, dir)
     ) WITHOUT ROWID;",
+    // 2: the index of the clean version's manifest (store::ManifestIndex),
+    // so that `data status` reads only the touched paths' entries
+    "CREATE TABLE watch_index (
+        watch INTEGER PRIMARY KEY,
+        version TEXT NOT NULL,
+        idx BLOB NOT NULL
+    );",
 ];
 
 /// Paths the record keeps before it gives up being sure (then `data
@@ -504,7 +511,7 @@ impl Book {
         let n = tx
             .execute("DELETE FROM watches WHERE id = ?1", [id])
             .map_err(db::err(&self.path))?;
-        for t in ["watch_log", "watch_changes", "watch_runs"] {
+        for t in ["watch_log", "watch_changes", "watch_runs", "watch_index"] {
             tx.execute(&format!("DELETE FROM {t} WHERE watch = ?1"), [id])
                 .map_err(db::err(&self.path))?;
         }
@@ -591,17 +598,32 @@ impl Book {
 
     /// The directory equals `version` except for `since` (paths changed
     /// while it was being snapshotted); `sure`: the record is complete.
+    /// `index`: the encoded [`crate::store::ManifestIndex`] of `version`,
+    /// or `None` to keep the one held if it is `version`'s (else none is
+    /// kept).
     pub fn set_clean(
         &self,
         id: i64,
         version: Option<&str>,
         since: &[String],
         sure: bool,
+        index: Option<&[u8]>,
     ) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(db::err(&self.path))?;
         tx.execute("DELETE FROM watch_changes WHERE watch = ?1", [id])
             .map_err(db::err(&self.path))?;
+        match (version, index) {
+            (Some(v), Some(ix)) => tx.execute(
+                "INSERT OR REPLACE INTO watch_index (watch, version, idx) VALUES (?1, ?2, ?3)",
+                params![id, v, ix],
+            ),
+            _ => tx.execute(
+                "DELETE FROM watch_index WHERE watch = ?1 AND version IS NOT ?2",
+                params![id, version],
+            ),
+        }
+        .map_err(db::err(&self.path))?;
         tx.execute(
             "UPDATE watches SET clean_version = ?2, sure = ?3 WHERE id = ?1",
             params![id, version, i64::from(sure)],
@@ -653,6 +675,31 @@ impl Book {
             .collect::<Result<Vec<_>, _>>()
             .map_err(self.err())?;
         Ok(Some((version, rels)))
+    }
+
+    /// The version whose manifest index a rule holds, if any.
+    pub fn index_version(&self, id: i64) -> Result<Option<String>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT version FROM watch_index WHERE watch = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// The encoded manifest index a rule holds for `version`, if it holds
+    /// that version's.
+    pub fn index(&self, id: i64, version: &str) -> Result<Option<Vec<u8>>, DbError> {
+        self.conn()
+            .query_row(
+                "SELECT idx FROM watch_index WHERE watch = ?1 AND version = ?2",
+                params![id, version],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())
     }
 
     /// The state a wandb rule last synced a run directory in.

@@ -16,6 +16,7 @@ use fsnotify::Watcher as _;
 
 use super::book::{Book, WatchInfo, MAX_RECORDED};
 use super::fs::{probe, FsKind, Probe};
+use super::runs::{RuleCtx, RunWatch};
 use super::{Kind, NewWatch, State, WatchError, RESCAN_EVERY};
 use crate::home::Home;
 use crate::store::{self, AddOptions, DatasetRef, Store, TreeStamp};
@@ -223,18 +224,18 @@ enum Source {
 }
 
 /// One rule's thread state.
-pub(super) struct Rule {
-    pub home: Home,
-    pub book: Arc<Book>,
-    pub info: WatchInfo,
-    pub root: PathBuf,
+struct Rule {
+    home: Home,
+    book: Arc<Book>,
+    info: WatchInfo,
+    root: PathBuf,
     stop: Arc<AtomicBool>,
     source: Source,
     mode: String,
     fs_name: String,
     /// Why polling, when polling.
     poll_why: String,
-    pub pending: Option<Pending>,
+    pending: Option<Pending>,
     /// Changed paths not yet written to the record.
     fresh: Vec<String>,
     recorded: usize,
@@ -250,7 +251,7 @@ pub(super) struct Rule {
     /// directory while it has some is an unmounted one, not a return.
     last_files: Option<u64>,
     /// For wandb rules.
-    pub runs: Option<super::runs::RunWatch>,
+    runs: Option<RunWatch>,
 }
 
 impl Rule {
@@ -280,13 +281,13 @@ impl Rule {
         }
     }
 
-    pub(super) fn book_log(&self, action: &str, trigger: &str, result: &str, detail: &str) {
+    fn book_log(&self, action: &str, trigger: &str, result: &str, detail: &str) {
         if let Err(e) = self.book.log(self.info.id, action, trigger, result, detail) {
             tracing::error!(watch = self.info.id, error = %e, "cannot write the watch log");
         }
     }
 
-    pub(super) fn show(&mut self, state: State, detail: &str) {
+    fn show(&mut self, state: State, detail: &str) {
         if self.shown.0 == state && self.shown.1 == detail {
             return;
         }
@@ -319,7 +320,7 @@ impl Rule {
     fn run(mut self) {
         let _ = self.book.set_unsure(self.info.id);
         if self.info.kind == Kind::Wandb {
-            self.runs = Some(super::runs::RunWatch::new(&self));
+            self.runs = Some(RunWatch::new(&self.info));
         } else if let (Ok(store), Some(ds)) = (Store::open(&self.home), &self.info.dataset) {
             self.last_files = store
                 .log(ds)
@@ -347,7 +348,12 @@ impl Rule {
             }
             match self.info.kind {
                 Kind::Snapshot => self.snapshot_if_due(Instant::now()),
-                Kind::Wandb => super::runs::tick(&mut self, Instant::now()),
+                Kind::Wandb => {
+                    if let Some(mut rw) = self.runs.take() {
+                        rw.tick(&mut self, Instant::now());
+                        self.runs = Some(rw);
+                    }
+                }
             }
         }
         // Stopped (paused, removed, the daemon stopping): nothing is
@@ -356,7 +362,7 @@ impl Rule {
     }
 
     /// Note a change at `now`.
-    pub(super) fn change(&mut self, now: Instant, cause: &str) {
+    fn change(&mut self, now: Instant, cause: &str) {
         match &mut self.pending {
             Some(p) => p.touch(now),
             None => self.pending = Some(Pending::new(now, cause)),
@@ -479,10 +485,12 @@ impl Rule {
                 Err(why) => Some(why),
             }
         };
-        self.fall_back_to_polling(now, why.unwrap_or_default());
+        self.fall_back_to_polling(now, "start", why.unwrap_or_default());
     }
 
-    fn fall_back_to_polling(&mut self, now: Instant, why: String) {
+    /// Poll from now on; `trigger`: `start`, or `events` when the event
+    /// source failed later (a new directory over the inotify limit).
+    fn fall_back_to_polling(&mut self, now: Instant, trigger: &str, why: String) {
         self.unsure();
         self.source = Source::Poll {
             next: now,
@@ -491,7 +499,7 @@ impl Rule {
         self.mode = "polling".into();
         self.book_log(
             "mode",
-            "start",
+            trigger,
             "polling",
             &format!(
                 "every {}: {why}",
@@ -588,7 +596,7 @@ impl Rule {
             }
         }
         if let Some(why) = fall_back {
-            self.fall_back_to_polling(now, why);
+            self.fall_back_to_polling(now, "events", why);
             self.change(now, "mode change");
             return;
         }
@@ -681,10 +689,14 @@ impl Rule {
                 let since = std::mem::take(&mut self.fresh);
                 let sure = sure_before && self.sure;
                 self.recorded = since.len();
-                if let Err(e) = self
-                    .book
-                    .set_clean(self.info.id, version.as_deref(), &since, sure)
-                {
+                let index = version.as_deref().and_then(|v| self.index_of(v));
+                if let Err(e) = self.book.set_clean(
+                    self.info.id,
+                    version.as_deref(),
+                    &since,
+                    sure,
+                    index.as_deref(),
+                ) {
                     tracing::error!(watch = self.info.id, error = %e, "cannot reset the record");
                 }
                 self.show_idle();
@@ -706,6 +718,35 @@ impl Rule {
             }
             Outcome::Failed(why) => {
                 self.show(State::Failed, &why);
+            }
+        }
+    }
+
+    /// The encoded manifest index of `version`, if the rule does not hold
+    /// it yet (`None` when it does, or when it cannot be built: then `data
+    /// status` reads the whole manifest).
+    fn index_of(&self, version: &str) -> Option<Vec<u8>> {
+        if self
+            .book
+            .index_version(self.info.id)
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(version)
+        {
+            return None;
+        }
+        let built = (|| -> Result<Vec<u8>, String> {
+            let id: store::ObjectId = version.parse().map_err(|e: store::ParseIdError| e.0)?;
+            let store = Store::open(&self.home).map_err(|e| e.to_string())?;
+            let ix = store.manifest_index(&id).map_err(|e| e.to_string())?;
+            Ok(ix.encode())
+        })();
+        match built {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(watch = self.info.id, error = %e, "cannot index the manifest");
+                None
             }
         }
     }
@@ -867,6 +908,34 @@ impl Rule {
     }
 }
 
+/// What a wandb rule's turn ([`RunWatch::tick`]) sees of the rule.
+impl RuleCtx for Rule {
+    fn info(&self) -> &WatchInfo {
+        &self.info
+    }
+    fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+    fn home(&self) -> &Home {
+        &self.home
+    }
+    fn book(&self) -> &Book {
+        &self.book
+    }
+    fn last_change(&self) -> Option<Instant> {
+        self.pending.as_ref().map(|p| p.last)
+    }
+    fn take_pending(&mut self) -> Option<String> {
+        self.pending.take().map(|p| p.cause)
+    }
+    fn log(&self, action: &str, trigger: &str, result: &str, detail: &str) {
+        self.book_log(action, trigger, result, detail)
+    }
+    fn show(&mut self, state: State, detail: &str) {
+        Rule::show(self, state, detail)
+    }
+}
+
 enum Outcome {
     /// Recorded (or nothing to record): the directory equals this version.
     Done(Option<String>),
@@ -897,12 +966,27 @@ fn is_temp(rel: &str) -> bool {
 fn explain_notify(e: &fsnotify::Error) -> String {
     match &e.kind {
         fsnotify::ErrorKind::MaxFilesWatch => {
-            let limit = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "?".into());
+            let read = |p: &str| {
+                std::fs::read_to_string(p)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+            };
+            // The system's limit, and the user namespace's (a container's)
+            // when that one is lower.
+            let limit = match (
+                read("/proc/sys/fs/inotify/max_user_watches"),
+                read("/proc/sys/user/max_inotify_watches"),
+            ) {
+                (Some(sys), Some(ns)) if ns < sys => format!(
+                    "user.max_inotify_watches = {ns} in this user namespace, \
+                     fs.inotify.max_user_watches = {sys}"
+                ),
+                (Some(sys), _) => format!("fs.inotify.max_user_watches = {sys}"),
+                (None, _) => "fs.inotify.max_user_watches = ?".to_string(),
+            };
             format!(
-                "the inotify watch limit is reached (fs.inotify.max_user_watches = {limit}); \
-                 polling instead. Raise it with sysctl fs.inotify.max_user_watches=N"
+                "the inotify watch limit is reached ({limit}); polling instead. \
+                 Raise it with sysctl fs.inotify.max_user_watches=N"
             )
         }
         _ => format!("events unavailable ({e}); polling instead"),

@@ -2,7 +2,9 @@
 //! sure of its record (events flowing since its last snapshot, no
 //! overflow, not polling, not just started) covers exactly DIR, and that
 //! snapshot is still the dataset's latest version, only the recorded
-//! paths are looked at ([`Store::status_touched`]). Anything else — no
+//! paths are looked at ([`Store::status_touched`]), and of the version's
+//! manifest only the runs that hold their entries (through the index the
+//! rule keeps of it, [`ManifestIndex`]). Anything else — no
 //! watch, a watch that is not sure, another version added since, another
 //! dataset asked for, `--against`, no daemon serving the home (a stopped
 //! daemon records nothing) — returns `None`, and the caller walks.
@@ -12,7 +14,7 @@ use std::path::Path;
 use super::book::Book;
 use super::Kind;
 use crate::home::Home;
-use crate::store::{ObjectId, Result, StatusReport, Store};
+use crate::store::{ManifestIndex, ObjectId, Result, StatusReport, Store};
 
 /// The status of `dir` from a watch's record, or `None` when no watch can
 /// vouch for it (then walk: `Store::status`).
@@ -49,5 +51,12 @@ pub fn from_record(
         touched = touched.len(),
         "status from the watch record"
     );
-    Some(store.status_touched(dir, &dataset, &base, &touched))
+    // The manifest's index, held for this very version: only the runs
+    // holding the touched paths' entries are read (else all of it).
+    let index = book
+        .index(w.id, &clean)
+        .ok()
+        .flatten()
+        .and_then(|b| ManifestIndex::decode(&b).ok());
+    Some(store.status_touched(dir, &dataset, &base, &touched, index.as_ref()))
 }

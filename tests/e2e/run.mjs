@@ -11,7 +11,7 @@
 // (default /usr/bin/chromium), KEEP_HOME=1 keeps the temp homes.
 
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import { join, resolve } from 'node:path';
 import {
@@ -235,6 +235,39 @@ async function runTests() {
     const runs = page.locator('section[aria-label="Last runs"] tbody tr');
     await until('one run listed', async () => (await runs.count()) === 1);
     await page.locator('section[aria-label="Missed occurrences"]').getByText('No missed occurrences yet.').waitFor();
+  });
+
+  await test('4c', 'Watches: a watched directory snapshotted by inotify, its state and log; pause and resume', async () => {
+    const dir = join(d.home, 'work', 'watched');
+    await mkdir(join(dir, 'sub'), { recursive: true });
+    await writeFile(join(dir, 'a.txt'), 'one\n');
+    const w = await d.api('POST', '/watches', { path: dir, snapshot: 'watched', quiet: '1s' });
+    await page.goto(`${ui.url}/#/watches`);
+    const row = page.locator(`table.watches tbody tr[data-watch="${w.id}"]`);
+    await row.waitFor();
+    if (!(await row.textContent()).includes(dir)) throw new Error(`the row does not show the path: ${await row.textContent()}`);
+    await until('the watch to be idle on events', async () => {
+      const t = await row.textContent();
+      return t.includes('idle') && t.includes('events');
+    }, 30_000);
+    // Its log: the first look's snapshot, then one made after an inotify event.
+    const created = page.locator(`table.watch-log tbody tr[data-watch="${w.id}"]`, { hasText: 'created' });
+    await until('the first snapshot in the log', async () => (await created.count()) === 1, 30_000);
+    await writeFile(join(dir, 'sub', 'b.txt'), 'two\n');
+    await until('a second snapshot, triggered by events', async () => (await created.count()) === 2, 30_000);
+    const line = await created.first().textContent();
+    if (!/snapshot/.test(line) || !/events: quiet for 1s/.test(line) || !/watched@/.test(line)) throw new Error(`log line: ${line}`);
+    await row.getByRole('link', { name: 'watched' }).waitFor();
+    // Pause and resume from the page.
+    await row.getByRole('button', { name: 'Pause' }).click();
+    await until('the row to say paused', async () => (await row.textContent()).includes('paused'));
+    await row.getByRole('button', { name: 'Resume' }).click();
+    await until('the row to be watching again', async () => {
+      const t = await row.textContent();
+      return !t.includes('paused') && t.includes('events');
+    }, 30_000);
+    const resumed = page.locator(`table.watch-log tbody tr[data-watch="${w.id}"]`, { hasText: 'resume' });
+    await until('the resume in the log', async () => (await resumed.count()) >= 1);
   });
 
   await test(5, 'Runs: scan the fixtures, list them, chart a run\'s history', async () => {

@@ -362,6 +362,45 @@ fn data_status_answers_from_the_watch_record() {
     assert_eq!(crate::support::changes(&o), walked);
     assert_eq!(o["files"], 51);
     assert_eq!(walked.len(), 3, "{walked:?}");
+
+    // The answer came through the rule's index of the version's manifest,
+    // which reads only the runs holding the touched paths' entries: with
+    // a byte of the manifest's header (in no run) flipped, the whole-manifest
+    // read would refuse the object, yet the record still answers.
+    let clean = watches(&env, &url)[0]["clean_version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db = rusqlite::Connection::open(env.home.join("watch.db")).unwrap();
+    let indexed: String = db
+        .query_row("SELECT version FROM watch_index WHERE watch = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(indexed, clean);
+    let obj = env
+        .home
+        .join("store/objects")
+        .join(&clean[..2])
+        .join(&clean[2..]);
+    let mut bytes = std::fs::read(&obj).unwrap();
+    bytes[12] ^= 0xff;
+    let mut perm = std::fs::metadata(&obj).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+    std::fs::set_permissions(&obj, perm).unwrap();
+    std::fs::write(&obj, &bytes).unwrap();
+    let o = env.json(&["data", "status", data.to_str().unwrap()]);
+    assert!(o["touched"].as_u64().is_some(), "{o}");
+    assert_eq!(crate::support::changes(&o), walked);
+    assert_eq!(o["files"], 51);
+    let walk = env.run(&[
+        "data",
+        "status",
+        data.to_str().unwrap(),
+        "--against",
+        "latest",
+    ]);
+    assert!(!walk.status.success(), "the walk read the flipped manifest");
 }
 
 fn mounted(dir: &Path) -> bool {
@@ -419,12 +458,23 @@ fn a_fuse_mount_is_polled_and_an_unmount_pauses_the_watch() {
     // Written behind the mount's back (as another NFS client would).
     write(&src.join("b"), b"b");
     wait_versions(&env, &url, "nas", 2, 30);
-    // Unmounted: the empty mount point is not a version.
-    let o = Command::new("fusermount")
-        .arg("-u")
-        .arg(&mnt)
-        .output()
-        .unwrap();
+    // Unmounted: the empty mount point is not a version. (A poll walking
+    // the mount at that instant makes it busy: try again, as a user would.)
+    let mut o = None;
+    for _ in 0..50 {
+        let r = Command::new("fusermount")
+            .arg("-u")
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        let done = r.status.success();
+        o = Some(r);
+        if done {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = o.unwrap();
     assert!(o.status.success(), "{o:?}");
     wait_state(&env, &url, "missing", 10);
     std::thread::sleep(Duration::from_secs(2));
@@ -433,6 +483,120 @@ fn a_fuse_mount_is_polled_and_an_unmount_pauses_the_watch() {
     assert!(mount(&src, &mnt));
     wait_versions(&env, &url, "nas", 3, 30);
     assert_eq!(files_of(&env, "nas").len(), 3);
+}
+
+/// The user-namespace wrapper that caps inotify watches at `limit` for
+/// the daemon alone: in a new user namespace `user.max_inotify_watches` is
+/// the namespace's own (the kernel counts watches against every level, so
+/// the machine's `fs.inotify.max_user_watches` is neither read nor
+/// changed). `None`, with the reason printed, where unprivileged user
+/// namespaces are not allowed.
+fn inotify_capped(limit: u32) -> Option<Vec<String>> {
+    let set = format!("echo {limit} > /proc/sys/user/max_inotify_watches");
+    let o = Command::new("unshare")
+        .args(["--user", "--map-root-user", "sh", "-c", &set])
+        .output();
+    match o {
+        Ok(o) if o.status.success() => Some(vec![
+            "unshare".into(),
+            "--user".into(),
+            "--map-root-user".into(),
+            "sh".into(),
+            "-c".into(),
+            format!("{set} && exec \"$@\""),
+            "sh".into(),
+        ]),
+        Ok(o) => {
+            eprintln!(
+                "no user namespace with its own inotify limit here ({}): skipping",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("unshare is not installed ({e}): skipping");
+            None
+        }
+    }
+}
+
+fn watch_at(env: &Env, url: &str, path: &Path) -> serde_json::Value {
+    watches(env, url)
+        .into_iter()
+        .find(|w| w["path"].as_str() == path.canonicalize().unwrap().to_str())
+        .unwrap_or_else(|| panic!("no watch on {}", path.display()))
+}
+
+#[test]
+fn over_the_inotify_watch_limit_a_watch_polls_and_says_so() {
+    let Some(wrapper) = inotify_capped(3) else {
+        return;
+    };
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let env = Env::new();
+    let (_d, url) = env.up_via("up", &wrapper, &[], &[]);
+    let quick = ["--quiet", "500ms", "--poll-interval", "300ms"];
+
+    // At start: 7 directories, 3 watches allowed.
+    let wide = env.path("wide");
+    for i in 0..6 {
+        write(&wide.join(format!("d{i}/f")), b"x");
+    }
+    let mut args = vec!["add", wide.to_str().unwrap(), "--snapshot", "wide"];
+    args.extend(quick);
+    watch(&env, &url, &args);
+    wait_versions(&env, &url, "wide", 1, 30);
+    let w = watch_at(&env, &url, &wide);
+    assert_eq!(w["mode"], "polling", "{w}");
+    let detail = w["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the inotify watch limit is reached")
+            && detail.contains("user.max_inotify_watches = 3")
+            && detail.contains("sysctl fs.inotify.max_user_watches"),
+        "{detail}"
+    );
+    let log = log_text(&env, &url);
+    assert!(log.contains("mode polling (start)"), "{log}");
+    // Polling still sees changes, and `data status` walks (no record).
+    write(&wide.join("d0/g"), b"g");
+    wait_versions(&env, &url, "wide", 2, 30);
+    let o = env.json(&["data", "status", wide.to_str().unwrap()]);
+    assert!(o.get("touched").is_none(), "{o}");
+
+    // Later: a narrow tree starts with events (one watch), then new
+    // directories go over the limit; the watch falls back and their files
+    // are still snapshotted.
+    let narrow = env.path("narrow");
+    write(&narrow.join("a"), b"a");
+    let mut args = vec!["add", narrow.to_str().unwrap(), "--snapshot", "narrow"];
+    args.extend(quick);
+    watch(&env, &url, &args);
+    wait_versions(&env, &url, "narrow", 1, 30);
+    wait_for(Duration::from_secs(10), || {
+        let w = watch_at(&env, &url, &narrow);
+        w["state"] == "idle" && w["sure"] == true
+    });
+    assert_eq!(watch_at(&env, &url, &narrow)["mode"], "events");
+    for i in 0..5 {
+        write(&narrow.join(format!("n{i}/f")), b"n");
+    }
+    wait_for(Duration::from_secs(10), || {
+        watch_at(&env, &url, &narrow)["mode"] == "polling"
+    });
+    let w = watch_at(&env, &url, &narrow);
+    assert_eq!(w["sure"], false, "{w}");
+    let log = log_text(&env, &url);
+    assert!(
+        log.lines().any(|l| l.contains("mode polling (events)")
+            && l.contains("the inotify watch limit is reached")),
+        "{log}"
+    );
+    wait_versions(&env, &url, "narrow", 2, 30);
+    wait_for(Duration::from_secs(10), || {
+        files_of(&env, "narrow").len() == 6
+    });
+    let o = env.json(&["data", "status", narrow.to_str().unwrap()]);
+    assert!(o.get("touched").is_none(), "{o}");
 }
 
 /// `trainyard up` with the W&B server and key in its environment.

@@ -39,7 +39,21 @@ impl Env {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_trainyard"));
+        self.cmd_via(&[])
+    }
+
+    /// The binary run through `wrapper` (`wrapper[0] wrapper[1..]
+    /// trainyard …`, e.g. `unshare` and its arguments); none: directly.
+    pub fn cmd_via(&self, wrapper: &[&str]) -> Command {
+        let bin = env!("CARGO_BIN_EXE_trainyard");
+        let mut c = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         c.env("TRAINYARD_HOME", &self.home)
             .env("TRAINYARD_USER", "tester")
             .env_remove("RUST_LOG")
@@ -248,8 +262,19 @@ impl Env {
 
     /// [`Env::spawn`] with more environment variables.
     pub fn spawn_with(&self, name: &str, args: &[&str], vars: &[(&str, &str)]) -> Proc {
+        self.spawn_via(name, &[], args, vars)
+    }
+
+    /// [`Env::spawn_with`] through a wrapper ([`Env::cmd_via`]).
+    pub fn spawn_via(
+        &self,
+        name: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> Proc {
         let log = self.path(&format!("{name}.stderr"));
-        let mut c = self.cmd();
+        let mut c = self.cmd_via(wrapper);
         c.envs(vars.iter().copied());
         c.args(args)
             .env("RUST_LOG", "info")
@@ -270,12 +295,24 @@ impl Env {
 
     /// [`Env::up`] with more environment variables for the daemon.
     pub fn up_with(&self, name: &str, args: &[&str], vars: &[(&str, &str)]) -> (Proc, String) {
+        self.up_via(name, &[], args, vars)
+    }
+
+    /// [`Env::up_with`] through a wrapper ([`Env::cmd_via`]; e.g. in a
+    /// user namespace with lower limits).
+    pub fn up_via(
+        &self,
+        name: &str,
+        wrapper: &[&str],
+        args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> (Proc, String) {
         let mut a = vec!["--json", "up"];
         if !args.contains(&"--port") {
             a.extend(["--port", "0"]);
         }
         a.extend_from_slice(args);
-        let mut p = self.spawn_with(name, &a, vars);
+        let mut p = self.spawn_via(name, wrapper, &a, vars);
         let mut line = String::new();
         let out = p.child.stdout.as_mut().expect("stdout");
         std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line)
