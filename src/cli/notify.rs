@@ -23,7 +23,7 @@ pub enum NotifyCommand {
     /// The URL is a secret: the daemon keeps it in its 0600 queue.db and
     /// shows only its scheme and host. Prefer passing it from an
     /// environment variable, as above, so it stays out of shell history.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List the sinks (URLs as scheme and host only).
     Ls {
         #[command(flatten)]
@@ -111,7 +111,7 @@ pub struct AddArgs {
 
 pub fn run(ctx: &Ctx, cmd: NotifyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        NotifyCommand::Add(a) => add(ctx, a),
+        NotifyCommand::Add(a) => add(ctx, *a),
         NotifyCommand::Ls { daemon } => ls(ctx, &daemon),
         NotifyCommand::Rm { name, daemon } => {
             rt()?.block_on(client(ctx, &daemon)?.notify_remove(&name))?;
