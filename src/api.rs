@@ -431,6 +431,10 @@ pub struct NotifySink {
     /// ntfy priority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<u8>,
+    /// `daily` or `weekly`: it gets a summary per period (and individual
+    /// events only of the kinds `events` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<crate::notify::digest::Every>,
     /// `config` (config.toml) or `cli` (`notify add`).
     pub origin: crate::notify::Origin,
 }
@@ -447,6 +451,7 @@ impl NotifySink {
             projects: s.rule.projects.clone(),
             tags: s.rule.tags.clone(),
             priority: s.priority,
+            digest: s.rule.digest,
             origin: s.origin,
         }
     }
@@ -478,6 +483,9 @@ pub struct AddSinkRequest {
     /// ntfy priority, 1..5.
     #[serde(default)]
     pub priority: Option<i64>,
+    /// `daily` or `weekly`: a summary per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// `POST /notify/sinks/{name}/test`: the test message's event.
@@ -562,6 +570,11 @@ pub struct UsageAnswer {
     /// the first claimant kept the time, the second was not counted for it.
     #[serde(default)]
     pub conflicts: Vec<crate::usage::Conflict>,
+    /// The tag that leaves a job or run out of usage (`[usage]
+    /// ignore_tag`, default `ignore-usage`), also when added later;
+    /// absent when none is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore_tag: Option<String>,
 }
 
 /// `POST /api/v1/jobs/{id}/tags`.

@@ -202,6 +202,20 @@ export const watchLog = (opts) => get('/watches/log', { ...opts, query: { limit:
 export const pauseWatch = (id) => post(`/watches/${seg(String(id))}/pause`);
 export const resumeWatch = (id) => post(`/watches/${seg(String(id))}/resume`);
 
+/** Notification sinks with their rules (URLs as scheme and host). */
+export const notifySinks = (opts) => get('/notify/sinks', opts);
+/** Add a sink: `{name, kind, url, events, users, projects, tags, priority, digest}`. */
+export const notifyAdd = (req) => post('/notify/sinks', req);
+export const notifyRemove = (name) => request('DELETE', `/notify/sinks/${seg(name)}`);
+/** Queue a test message: `{event_id, sink}`. */
+export const notifyTest = (name) => post(`/notify/sinks/${seg(name)}/test`);
+/** Deliveries, newest first: `query` has `state` (`dead`: the dead letters) and `limit`. */
+export const notifyLog = (query = {}, opts) => get('/notify/log', { ...opts, query });
+/** Add or remove a job's tags: `{id, tags}`. */
+export const tagJob = (id, add = [], remove = []) => post(`/jobs/${seg(String(id))}/tags`, { add, remove });
+/** Add or remove a wandb run's tags. */
+export const tagRun = (id, add = [], remove = []) => post(`/runs/${seg(id)}/tags`, { add, remove });
+
 // ----------------------------------------------------------- live events ---
 
 const subscribers = new Set();

@@ -13,9 +13,10 @@ import * as runs from './pages/runs.js';
 import * as usage from './pages/usage.js';
 import * as schedules from './pages/schedules.js';
 import * as watches from './pages/watches.js';
+import * as notifications from './pages/notifications.js';
 
-const PAGES = { gpus, queue, schedules, watches, datasets, runs, usage };
-const TITLES = { gpus: 'GPUs', queue: 'Queue', schedules: 'Schedules', watches: 'Watches', datasets: 'Datasets', runs: 'Runs', usage: 'Usage' };
+const PAGES = { gpus, queue, schedules, watches, datasets, runs, usage, notifications };
+const TITLES = { gpus: 'GPUs', queue: 'Queue', schedules: 'Schedules', watches: 'Watches', datasets: 'Datasets', runs: 'Runs', usage: 'Usage', notifications: 'Notifications' };
 
 const main = document.getElementById('main');
 let health = null;

@@ -23,7 +23,7 @@ pub enum NotifyCommand {
     /// The URL is a secret: the daemon keeps it in its 0600 queue.db and
     /// shows only its scheme and host. Prefer passing it from an
     /// environment variable, as above, so it stays out of shell history.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// List the sinks (URLs as scheme and host only).
     Ls {
         #[command(flatten)]
@@ -99,13 +99,19 @@ pub struct AddArgs {
     /// ntfy priority, 1 (min) to 5 (max) [default: 4 for failures, 3 otherwise].
     #[arg(long, value_name = "1-5")]
     priority: Option<i64>,
+    /// Send a summary per period instead ("3 jobs done, 2.1 GPU-h, 1
+    /// stopped for idling"): daily (after midnight in the lab's zone) or
+    /// weekly (Monday). With --events, those events still come one by
+    /// one besides the digest.
+    #[arg(long, value_name = "PERIOD", value_parser = ["daily", "weekly"])]
+    digest: Option<String>,
     #[command(flatten)]
     daemon: DaemonArgs,
 }
 
 pub fn run(ctx: &Ctx, cmd: NotifyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        NotifyCommand::Add(a) => add(ctx, a),
+        NotifyCommand::Add(a) => add(ctx, *a),
         NotifyCommand::Ls { daemon } => ls(ctx, &daemon),
         NotifyCommand::Rm { name, daemon } => {
             rt()?.block_on(client(ctx, &daemon)?.notify_remove(&name))?;
@@ -151,6 +157,7 @@ fn add(ctx: &Ctx, a: AddArgs) -> anyhow::Result<ExitCode> {
         projects: a.project,
         tags: a.tag,
         priority: a.priority,
+        digest: a.digest,
     };
     let s = rt()?.block_on(client(ctx, &a.daemon)?.notify_add(&req))?;
     if ctx.json {
@@ -185,8 +192,8 @@ fn ls(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<16} {:<8} {:<28} {:<7} {:<30} WHO",
-        "NAME", "KIND", "URL", "FROM", "EVENTS"
+        "{:<16} {:<8} {:<28} {:<7} {:<30} {:<7} WHO",
+        "NAME", "KIND", "URL", "FROM", "EVENTS", "DIGEST"
     );
     for s in sinks {
         let events: Vec<String> = s.events.iter().map(|e| e.to_string()).collect();
@@ -201,7 +208,7 @@ fn ls(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
             who.push(format!("tags={}", list(&s.tags)));
         }
         println!(
-            "{:<16} {:<8} {:<28} {:<7} {:<30} {}",
+            "{:<16} {:<8} {:<28} {:<7} {:<30} {:<7} {}",
             output::clean(&s.name),
             s.kind.as_str(),
             s.url.unwrap_or_else(|| "-".into()),
@@ -209,11 +216,12 @@ fn ls(ctx: &Ctx, d: &DaemonArgs) -> anyhow::Result<ExitCode> {
                 trainyard::notify::Origin::Config => "config",
                 trainyard::notify::Origin::Cli => "cli",
             },
-            if events.is_empty() {
-                "all".to_string()
-            } else {
-                events.join(",")
+            match (events.is_empty(), s.digest.is_some()) {
+                (true, true) => "-".to_string(),
+                (true, false) => "all".to_string(),
+                _ => events.join(","),
             },
+            s.digest.map(|d| d.as_str()).unwrap_or("-"),
             if who.is_empty() {
                 "everyone".to_string()
             } else {

@@ -11,6 +11,7 @@
 //! projects = ["detr"]
 //! tags = ["important"]
 //! priority = 4                   # ntfy only, 1..5
+//! digest = "daily"               # a summary per day (or "weekly")
 //! ```
 //!
 //! [`resolve`] checks every table — kind, URL, events, priority — and
@@ -21,6 +22,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::digest::Every;
 use super::event::EventKind;
 use super::sink::{check_name, check_url, Origin, Rule, Sink, SinkKind};
 use super::{format, NotifyError};
@@ -53,6 +55,9 @@ pub struct SinkConfig {
     /// ntfy priority, 1..5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<i64>,
+    /// A summary per period: `daily` or `weekly` (see `notify::digest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<super::digest::Every>,
 }
 
 /// Parse event names, naming `field` and the bad name.
@@ -88,6 +93,19 @@ pub fn check_sink_url(field: &str, kind: SinkKind, url: Option<&str>) -> Result<
             Ok(())
         }
         (false, _) => Ok(()),
+    }
+}
+
+/// Parse a digest period name (`daily`, `weekly`), naming `field`.
+pub fn parse_digest(field: &str, s: Option<&str>) -> Result<Option<Every>, NotifyError> {
+    match s.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(v) => Every::from_name(v)
+            .map(Some)
+            .ok_or_else(|| NotifyError::BadDigest {
+                field: field.to_string(),
+                value: v.to_string(),
+            }),
     }
 }
 
@@ -177,6 +195,7 @@ pub fn resolve(
                 users: t.users.clone(),
                 projects: t.projects.clone(),
                 tags: t.tags.clone(),
+                digest: t.digest,
             },
             priority,
             origin: Origin::Config,

@@ -41,6 +41,9 @@ pub enum EventKind {
     /// A test message (`trainyard notify test NAME`); goes only to the
     /// sink it was sent to.
     Test,
+    /// A sink's summary of one period (`--digest daily|weekly`); goes
+    /// only to that sink.
+    Digest,
 }
 
 impl EventKind {
@@ -74,6 +77,7 @@ impl EventKind {
             EventKind::AgentLost => "agent_lost",
             EventKind::DiskLow => "disk_low",
             EventKind::Test => "test",
+            EventKind::Digest => "digest",
         }
     }
 
@@ -84,8 +88,10 @@ impl EventKind {
 
     /// Parse a stored name (any kind, `test` included).
     pub(crate) fn stored(s: &str) -> Option<EventKind> {
-        if s == "test" {
-            return Some(EventKind::Test);
+        match s {
+            "test" => return Some(EventKind::Test),
+            "digest" => return Some(EventKind::Digest),
+            _ => {}
         }
         EventKind::from_name(s)
     }
@@ -106,7 +112,10 @@ impl EventKind {
     pub fn is_alarm(self) -> bool {
         !matches!(
             self,
-            EventKind::JobSucceeded | EventKind::ScheduleFired | EventKind::Test
+            EventKind::JobSucceeded
+                | EventKind::ScheduleFired
+                | EventKind::Test
+                | EventKind::Digest
         )
     }
 
@@ -172,4 +181,7 @@ pub struct Event {
     /// full it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// A digest's period and numbers (digest events only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<super::digest::Digest>,
 }

@@ -55,6 +55,8 @@ pub fn link(ui: &str, kind: EventKind, e: &Event) -> String {
         format!("{ui}/#/runs/{}", encode(r))
     } else if kind == EventKind::AgentLost {
         format!("{ui}/#/gpus")
+    } else if kind == EventKind::Digest {
+        format!("{ui}/#/usage")
     } else {
         format!("{ui}/#/")
     }
@@ -96,6 +98,18 @@ pub fn message(ui: &str, kind: EventKind, e: &Event) -> Message {
         EventKind::AgentLost => format!("Agent {agent} lost"),
         EventKind::DiskLow => "Disk space low".to_string(),
         EventKind::Test => "Test notification from Trainyard".to_string(),
+        EventKind::Digest => match &e.digest {
+            Some(d) => format!(
+                "{} digest {}: {}",
+                match d.period.every {
+                    super::digest::Every::Daily => "Daily",
+                    super::digest::Every::Weekly => "Weekly",
+                },
+                d.period.label,
+                d.counts.headline()
+            ),
+            None => "Digest".to_string(),
+        },
     };
     let mut facts = Vec::new();
     let mut fact = |k: &str, v: Option<String>| {
@@ -114,6 +128,17 @@ pub fn message(ui: &str, kind: EventKind, e: &Event) -> Message {
     fact("GPUs", e.gpus.filter(|g| *g > 0).map(|g| g.to_string()));
     fact("GPU-hours", e.gpu_hours.map(|h| format!("{h:.2}")));
     fact("run time", e.runtime_s.map(duration));
+    if let Some(d) = &e.digest {
+        let c = &d.counts;
+        fact("succeeded", Some(c.succeeded.to_string()));
+        fact("failed", Some(c.failed.to_string()));
+        fact("cancelled", Some(c.cancelled.to_string()));
+        fact("lost", (c.lost > 0).then(|| c.lost.to_string()));
+        fact("stopped for idling", Some(c.idle_stopped.to_string()));
+        fact("GPU-hours allocated", Some(format!("{:.2}", c.gpu_hours)));
+        fact("GPU-hours used", Some(format!("{:.2}", c.used_gpu_hours)));
+        fact("GPU-hours idle", Some(format!("{:.2}", c.idle_gpu_hours)));
+    }
     Message {
         title,
         facts,

@@ -20,6 +20,7 @@
 //! job's environment or secret values.
 
 pub mod config;
+pub mod digest;
 pub mod event;
 pub mod format;
 pub mod outbox;
@@ -79,6 +80,14 @@ pub enum NotifyError {
         field: String,
         /// The value given.
         value: i64,
+    },
+    /// A digest period that is not `daily` or `weekly`.
+    #[error("{field}: {value:?} is not a digest period (daily, weekly)")]
+    BadDigest {
+        /// The field.
+        field: String,
+        /// The value given.
+        value: String,
     },
     /// An ntfy URL without a topic.
     #[error("{field}: {shown} names no ntfy topic (use https://HOST/TOPIC)")]

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
+use super::digest::{Every, Period};
 use super::event::{Event, EventKind};
 use super::sink::{Origin, Rule, Sink, SinkKind};
 use super::NotifyError;
@@ -430,13 +431,87 @@ impl Outbox {
         Ok(())
     }
 
-    /// Remove a stored sink; false if there was none of that name.
+    /// Remove a stored sink (and its digest mark); false if there was
+    /// none of that name.
     pub fn remove_sink(&self, name: &str) -> Result<bool, NotifyError> {
         let conn = self.conn();
         let n = conn
             .execute("DELETE FROM notify_sinks WHERE name = ?1", [name])
             .map_err(self.sql())?;
+        conn.execute("DELETE FROM notify_digest_marks WHERE sink = ?1", [name])
+            .map_err(self.sql())?;
         Ok(n > 0)
+    }
+
+    /// A digest sink's mark: how often, and the end of the last period
+    /// digested (or where its digests began).
+    pub fn digest_mark(&self, sink: &str) -> Result<Option<(Every, i64)>, NotifyError> {
+        let conn = self.conn();
+        let row: Option<(String, i64)> = conn
+            .query_row(
+                "SELECT every, through_ns FROM notify_digest_marks WHERE sink = ?1",
+                [sink],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.sql())?;
+        Ok(row.and_then(|(e, t)| Some((Every::from_name(&e)?, t))))
+    }
+
+    /// Set a sink's mark: its digests (`every`) cover periods from the one
+    /// holding `through_ns` on (a new digest sink, or one whose `every`
+    /// changed).
+    pub fn set_digest_mark(
+        &self,
+        sink: &str,
+        every: Every,
+        through_ns: i64,
+    ) -> Result<(), NotifyError> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO notify_digest_marks (sink, every, through_ns) VALUES (?1, ?2, ?3)
+             ON CONFLICT (sink) DO UPDATE SET every = ?2, through_ns = ?3",
+            params![sink, every.as_str(), through_ns],
+        )
+        .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// Record `sink`'s digest of `period` if its mark is still at or
+    /// before the period's start: the event, its delivery to that sink
+    /// and the mark moved to the period's end, in one transaction. `None`
+    /// when the period was digested already (nothing is written).
+    pub fn record_digest(
+        &self,
+        sink: &str,
+        period: &Period,
+        event: &Event,
+    ) -> Result<Option<i64>, NotifyError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.sql())?;
+        let moved = tx
+            .execute(
+                "UPDATE notify_digest_marks SET through_ns = ?3
+                 WHERE sink = ?1 AND every = ?2 AND through_ns < ?3",
+                params![sink, period.every.as_str(), period.end_ns],
+            )
+            .map_err(self.sql())?;
+        if moved == 0 {
+            return Ok(None);
+        }
+        let id = insert_event(&tx, EventKind::Digest, event).map_err(self.sql())?;
+        tx.execute("UPDATE notify_events SET routed = 1 WHERE id = ?1", [id])
+            .map_err(self.sql())?;
+        tx.execute(
+            "INSERT OR IGNORE INTO notify_deliveries (event_id, sink, state, next_ns)
+             VALUES (?1, ?2, 'pending', ?3)",
+            params![id, sink, now_ns()],
+        )
+        .map_err(self.sql())?;
+        tx.commit().map_err(self.sql())?;
+        Ok(Some(id))
     }
 
     /// Forget delivered and dead deliveries that ended before `before_ns`,
@@ -621,5 +696,42 @@ mod tests {
         assert!(o.remove_sink("team").unwrap());
         assert!(!o.remove_sink("team").unwrap());
         assert_eq!(o.abandon("team", "the sink was removed").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_period_is_digested_once_and_moves_the_mark() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("queue.db");
+        let _q = Queue::open(&path).unwrap();
+        let o = Outbox::open(&path).unwrap();
+        assert_eq!(o.digest_mark("d").unwrap(), None);
+        o.set_digest_mark("d", Every::Daily, 100).unwrap();
+        let p = Period {
+            every: Every::Daily,
+            start_ns: 0,
+            end_ns: 1000,
+            label: "1970-01-01".into(),
+        };
+        let id = o.record_digest("d", &p, &Event::default()).unwrap();
+        assert!(id.is_some());
+        assert_eq!(o.record_digest("d", &p, &Event::default()).unwrap(), None);
+        assert_eq!(o.digest_mark("d").unwrap(), Some((Every::Daily, 1000)));
+        // A period of another kind than the mark's is not the sink's.
+        let w = Period {
+            every: Every::Weekly,
+            end_ns: 5000,
+            ..p.clone()
+        };
+        assert_eq!(o.record_digest("d", &w, &Event::default()).unwrap(), None);
+        let due = o.due(now_ns(), 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            (Some(due[0].event_id), due[0].sink.as_str(), due[0].kind),
+            (id, "d", EventKind::Digest)
+        );
+        // Routing never sends a digest to another sink.
+        assert_eq!(o.route(&[sink("other", &[])]).unwrap(), 0);
+        o.remove_sink("d").unwrap();
+        assert_eq!(o.digest_mark("d").unwrap(), None);
     }
 }

@@ -84,6 +84,38 @@ impl DiskLimits {
     }
 }
 
+/// What time it is (ns since the epoch) for digests: the system clock,
+/// or one a test moves by hand.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(now_ns))
+    }
+    /// A clock that reads `f`.
+    pub fn from_fn(f: impl Fn() -> i64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(f))
+    }
+    /// Now.
+    pub fn now_ns(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
 /// How the sender runs.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -98,6 +130,10 @@ pub struct Settings {
     pub disk: DiskLimits,
     /// How often the disks are checked.
     pub disk_every: Duration,
+    /// How often the daemon looks for digests that are due.
+    pub digest_every: Duration,
+    /// The clock digests go by (periods end by it).
+    pub clock: Clock,
 }
 
 impl Default for Settings {
@@ -108,6 +144,8 @@ impl Default for Settings {
             ui_url: None,
             disk: DiskLimits::default(),
             disk_every: Duration::from_secs(60),
+            digest_every: Duration::from_secs(30),
+            clock: Clock::system(),
         }
     }
 }
@@ -195,6 +233,11 @@ impl Notifier {
         let _ = self.desktop.set(out);
     }
 
+    /// How the sender runs.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     /// The outbox.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox
@@ -270,6 +313,66 @@ impl Notifier {
         };
         let id = self.outbox.record_for(EventKind::Test, &ev, name)?;
         self.wake();
+        Ok(id)
+    }
+
+    /// The digests owed at `now_ns` in `tz`: each digest sink with the
+    /// periods that ended since its mark, oldest first. A sink seen for
+    /// the first time (or whose `digest` changed) gets its mark set to
+    /// now: its first digest covers the period now holds. Blocking.
+    pub fn digests_owed(
+        &self,
+        now_ns: i64,
+        tz: &jiff::tz::TimeZone,
+    ) -> Result<Vec<(Sink, Vec<super::digest::Period>)>, NotifyError> {
+        let mut out = Vec::new();
+        for s in self.sinks().iter() {
+            let Some(every) = s.rule.digest else {
+                continue;
+            };
+            match self.outbox.digest_mark(&s.name)? {
+                Some((e, through)) if e == every => {
+                    let (owed, skipped) = super::digest::owed(every, through, now_ns, tz);
+                    if skipped > 0 {
+                        tracing::warn!(
+                            sink = s.name,
+                            skipped,
+                            "the daemon was away for long: the oldest digests are skipped"
+                        );
+                    }
+                    if !owed.is_empty() {
+                        out.push((s.clone(), owed));
+                    }
+                }
+                _ => {
+                    tracing::info!(sink = s.name, every = %every, "digests start");
+                    self.outbox.set_digest_mark(&s.name, every, now_ns)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record `sink`'s digest of `period` with its numbers (once: `None`
+    /// when it was recorded before). Blocking.
+    pub fn record_digest(
+        &self,
+        sink: &str,
+        period: &super::digest::Period,
+        counts: super::digest::Counts,
+    ) -> Result<Option<i64>, NotifyError> {
+        let ev = Event {
+            digest: Some(super::digest::Digest {
+                period: period.clone(),
+                counts,
+            }),
+            ..Event::default()
+        };
+        let id = self.outbox.record_digest(sink, period, &ev)?;
+        if let Some(id) = id {
+            tracing::info!(sink, period = period.label, event = id, "digest recorded");
+            self.wake();
+        }
         Ok(id)
     }
 

@@ -67,14 +67,32 @@ pub struct Rule {
     pub projects: Vec<String>,
     /// Only jobs with one of these tags.
     pub tags: Vec<String>,
+    /// A summary per period ([`super::digest`]). A digest sink gets
+    /// individual events only of the kinds `events` names (none when it
+    /// is empty): `--digest daily` alone is the digest instead of the
+    /// events, with `--events` it comes besides them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<super::digest::Every>,
 }
 
 impl Rule {
+    /// Whether a job of `user` and `project` with `tags` is one this rule
+    /// covers (empty lists do not filter).
+    pub fn covers(&self, user: &str, project: &str, tags: &[String]) -> bool {
+        let any = |want: &[String], have: &str| want.is_empty() || want.iter().any(|w| w == have);
+        any(&self.users, user)
+            && any(&self.projects, project)
+            && (self.tags.is_empty() || tags.iter().any(|t| self.tags.contains(t)))
+    }
+
     /// Whether `event` of `kind` goes to a sink with this rule. Events
     /// that belong to no user/project/tag (an agent lost, a disk low) pass
     /// user, project and tag filters only when those are empty.
     pub fn matches(&self, kind: EventKind, event: &Event) -> bool {
-        if kind == EventKind::Test {
+        if matches!(kind, EventKind::Test | EventKind::Digest) {
+            return false;
+        }
+        if self.digest.is_some() && self.events.is_empty() {
             return false;
         }
         let any = |want: &[String], have: Option<&str>| {
@@ -242,5 +260,25 @@ mod tests {
         };
         assert!(all.matches(EventKind::AgentLost, &lost));
         assert!(!r.matches(EventKind::AgentLost, &lost));
+        // A digest sink: the digest instead of the events, or besides
+        // those it names; never another sink's digest.
+        let digest_only = Rule {
+            digest: Some(crate::notify::digest::Every::Daily),
+            ..Rule::default()
+        };
+        assert!(!digest_only.matches(EventKind::JobFailed, &ev));
+        let besides = Rule {
+            events: vec![EventKind::JobFailed],
+            ..digest_only.clone()
+        };
+        assert!(besides.matches(EventKind::JobFailed, &ev));
+        assert!(!besides.matches(EventKind::JobSucceeded, &ev));
+        assert!(!all.matches(EventKind::Digest, &ev));
+        assert!(digest_only.covers("ana", "detr", &[]));
+        let anas = Rule {
+            users: vec!["ana".into()],
+            ..Rule::default()
+        };
+        assert!(!anas.covers("bo", "detr", &[]));
     }
 }

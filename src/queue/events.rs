@@ -71,8 +71,46 @@ impl Queue {
             runtime_s,
             run: None,
             detail,
+            digest: None,
         };
         notify::outbox::insert_event(tx, kind, &event).map_err(self.sql())?;
         Ok(())
+    }
+}
+
+impl Queue {
+    /// The jobs that reached a final state in `[since_ns, until_ns)`, for
+    /// digests (jobs retention has deleted are not among them).
+    pub fn job_ends(&self, since_ns: i64, until_ns: i64) -> Result<Vec<notify::digest::JobEnd>> {
+        let conn = self.conn()?;
+        let mut st = conn
+            .prepare_cached(
+                "SELECT j.state, coalesce(j.user, ''), j.project,
+                        (SELECT coalesce(json_group_array(t.tag), '[]') FROM job_tags t
+                         WHERE t.job_id = j.id)
+                 FROM jobs j
+                 WHERE j.finished_ns >= ?1 AND j.finished_ns < ?2",
+            )
+            .map_err(self.sql())?;
+        let rows = st
+            .query_map(rusqlite::params![since_ns, until_ns], |r| {
+                let state: String = r.get(0)?;
+                let tags: String = r.get(3)?;
+                Ok((state, r.get(1)?, r.get(2)?, tags))
+            })
+            .map_err(self.sql())?
+            .collect::<rusqlite::Result<Vec<(String, String, String, String)>>>()
+            .map_err(self.sql())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(state, user, project, tags)| {
+                Some(notify::digest::JobEnd {
+                    state: super::JobState::from_name(&state)?,
+                    user,
+                    project,
+                    tags: serde_json::from_str(&tags).unwrap_or_default(),
+                })
+            })
+            .collect())
     }
 }

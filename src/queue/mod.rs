@@ -629,6 +629,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (job_id, n)
     ) WITHOUT ROWID;
     CREATE INDEX cluster_attempts_live ON cluster_attempts(cluster) WHERE done = 0;",
+    // 11: notification digests (`crate::notify::digest`): per digest sink,
+    // how often and the end of the last period digested (or where its
+    // digests began). Moved in the transaction that writes the digest's
+    // event, so a period is digested once.
+    "CREATE TABLE notify_digest_marks (
+        sink TEXT PRIMARY KEY,
+        every TEXT NOT NULL,
+        through_ns INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` of

@@ -41,6 +41,12 @@ impl ApiError {
     }
 }
 
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> ApiError {
         let (status, code) = match &e {

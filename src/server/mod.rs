@@ -14,6 +14,7 @@ mod auth;
 mod clusters;
 mod coord;
 mod datasets;
+mod digest;
 mod error;
 mod guard;
 mod idle_watch;
@@ -315,6 +316,7 @@ impl Server {
         let compact = tokio::spawn(telemetry::compact_loop(self.coord.clone()));
         let stats = tokio::spawn(telemetry::stats_loop(self.coord.clone()));
         let notify = tokio::spawn(self.coord.notify.clone().run());
+        let digests = tokio::spawn(digest::digest_loop(self.coord.clone()));
         // The watch rules run in threads of their own (they hash and walk).
         if let Some(w) = self.coord.watches.get().cloned() {
             let _ = tokio::task::spawn_blocking(move || w.reconcile()).await;
@@ -341,6 +343,7 @@ impl Server {
         compact.abort();
         stats.abort();
         notify.abort();
+        digests.abort();
         if let Some(w) = self.coord.watches.get().cloned() {
             let _ = tokio::task::spawn_blocking(move || w.stop_all()).await;
         }

@@ -68,6 +68,7 @@ pub(crate) async fn add(
     notify::sink::check_name(&req.name)?;
     let events = ncfg::parse_events("events", &req.events)?;
     let priority = ncfg::check_priority("priority", req.priority)?;
+    let digest = ncfg::parse_digest("digest", req.digest.as_deref())?;
     let url = req.url.filter(|u| !u.trim().is_empty());
     ncfg::check_sink_url("url", req.kind, url.as_deref())?;
     let sink = Sink {
@@ -79,6 +80,7 @@ pub(crate) async fn add(
             users: req.users,
             projects: req.projects,
             tags: req.tags,
+            digest,
         },
         priority,
         origin: Origin::Cli,

@@ -76,6 +76,7 @@ fn answer(c: &Coord, q: &UsageQuery) -> ApiResult<UsageAnswer> {
         period: q.period.unwrap_or_default(),
         tz,
         ignore_tag: c.lab.ignore_tag().map(str::to_string),
+        only: None,
     };
     let found = report(c, &query, now.as_millisecond())?;
     let report = found.report;
@@ -94,6 +95,7 @@ fn answer(c: &Coord, q: &UsageQuery) -> ApiResult<UsageAnswer> {
         total: UsageRow::from_row(&report.total),
         links: found.links,
         conflicts: found.conflicts,
+        ignore_tag: query.ignore_tag.clone(),
     })
 }
 
@@ -412,6 +414,7 @@ mod tests {
             period: Period::Daily,
             tz: berlin.clone(),
             ignore_tag: None,
+            only: None,
         };
         // Three whole days come from the daily totals.
         let cover = tele.day_rows(&berlin, start, now).unwrap().unwrap();

@@ -588,6 +588,30 @@ pub struct Query {
     pub tz: TimeZone,
     /// Holdings carrying this tag are left out (`ignore-usage`).
     pub ignore_tag: Option<String>,
+    /// Only holdings in this scope (a digest sink's users, projects,
+    /// tags); `None` counts all.
+    pub only: Option<Scope>,
+}
+
+/// Whose holdings count: empty lists do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Only these users'.
+    pub users: Vec<String>,
+    /// Only these projects'.
+    pub projects: Vec<String>,
+    /// Only those with one of these tags.
+    pub tags: Vec<String>,
+}
+
+impl Scope {
+    /// Whether `h` is in the scope.
+    pub fn covers(&self, h: &Holding) -> bool {
+        let any = |want: &[String], have: &str| want.is_empty() || want.iter().any(|w| w == have);
+        any(&self.users, &h.user)
+            && any(&self.projects, &h.project)
+            && (self.tags.is_empty() || h.tags.iter().any(|t| self.tags.contains(t)))
+    }
 }
 
 /// One row of a usage report.
@@ -719,6 +743,7 @@ pub fn report<'a>(
         if q.ignore_tag
             .as_deref()
             .is_some_and(|t| h.tags.iter().any(|x| x == t))
+            || q.only.as_ref().is_some_and(|s| !s.covers(h))
         {
             continue;
         }

@@ -215,6 +215,7 @@ fn query(by: &[Dim], period: Period) -> Query {
         period,
         tz: seoul(),
         ignore_tag: Some("ignore-usage".into()),
+        only: None,
     }
 }
 

@@ -458,6 +458,102 @@ async function runTests() {
     if (!page.url().includes('history=7d')) throw new Error(`the range is not in the URL: ${page.url()}`);
   });
 
+  await test('5f', 'Notifications: sinks and rules, a dead letter, subscribe, send test', async () => {
+    // A webhook receiver: /ok accepts, /gone answers 410 (a sink that
+    // refuses the request itself: dead at once, no retries).
+    const got = [];
+    const rx = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (c) => { body += c; });
+      req.on('end', () => {
+        const status = req.url.startsWith('/gone') ? 410 : 200;
+        got.push({ path: req.url, status, body: JSON.parse(body || 'null') });
+        res.writeHead(status, { 'content-type': 'text/plain' });
+        res.end(status === 200 ? 'ok' : 'this hook was deleted');
+      });
+    });
+    await new Promise((r) => rx.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => { rx.closeAllConnections(); rx.close(r); }));
+    const hook = (p) => `http://127.0.0.1:${rx.address().port}${p}`;
+    await d.api('POST', '/notify/sinks', { name: 'e2e-gone', kind: 'webhook', url: hook('/gone/s3cr3t'), events: ['agent_lost'] });
+    const t = await d.api('POST', '/notify/sinks/e2e-gone/test');
+    await until('the dead letter', async () => (await d.api('GET', '/notify/log?state=dead')).deliveries.some((x) => x.event_id === t.event_id));
+
+    await page.goto(`${ui.url}/#/notifications`);
+    const sinkRow = page.locator('.notify-sinks tr[data-sink="e2e-gone"]');
+    await sinkRow.waitFor();
+    if (!(await sinkRow.textContent()).includes(`http://127.0.0.1:${rx.address().port}/…`)) throw new Error(`the sink row: ${await sinkRow.textContent()}`);
+    if ((await page.content()).includes('s3cr3t')) throw new Error('the page shows the webhook URL\'s path');
+    const dead = page.locator(`.dead-letters tr[data-event="${t.event_id}"][data-sink="e2e-gone"]`);
+    await dead.waitFor();
+    const deadText = await dead.textContent();
+    if (!deadText.includes('HTTP 410') || !deadText.includes('dead')) throw new Error(`the dead letter: ${deadText}`);
+
+    // Subscribe: ada's failures and a daily digest, to the /ok hook.
+    await page.locator('#sub-name').fill('e2e-ada');
+    await page.locator('#sub-kind').selectOption('webhook');
+    await page.locator('#sub-url').fill(hook('/ok/ada'));
+    await page.locator('#sub-user').fill('ada');
+    await page.locator('#sub-digest').selectOption('daily');
+    await page.getByRole('button', { name: 'Subscribe' }).click();
+    await page.locator('.alert-ok').getByText('Subscribed: e2e-ada').waitFor();
+    const mine = page.locator('.notify-sinks tr[data-sink="e2e-ada"]');
+    await mine.waitFor();
+    const sinks = await d.api('GET', '/notify/sinks');
+    const s = sinks.find((x) => x.name === 'e2e-ada');
+    if (!s || s.digest !== 'daily' || JSON.stringify(s.users) !== '["ada"]' || !s.events.includes('job_failed')) throw new Error(`the subscription: ${JSON.stringify(s)}`);
+    if (!(await mine.locator('.sink-digest').textContent()).includes('daily')) throw new Error('the digest is not listed');
+
+    // Send test: delivered to the receiver, and the page says so.
+    await page.locator('[data-key="test-e2e-ada"]').click();
+    await page.locator('.alert-ok').getByText('Test message delivered to e2e-ada.').waitFor({ timeout: 20_000 });
+    const tests = got.filter((g) => g.path === '/ok/ada' && g.body?.kind === 'test');
+    if (tests.length !== 1) throw new Error(`the receiver got ${tests.length} test messages`);
+    await page.locator('.delivery-log tr[data-sink="e2e-ada"][data-state="delivered"]').waitFor();
+  });
+
+  await test('5g', 'Usage: monthly table, leave a job out and count it again', async () => {
+    const q = (params) => d.api('GET', `/usage?${new URLSearchParams(params)}`);
+    await page.goto(`${ui.url}/#/usage?range=12mo&by=user&table=monthly`);
+    const table = page.locator('table.usage-table[data-period="monthly"][data-by="user"]');
+    await table.waitFor();
+    const first = (await q({ by: 'user', since: '7d' })).timezone; // the lab's zone
+    const zone = first === 'system' ? undefined : first;
+    const month = new Intl.DateTimeFormat('en-CA', { timeZone: zone, year: 'numeric', month: '2-digit' }).format(new Date()).slice(0, 7);
+    const m = new Date(`${month}-01T00:00:00Z`);
+    m.setUTCMonth(m.getUTCMonth() - 11);
+    const since = m.toISOString().slice(0, 7);
+    const api = await q({ by: 'user', since, period: 'monthly' });
+    const uiRows = await table.locator('tbody tr').count();
+    if (uiRows !== api.rows.length) throw new Error(`${uiRows} rows, the API has ${api.rows.length}`);
+    const months = new Set(api.rows.map((r) => r.period));
+    if (!months.has(month) || months.size < 2) throw new Error(`months: ${[...months]}`);
+    const adaRow = table.locator(`tbody tr[data-key="ada"][data-period="${month}"] td[data-v]`).first();
+    const before = Number(await adaRow.getAttribute('data-v'));
+    const apiAda = () => q({ by: 'user', since, period: 'monthly' }).then((a) => a.rows.find((r) => r.key[0] === 'ada' && r.period === month).allocated_gpu_h);
+    if (before !== await apiAda()) throw new Error(`ada's month: UI ${before}, API ${await apiAda()}`);
+
+    // Leave ada's plain job out: her month shrinks at once, retroactively.
+    const job = usageJobs[0];
+    await page.locator('#ignore-kind').selectOption('job');
+    await page.locator('#ignore-id').fill(String(job));
+    await page.locator('[data-key="ignore"]').click();
+    await page.locator(`.ignored-jobs tr[data-job="${job}"]`).waitFor();
+    const tags = (await d.api('GET', `/jobs/${job}`)).spec.tags ?? [];
+    if (!tags.includes('ignore-usage')) throw new Error(`job ${job} tags: ${tags}`);
+    let after = before;
+    await until('ada\'s month to shrink', async () => {
+      after = Number(await table.locator(`tbody tr[data-key="ada"][data-period="${month}"] td[data-v]`).first().getAttribute('data-v'));
+      return after < before;
+    });
+    if (after !== await apiAda()) throw new Error(`after: UI ${after}, API ${await apiAda()}`);
+    // And count it again.
+    await page.locator(`[data-key="count-${job}"]`).click();
+    await until('ada\'s month to be whole again', async () => Number(await table.locator(`tbody tr[data-key="ada"][data-period="${month}"] td[data-v]`).first().getAttribute('data-v')) === before);
+    if (await page.locator(`.ignored-jobs tr[data-job="${job}"]`).count()) throw new Error('the job is still listed as left out');
+    if (!page.url().includes('table=monthly')) throw new Error(`the table period is not in the URL: ${page.url()}`);
+  });
+
   // (6) with a second daemon, in a tab that has no token yet.
   const d2 = await startDaemon({ logDir: ARTIFACTS, label: 'daemon-token', agentName: 'secure-node' });
   cleanups.push(d2.stop);

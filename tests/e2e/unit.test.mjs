@@ -134,6 +134,8 @@ test('range presets: ages, this and last month in the lab\'s zone, custom days',
   assert.deepEqual(rangeParams('last-month', {}, now, 'UTC'), { since: '2026-11', until: '2026-11' });
   assert.deepEqual(rangeParams('last-month', {}, Date.parse('2026-01-15T12:00:00Z'), 'UTC'), { since: '2025-12', until: '2025-12' });
   assert.deepEqual(rangeParams('custom', { since: '2026-11-02', until: '' }, now, 'UTC'), { since: '2026-11-02', until: undefined });
+  assert.deepEqual(rangeParams('12mo', {}, now, 'UTC'), { since: '2026-01' });
+  assert.deepEqual(rangeParams('12mo', {}, Date.parse('2026-03-15T12:00:00Z'), 'UTC'), { since: '2025-04' });
   assert.equal(prevMonth('2026-10'), '2026-09');
 });
 

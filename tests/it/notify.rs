@@ -204,6 +204,45 @@ fn a_webhook_that_fails_twice_gets_exactly_one_delivery_and_never_shows_its_url(
         "{ls}"
     );
 
+    // A digest sink: listed with its period, and no events one by one.
+    env.ok(&[
+        "notify",
+        "add",
+        "lead",
+        "--webhook",
+        &hook,
+        "--digest",
+        "weekly",
+        "--server",
+        &url,
+    ]);
+    let listed = env.json(&["notify", "ls", "--server", &url]);
+    let lead = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "lead")
+        .unwrap()
+        .clone();
+    assert_eq!(lead["digest"], "weekly");
+    assert_eq!(lead["events"], serde_json::json!([]));
+    assert!(env
+        .ok(&["notify", "ls", "--server", &url])
+        .contains("weekly"));
+    let bad = env.fail(&[
+        "notify",
+        "add",
+        "x",
+        "--webhook",
+        &hook,
+        "--digest",
+        "hourly",
+        "--server",
+        &url,
+    ]);
+    assert!(bad.contains("--digest") && bad.contains("hourly"), "{bad}");
+    env.ok(&["notify", "rm", "lead", "--server", &url]);
+
     // A test message goes to that sink alone and is delivered.
     let t = env.ok(&["notify", "test", "team", "--server", &url]);
     assert!(t.contains("delivered"), "{t}");
@@ -586,6 +625,10 @@ fn bad_notify_config_stops_the_daemon_naming_the_field() {
             format!("[notify.team]\nkind = \"ntfy\"\nurl = \"{secret_url}\"\npriority = 7\n"),
             vec!["notify.team.priority", "between 1"],
         ),
+        (
+            format!("[notify.team]\nkind = \"slack\"\nurl = \"{secret_url}\"\ndigest = \"hourly\"\n"),
+            vec!["unknown variant `hourly`", "daily", "weekly"],
+        ),
     ];
     for (text, wants) in &cases {
         write(&cfg, text.as_bytes());
@@ -675,4 +718,250 @@ fn a_silent_agent_is_reported_lost_once() {
     assert_eq!(b["event"]["agent"], "a1");
     assert_eq!(b["link"], format!("{url}/#/gpus"));
     d.term();
+}
+
+/// The bodies a receiver accepted at paths starting with `p`.
+fn accepted_at(rx: &Receiver, p: &str) -> Vec<Value> {
+    rx.accepted()
+        .into_iter()
+        .filter(|g| g.path.starts_with(p))
+        .map(|g| g.body)
+        .collect()
+}
+
+/// Digests on a clock the test moves (the daemon in-process, its agent
+/// running real jobs on a fake GPU, webhook receivers started here): no
+/// digest before its period ends; one per (sink, period) when it does,
+/// through the outbox (a refused first try is retried, not resent); none
+/// again after a restart; and the periods that ended while the daemon was
+/// down are digested when it is back, each once.
+#[test]
+fn digests_come_once_per_period_and_survive_restarts() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use trainyard::daemon::{Config, Daemon};
+    use trainyard::notify::digest::{period_of, Every};
+    use trainyard::queue::{JobId, JobSpec, JobState};
+
+    let env = Env::new();
+    let home = trainyard::Home::at(&env.home);
+    home.ensure().unwrap();
+    let rx = Receiver::start(&[]);
+    let cfg = home.config_path();
+    write(
+        &cfg,
+        format!(
+            "[usage]\ntimezone = \"UTC\"\n\n\
+             [notify.daily]\nkind = \"webhook\"\nurl = \"{}\"\ndigest = \"daily\"\n\n\
+             [notify.weekly]\nkind = \"webhook\"\nurl = \"{}\"\ndigest = \"weekly\"\nevents = [\"job_failed\"]\n",
+            rx.url(&format!("/daily/{SECRET}")),
+            rx.url("/weekly"),
+        )
+        .as_bytes(),
+    );
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let clock = Arc::new(AtomicI64::new(trainyard::db::now_ns()));
+    let config = || {
+        let c = clock.clone();
+        Config {
+            server: trainyard::server::Config {
+                home: home.clone(),
+                addr: "127.0.0.1:0".parse().unwrap(),
+                lease: Duration::from_secs(30),
+                allow_hosts: Vec::new(),
+                token: None,
+                retention: Default::default(),
+                notify: trainyard::notify::send::Settings {
+                    backoff: trainyard::notify::Backoff {
+                        first: Duration::from_millis(100),
+                        ..Default::default()
+                    },
+                    digest_every: Duration::from_millis(50),
+                    clock: trainyard::notify::send::Clock::from_fn(move || {
+                        c.load(Ordering::SeqCst)
+                    }),
+                    ..Default::default()
+                },
+            },
+            agent: Some(trainyard::agent::Setup {
+                name: Some("digest1".into()),
+                fake_gpus: Some("1xA100-80GB".into()),
+                grace: Duration::from_secs(1),
+                ..Default::default()
+            }),
+            metrics_bind: None,
+        }
+    };
+    let utc = jiff::tz::TimeZone::UTC;
+    let today = period_of(Every::Daily, clock.load(Ordering::SeqCst), &utc).unwrap();
+    let week = period_of(Every::Weekly, clock.load(Ordering::SeqCst), &utc).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let wait = |what: &str, f: &mut dyn FnMut() -> bool| {
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(std::time::Instant::now() < end, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // Day one: a job succeeds on the GPU, one fails, one is cancelled.
+    let allocated = rt.block_on(async {
+        let d = Daemon::start(config()).await.unwrap();
+        let c = d.client();
+        let spec = |j: &str| JobSpec::parse(j).unwrap();
+        let ok = c
+            .submit(vec![spec(
+                r#"{"command": ["sleep", "1"], "gpus": {"count": 1}, "project": "detr"}"#,
+            )])
+            .await
+            .unwrap()[0];
+        let bad = c
+            .submit(vec![spec(r#"{"command": ["false"], "project": "detr"}"#)])
+            .await
+            .unwrap()[0];
+        let slow = c
+            .submit(vec![spec(r#"{"command": ["sleep", "600"]}"#)])
+            .await
+            .unwrap()[0];
+        let state = |id: JobId| {
+            let c = c.clone();
+            async move { c.job(id).await.unwrap().job.state }
+        };
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while state(ok).await != JobState::Succeeded || state(bad).await != JobState::Failed {
+            assert!(std::time::Instant::now() < end, "the jobs did not end");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        c.cancel(slow).await.unwrap();
+        // The day's allocated GPU-hours, as `GET /usage` counts them.
+        let u = c
+            .usage(&[
+                ("since", today.label.clone()),
+                ("until", today.label.clone()),
+                ("timezone", "UTC".into()),
+            ])
+            .await
+            .unwrap();
+        // The weekly sink asked for failures one by one too.
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while !accepted_at(&rx, "/weekly")
+            .iter()
+            .any(|b| b["kind"] == "job_failed")
+        {
+            assert!(std::time::Instant::now() < end, "no job_failed event");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let passes run on a clock still inside the day.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.stop().await.unwrap();
+        u.total.allocated_gpu_h
+    });
+    assert!(allocated > 0.0, "the GPU job was allocated: {allocated}");
+    assert!(
+        accepted_at(&rx, "/daily/").is_empty(),
+        "no digest before the day ends"
+    );
+
+    // Midnight passes: the daily digest of day one, once, after one retry
+    // (the receiver refuses the first request).
+    rx.set_plan(&[503]);
+    clock.store(today.end_ns + 1_000_000_000, Ordering::SeqCst);
+    rt.block_on(async {
+        let d = Daemon::start(config()).await.unwrap();
+        wait("the daily digest", &mut || {
+            !accepted_at(&rx, "/daily/").is_empty()
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.stop().await.unwrap();
+    });
+    let daily = accepted_at(&rx, "/daily/");
+    assert_eq!(daily.len(), 1, "{daily:#?}");
+    let refused = rx.got().iter().filter(|g| g.status == 503).count();
+    assert_eq!(refused, 1, "the first try was refused and retried");
+    let b = &daily[0];
+    assert_eq!(b["kind"], "digest");
+    let dg = &b["event"]["digest"];
+    assert_eq!(dg["period"]["label"], today.label.as_str());
+    assert_eq!(dg["period"]["every"], "daily");
+    assert_eq!(
+        (&dg["succeeded"], &dg["failed"], &dg["cancelled"]),
+        (&Value::from(1), &Value::from(1), &Value::from(1)),
+        "{dg:#}"
+    );
+    let gpu_h = dg["gpu_hours"].as_f64().unwrap();
+    assert!(
+        (gpu_h - allocated).abs() < 1e-9,
+        "digest {gpu_h} GPU-h, usage {allocated}"
+    );
+    let title = b["title"].as_str().unwrap();
+    assert!(
+        title.starts_with(&format!(
+            "Daily digest {}: 1 job done, 1 failed, 1 cancelled",
+            today.label
+        )),
+        "{title}"
+    );
+    assert!(b["link"].as_str().unwrap().ends_with("/#/usage"));
+    // The weekly sink asked for failures one by one too.
+    let failed: Vec<Value> = accepted_at(&rx, "/weekly")
+        .into_iter()
+        .filter(|b| b["kind"] == "job_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+
+    // A restart on the same clock sends nothing again.
+    rt.block_on(async {
+        let d = Daemon::start(config()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        d.stop().await.unwrap();
+    });
+    assert_eq!(accepted_at(&rx, "/daily/").len(), 1, "no digest twice");
+
+    // Down until the week is over: each day since, and the week, once.
+    clock.store(week.end_ns + 3_600_000_000_000, Ordering::SeqCst);
+    let days_left = (week.end_ns - today.end_ns) / (24 * 3_600_000_000_000);
+    rt.block_on(async {
+        let d = Daemon::start(config()).await.unwrap();
+        wait("the week's digests", &mut || {
+            accepted_at(&rx, "/daily/").len() as i64 == 1 + days_left
+                && accepted_at(&rx, "/weekly").len() == 2
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        d.stop().await.unwrap();
+    });
+    let daily = accepted_at(&rx, "/daily/");
+    let labels: Vec<&str> = daily
+        .iter()
+        .map(|b| b["event"]["digest"]["period"]["label"].as_str().unwrap())
+        .collect();
+    let mut unique = labels.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), labels.len(), "each day once: {labels:?}");
+    assert_eq!(labels.len() as i64, 1 + days_left, "{labels:?}");
+    // The days after day one ended no job.
+    for b in &daily[1..] {
+        assert_eq!(b["event"]["digest"]["succeeded"], 0);
+        assert_eq!(b["event"]["digest"]["gpu_hours"], 0.0);
+    }
+    let weekly: Vec<Value> = accepted_at(&rx, "/weekly")
+        .into_iter()
+        .filter(|b| b["kind"] == "digest")
+        .collect();
+    assert_eq!(weekly.len(), 1, "{weekly:#?}");
+    let wd = &weekly[0]["event"]["digest"];
+    assert_eq!(wd["period"]["label"], week.label.as_str());
+    assert_eq!(
+        (&wd["succeeded"], &wd["failed"], &wd["cancelled"]),
+        (&Value::from(1), &Value::from(1), &Value::from(1))
+    );
+    // The outbox's log agrees: every digest delivered, none pending.
+    let o = trainyard::notify::Outbox::open(&home.queue_path()).unwrap();
+    let log = o.log(None, 1000).unwrap();
+    let digests: Vec<_> = log.iter().filter(|x| x.kind == "digest").collect();
+    assert_eq!(digests.len() as i64, 1 + days_left + 1);
+    assert!(digests
+        .iter()
+        .all(|x| x.state == trainyard::notify::DeliveryState::Delivered));
 }

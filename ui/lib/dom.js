@@ -91,6 +91,7 @@ const ICONS = {
   down: ['M12 5v14M6 13l6 6 6-6'],
   lock: ['M6 11h12v9H6z', 'M8 11V8a4 4 0 0 1 8 0v3'],
   sync: ['M4 12a8 8 0 0 1 14-5.3L20 9M20 4v5h-5'],
+  bell: ['M6 16v-5a6 6 0 0 1 12 0v5l2 2H4z', 'M10 20a2 2 0 0 0 4 0'],
 };
 
 // --- designed states: loading, empty, error (pages are never blank) ---

@@ -10,8 +10,12 @@ export const DIMS = [
 
 /** The range presets of the picker. */
 export const RANGES = [
-  ['7d', 'Last 7 days'], ['30d', 'Last 30 days'], ['month', 'This month'], ['last-month', 'Last month'], ['custom', 'Custom'],
+  ['7d', 'Last 7 days'], ['30d', 'Last 30 days'], ['month', 'This month'], ['last-month', 'Last month'], ['12mo', 'Last 12 months'],
+  ['custom', 'Custom'],
 ];
+
+/** How the table splits its rows in time: `total` (overall), `monthly`, `daily`. */
+export const TABLE_PERIODS = [['total', 'Overall'], ['monthly', 'Monthly'], ['daily', 'Daily']];
 
 /** What the bars can show: a row's field and its label. */
 export const METRICS = [
@@ -112,6 +116,11 @@ export function rangeParams(range, custom = {}, now = Date.now(), zone = undefin
     case '7d': return { since: '7d' };
     case 'month': return { since: month };
     case 'last-month': return { since: prevMonth(month), until: prevMonth(month) };
+    case '12mo': {
+      let first = month;
+      for (let i = 0; i < 11; i++) first = prevMonth(first);
+      return { since: first };
+    }
     case 'custom': return { since: custom.since || undefined, until: custom.until || undefined };
     default: return { since: '30d' };
   }

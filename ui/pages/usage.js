@@ -10,7 +10,7 @@ import { h, swap, loading, empty, failure, alertLine, stat } from '../lib/dom.js
 import { dateTime, duration, mib, plural } from '../lib/format.js';
 import { PALETTE } from '../lib/chart.js';
 import {
-  DIMS, METRICS, RANGES, answerDays, csvName, gpuHours, idleRanking, keyLabel, niceScale, rangeParams, stackDays,
+  DIMS, METRICS, RANGES, TABLE_PERIODS, answerDays, csvName, gpuHours, idleRanking, keyLabel, niceScale, rangeParams, stackDays,
   usageCsv,
 } from '../lib/usage.js';
 
@@ -40,11 +40,12 @@ export function mount(root, route, ctx) {
   let by = valid(DIMS, q.get('by'), 'project');
   let range = valid(RANGES, q.get('range'), '30d');
   let metric = valid(METRICS, q.get('metric'), 'allocated_gpu_h');
+  let tablePeriod = valid(TABLE_PERIODS, q.get('table'), 'total');
   const custom = { since: q.get('since') ?? '', until: q.get('until') ?? '' };
-  let data = null; // {daily, total, users}
+  let data = null; // {daily, total, users, monthly}
 
   const save = () => ctx.setQuery({
-    by, range, metric: metric === 'allocated_gpu_h' ? null : metric,
+    by, range, metric: metric === 'allocated_gpu_h' ? null : metric, table: tablePeriod === 'total' ? null : tablePeriod,
     since: range === 'custom' ? custom.since : null, until: range === 'custom' ? custom.until : null,
   });
 
@@ -79,6 +80,7 @@ export function mount(root, route, ctx) {
   const idleEl = h('section', { class: 'panel usage-idle', 'aria-label': 'Idle but allocated, per user' });
   const reconEl = h('div');
   const tableEl = h('section', { class: 'panel table-panel', 'aria-label': 'Usage table' });
+  const ignoreEl = h('section', { class: 'panel usage-ignore', 'aria-label': 'Left out of usage' });
   const body = h('div', { class: 'usage-body' }, loading('Loading usage…'));
   root.append(
     h('div', { class: 'usage-controls' },
@@ -178,7 +180,20 @@ export function mount(root, route, ctx) {
   }
 
   function drawTable(total) {
-    const rows = [...total.rows].sort((a, b) => b.allocated_gpu_h - a.allocated_gpu_h || keyLabel(a.key).localeCompare(keyLabel(b.key)));
+    const answer = tablePeriod === 'monthly' ? data.monthly : tablePeriod === 'daily' ? data.daily : total;
+    const split = tablePeriod !== 'total';
+    // Per period (oldest first), then the largest first.
+    const rows = [...answer.rows].sort((a, b) => (split ? (a.period ?? '').localeCompare(b.period ?? '') : 0)
+      || b.allocated_gpu_h - a.allocated_gpu_h || keyLabel(a.key).localeCompare(keyLabel(b.key)));
+    const periodSeg = h('div', { class: 'seg seg-sm', role: 'group', 'aria-label': 'Table rows per' }, TABLE_PERIODS.map(([k, label]) => h('button', {
+      type: 'button', class: 'seg-btn', 'aria-pressed': String(k === tablePeriod), 'data-key': `table-${k}`,
+      async onclick() {
+        tablePeriod = k;
+        save();
+        if (k === 'monthly' && !data.monthly) { await refresh(); return; }
+        drawTable(data.total);
+      },
+    }, label)));
     const cell = (v, text, cls = 'num mono') => h('td', { class: cls, 'data-v': String(v) }, text);
     const numbers = (r) => [
       cell(r.allocated_gpu_h, gpuHours(r.allocated_gpu_h)),
@@ -190,16 +205,82 @@ export function mount(root, route, ctx) {
       cell(r.jobs, String(r.jobs), 'num'),
       cell(r.runs, String(r.runs), 'num'),
     ];
+    const periodName = tablePeriod === 'monthly' ? 'Month' : 'Day';
+    let last = null;
     swap(tableEl,
-      h('div', { class: 'panel-head' }, h('h2', null, `By ${dimLabel().toLowerCase()}`),
-        by === 'tag' ? h('span', { class: 'muted' }, 'a job with two tags is in both rows; the total counts it once') : null),
-      h('table', { class: 'table usage-table', 'data-by': by },
+      h('div', { class: 'panel-head' }, h('h2', null, `By ${dimLabel().toLowerCase()}${split ? ` and ${periodName.toLowerCase()}` : ''}`),
+        by === 'tag' ? h('span', { class: 'muted' }, 'a job with two tags is in both rows; the total counts it once') : null,
+        h('span', { class: 'spacer' }), periodSeg),
+      h('table', { class: 'table usage-table', 'data-by': by, 'data-period': tablePeriod },
         h('thead', null, h('tr', null,
+          split ? h('th', null, periodName) : null,
           h('th', null, dimLabel()), h('th', { class: 'num' }, 'Allocated GPU-h'), h('th', { class: 'num' }, 'Used GPU-h'),
           h('th', { class: 'num' }, 'Idle GPU-h'), h('th', { class: 'num', title: 'Idle share of allocated' }, 'Idle'),
           h('th', { class: 'num' }, 'Energy kWh'), h('th', { class: 'num' }, 'Peak mem'), h('th', { class: 'num' }, 'Jobs'), h('th', { class: 'num' }, 'Runs'))),
-        h('tbody', null, rows.map((r) => h('tr', { 'data-key': keyLabel(r.key) }, h('td', { class: 'truncate' }, keyLabel(r.key)), numbers(r)))),
-        h('tfoot', null, h('tr', { class: 'total' }, h('th', { scope: 'row' }, 'Total'), numbers(total.total)))));
+        h('tbody', null, rows.map((r) => {
+          // A period's first row names it; the rows under it leave it blank.
+          const first = r.period !== last;
+          last = r.period;
+          return h('tr', { 'data-key': keyLabel(r.key), 'data-period': r.period ?? null, class: split && first ? 'period-first' : null },
+            split ? h('td', { class: 'mono' }, first ? r.period : '') : null,
+            h('td', { class: 'truncate' }, keyLabel(r.key)), numbers(r));
+        })),
+        h('tfoot', null, h('tr', { class: 'total' }, split ? h('td') : null, h('th', { scope: 'row' }, 'Total'), numbers(answer.total)))));
+  }
+
+  // --- leaving jobs and runs out (the ignore tag) ----------------------------
+  const ignoreNotice = h('div', { class: 'form-notice', 'aria-live': 'polite' });
+  const ignoreList = h('div');
+  async function setIgnored(kind, id, on) {
+    const tag = data?.total?.ignore_tag;
+    if (!tag) return;
+    try {
+      if (kind === 'job') await api.tagJob(id, on ? [tag] : [], on ? [] : [tag]);
+      else await api.tagRun(id, on ? [tag] : [], on ? [] : [tag]);
+      swap(ignoreNotice, alertLine('ok', `${kind} ${id} ${on ? 'left out of' : 'counted again in'} usage (tag ${tag}); the numbers are recomputed.`));
+      await refresh();
+    } catch (e) {
+      swap(ignoreNotice, alertLine('error', `${kind} ${id}: ${e.message}`));
+    }
+  }
+  async function drawIgnore() {
+    const tag = data?.total?.ignore_tag;
+    if (!tag) {
+      swap(ignoreEl, h('div', { class: 'panel-head' }, h('h2', null, 'Left out of usage')),
+        h('p', { class: 'muted pad' }, 'No ignore tag is configured ([usage] ignore_tag in config.toml).'));
+      return;
+    }
+    const idInput = h('input', { type: 'text', id: 'ignore-id', class: 'mono', placeholder: 'job id, or a wandb run id', autocomplete: 'off', spellcheck: 'false' });
+    const kindSel = h('select', { id: 'ignore-kind', 'aria-label': 'Job or run' }, h('option', { value: 'job' }, 'Job'), h('option', { value: 'run' }, 'wandb run'));
+    const form = h('form', { class: 'toolbar ignore-form', 'aria-label': 'Leave a job or run out of usage' },
+      kindSel, idInput, h('button', { class: 'btn', type: 'submit', 'data-key': 'ignore' }, 'Leave out'));
+    form.addEventListener('submit', (e) => {
+      e.preventDefault();
+      const id = idInput.value.trim();
+      if (!id) return;
+      if (kindSel.value === 'job' && !/^\d+$/.test(id)) { swap(ignoreNotice, alertLine('error', `"${id}" is not a job id (a number).`)); return; }
+      setIgnored(kindSel.value, id, true);
+    });
+    swap(ignoreEl,
+      h('div', { class: 'panel-head' }, h('h2', null, 'Left out of usage'),
+        h('span', { class: 'muted' }, ['jobs and runs tagged ', h('code', null, tag), ' are not counted, also for the past'])),
+      h('div', { class: 'pad' }, form), ignoreNotice, ignoreList);
+    try {
+      const page = await api.jobsPage({ tag, order: 'finished', limit: 50 }, { signal: ctx.signal });
+      swap(ignoreList, page.jobs.length === 0 ? h('p', { class: 'muted pad' }, 'No job is left out.')
+        : h('table', { class: 'table ignored-jobs' },
+          h('thead', null, h('tr', null, h('th', null, 'Job'), h('th', null, 'Name'), h('th', null, 'User'), h('th', null, 'Project'),
+            h('th', { class: 'actions' }, h('span', { class: 'sr-only' }, 'Actions')))),
+          h('tbody', null, page.jobs.map((j) => h('tr', { 'data-job': String(j.id) },
+            h('td', null, h('a', { href: `#/queue/${j.id}` }, `job ${j.id}`)),
+            h('td', { class: 'truncate' }, j.spec?.name ?? (j.spec?.command ?? []).join(' ')),
+            h('td', null, j.spec?.user ?? ''), h('td', null, j.spec?.project ?? ''),
+            h('td', { class: 'actions' }, h('button', {
+              class: 'btn btn-sm', type: 'button', 'data-key': `count-${j.id}`, onclick: () => setIgnored('job', j.id, false),
+            }, 'Count again')))))));
+    } catch (e) {
+      if (e.name !== 'AbortError') swap(ignoreList, alertLine('error', e.message));
+    }
   }
 
   function draw() {
@@ -214,15 +295,17 @@ export function mount(root, route, ctx) {
         title: 'No GPU usage in this range',
         body: ['GPU-hours appear here once jobs hold GPUs, or indexed wandb runs used them, in the chosen range. ',
           'Pick a longer range, or submit a job with ', h('code', null, '--gpus 1'), '.'],
-      })), reconEl);
+      })), reconEl, ignoreEl);
       drawReconciliation(total);
+      drawIgnore();
       return;
     }
     drawBars(daily);
     drawIdle(users);
     drawReconciliation(total);
     drawTable(total);
-    swap(body, statsEl, h('div', { class: 'usage-top' }, barsEl, idleEl), reconEl, tableEl);
+    drawIgnore();
+    swap(body, statsEl, h('div', { class: 'usage-top' }, barsEl, idleEl), reconEl, tableEl, ignoreEl);
   }
 
   function download(which) {
@@ -248,10 +331,11 @@ export function mount(root, route, ctx) {
     body.setAttribute('aria-busy', 'true');
     try {
       const opts = { signal: ctx.signal };
-      const [daily, total, users] = await Promise.all([
+      const [daily, total, users, monthly] = await Promise.all([
         api.usage({ ...params, by, period: 'daily' }, opts),
         api.usage({ ...params, by }, opts),
         by === 'user' ? null : api.usage({ ...params, by: 'user' }, opts),
+        tablePeriod === 'monthly' ? api.usage({ ...params, by, period: 'monthly' }, opts) : null,
       ]);
       if (mine !== seq) return;
       const zone = total.timezone === 'system' ? undefined : total.timezone;
@@ -260,7 +344,7 @@ export function mount(root, route, ctx) {
         // A month preset is a month of the lab's zone: ask again if it differs.
         if (JSON.stringify(rangeParams(range, custom, Date.now(), zone)) !== JSON.stringify(params)) { refresh(); return; }
       }
-      data = { daily, total, users: users ?? total };
+      data = { daily, total, users: users ?? total, monthly };
       swap(notice);
       draw();
     } catch (e) {

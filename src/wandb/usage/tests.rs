@@ -231,6 +231,7 @@ fn double_init_is_flagged_and_counted_once_and_the_report_equals_the_hand_count(
         period: Period::Total,
         tz: TimeZone::UTC,
         ignore_tag: None,
+        only: None,
     };
     let accounted: Vec<(&Holding, usage::ByDay)> = r
         .runs_to_count
