@@ -231,14 +231,23 @@ enum DesktopError {
     #[error("cannot keep the lab token: {0}")]
     NoTokenStore(String),
     #[error("cannot save the desktop settings: {0}")]
-    Settings(#[from] settings::SettingsError),
+    Settings(Box<settings::SettingsError>),
     #[error("cannot change the autostart entry {path}: {source}")]
     Autostart {
         path: String,
         source: std::io::Error,
     },
     #[error("the window could not show {url}: {source}")]
-    Window { url: String, source: tauri::Error },
+    Window {
+        url: String,
+        source: Box<tauri::Error>,
+    },
+}
+
+impl From<settings::SettingsError> for DesktopError {
+    fn from(e: settings::SettingsError) -> Self {
+        DesktopError::Settings(Box::new(e))
+    }
 }
 
 impl DesktopError {
@@ -352,7 +361,7 @@ fn navigate(
 ) -> Result<(), DesktopError> {
     let werr = |source| DesktopError::Window {
         url: url.to_string(),
-        source,
+        source: Box::new(source),
     };
     let mut u: tauri::Url = url.parse().map_err(|e| werr(tauri::Error::InvalidUrl(e)))?;
     let fragment = match (token, route) {
@@ -392,7 +401,7 @@ fn show_lab(app: &AppHandle, url: &str, token: &Secret) -> Result<(), DesktopErr
         let id = format!("lab-{}", d.state().lab_origins.len());
         allow(app, &id, url, LAB_PERMISSIONS).map_err(|source| DesktopError::Window {
             url: url.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     }
     navigate(app, url, Some(token), None)?;
