@@ -12,6 +12,15 @@ use crate::wandb::sync::SyncOutcome;
 /// API version prefix.
 pub const PREFIX: &str = "/api/v1";
 
+/// The API's version, the number in [`PREFIX`]: `GET /health` reports it so
+/// a client (the desktop app connecting to a lab daemon) can refuse a daemon
+/// whose API it does not speak before it calls anything else.
+pub const API_VERSION: u32 = 1;
+
+fn api_v1() -> u32 {
+    1
+}
+
 /// Header carrying an attempt's token on calls about that attempt.
 pub const ATTEMPT_TOKEN_HEADER: &str = "x-trainyard-attempt-token";
 
@@ -54,6 +63,10 @@ pub struct ErrorDetail {
 pub struct Health {
     /// `trainyard` version of the daemon.
     pub version: String,
+    /// The API version it serves ([`API_VERSION`]); daemons from before
+    /// this field served version 1.
+    #[serde(default = "api_v1")]
+    pub api: u32,
     /// Whether API calls need a bearer token.
     pub auth_required: bool,
     /// Optional capabilities this daemon has (`runs`, …), so the UI shows

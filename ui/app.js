@@ -14,9 +14,10 @@ import * as usage from './pages/usage.js';
 import * as schedules from './pages/schedules.js';
 import * as watches from './pages/watches.js';
 import * as notifications from './pages/notifications.js';
+import * as connect from './pages/connect.js';
 
-const PAGES = { gpus, queue, schedules, watches, datasets, runs, usage, notifications };
-const TITLES = { gpus: 'GPUs', queue: 'Queue', schedules: 'Schedules', watches: 'Watches', datasets: 'Datasets', runs: 'Runs', usage: 'Usage', notifications: 'Notifications' };
+const PAGES = { gpus, queue, schedules, watches, datasets, runs, usage, notifications, connect };
+const TITLES = { gpus: 'GPUs', queue: 'Queue', schedules: 'Schedules', watches: 'Watches', datasets: 'Datasets', runs: 'Runs', usage: 'Usage', notifications: 'Notifications', connect: 'Connection' };
 
 const main = document.getElementById('main');
 let health = null;
@@ -65,17 +66,27 @@ function render() {
     /** Call `fn` (rate-limited to one per `ms`) on events of these types and on refreshes. */
     live(types, fn, ms = 250) {
       const t = throttle(fn, ms);
+      // Hidden (another tab, a minimized window, the desktop app in its
+      // tray): no redraws; one catch-up when the page shows again.
+      let missed = false;
       const off = api.subscribe((ev) => {
-        if (ev.type === 'refresh' || types.includes(ev.type)) t();
+        if (ev.type !== 'refresh' && !types.includes(ev.type)) return;
+        if (document.hidden) missed = true;
+        else t();
       });
-      cleanups.push(off, t.cancel);
+      const onShow = () => { if (!document.hidden && missed) { missed = false; t(); } };
+      document.addEventListener('visibilitychange', onShow);
+      cleanups.push(off, t.cancel, () => document.removeEventListener('visibilitychange', onShow));
       return t;
     },
     /** Subscribe to every event (the page filters). */
     subscribe(fn) { cleanups.push(api.subscribe(fn)); },
+    /** Call `fn` every `ms` while the page is visible (and once when it shows again). */
     every(fn, ms) {
-      const i = setInterval(fn, ms);
-      cleanups.push(() => clearInterval(i));
+      const i = setInterval(() => { if (!document.hidden) fn(); }, ms);
+      const onShow = () => { if (!document.hidden) fn(); };
+      document.addEventListener('visibilitychange', onShow);
+      cleanups.push(() => clearInterval(i), () => document.removeEventListener('visibilitychange', onShow));
     },
     onCleanup(fn) { cleanups.push(fn); },
     title(t) { document.title = t ? `${t} · Trainyard` : 'Trainyard'; },
@@ -210,8 +221,11 @@ function decorate() {
     if (f) { e.preventDefault(); f.focus(); }
   });
   document.querySelector('.skip').addEventListener('click', (e) => { e.preventDefault(); main.focus(); });
+  // The desktop app: which daemon the window shows, and the way back.
+  connect.decorateHeader();
   // Relative times ("3m ago") age in place; no refetch needed.
   setInterval(() => {
+    if (document.hidden) return;
     for (const t of document.querySelectorAll('time[data-ms]')) t.textContent = ago(Number(t.dataset.ms));
   }, 10_000);
 }

@@ -115,9 +115,24 @@ fn desktop_app_over_webdriver() {
     need("xvfb-run", "apt-get install xvfb xauth");
     need("WebKitWebDriver", "apt-get install webkit2gtk-driver");
     need("tauri-driver", "cargo install tauri-driver --locked");
+    need("dbus-run-session", "apt-get install dbus-daemon");
+    need("gnome-keyring-daemon", "apt-get install gnome-keyring");
+    // The lab token goes to a real Secret Service: gnome-keyring on a
+    // session bus of the test's own, its keyrings in a temp directory,
+    // unlocked with a throwaway password (as on a headless CI machine).
+    let keyrings = std::env::temp_dir().join(format!("trainyard-keyrings-{}", std::process::id()));
+    std::fs::create_dir_all(&keyrings).expect("a temp dir for the keyrings");
     run(
-        Command::new("xvfb-run")
-            .args(["-a", "node", "tests/desktop/webdriver.mjs"])
+        Command::new("dbus-run-session")
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "printf test | gnome-keyring-daemon --unlock --components=secrets >/dev/null \
+                 && exec xvfb-run -a node tests/desktop/webdriver.mjs",
+            ])
+            .env("XDG_DATA_HOME", &keyrings)
+            .env("TRAINYARD_DESKTOP_TOKEN_STORE", "keyring")
             .env(
                 "TRAINYARD_DESKTOP_BIN",
                 env!("CARGO_BIN_EXE_trainyard-desktop"),
@@ -125,4 +140,5 @@ fn desktop_app_over_webdriver() {
             .current_dir(repo()),
         "the desktop WebDriver test",
     );
+    let _ = std::fs::remove_dir_all(&keyrings);
 }

@@ -184,6 +184,7 @@ const FEATURES: &[&str] = &[
 async fn health() -> Json<Health> {
     Json(Health {
         version: env!("CARGO_PKG_VERSION").to_string(),
+        api: crate::api::API_VERSION,
         auth_required: true,
         features: FEATURES.iter().map(|f| f.to_string()).collect(),
     })

@@ -6,11 +6,20 @@
 //      TAURI_DRIVER (default tauri-driver on PATH).
 // The app starts its in-process daemon on a temp home with fake GPUs
 // (explicitly, through TRAINYARD_FAKE_GPUS) and must render the GPUs page;
-// the CLI must work against it; then, with `trainyard up` running for the
-// home, a second launch must attach to that daemon instead of starting one.
+// the CLI must work against it; the window connects to a lab daemon (a
+// second `trainyard up` with a home and token of its own), refuses an
+// unreachable address, a wrong token and a daemon of another API version
+// with a message while it keeps showing the local daemon, switches back
+// in one click, shows the remembered lab again, forgets it and its token;
+// then, with `trainyard up` running for the home, a second launch must
+// attach to that daemon instead of starting one.
 // TRAINYARD_BIN: the CLI (default target/debug/trainyard).
+// TRAINYARD_DESKTOP_TOKEN_STORE: where the app must keep the lab token,
+// `file` (the default here) or `keyring` (gui.rs sets it when it runs this
+// under dbus-run-session with gnome-keyring).
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync, readFileSync, existsSync, statSync } from 'node:fs';
+import http from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -30,6 +39,11 @@ const freePort = () => new Promise((ok, fail) => {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const home = mkdtempSync(join(tmpdir(), 'trainyard-desktop-'));
+// The app's config (desktop.toml, lab-token) and the autostart entry go
+// under this XDG_CONFIG_HOME, never the user's.
+const xdgConfig = mkdtempSync(join(tmpdir(), 'trainyard-desktop-cfg-'));
+const appConfig = join(xdgConfig, 'dev.trainyard.desktop');
+const tokenStore = process.env.TRAINYARD_DESKTOP_TOKEN_STORE || 'file';
 const port = await freePort();
 const nativePort = await freePort();
 const driver = spawn(driverBin, ['--port', String(port), '--native-port', String(nativePort)], {
@@ -37,6 +51,8 @@ const driver = spawn(driverBin, ['--port', String(port), '--native-port', String
     ...process.env,
     TRAINYARD_HOME: home,
     TRAINYARD_FAKE_GPUS: '2xA100-80GB,1xRTX4090-24GB',
+    TRAINYARD_DESKTOP_TOKEN_STORE: tokenStore,
+    XDG_CONFIG_HOME: xdgConfig,
     RUST_LOG: 'warn',
   },
   stdio: ['ignore', 'inherit', 'inherit'],
@@ -116,6 +132,179 @@ async function waitLockFree(what) {
   }
 }
 
+
+// ------------------------------------------------------------ the lab ---
+
+// Runs a script in the window; `args` become its arguments.
+const js = (script, ...args) => wd('POST', `/session/${session}/execute/sync`, { script, args });
+// Calls a desktop command from the page, as the UI does.
+const command = (name, args = {}) => wd('POST', `/session/${session}/execute/async`, {
+  script: `const done = arguments[arguments.length - 1];
+    window.__TAURI__.core.invoke(arguments[0], arguments[1]).then((v) => done({ ok: v }), (e) => done({ err: e }));`,
+  args: [name, args],
+});
+const pageUrl = () => wd('GET', `/session/${session}/url`);
+async function until(what, fn, ms = 30_000) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn().catch(() => null);
+    if (v) return v;
+    if (Date.now() > deadline) {
+      const body = await js('return document.body ? document.body.innerText : ""').catch(() => '');
+      throw new Error(`${what}; window at ${await pageUrl().catch(() => '?')}, page text:\n${String(body).slice(0, 1500)}`);
+    }
+    await sleep(200);
+  }
+}
+const bodyText = () => js('return document.body ? document.body.innerText : ""');
+
+// A second daemon with a home and token of its own: the lab server.
+async function startDaemon(env, gpus) {
+  const p = spawn(cli, ['up', '--port', '0', '--json', '--fake-gpus', gpus], {
+    env, stdio: ['ignore', 'pipe', 'inherit'], detached: true,
+  });
+  const url = await new Promise((ok, fail) => {
+    let out = '';
+    const t = setTimeout(() => fail(new Error('trainyard up printed no URL in 30 s')), 30_000);
+    p.stdout.on('data', (d) => {
+      out += d;
+      const line = out.split('\n').find((l) => l.startsWith('{'));
+      if (line) { clearTimeout(t); ok(JSON.parse(line).url.replace(/\/$/, '')); }
+    });
+    p.on('exit', (code) => fail(new Error(`trainyard up exited ${code}`)));
+  });
+  return { p, url };
+}
+
+// Stands for a Trainyard daemon of a later API version, which cannot exist here.
+function futureDaemon() {
+  const srv = http.createServer((req, res) => {
+    res.writeHead(req.url === '/api/v1/health' ? 200 : 404, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ version: '9.0.0', api: 2, auth_required: true, features: [] }));
+  });
+  return new Promise((ok) => srv.listen(0, '127.0.0.1', () => ok({ srv, url: `http://127.0.0.1:${srv.address().port}` })));
+}
+
+// On the local daemon's Connect page: fill the form, press a button, return the message.
+async function connectForm(url, token, button = 'lab-connect', wait = true) {
+  await js(`if (location.hash !== '#/connect') location.hash = '#/connect';`);
+  await until('the Connect page did not show its form', () => js('return !!document.getElementById("lab-url")'));
+  await js(`document.getElementById('lab-message').replaceChildren();
+    document.getElementById('lab-url').value = arguments[0];
+    document.getElementById('lab-token').value = arguments[1];
+    document.getElementById(arguments[2]).click();`, url, token, button);
+  if (!wait) return null;
+  return until(`no message after ${button} ${url}`, () => js(`return document.getElementById('lab-message')?.innerText || null`));
+}
+
+async function expectLocal(localOrigin, what) {
+  const u = await pageUrl();
+  if (!u.startsWith(localOrigin)) throw new Error(`${what}: the window left the local daemon for ${u}`);
+  const c = await command('connection');
+  if (c.ok?.showing !== 'local') throw new Error(`${what}: connection says ${JSON.stringify(c)}`);
+}
+
+async function labSteps(localOrigin) {
+  const labHome = mkdtempSync(join(tmpdir(), 'trainyard-lab-'));
+  const lab = await startDaemon({ ...cliEnv, TRAINYARD_HOME: labHome }, '1xL4-24GB');
+  const future = await futureDaemon();
+  try {
+    const labToken = readFileSync(join(labHome, 'daemon.token'), 'utf8').trim();
+    const c0 = await command('connection');
+    if (c0.ok?.token_store !== tokenStore) throw new Error(`the app keeps tokens in ${JSON.stringify(c0)}, expected ${tokenStore}`);
+
+    // Bad input: a message each, and the window stays on the local daemon.
+    const nobody = `http://127.0.0.1:${await freePort()}`;
+    let m = await connectForm(nobody, labToken);
+    if (!/cannot reach/i.test(m) || !m.includes(nobody)) throw new Error(`unreachable address: ${m}`);
+    await expectLocal(localOrigin, 'after an unreachable address');
+    m = await connectForm(lab.url, 'not-the-token');
+    if (!/refused the token/i.test(m)) throw new Error(`wrong token: ${m}`);
+    await expectLocal(localOrigin, 'after a wrong token');
+    m = await connectForm(future.url, labToken);
+    if (!/API version 2/.test(m) || !/speaks version 1/.test(m)) throw new Error(`other API version: ${m}`);
+    await expectLocal(localOrigin, 'after a daemon of another API version');
+    m = await connectForm('ftp://lab', labToken);
+    if (!/not a lab server address/.test(m)) throw new Error(`bad address: ${m}`);
+    if (existsSync(join(appConfig, 'lab-token'))) throw new Error('a refused token was kept');
+    console.log('PASS an unreachable address, a wrong token, another API version and a bad address each say why and keep the local daemon');
+
+    m = await connectForm(lab.url, labToken, 'lab-test');
+    if (!/Connection works/.test(m)) throw new Error(`test connection: ${m}`);
+    await expectLocal(localOrigin, 'after a connection test');
+
+    // Connect: the window shows the lab's GPUs, the token out of the URL.
+    await connectForm(lab.url, labToken, 'lab-connect', false);
+    await until('the window did not show the lab daemon', async () => (await pageUrl()).startsWith(lab.url) && (await bodyText()).includes('L4'));
+    if ((await pageUrl()).includes('token=')) throw new Error('the lab token stayed in the URL');
+    const toml = readFileSync(join(appConfig, 'desktop.toml'), 'utf8');
+    if (!toml.includes(lab.url) || toml.includes(labToken)) throw new Error(`desktop.toml: ${toml}`);
+    const tokenFile = join(appConfig, 'lab-token');
+    if (tokenStore === 'file') {
+      if ((statSync(tokenFile).mode & 0o777) !== 0o600) throw new Error('lab-token is not 0600');
+      if (!readFileSync(tokenFile, 'utf8').includes(labToken)) throw new Error('lab-token does not hold the token');
+    } else if (existsSync(tokenFile)) {
+      throw new Error('a keyring is in use, yet the token went to a file');
+    }
+    console.log(`PASS the window connects to a lab daemon with its token (kept in the ${tokenStore} store, not in desktop.toml)`);
+
+    // The lab's page may read the connection and switch back, not connect
+    // elsewhere or change settings. (This lab is on loopback, so it has the
+    // folder picker every loopback page has; a lab elsewhere has not.)
+    for (const [name, args] of [['connect_lab', { url: nobody, token: 'x' }], ['forget_lab', {}], ['set_autostart', { on: true }]]) {
+      const denied = await command(name, args);
+      if (!denied.err) throw new Error(`the lab page may call ${name}: ${JSON.stringify(denied)}`);
+    }
+    const seen = await command('connection');
+    if (seen.ok?.showing !== 'lab' || seen.ok?.lab !== lab.url) throw new Error(`connection on the lab page: ${JSON.stringify(seen)}`);
+
+    // One click back to the local daemon (the header's button).
+    await until('no header button on the lab page', () => js('return !!document.getElementById("desktop-conn")'));
+    await js(`document.getElementById('desktop-conn').click()`);
+    await until('the header button did not bring the local daemon back', async () => (await pageUrl()).startsWith(localOrigin) && (await bodyText()).includes('A100'));
+    await expectLocal(localOrigin, 'after switching back');
+    console.log('PASS one click on the lab page shows the local daemon again');
+
+    // The remembered lab, with its kept token (nothing typed).
+    await js(`location.hash = '#/connect'`);
+    await until('no remembered lab on the Connect page', () => js('return !!document.getElementById("lab-show")'));
+    await js(`document.getElementById('lab-show').click()`);
+    await until('the remembered lab did not show', async () => (await pageUrl()).startsWith(lab.url) && (await bodyText()).includes('L4'));
+    await js(`location.hash = '#/connect'`);
+    await until('no way back on the lab\'s Connect page', () => js('return !!document.getElementById("use-local")'));
+    await js(`document.getElementById('use-local').click()`);
+    await until('the Connect page\'s button did not bring the local daemon back', async () => (await pageUrl()).startsWith(localOrigin));
+    console.log('PASS the remembered lab shows again with its kept token, and back');
+
+    // Disconnect: forget the lab and its token.
+    await js(`location.hash = '#/connect'`);
+    await until('no Forget button', () => js('return !!document.getElementById("lab-forget")'));
+    await js(`document.getElementById('lab-forget').click()`);
+    m = await until('no message after Forget', () => js(`return document.getElementById('lab-message')?.innerText || null`));
+    if (!/Forgot/.test(m)) throw new Error(`forget: ${m}`);
+    if (existsSync(tokenFile)) throw new Error('the token file outlived Forget');
+    const after = await command('connection');
+    if (after.ok?.lab) throw new Error(`still remembered: ${JSON.stringify(after)}`);
+    const again = await command('test_lab', { url: lab.url, token: null });
+    if (!/no token/.test(again.err?.message ?? '')) throw new Error(`a token outlived Forget: ${JSON.stringify(again)}`);
+    console.log('PASS Forget drops the lab and its token');
+
+    // Close to tray and autostart, from the Connect page.
+    await js(`document.getElementById('close-to-tray').click(); document.getElementById('autostart').click();`);
+    const entry = join(xdgConfig, 'autostart', 'trainyard-desktop.desktop');
+    await until('no autostart entry', async () => existsSync(entry) && /close_to_tray = true/.test(readFileSync(join(appConfig, 'desktop.toml'), 'utf8')));
+    if (!/^Exec=.*trainyard-desktop"? --hidden$/m.test(readFileSync(entry, 'utf8'))) throw new Error(`autostart entry:\n${readFileSync(entry, 'utf8')}`);
+    await js(`document.getElementById('autostart').click(); document.getElementById('close-to-tray').click();`);
+    await until('the autostart entry stayed', async () => !existsSync(entry) && /close_to_tray = false/.test(readFileSync(join(appConfig, 'desktop.toml'), 'utf8')));
+    console.log('PASS close to tray and autostart toggle from the UI');
+  } finally {
+    future.srv.close();
+    try { process.kill(-lab.p.pid, 'SIGTERM'); } catch {}
+    await sleep(500);
+    rmSync(labHome, { recursive: true, force: true });
+  }
+}
+
 let failed = false;
 let up = null;
 try {
@@ -141,6 +330,8 @@ try {
   const models = JSON.stringify(gpus);
   if (!models.includes('RTX4090')) throw new Error(`trainyard gpus against the app's daemon: ${models.slice(0, 500)}`);
   console.log('PASS the CLI works against the desktop app\'s daemon');
+
+  await labSteps(new URL(own.url).origin);
   await closeApp();
   await waitLockFree('the first app did not exit when its session closed');
 
@@ -184,5 +375,6 @@ try {
     try { process.kill(-up.pid, 'SIGKILL'); } catch {}
   }
   rmSync(home, { recursive: true, force: true });
+  rmSync(xdgConfig, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);

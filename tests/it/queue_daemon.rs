@@ -553,6 +553,8 @@ fn a_token_is_required_and_bad_calls_change_nothing() {
     let (_d, url) = env.up("up", &["--no-agent"]);
     let health = get_json(&url, "/api/v1/health", None);
     assert_eq!(health["auth_required"], true);
+    // The API version a client (the desktop app) checks before anything else.
+    assert_eq!(health["api"], trainyard::api::API_VERSION);
     let (status, body) = http(
         &url,
         "POST",
