@@ -482,12 +482,7 @@ impl<'a> Follower<'a> {
 
         // 5. Submit what waits: the first attempts of a sweep's jobs as
         // job arrays, anything else one job at a time.
-        let mut sbatches = 0;
-        for group in batches(&queued) {
-            if sbatches >= SUBMIT_PER_POLL {
-                break;
-            }
-            sbatches += 1;
+        for group in batches(&queued).into_iter().take(SUBMIT_PER_POLL) {
             if group.len() == 1 {
                 self.submit(cluster, group[0], &mut report)?;
             } else {

@@ -520,7 +520,7 @@ fn an_array_sweep() {
         now += d;
         most = most.max(now);
     }
-    assert!(most <= 2 && most >= 1, "{most} tasks ran at once");
+    assert!((1..=2).contains(&most), "{most} tasks ran at once");
 }
 
 /// SLURM's accounting (`sacct`, through slurmdbd and MariaDB started by
