@@ -100,6 +100,10 @@ pub struct SubmitArgs {
     /// --sweep lr=1e-3,1e-4 --sweep seed=1,2,3 submits 6 jobs.
     #[arg(long, value_name = "KEY=V1,V2,...")]
     sweep: Vec<String>,
+    /// With --sweep: at most K of the sweep's jobs run at once (on the LAN
+    /// and, as `--array 0-N%K`, on a cluster).
+    #[arg(long, value_name = "K", requires = "sweep")]
+    max_parallel: Option<u32>,
     /// An environment variable for the job (repeatable). Shown by `show`,
     /// the UI and the API: use --secret-env or --env-file for keys.
     #[arg(long = "env", value_name = "KEY=VALUE")]
@@ -241,6 +245,9 @@ pub(super) fn build_specs(a: SubmitArgs) -> anyhow::Result<(JobSpec, queue::Swee
     set!(spec.priority, a.priority);
     set!(spec.max_attempts, a.max_attempts);
     set!(spec.gpus.count, a.gpus);
+    if a.max_parallel.is_some() {
+        spec.max_parallel = a.max_parallel;
+    }
     if let Some(m) = &a.gpu_mem {
         spec.gpus.min_memory_mib = queue::parse_memory_mib("--gpu-mem", m)?;
     }

@@ -12,9 +12,16 @@ use super::runner::quote;
 use super::Cluster;
 use crate::queue::{Command, JobId, JobSpec};
 
-/// The `squeue -O` fields the follower reads, `|`-separated.
+/// The `squeue -O` fields the follower reads, `|`-separated. With `-r`
+/// (one line per array task), `JobArrayID` is `BASE_TASK` for a task of a
+/// job array (`123_4`, the id sacct and scancel take too) and the job id
+/// for any other job.
 pub const SQUEUE_FORMAT: &str =
-    "JobID:|,State:|,Reason:|,exit_code:|,StartTime:|,EndTime:|,NodeList:|,RestartCnt:|";
+    "JobArrayID:|,State:|,Reason:|,exit_code:|,StartTime:|,EndTime:|,NodeList:|,RestartCnt:|";
+
+/// The most tasks in one job array: SLURM's default `MaxArraySize` (1001)
+/// allows indices 0-1000; a larger sweep becomes several arrays.
+pub const ARRAY_MAX: usize = 1000;
 
 /// The `sacct --format` fields the follower reads (with `-P`).
 pub const SACCT_FORMAT: &str = "JobID,State,ExitCode,ElapsedRaw,AllocTRES,Start,End";
@@ -129,22 +136,140 @@ pub fn translate(
     spec: &JobSpec,
     secret_names: &[String],
 ) -> Result<Submission, TranslateError> {
+    let name = job_name(job, attempt, spec);
+    let output_name = format!("ty-{job}-{attempt}.out");
+    let options = options(cluster, job, spec, &name)?;
+    let mut script = String::from("#!/bin/sh\n");
+    script.push_str(&format!(
+        "# Trainyard job {job}, attempt {attempt}, on cluster {}\n",
+        cluster.name
+    ));
+    script.push_str(&body(cluster, job, attempt, spec)?);
+    check_secret_names(cluster, job, secret_names)?;
+    Ok(Submission {
+        options,
+        prelude: prelude(cluster, &output_name),
+        script,
+        name,
+        output_name,
+        gpus: spec.gpus.count,
+    })
+}
+
+/// One SLURM job array for several jobs (the first attempts of a sweep's
+/// jobs): array task `i` runs `members[i]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArraySubmission {
+    /// What `sbatch` gets: the options (with `--array=0-N[%K]`), prelude
+    /// and script; `output_name` holds SLURM's `%a` (the task index).
+    pub submission: Submission,
+    /// The jobs, in task order.
+    pub members: Vec<JobId>,
+}
+
+impl ArraySubmission {
+    /// The output file name of task `i` inside the cluster directory.
+    pub fn output_of(&self, i: usize) -> String {
+        self.submission.output_name.replace("%a", &i.to_string())
+    }
+}
+
+/// Whether two jobs can share a job array: every `sbatch` option but the
+/// job name is the same (GPUs, time limit, …). The secrets are compared by
+/// the caller.
+pub fn same_options(cluster: &Cluster, a: &JobSpec, b: &JobSpec) -> bool {
+    let strip = |s: &JobSpec| {
+        options(cluster, JobId(0), s, "")
+            .map(|o| o.into_iter().skip(2).collect::<Vec<_>>())
+            .ok()
+    };
+    matches!((strip(a), strip(b)), (Some(x), Some(y)) if x == y)
+}
+
+/// Translate the first attempts of `members` (jobs of one sweep with the
+/// same options, see [`same_options`]) into one job array: `--array
+/// 0-N[%K]` with K = `max_parallel`, a script whose `case` on
+/// `SLURM_ARRAY_TASK_ID` runs member `i` for task `i` (its own args, env
+/// and `TRAINYARD_JOB_ID`). At most [`ARRAY_MAX`] members.
+pub fn translate_array(
+    cluster: &Cluster,
+    members: &[(JobId, &JobSpec)],
+    max_parallel: Option<u32>,
+    secret_names: &[String],
+) -> Result<ArraySubmission, TranslateError> {
+    let (first, spec) = *members.first().ok_or_else(|| TranslateError {
+        job: JobId(0),
+        cluster: cluster.name.clone(),
+        field: "sweep".into(),
+        reason: "an empty job array".into(),
+    })?;
+    let last = members.last().map_or(first, |m| m.0);
+    if members.len() > ARRAY_MAX {
+        return Err(TranslateError {
+            job: first,
+            cluster: cluster.name.clone(),
+            field: "sweep".into(),
+            reason: format!("{} jobs in one array (at most {ARRAY_MAX})", members.len()),
+        });
+    }
+    let name = format!("ty-sweep-{first}-{last}");
+    let output_name = format!("ty-sweep-{first}-{last}_%a.out");
+    let mut options = options(cluster, first, spec, &name)?;
+    options.push(match max_parallel {
+        Some(k) => format!("--array=0-{}%{k}", members.len() - 1),
+        None => format!("--array=0-{}", members.len() - 1),
+    });
+    let mut script = String::from("#!/bin/sh\n");
+    script.push_str(&format!(
+        "# Trainyard jobs {first}-{last} (one sweep, first attempts) as a job array on cluster {}\n\
+         case \"${{SLURM_ARRAY_TASK_ID:-}}\" in\n",
+        cluster.name
+    ));
+    for (i, (job, spec)) in members.iter().enumerate() {
+        script.push_str(&format!("{i})\n"));
+        for line in body(cluster, *job, 1, spec)?.lines() {
+            script.push_str("  ");
+            script.push_str(line);
+            script.push('\n');
+        }
+        script.push_str("  ;;\n");
+    }
+    script.push_str(
+        "*)\n  echo \"trainyard: no job for array task ${SLURM_ARRAY_TASK_ID:-(none)}\" >&2\n  exit 1\n  ;;\nesac\n",
+    );
+    check_secret_names(cluster, first, secret_names)?;
+    Ok(ArraySubmission {
+        submission: Submission {
+            options,
+            prelude: prelude(cluster, &output_name),
+            script,
+            name,
+            output_name,
+            gpus: spec.gpus.count,
+        },
+        members: members.iter().map(|m| m.0).collect(),
+    })
+}
+
+/// The `sbatch` options of a job (`--parsable`, then `--job-name=NAME`,
+/// then the rest, which jobs of one array share).
+fn options(
+    cluster: &Cluster,
+    job: JobId,
+    spec: &JobSpec,
+    name: &str,
+) -> Result<Vec<String>, TranslateError> {
     let err = |field: &str, reason: String| TranslateError {
         job,
         cluster: cluster.name.clone(),
         field: field.to_string(),
         reason,
     };
-    if !spec.inputs.is_empty() {
-        return Err(err(
-            "inputs",
-            "dataset inputs are not staged on clusters yet; pull them in the job with \
-             `trainyard data pull` (see docs/slurm.md)"
-                .into(),
-        ));
+    for input in &spec.inputs {
+        input
+            .parse::<crate::store::DatasetRef>()
+            .map_err(|e| err("inputs", format!("{input:?}: {e}")))?;
     }
-    let name = job_name(job, attempt, spec);
-    let output_name = format!("ty-{job}-{attempt}.out");
     let mut options = vec![
         "--parsable".to_string(),
         format!("--job-name={name}"),
@@ -173,15 +298,26 @@ pub fn translate(
     if let Some(t) = spec.timeout_s {
         options.push(format!("--time={}", time_limit(t)));
     }
+    Ok(options)
+}
 
-    let mut script = String::from("#!/bin/sh\n");
-    script.push_str(&format!(
-        "# Trainyard job {job}, attempt {attempt}, on cluster {}\n",
-        cluster.name
-    ));
+/// The script lines that run one attempt: its environment, its working
+/// directory or checkout, then `exec` of its command.
+fn body(
+    cluster: &Cluster,
+    job: JobId,
+    attempt: u32,
+    spec: &JobSpec,
+) -> Result<String, TranslateError> {
+    let mut script = String::new();
     for (k, v) in &spec.env {
         if !valid_env_name(k) {
-            return Err(err("env", format!("{k:?} is not a variable name")));
+            return Err(TranslateError {
+                job,
+                cluster: cluster.name.clone(),
+                field: "env".into(),
+                reason: format!("{k:?} is not a variable name"),
+            });
         }
         script.push_str(&format!("export {k}={}\n", quote(v)));
     }
@@ -189,6 +325,7 @@ pub fn translate(
         "export TRAINYARD_JOB_ID={job} TRAINYARD_ATTEMPT={attempt} TRAINYARD_CLUSTER={}\n",
         quote(&cluster.name)
     ));
+    script.push_str(&inputs(cluster, job, attempt, spec)?);
     if let Some(w) = &spec.workdir {
         let w = w.to_string_lossy();
         script.push_str(&format!(
@@ -216,15 +353,87 @@ pub fn translate(
             .join(" "),
     };
     script.push_str(&format!("exec {line}\n"));
+    Ok(script)
+}
 
+/// The script lines that stage a job's dataset inputs on the node, before
+/// its command: the node's `trainyard` must be this version (formats and
+/// flags may differ), then `trainyard data pull NAME@REF --out DIR` per
+/// input, from the default remote of the cluster user's Trainyard home,
+/// into `inputs/JOB-N/NAME` of the cluster directory. The job sees
+/// `TRAINYARD_INPUTS` and `TRAINYARD_INPUT_<NAME>` as on an agent.
+fn inputs(
+    cluster: &Cluster,
+    job: JobId,
+    attempt: u32,
+    spec: &JobSpec,
+) -> Result<String, TranslateError> {
+    if spec.inputs.is_empty() {
+        return Ok(String::new());
+    }
+    let ours = env!("CARGO_PKG_VERSION");
+    let mut s = format!(
+        "ty_v=\"$(trainyard --version 2>/dev/null)\" || {{ echo \"trainyard: job {job} has dataset \
+         inputs, but no trainyard binary is on the PATH of the cluster's batch jobs (see \
+         docs/slurm.md)\" >&2; exit 1; }}\n\
+         [ \"$ty_v\" = \"trainyard {ours}\" ] || {{ echo \"trainyard: the cluster has $ty_v; this job \
+         was submitted by trainyard {ours}: install the same version there\" >&2; exit 1; }}\n\
+         export TRAINYARD_INPUTS=\"$SLURM_SUBMIT_DIR\"/inputs/{job}-{attempt}\n\
+         mkdir -p \"$TRAINYARD_INPUTS\"\n"
+    );
+    for input in &spec.inputs {
+        let r: crate::store::DatasetRef = input.parse().map_err(|e| TranslateError {
+            job,
+            cluster: cluster.name.clone(),
+            field: "inputs".into(),
+            reason: format!("{input:?}: {e}"),
+        })?;
+        let var: String = r
+            .dataset
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        s.push_str(&format!(
+            "trainyard data pull {input} --out \"$TRAINYARD_INPUTS\"/{name} >&2 \
+             || {{ echo \"trainyard: cannot pull dataset input \"{input_msg} >&2; exit 1; }}\n\
+             export TRAINYARD_INPUT_{var}=\"$TRAINYARD_INPUTS\"/{name}\n",
+            input = quote(input),
+            input_msg = quote(input),
+            name = quote(&r.dataset),
+        ));
+    }
+    Ok(s)
+}
+
+fn check_secret_names(
+    cluster: &Cluster,
+    job: JobId,
+    secret_names: &[String],
+) -> Result<(), TranslateError> {
     for n in secret_names {
         if !valid_env_name(n) {
-            return Err(err("secret_env", format!("{n:?} is not a variable name")));
+            return Err(TranslateError {
+                job,
+                cluster: cluster.name.clone(),
+                field: "secret_env".into(),
+                reason: format!("{n:?} is not a variable name"),
+            });
         }
     }
-    // $1: how many secret variables follow on stdin (name line, value
-    // line); the rest of stdin is the script, read by sbatch.
-    let prelude = format!(
+    Ok(())
+}
+
+/// The shell prelude of a submission: `$1` is how many secret variables
+/// follow on stdin (name line, value line); the rest of stdin is the
+/// script, read by sbatch.
+fn prelude(cluster: &Cluster, output_name: &str) -> String {
+    format!(
         "set -e\n\
          i=0\n\
          while [ \"$i\" -lt \"$1\" ]; do IFS= read -r k; IFS= read -r v; export \"$k=$v\"; i=$((i+1)); done\n\
@@ -236,16 +445,8 @@ pub fn translate(
          printf '%s\\n' \"$d\"\n\
          exec sbatch --output=\"$d\"/{out} \"$@\"\n",
         dir = cluster.dir_word(),
-        out = quote(&output_name),
-    );
-    Ok(Submission {
-        options,
-        prelude,
-        script,
-        name,
-        output_name,
-        gpus: spec.gpus.count,
-    })
+        out = quote(output_name),
+    )
 }
 
 fn valid_env_name(k: &str) -> bool {
@@ -367,6 +568,20 @@ pub fn parse_sacct(out: &str) -> Vec<QueueRow> {
             })
         })
         .collect()
+}
+
+/// The environment `sacct` runs with: times as seconds since the epoch
+/// (`Start`, `End`), whatever the cluster's time zone.
+pub const SACCT_TIME_FORMAT: &str = "SLURM_TIME_FORMAT=%s";
+
+/// A time `sacct` printed under [`SACCT_TIME_FORMAT`] (seconds since the
+/// epoch) in ns; `None` for `Unknown`, `None`, `N/A`.
+pub fn epoch_ns(s: &str) -> Option<i64> {
+    s.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|t| *t > 0)
+        .map(|t| t.saturating_mul(1_000_000_000))
 }
 
 /// The GPUs in a TRES list (`cpu=1,gres/gpu=2,gres/gpu:a100=2,node=1`):
@@ -674,6 +889,62 @@ mod tests {
         let s = spec(r#"{"command": ["x"], "gpus": {"count": 4}}"#);
         let sub = translate(&c, JobId(1), 1, &s, &[]).unwrap();
         assert!(sub.options.contains(&"--gres=gpu:4".to_string()));
+    }
+
+    #[test]
+    fn a_sweep_becomes_one_array_whose_tasks_run_their_own_job() {
+        let c = cluster();
+        let a = spec(
+            r#"{"command": ["python", "t.py"], "args": {"lr": "1"}, "env": {"E": "x"},
+                         "gpus": {"count": 1, "model": "A100"}, "timeout_s": 120}"#,
+        );
+        let b = spec(
+            r#"{"command": ["python", "t.py"], "args": {"lr": "2"}, "env": {"E": "x"},
+                         "gpus": {"count": 1, "model": "A100"}, "timeout_s": 120}"#,
+        );
+        assert!(same_options(&c, &a, &b));
+        let other = spec(r#"{"command": ["python", "t.py"], "gpus": {"count": 2}}"#);
+        assert!(!same_options(&c, &a, &other));
+        let arr = translate_array(&c, &[(JobId(7), &a), (JobId(8), &b)], Some(1), &[]).unwrap();
+        assert_eq!(arr.members, vec![JobId(7), JobId(8)]);
+        let o = &arr.submission.options;
+        assert_eq!(o[1], "--job-name=ty-sweep-7-8");
+        assert!(o.contains(&"--array=0-1%1".to_string()), "{o:?}");
+        assert!(o.contains(&"--gres=gpu:a100:1".to_string()), "{o:?}");
+        let s = &arr.submission.script;
+        assert!(
+            s.contains("case \"${SLURM_ARRAY_TASK_ID:-}\" in\n0)\n"),
+            "{s}"
+        );
+        let t0 = s.find("0)\n").unwrap();
+        let t1 = s.find("1)\n").unwrap();
+        assert!(s[t0..t1].contains("TRAINYARD_JOB_ID=7 ") && s[t0..t1].contains("--lr 1\n"));
+        assert!(s[t1..].contains("TRAINYARD_JOB_ID=8 ") && s[t1..].contains("--lr 2\n"));
+        assert!(s.contains("*)\n"), "an unknown task fails: {s}");
+        assert_eq!(arr.output_of(1), "ty-sweep-7-8_1.out");
+        assert!(arr.submission.prelude.contains("ty-sweep-7-8_%a.out"));
+        let none = translate_array(&c, &[(JobId(7), &a), (JobId(8), &b)], None, &[]).unwrap();
+        assert!(none.submission.options.contains(&"--array=0-1".to_string()));
+    }
+
+    #[test]
+    fn dataset_inputs_are_pulled_on_the_node_by_the_same_trainyard() {
+        let s = spec(r#"{"command": ["train"], "inputs": ["imagenet@v2", "coco"]}"#);
+        let sub = translate(&cluster(), JobId(4), 2, &s, &[]).unwrap();
+        let v = env!("CARGO_PKG_VERSION");
+        let sc = &sub.script;
+        assert!(
+            sc.contains(&format!("[ \"$ty_v\" = \"trainyard {v}\" ]")),
+            "{sc}"
+        );
+        assert!(sc.contains("trainyard data pull imagenet@v2 --out \"$TRAINYARD_INPUTS\"/imagenet"));
+        assert!(sc.contains("export TRAINYARD_INPUT_COCO=\"$TRAINYARD_INPUTS\"/coco\n"));
+        assert!(sc.contains("/inputs/4-2\n"), "{sc}");
+        // Pulled before the command runs.
+        assert!(sc.find("data pull coco").unwrap() < sc.find("exec train").unwrap());
+        let bad = spec(r#"{"command": ["train"], "inputs": ["no such@x"]}"#);
+        let e = translate(&cluster(), JobId(4), 1, &bad, &[]).unwrap_err();
+        assert_eq!(e.field, "inputs");
     }
 
     #[test]

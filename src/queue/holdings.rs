@@ -7,15 +7,44 @@ use std::collections::BTreeSet;
 use super::{Queue, Result};
 use crate::usage::{Holder, Holding};
 
+/// When an attempt's hold on its GPUs began and ended, as SQL over
+/// `attempts a` and `cluster_attempts ca` (LEFT JOINed), `$now` the end
+/// of an attempt not ended yet:
+/// a LAN attempt from its assignment to its release; a cluster attempt
+/// as SLURM's accounting gives its allocation (`sacct`'s start, + its
+/// elapsed time), else from when the follower saw it run to its end —
+/// never its time pending in SLURM's queue (NULL: it never ran).
+macro_rules! held_span {
+    ($now:literal) => {
+        concat!(
+            "CASE WHEN ca.job_id IS NULL THEN a.assigned_ns
+                  ELSE coalesce(ca.alloc_start_ns, a.started_ns) END AS start_ns,
+             CASE WHEN ca.job_id IS NULL THEN coalesce(a.finished_ns, ",
+            $now,
+            ") ELSE coalesce(ca.alloc_end_ns, a.finished_ns, ",
+            $now,
+            ") END AS end_ns"
+        )
+    };
+}
+
 /// Run by retention for each job it deletes, before its attempts go: copy
 /// the GPUs they held into the ledger.
-pub(super) const KEEP_ON_PURGE: &str = "INSERT OR IGNORE INTO gpu_holdings
+pub(super) const KEEP_ON_PURGE: &str = concat!(
+    "INSERT OR IGNORE INTO gpu_holdings
         (job_id, n, gpu, agent, user, project, tags, start_ns, end_ns)
+    SELECT * FROM (
     SELECT a.job_id, a.n, g.value, a.agent, j.user, j.project,
-           (SELECT coalesce(json_group_array(t.tag), '[]') FROM job_tags t WHERE t.job_id = j.id),
-           a.assigned_ns, coalesce(a.finished_ns, j.finished_ns, a.assigned_ns)
-    FROM attempts a JOIN jobs j ON j.id = a.job_id, json_each(a.gpus) g
-    WHERE a.job_id = ?1";
+           (SELECT coalesce(json_group_array(t.tag), '[]') FROM job_tags t WHERE t.job_id = j.id)
+           AS tags, ",
+    held_span!("j.finished_ns, a.assigned_ns"),
+    "
+    FROM attempts a JOIN jobs j ON j.id = a.job_id
+         LEFT JOIN cluster_attempts ca ON ca.job_id = a.job_id AND ca.n = a.n,
+         json_each(a.gpus) g
+    WHERE a.job_id = ?1)
+    WHERE start_ns IS NOT NULL"
+);
 
 /// An attempt's hold on its GPUs as telemetry attribution needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,17 +99,22 @@ impl Queue {
     pub fn holdings(&self, since_ns: i64, until_ns: i64, now_ns: i64) -> Result<Vec<Holding>> {
         let conn = self.conn()?;
         let mut st = conn
-            .prepare_cached(
-                "SELECT a.job_id, a.n, g.value, a.agent, j.user, j.project,
+            .prepare_cached(concat!(
+                "SELECT * FROM (
+                 SELECT a.job_id, a.n, g.value, a.agent, j.user, j.project,
                         (SELECT coalesce(json_group_array(t.tag), '[]') FROM job_tags t
-                         WHERE t.job_id = j.id),
-                        a.assigned_ns, coalesce(a.finished_ns, ?3)
-                 FROM attempts a JOIN jobs j ON j.id = a.job_id, json_each(a.gpus) g
-                 WHERE a.assigned_ns < ?2 AND coalesce(a.finished_ns, ?3) > ?1
+                         WHERE t.job_id = j.id), ",
+                held_span!("?3"),
+                ", CASE WHEN ca.job_id IS NULL THEN '' ELSE coalesce(j.gpu_model, '') END AS model
+                 FROM attempts a JOIN jobs j ON j.id = a.job_id
+                      LEFT JOIN cluster_attempts ca ON ca.job_id = a.job_id AND ca.n = a.n,
+                      json_each(a.gpus) g
+                 WHERE a.assigned_ns < ?2 AND coalesce(a.finished_ns, ?3) > ?1)
+                 WHERE start_ns IS NOT NULL AND start_ns < ?2 AND end_ns > ?1
                  UNION ALL
-                 SELECT job_id, n, gpu, agent, user, project, tags, start_ns, end_ns
-                 FROM gpu_holdings WHERE end_ns > ?1 AND start_ns < ?2",
-            )
+                 SELECT job_id, n, gpu, agent, user, project, tags, start_ns, end_ns, ''
+                 FROM gpu_holdings WHERE end_ns > ?1 AND start_ns < ?2"
+            ))
             .map_err(self.sql())?;
         let rows = st
             .query_map(rusqlite::params![since_ns, until_ns, now_ns], |r| {
@@ -92,7 +126,9 @@ impl Queue {
                     },
                     gpu: r.get(2)?,
                     host: r.get(3)?,
-                    model: String::new(),
+                    // A cluster's GPUs: the model the job asked for (no
+                    // agent reports them); the caller fills in the rest.
+                    model: r.get(9)?,
                     user: r.get(4)?,
                     project: r.get(5)?,
                     // Sorted and deduplicated: a job's tags are a set.

@@ -434,6 +434,7 @@ impl Queue {
             for id in &ids {
                 for sql in [
                     super::holdings::KEEP_ON_PURGE,
+                    "DELETE FROM cluster_attempts WHERE job_id = ?1",
                     "DELETE FROM attempts WHERE job_id = ?1",
                     "DELETE FROM deps WHERE job_id = ?1 OR depends_on = ?1",
                     "DELETE FROM job_tags WHERE job_id = ?1",

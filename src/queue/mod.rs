@@ -638,6 +638,23 @@ const MIGRATIONS: &[&str] = &[
         every TEXT NOT NULL,
         through_ns INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 12: sweeps as a whole: the first job of the sweep a job belongs to
+    // (`sweep_first`; the jobs of one sweep have consecutive ids) and how
+    // many of them may run at once (`max_parallel`), so a sweep sent to a
+    // cluster becomes one job array (`--array 0-N%K`) and the LAN starts
+    // no more than K; per cluster attempt, its task in that array, and its
+    // allocation as SLURM's accounting (`sacct`) gives it — when it began
+    // and ended — and whether that was recorded (`accounted`: 0 not yet,
+    // 1 from sacct, -1 sacct has no record: the attempt's own span counts).
+    "ALTER TABLE jobs ADD COLUMN sweep_first INTEGER;
+    ALTER TABLE jobs ADD COLUMN max_parallel INTEGER;
+    CREATE INDEX jobs_by_sweep ON jobs(sweep_first, state) WHERE sweep_first IS NOT NULL;
+    ALTER TABLE cluster_attempts ADD COLUMN array_task INTEGER;
+    ALTER TABLE cluster_attempts ADD COLUMN alloc_start_ns INTEGER;
+    ALTER TABLE cluster_attempts ADD COLUMN alloc_end_ns INTEGER;
+    ALTER TABLE cluster_attempts ADD COLUMN accounted INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX cluster_attempts_unaccounted ON cluster_attempts(cluster)
+        WHERE done = 1 AND accounted = 0;",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` of
@@ -721,7 +738,7 @@ impl Queue {
                 e
             })?;
         }
-        self.insert_batch(specs.iter().cloned(), specs.len())
+        self.insert_batch(specs.iter().cloned(), specs.len(), false)
     }
 
     /// Enqueue one job per combination of `grid` (each `args` of `template`
@@ -739,10 +756,15 @@ impl Queue {
         if let Some(first) = template.sweep_iter(grid)?.next() {
             first.validate()?;
         }
-        self.insert_batch(&mut jobs, count as usize)
+        self.insert_batch(&mut jobs, count as usize, true)
     }
 
-    fn insert_batch(&self, specs: impl Iterator<Item = JobSpec>, n: usize) -> Result<Vec<JobId>> {
+    fn insert_batch(
+        &self,
+        specs: impl Iterator<Item = JobSpec>,
+        n: usize,
+        sweep: bool,
+    ) -> Result<Vec<JobId>> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -750,6 +772,14 @@ impl Queue {
         let mut ids = Vec::with_capacity(n);
         for spec in specs {
             ids.push(self.insert_job(&tx, &spec)?);
+        }
+        if let (true, Some(first), Some(last)) = (sweep, ids.first(), ids.last()) {
+            // One transaction: the sweep's ids are consecutive.
+            tx.execute(
+                "UPDATE jobs SET sweep_first = ?1 WHERE id BETWEEN ?1 AND ?2",
+                [first.0, last.0],
+            )
+            .map_err(self.sql())?;
         }
         tx.commit().map_err(self.sql())?;
         tracing::info!(
@@ -846,9 +876,9 @@ impl Queue {
             "INSERT INTO jobs (spec, project, user, priority, state, max_attempts, submitted_ns,
                                gpu_count, gpu_min_mib, gpu_model, not_before_ns, not_after_ns,
                                after_first, after_count, reason, cluster, overflow_cluster,
-                               overflow_at_ns)
+                               overflow_at_ns, max_parallel)
              VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                     ?16, ?17)",
+                     ?16, ?17, ?18)",
         )
         .map_err(self.sql())?
         .execute(params![
@@ -871,6 +901,7 @@ impl Queue {
             spec.overflow.as_ref().map(|o| {
                 now_ns().saturating_add((o.after_s as i64).saturating_mul(1_000_000_000))
             }),
+            spec.max_parallel,
         ])
         .map_err(self.sql())?;
         let id = tx.last_insert_rowid();
@@ -957,29 +988,53 @@ impl Queue {
             }
             tx.commit().map_err(self.sql())?;
         }
+        // A sweep with `max_parallel` K offers at most K minus its jobs in
+        // flight (counted once per sweep, only for such sweeps).
         let mut st = conn
             .prepare_cached(concat!(
-                "SELECT id, gpu_count, gpu_min_mib, gpu_model, reason FROM jobs
-                     WHERE cluster IS NULL AND ",
+                "SELECT id, gpu_count, gpu_min_mib, gpu_model, reason, sweep_first, max_parallel,
+                        CASE WHEN max_parallel IS NULL OR sweep_first IS NULL THEN 0 ELSE
+                          (SELECT count(*) FROM jobs s WHERE s.sweep_first = jobs.sweep_first
+                             AND s.state IN ('assigned', 'running')) END
+                 FROM jobs WHERE cluster IS NULL AND ",
                 startable_sql!(),
                 " ORDER BY priority DESC, id LIMIT ?1"
             ))
             .map_err(self.sql())?;
+        let mut room: std::collections::HashMap<i64, i64> = Default::default();
         let rows = st
             .query_map([limit as i64, now], |r| {
-                Ok(Pending {
-                    id: JobId(r.get(0)?),
-                    gpus: GpuRequest {
-                        count: r.get::<_, i64>(1)? as u32,
-                        min_memory_mib: r.get::<_, i64>(2)? as u64,
-                        model: r.get(3)?,
+                let sweep: Option<i64> = r.get(5)?;
+                let max: Option<i64> = r.get(6)?;
+                let in_flight: i64 = r.get(7)?;
+                Ok((
+                    Pending {
+                        id: JobId(r.get(0)?),
+                        gpus: GpuRequest {
+                            count: r.get::<_, i64>(1)? as u32,
+                            min_memory_mib: r.get::<_, i64>(2)? as u64,
+                            model: r.get(3)?,
+                        },
+                        reason: r.get(4)?,
                     },
-                    reason: r.get(4)?,
-                })
+                    sweep.zip(max).map(|(s, m)| (s, m - in_flight)),
+                ))
             })
             .map_err(self.sql())?
-            .collect::<rusqlite::Result<_>>()
-            .map_err(self.sql())?;
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.sql())?
+            .into_iter()
+            .filter_map(|(p, limit)| match limit {
+                None => Some(p),
+                Some((sweep, free)) => {
+                    let left = room.entry(sweep).or_insert(free);
+                    (*left > 0).then(|| {
+                        *left -= 1;
+                        p
+                    })
+                }
+            })
+            .collect();
         Ok(rows)
     }
 

@@ -136,6 +136,11 @@ pub struct JobSpec {
     /// time (`submit --overflow-after 10m --overflow-to NAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overflow: Option<Overflow>,
+    /// Of a sweep: at most this many of its jobs run at once (`submit
+    /// --sweep … --max-parallel K`): the LAN's scheduler starts no more,
+    /// and on a cluster the sweep's job array is `--array 0-N%K`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
 }
 
 /// Where a LAN job goes when the LAN cannot place it in time.
@@ -322,6 +327,12 @@ impl JobSpec {
             if c.trim().is_empty() {
                 return Err(bad("on", "empty cluster name"));
             }
+        }
+        if self.max_parallel == Some(0) {
+            return Err(bad(
+                "max_parallel",
+                "at least 1 (or leave it out: no limit)",
+            ));
         }
         if let Some(o) = &self.overflow {
             if o.cluster.trim().is_empty() {

@@ -289,6 +289,33 @@ fn pages_follow_cursors_in_either_order_with_filters() {
 }
 
 #[test]
+fn a_sweeps_max_parallel_bounds_what_the_lan_may_start() {
+    let (_d, q) = queue();
+    let t = spec(r#"{"command": ["train"], "max_parallel": 2}"#);
+    let ids = q
+        .submit_sweep(&t, &parse_sweep(["lr=1,2,3,4"]).unwrap())
+        .unwrap();
+    let other = q.submit(&spec(r#"{"command": ["x"]}"#)).unwrap();
+    let ids_of =
+        |q: &Queue| -> Vec<JobId> { q.runnable(100).unwrap().iter().map(|p| p.id).collect() };
+    assert_eq!(ids_of(&q), vec![ids[0], ids[1], other]);
+    let a = q.assign(ids[0], "h", &[], 30 * SEC).unwrap();
+    assert_eq!(ids_of(&q), vec![ids[1], other]);
+    q.assign(ids[1], "h", &[], 30 * SEC).unwrap();
+    assert_eq!(
+        ids_of(&q),
+        vec![other],
+        "two of the sweep in flight: no third"
+    );
+    q.started(&a.token, None).unwrap();
+    q.finish(&a.token, Some(0), None).unwrap();
+    assert_eq!(ids_of(&q), vec![ids[2], other]);
+    // Not a sweep: `max_parallel` alone limits nothing; 0 is refused.
+    let e = JobSpec::parse(r#"{"command": ["x"], "max_parallel": 0}"#).unwrap_err();
+    assert_eq!(e.field, "max_parallel");
+}
+
+#[test]
 fn a_sweep_is_expanded_in_one_transaction_and_its_size_is_bounded() {
     let (_d, q) = queue();
     let t = spec(r#"{"command": ["train"], "tags": ["sw"]}"#);

@@ -422,3 +422,308 @@ fn a_lan_job_overflows_to_the_cluster() {
     assert_eq!(job(&url, hog)["state"], "running");
     env.ok(&["cancel", "--server", &url, &hog.to_string()]);
 }
+
+#[test]
+fn an_array_sweep() {
+    let (env, slurm, _d, url) = setup(&["--no-agent"]);
+    let spans = env.path("spans");
+    let script = format!(
+        "echo \"task x=$2 gpus=$CUDA_VISIBLE_DEVICES job=$TRAINYARD_JOB_ID array=$SLURM_ARRAY_TASK_ID\"; \
+         echo \"$(date +%s%N) 1\" >> {s}; sleep 2; echo \"$(date +%s%N) -1\" >> {s}; \
+         [ \"$2\" != 3 ] || exit 3",
+        s = spans.display()
+    );
+    let out = env.json(&[
+        "submit",
+        "--server",
+        &url,
+        "--on",
+        "hpc",
+        "--gpus",
+        "1",
+        "--gpu-model",
+        "A100",
+        "--sweep",
+        "x=0,1,2,3,4",
+        "--max-parallel",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ]);
+    let ids: Vec<u64> = out["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 5);
+    for (x, id) in ids.iter().enumerate() {
+        let want = if x == 3 { "failed" } else { "succeeded" };
+        let j = wait_state(&url, *id, want, Duration::from_secs(120));
+        assert_eq!(j["agent"], "slurm:hpc", "{j:#}");
+        if x == 3 {
+            assert_eq!(j["exit_code"], 3, "{j:#}");
+        }
+        // Each array task ran its own job: its value, its id, a GPU.
+        let log = logs(&env, &url, *id);
+        assert!(
+            log.contains(&format!("task x={x} gpus="))
+                && log.contains(&format!("job={id} array={x}")),
+            "job {id}: {log}"
+        );
+        assert!(!log.contains("gpus= "), "no GPU for job {id}: {log}");
+    }
+
+    // ONE sbatch: the five tasks of one array, throttled to 2, and no
+    // other SLURM job.
+    let o = slurm.cmd(
+        "squeue",
+        &["-h", "-r", "-t", "all", "-O", "JobArrayID:|,Name:|"],
+    );
+    let rows: Vec<(String, String)> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').map(str::trim).collect();
+            (f[0].to_string(), f[1].to_string())
+        })
+        .collect();
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    let base = rows[0].0.split('_').next().unwrap().to_string();
+    let mut tasks: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    tasks.sort();
+    assert_eq!(
+        tasks,
+        (0..5).map(|i| format!("{base}_{i}")).collect::<Vec<_>>()
+    );
+    let name = format!("ty-sweep-{}-{}", ids[0], ids[4]);
+    assert!(rows.iter().all(|r| r.1 == name), "{rows:?}");
+    let show = slurm.cmd("scontrol", &["show", "job", &format!("{base}_0")]);
+    let show = String::from_utf8_lossy(&show.stdout).to_string();
+    assert!(show.contains("ArrayTaskThrottle=2"), "{show}");
+
+    // Never more than 2 at once.
+    let mut ev: Vec<(u128, i32)> = std::fs::read_to_string(&spans)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (t, d) = l.split_once(' ').unwrap();
+            (t.parse().unwrap(), d.parse().unwrap())
+        })
+        .collect();
+    ev.sort_by_key(|e| (e.0, e.1));
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in ev {
+        now += d;
+        most = most.max(now);
+    }
+    assert!((1..=2).contains(&most), "{most} tasks ran at once");
+}
+
+/// SLURM's accounting (`sacct`, through slurmdbd and MariaDB started by
+/// the test) gives each cluster attempt's allocation: `AllocTRES`
+/// gres/gpu × elapsed, from SLURM's start — not the time it waited in
+/// SLURM's queue — and `trainyard usage` counts exactly that, under the
+/// host `slurm:hpc`.
+#[test]
+fn cluster_gpu_hours_come_from_sacct() {
+    let env = Env::new();
+    let slurm = Slurm::start_with_accounting(&env);
+    let (_d, url) = env.up("up", &["--no-agent"]);
+    env.ok(&[
+        "cluster",
+        "add",
+        "hpc",
+        "--slurm",
+        "--gres-type",
+        "A100=a100",
+        "--dir",
+        &slurm.jobs_dir(),
+        "--server",
+        &url,
+    ]);
+    // `big` takes all four GPUs; `small` waits in SLURM's queue for it.
+    let big = submit(
+        &env,
+        &url,
+        &[
+            "--on",
+            "hpc",
+            "--project",
+            "big",
+            "--gpus",
+            "4",
+            "--",
+            "sleep",
+            "4",
+        ],
+    );
+    let small = submit(
+        &env,
+        &url,
+        &[
+            "--on",
+            "hpc",
+            "--project",
+            "small",
+            "--gpus",
+            "2",
+            "--",
+            "sleep",
+            "2",
+        ],
+    );
+    for id in [big, small] {
+        wait_state(&url, id, "succeeded", Duration::from_secs(90));
+    }
+    let sid = |id| slurm_id(&slurm, &url, id);
+    let (sbig, ssmall) = (sid(big), sid(small));
+    let elapsed = |s: &str| -> f64 {
+        let o = slurm.cmd(
+            "sacct",
+            &["-X", "-P", "-n", "-j", s, "--format=ElapsedRaw,AllocTRES"],
+        );
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let (e, tres) = out.trim().split_once('|').unwrap_or(("", ""));
+        assert!(tres.contains("gres/gpu="), "sacct: {out}");
+        e.parse().unwrap_or_else(|_| panic!("sacct: {out:?}"))
+    };
+
+    let end = Instant::now() + Duration::from_secs(90);
+    let (r, eb, es) = loop {
+        let r = env.json(&[
+            "usage", "--server", &url, "--by", "project", "--since", "today",
+        ]);
+        let got = |p: &str| {
+            r["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|row| row["key"] == serde_json::json!([p]))
+                .and_then(|row| row["allocated_gpu_h"].as_f64())
+                .map(|h| (h * 3600.0 * 1000.0).round() / 1000.0)
+        };
+        let (eb, es) = (elapsed(&sbig), elapsed(&ssmall));
+        if got("big") == Some(4.0 * eb) && got("small") == Some(2.0 * es) {
+            break (r, eb, es);
+        }
+        assert!(
+            Instant::now() < end,
+            "usage never matched sacct (big {eb} s × 4, small {es} s × 2): {r:#}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(eb >= 4.0 && es >= 2.0, "{eb} {es}");
+    // `small` waited for `big` in SLURM's queue: that wait is not counted.
+    let j = job(&url, small);
+    let a = &j["attempt_log"][0];
+    let seen_s = (a["finished_ns"].as_i64().unwrap_or(0) - a["assigned_ns"].as_i64().unwrap_or(0))
+        as f64
+        / 1e9;
+    assert!(
+        seen_s > es + 2.0,
+        "small should have waited for big (held {es} s, {seen_s} s from submission): {j:#}"
+    );
+    let hosts = env.json(&[
+        "usage", "--server", &url, "--by", "host", "--since", "today",
+    ]);
+    let row = hosts["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["key"] == serde_json::json!(["slurm:hpc"]))
+        .unwrap_or_else(|| panic!("no slurm:hpc row: {hosts:#}"));
+    assert_eq!(row["jobs"], 2, "{hosts:#}");
+    let total =
+        (hosts["total"]["allocated_gpu_h"].as_f64().unwrap() * 3600.0 * 1000.0).round() / 1000.0;
+    assert_eq!(total, 4.0 * eb + 2.0 * es, "{r:#}");
+}
+
+/// A job's dataset inputs are pulled on the node by the cluster's own
+/// `trainyard` (`data pull NAME@REF` from the lab's remote, here a
+/// directory remote, into a Trainyard home of the node's own), after a
+/// check that it is this version; without the binary the job fails
+/// saying so.
+#[test]
+fn dataset_inputs_are_pulled_on_the_node() {
+    let (env, _slurm, _d, url) = setup(&["--no-agent"]);
+    let data = env.path("imagenet");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("hello.txt"), "pixels from the lab\n").unwrap();
+    env.ok(&[
+        "data",
+        "add",
+        data.to_str().unwrap(),
+        "--name",
+        "imagenet",
+        "--tag",
+        "v1",
+    ]);
+    let bucket = env.path("bucket");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let remote = format!("file://{}", bucket.display());
+    env.ok(&["remote", "add", "lab", &remote, "--default"]);
+    env.ok(&["data", "push", "imagenet@v1"]);
+    // The node's Trainyard home knows the remote, not the dataset.
+    let node_home = env.path("node-home");
+    let o = env
+        .cmd()
+        .env("TRAINYARD_HOME", &node_home)
+        .args(["remote", "add", "lab", &remote, "--default"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_trainyard"))
+        .parent()
+        .unwrap()
+        .display()
+        .to_string();
+    let home_env = format!("TRAINYARD_HOME={}", node_home.display());
+    let ok = submit(
+        &env,
+        &url,
+        &[
+            "--on",
+            "hpc",
+            "--input",
+            "imagenet@v1",
+            "--env",
+            &home_env,
+            "--env",
+            &format!("PATH={bin_dir}:/usr/bin:/bin"),
+            "--shell",
+            "--",
+            "echo \"in $TRAINYARD_INPUT_IMAGENET\"; cat \"$TRAINYARD_INPUT_IMAGENET/hello.txt\"",
+        ],
+    );
+    let j = wait_state(&url, ok, "succeeded", Duration::from_secs(90));
+    let out = logs(&env, &url, ok);
+    assert!(out.contains("pixels from the lab"), "{j:#}\n{out}");
+    assert!(out.contains(&format!("/inputs/{ok}-1/imagenet")), "{out}");
+
+    // No trainyard on the node's PATH: a clear failure, before the command.
+    let bare = submit(
+        &env,
+        &url,
+        &[
+            "--on",
+            "hpc",
+            "--input",
+            "imagenet@v1",
+            "--env",
+            &home_env,
+            "--env",
+            "PATH=/usr/bin:/bin",
+            "--",
+            "echo",
+            "ran-anyway",
+        ],
+    );
+    wait_state(&url, bare, "failed", Duration::from_secs(90));
+    let out = logs(&env, &url, bare);
+    assert!(out.contains("no trainyard binary is on the PATH"), "{out}");
+    assert!(!out.contains("ran-anyway"), "{out}");
+}

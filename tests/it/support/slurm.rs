@@ -6,6 +6,13 @@
 //! `/dev/null`, so jobs see `CUDA_VISIBLE_DEVICES`). Stopped when dropped.
 //! Never touches system-wide services. When SLURM is not installed the
 //! test fails saying what to install.
+//!
+//! [`Slurm::start_with_accounting`] adds accounting, so `sacct` answers:
+//! a MariaDB server of the test's own (`mariadb-install-db` into the temp
+//! dir, 127.0.0.1 on a free port, a user with a throwaway password) and
+//! `slurmdbd` (`auth/none`, `accounting_storage/mysql`), with slurmctld's
+//! `AccountingStorageType=accounting_storage/slurmdbd` tracking
+//! `gres/gpu`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,6 +28,8 @@ pub struct Slurm {
     pub node: String,
     ctld: Option<Child>,
     slurmd: Option<Child>,
+    dbd: Option<Child>,
+    mariadb: Option<Child>,
 }
 
 fn find(prog: &str) -> Option<PathBuf> {
@@ -52,6 +61,17 @@ impl Slurm {
     /// (the daemon included) at it with `SLURM_CONF`. Panics, naming the
     /// package, when SLURM is not installed.
     pub fn start(env: &Env) -> Slurm {
+        Slurm::start_opts(env, false)
+    }
+
+    /// [`Slurm::start`] with accounting: MariaDB and slurmdbd of the
+    /// test's own, so `sacct` answers. Panics, naming the packages, when
+    /// they are not installed.
+    pub fn start_with_accounting(env: &Env) -> Slurm {
+        Slurm::start_opts(env, true)
+    }
+
+    fn start_opts(env: &Env, accounting: bool) -> Slurm {
         let missing: Vec<&str> = [
             "slurmctld",
             "slurmd",
@@ -69,6 +89,25 @@ impl Slurm {
              install it with `apt-get install slurm-wlm` (scripts/setup does)",
             missing.join(", ")
         );
+        if accounting {
+            let missing: Vec<&str> = [
+                "slurmdbd",
+                "mariadbd",
+                "mariadb-install-db",
+                "mariadb",
+                "sacct",
+            ]
+            .into_iter()
+            .filter(|p| find(p).is_none())
+            .collect();
+            assert!(
+                missing.is_empty(),
+                "SLURM accounting is not installed ({} missing): the sacct test runs its own \
+                 slurmdbd and MariaDB; install them with `apt-get install slurmdbd \
+                 mariadb-server` (scripts/setup does)",
+                missing.join(", ")
+            );
+        }
         let dir = env.path("slurm");
         for d in ["state", "spool", "log", "dev", "jobs"] {
             fs::create_dir_all(dir.join(d)).unwrap();
@@ -97,11 +136,22 @@ impl Slurm {
                  SchedulerType=sched/backfill\n\
                  SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\n\
                  GresTypes=gpu\nSlurmdParameters=config_overrides\n\
-                 AccountingStorageType=accounting_storage/none\nJobCompType=jobcomp/none\n\
+                 {accounting}JobCompType=jobcomp/none\n\
                  NodeName={node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=2000 Gres=gpu:a100:4 State=UNKNOWN\n\
                  PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP\n",
                 free_port(),
                 free_port(),
+                accounting = if accounting {
+                    let dbd_port = free_port();
+                    format!(
+                        "AccountingStorageType=accounting_storage/slurmdbd\n\
+                         AccountingStorageHost=127.0.0.1\nAccountingStoragePort={dbd_port}\n\
+                         AccountingStorageTRES=gres/gpu\n\
+                         JobAcctGatherType=jobacct_gather/none\n"
+                    )
+                } else {
+                    "AccountingStorageType=accounting_storage/none\n".to_string()
+                },
             ),
         )
         .unwrap();
@@ -119,11 +169,116 @@ impl Slurm {
             node,
             ctld: None,
             slurmd: None,
+            dbd: None,
+            mariadb: None,
         };
+        if accounting {
+            s.start_accounting(&user);
+        }
         s.start_ctld(true);
         s.start_slurmd();
         s.wait_idle();
         s
+    }
+
+    /// MariaDB in the temp dir (its own data directory, 127.0.0.1 on a
+    /// free port), a `slurm` user for slurmdbd, then slurmdbd, whose
+    /// slurmdbd.conf sits beside slurm.conf (where it looks) with mode
+    /// 0600, as it requires.
+    fn start_accounting(&mut self, user: &str) {
+        let d = self.dir.clone();
+        let data = d.join("db");
+        let out = Command::new(find("mariadb-install-db").expect("installed"))
+            .args([
+                "--no-defaults",
+                &format!("--datadir={}", data.display()),
+                &format!("--user={user}"),
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mariadb-install-db failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let db_port = free_port();
+        let sock = d.join("mariadb.sock");
+        self.mariadb = Some(
+            Command::new(find("mariadbd").expect("installed"))
+                .args([
+                    "--no-defaults".to_string(),
+                    format!("--datadir={}", data.display()),
+                    format!("--socket={}", sock.display()),
+                    "--bind-address=127.0.0.1".into(),
+                    format!("--port={db_port}"),
+                    format!("--user={user}"),
+                    format!("--pid-file={}", d.join("mariadb.pid").display()),
+                    format!("--log-error={}", d.join("log/mariadb.err").display()),
+                    "--innodb-buffer-pool-size=64M".into(),
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start mariadbd: {e}")),
+        );
+        let sql = "CREATE USER 'slurm'@'127.0.0.1' IDENTIFIED BY 'test-only';
+                   GRANT ALL ON *.* TO 'slurm'@'127.0.0.1';
+                   CREATE USER 'slurm'@'localhost' IDENTIFIED BY 'test-only';
+                   GRANT ALL ON *.* TO 'slurm'@'localhost';";
+        let end = Instant::now() + Duration::from_secs(60);
+        loop {
+            let o = Command::new(find("mariadb").expect("installed"))
+                .args(["--no-defaults", "-S"])
+                .arg(&sock)
+                .args(["-u", "root", "-e", sql])
+                .output()
+                .unwrap();
+            if o.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "MariaDB did not answer: {}",
+                fs::read_to_string(d.join("log/mariadb.err")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let conf = fs::read_to_string(&self.conf).unwrap();
+        let dbd_port = conf
+            .lines()
+            .find_map(|l| l.strip_prefix("AccountingStoragePort="))
+            .expect("a slurmdbd port")
+            .to_string();
+        let dbd_conf = d.join("slurmdbd.conf");
+        fs::write(
+            &dbd_conf,
+            format!(
+                "AuthType=auth/none\nDbdHost=localhost\nDbdAddr=127.0.0.1\nDbdPort={dbd_port}\n\
+                 SlurmUser={user}\nLogFile={d}/log/slurmdbd.log\nPidFile={d}/slurmdbd.pid\n\
+                 StorageType=accounting_storage/mysql\nStorageHost=127.0.0.1\n\
+                 StoragePort={db_port}\nStorageUser=slurm\nStoragePass=test-only\n\
+                 StorageLoc=slurm_acct_db\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&dbd_conf, fs::Permissions::from_mode(0o600)).unwrap();
+        self.dbd = Some(self.spawn("slurmdbd", &["-D"], "slurmdbd.out"));
+        let end = Instant::now() + Duration::from_secs(60);
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{dbd_port}").parse().unwrap();
+        while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < end,
+                "slurmdbd did not listen: {}",
+                self.log("slurmdbd.log")
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn spawn(&self, prog: &str, args: &[&str], log: &str) -> Child {
@@ -223,7 +378,14 @@ impl Slurm {
             };
             let cmd = fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.starts_with(&format!("slurmstepd: [{id}.")) {
+            // Another test's cluster numbers its jobs from 1 too: only
+            // this cluster's step daemons (they inherit slurmd's
+            // SLURM_CONF).
+            let environ = fs::read(e.path().join("environ")).unwrap_or_default();
+            let ours = environ
+                .split(|b| *b == 0)
+                .any(|v| v == format!("SLURM_CONF={}", self.conf.display()).as_bytes());
+            if cmd.starts_with(&format!("slurmstepd: [{id}.")) && ours {
                 steps.push(pid);
             }
             if let Ok(stat) = fs::read_to_string(e.path().join("stat")) {
@@ -267,5 +429,10 @@ impl Drop for Slurm {
         }
         self.kill_slurmd();
         self.stop_ctld();
+        for c in [self.dbd.take(), self.mariadb.take()].into_iter().flatten() {
+            let mut c = c;
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
