@@ -573,25 +573,9 @@ fn prepare(a: &Agent, w: &Work, dir: &Path) -> Result<RunSpec, String> {
                         a.cfg.name
                     )
                 })?;
-            let var: String = r
-                .dataset
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            env.insert(
-                format!("TRAINYARD_INPUT_{var}"),
-                target.to_string_lossy().into_owned(),
-            );
-            env.insert(
-                format!("TRAINYARD_INPUT_{var}_VERSION"),
-                rep.version.to_string(),
-            );
+            let var = r.env_var();
+            env.insert(var.clone(), target.to_string_lossy().into_owned());
+            env.insert(format!("{var}_VERSION"), rep.version.to_string());
         }
         env.insert(
             "TRAINYARD_INPUTS".into(),

@@ -230,6 +230,28 @@ impl<'a> Follower<'a> {
         })
     }
 
+    /// End an attempt SLURM never got (its translation or `sbatch`
+    /// failed) as failed with `msg`, and its cluster row as done.
+    fn fail_unsubmitted(
+        &self,
+        job: JobId,
+        attempt: u32,
+        token: &str,
+        msg: &str,
+        report: &mut PollReport,
+    ) -> Result<(), ClusterError> {
+        match self.queue.finish(token, None, Some(msg)) {
+            Ok(st) => report.changed.push((job, st)),
+            Err(QueueError::StaleAttempt) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.update(
+            "UPDATE cluster_attempts SET done = 1 WHERE job_id = ?1 AND n = ?2",
+            params![job.0, attempt],
+        )?;
+        Ok(())
+    }
+
     fn update(&self, sql: &str, p: impl rusqlite::Params) -> Result<(), QueueError> {
         self.queue.transaction(|tx| {
             tx.execute(sql, p).map_err(self.sql())?;
@@ -579,15 +601,7 @@ impl<'a> Follower<'a> {
         }
         let fail_all = |msg: &str, report: &mut PollReport| -> Result<(), ClusterError> {
             for (job, _, a) in &tokens {
-                match self.queue.finish(&a.token, None, Some(msg)) {
-                    Ok(st) => report.changed.push((*job, st)),
-                    Err(QueueError::StaleAttempt) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                self.update(
-                    "UPDATE cluster_attempts SET done = 1 WHERE job_id = ?1 AND n = ?2",
-                    params![job.0, a.attempt],
-                )?;
+                self.fail_unsubmitted(*job, a.attempt, &a.token, msg, report)?;
             }
             Ok(())
         };
@@ -877,16 +891,7 @@ impl<'a> Follower<'a> {
         };
         let names: Vec<String> = secrets.keys().cloned().collect();
         let fail = |msg: &str, report: &mut PollReport| -> Result<(), ClusterError> {
-            match self.queue.finish(&a.token, None, Some(msg)) {
-                Ok(st) => report.changed.push((job, st)),
-                Err(QueueError::StaleAttempt) => {}
-                Err(e) => return Err(e.into()),
-            }
-            self.update(
-                "UPDATE cluster_attempts SET done = 1 WHERE job_id = ?1 AND n = ?2",
-                params![job.0, a.attempt],
-            )?;
-            Ok(())
+            self.fail_unsubmitted(job, a.attempt, &a.token, msg, report)
         };
         let sub = match slurm::translate(cluster, job, a.attempt, &j.spec, &names) {
             Ok(s) => s,

@@ -388,21 +388,11 @@ fn inputs(
             field: "inputs".into(),
             reason: format!("{input:?}: {e}"),
         })?;
-        let var: String = r
-            .dataset
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let var = r.env_var();
         s.push_str(&format!(
             "trainyard data pull {input} --out \"$TRAINYARD_INPUTS\"/{name} >&2 \
              || {{ echo \"trainyard: cannot pull dataset input \"{input_msg} >&2; exit 1; }}\n\
-             export TRAINYARD_INPUT_{var}=\"$TRAINYARD_INPUTS\"/{name}\n",
+             export {var}=\"$TRAINYARD_INPUTS\"/{name}\n",
             input = quote(input),
             input_msg = quote(input),
             name = quote(&r.dataset),

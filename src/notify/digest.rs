@@ -15,7 +15,6 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::sink::Rule;
 use crate::queue::JobState;
 
 /// How often a digest sink gets its summary.
@@ -162,15 +161,12 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Count the jobs of `ends` that `rule` covers (its users, projects
-    /// and tags; its event kinds choose individual events, not what a
-    /// digest counts).
-    pub fn of_jobs(rule: &Rule, ends: &[JobEnd]) -> Counts {
+    /// Count the jobs of `ends` that a sink's rule covers (`covers`: its
+    /// users, projects and tags; its event kinds choose individual events,
+    /// not what a digest counts).
+    pub fn of_jobs(covers: impl Fn(&JobEnd) -> bool, ends: &[JobEnd]) -> Counts {
         let mut c = Counts::default();
-        for e in ends
-            .iter()
-            .filter(|e| rule.covers(&e.user, &e.project, &e.tags))
-        {
+        for e in ends.iter().filter(|e| covers(e)) {
             match e.state {
                 JobState::Succeeded => c.succeeded += 1,
                 JobState::Failed => c.failed += 1,
@@ -286,22 +282,14 @@ mod tests {
             end(JobState::IdleStopped, "ana", "llm", &[]),
             end(JobState::Cancelled, "ana", "llm", &["big"]),
         ];
-        let all = Counts::of_jobs(&Rule::default(), &ends);
+        let all = Counts::of_jobs(|_| true, &ends);
         assert_eq!(
             (all.succeeded, all.failed, all.idle_stopped, all.cancelled),
             (2, 1, 1, 1)
         );
         assert_eq!(all.ended(), 5);
-        let ana = Rule {
-            users: vec!["ana".into()],
-            ..Rule::default()
-        };
-        assert_eq!(Counts::of_jobs(&ana, &ends).ended(), 4);
-        let big = Rule {
-            tags: vec!["big".into()],
-            ..Rule::default()
-        };
-        let b = Counts::of_jobs(&big, &ends);
+        assert_eq!(Counts::of_jobs(|e| e.user == "ana", &ends).ended(), 4);
+        let b = Counts::of_jobs(|e| e.tags.iter().any(|t| t == "big"), &ends);
         assert_eq!((b.succeeded, b.cancelled, b.ended()), (1, 1, 2));
         let c = Counts {
             succeeded: 3,

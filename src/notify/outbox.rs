@@ -151,15 +151,7 @@ impl Outbox {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.sql())?;
-        let id = insert_event(&tx, kind, event).map_err(self.sql())?;
-        tx.execute("UPDATE notify_events SET routed = 1 WHERE id = ?1", [id])
-            .map_err(self.sql())?;
-        tx.execute(
-            "INSERT OR IGNORE INTO notify_deliveries (event_id, sink, state, next_ns)
-             VALUES (?1, ?2, 'pending', ?3)",
-            params![id, sink, now_ns()],
-        )
-        .map_err(self.sql())?;
+        let id = insert_for_sink(&tx, kind, event, sink).map_err(self.sql())?;
         tx.commit().map_err(self.sql())?;
         Ok(id)
     }
@@ -501,15 +493,7 @@ impl Outbox {
         if moved == 0 {
             return Ok(None);
         }
-        let id = insert_event(&tx, EventKind::Digest, event).map_err(self.sql())?;
-        tx.execute("UPDATE notify_events SET routed = 1 WHERE id = ?1", [id])
-            .map_err(self.sql())?;
-        tx.execute(
-            "INSERT OR IGNORE INTO notify_deliveries (event_id, sink, state, next_ns)
-             VALUES (?1, ?2, 'pending', ?3)",
-            params![id, sink, now_ns()],
-        )
-        .map_err(self.sql())?;
+        let id = insert_for_sink(&tx, EventKind::Digest, event, sink).map_err(self.sql())?;
         tx.commit().map_err(self.sql())?;
         Ok(Some(id))
     }
@@ -563,6 +547,24 @@ pub(crate) fn insert_event(
             serde_json::to_string(event).expect("events serialize")
         ])?;
     Ok(conn.last_insert_rowid())
+}
+
+/// An event already routed to one sink (a test message, a digest): the
+/// event and its one pending delivery, in the caller's transaction.
+fn insert_for_sink(
+    conn: &Connection,
+    kind: EventKind,
+    event: &Event,
+    sink: &str,
+) -> rusqlite::Result<i64> {
+    let id = insert_event(conn, kind, event)?;
+    conn.execute("UPDATE notify_events SET routed = 1 WHERE id = ?1", [id])?;
+    conn.execute(
+        "INSERT OR IGNORE INTO notify_deliveries (event_id, sink, state, next_ns)
+         VALUES (?1, ?2, 'pending', ?3)",
+        params![id, sink, now_ns()],
+    )?;
+    Ok(id)
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ pub(crate) fn pass(c: &Coord) -> ApiResult<usize> {
     for (sink, periods) in owed {
         for p in periods {
             let ends = c.queue.job_ends(p.start_ns, p.end_ns)?;
-            let mut counts = Counts::of_jobs(&sink.rule, &ends);
+            let mut counts =
+                Counts::of_jobs(|e| sink.rule.covers(&e.user, &e.project, &e.tags), &ends);
             let ms = 1_000_000;
             let q = usage::Query {
                 by: Vec::new(),

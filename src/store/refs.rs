@@ -16,6 +16,26 @@ pub struct DatasetRef {
     pub reference: Option<String>,
 }
 
+impl DatasetRef {
+    /// The environment variable a job finds this input's directory in:
+    /// `TRAINYARD_INPUT_` and the dataset's name upper-cased, anything but
+    /// letters and digits as `_` (on an agent and on a SLURM node alike).
+    pub fn env_var(&self) -> String {
+        let name: String = self
+            .dataset
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("TRAINYARD_INPUT_{name}")
+    }
+}
+
 impl fmt::Display for DatasetRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.reference {
