@@ -226,7 +226,11 @@ function decorate() {
   // Relative times ("3m ago") age in place; no refetch needed.
   setInterval(() => {
     if (document.hidden) return;
-    for (const t of document.querySelectorAll('time[data-ms]')) t.textContent = ago(Number(t.dataset.ms));
+    // Only where the text changes: any change repaints the window.
+    for (const t of document.querySelectorAll('time[data-ms]')) {
+      const text = ago(Number(t.dataset.ms));
+      if (t.textContent !== text) t.textContent = text;
+    }
   }, 10_000);
 }
 

@@ -37,6 +37,35 @@ use crate::lab::{ConnectError, LabInfo};
 use crate::settings::Settings;
 use crate::tokens::{TokenError, TokenStore};
 
+/// Set when the user wants WebKit's GPU compositing back (docs/desktop.md).
+const ACCELERATED_ENV: &str = "TRAINYARD_DESKTOP_ACCELERATED";
+
+/// Make the window's WebKit light when idle (issue 21's bounds, measured by
+/// scripts/bench-desktop): no accelerated compositing, whose layer backing
+/// stores doubled the web process's memory (330 MB against 200) and whose
+/// repaints cost twice the CPU for a dashboard that never animates; the
+/// "document viewer" cache model (no page cache, small memory caches: the
+/// UI is one page, served from loopback). `TRAINYARD_DESKTOP_ACCELERATED=1`
+/// keeps WebKit's defaults.
+#[cfg(target_os = "linux")]
+fn light_webview(webview: tauri::webview::PlatformWebview) {
+    use webkit2gtk::{CacheModel, HardwareAccelerationPolicy, SettingsExt, WebContextExt, WebViewExt};
+    if std::env::var_os(ACCELERATED_ENV).is_some_and(|v| v != "0") {
+        return;
+    }
+    let view = webview.inner();
+    if let Some(settings) = WebViewExt::settings(&view) {
+        settings.set_hardware_acceleration_policy(HardwareAccelerationPolicy::Never);
+        settings.set_enable_page_cache(false);
+    }
+    if let Some(context) = view.context() {
+        context.set_cache_model(CacheModel::DocumentViewer);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn light_webview(_webview: tauri::webview::PlatformWebview) {}
+
 /// The native folder picker, for "snapshot a folder" in the Datasets page.
 #[tauri::command]
 async fn pick_folder(app: AppHandle) -> Option<String> {
@@ -882,11 +911,12 @@ pub fn run() {
                 }),
             });
             allow(&handle, "local-daemon", &local_origin, LOCAL_PERMISSIONS)?;
-            WebviewWindowBuilder::new(app, "main", WebviewUrl::External(url))
+            let window = WebviewWindowBuilder::new(app, "main", WebviewUrl::External(url))
                 .title("Trainyard")
                 .inner_size(1280.0, 800.0)
                 .visible(!hidden)
                 .build()?;
+            window.with_webview(light_webview)?;
             build_tray(app)?;
             refresh_tray(&handle);
             if let Some(lab) = reconnect {

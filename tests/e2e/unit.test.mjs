@@ -11,7 +11,7 @@ import { axisNums, bytes, duration, idleText, mib, num } from '../../ui/lib/form
 import {
   answerDays, daysFrom, fixed, gpuHours, idleRanking, niceScale, prevMonth, rangeParams, stackDays, usageCsv,
 } from '../../ui/lib/usage.js';
-import { gpuColumns, joinColumns } from '../../ui/lib/telemetry.js';
+import { gpuColumns, joinColumns, mergeHistory, refetchFrom } from '../../ui/lib/telemetry.js';
 
 function parse(chunks) {
   const out = [];
@@ -209,4 +209,34 @@ test('idleText says how long a job has been idle and what happens when (as idle:
   assert.equal(idleText({ ...st, phase: 'active', idle_since_ms: undefined }, 0), null);
   assert.equal(idleText({ ...st, phase: 'acted', action: 'notify' }, 721_000), 'idle 12m; owner notified');
   assert.equal(idleText(null), null);
+});
+
+test('mergeHistory: a refetch replaces points from its start, trims the span, drops empty GPUs', () => {
+  const pt = (t) => ({ t_ms: t, covered_ms: 2000, util_pct: { mean: t / 1000 } });
+  const answer = {
+    resolution: 'raw', step_ms: 0, since_ms: 0, until_ms: 100_000,
+    series: [
+      { uuid: 'a', points: [pt(10_000), pt(50_000), pt(90_000), pt(98_000)] },
+      { uuid: 'b', points: [pt(20_000)] },
+    ],
+  };
+  const from = refetchFrom(answer);
+  assert.equal(from, 98_000 - 30_000);
+  // The refetch has a late sample at 70 s, the one at 90 s again, and new ones.
+  const fresh = {
+    resolution: 'raw', step_ms: 0, since_ms: from, until_ms: 130_000,
+    series: [{ uuid: 'a', points: [pt(70_000), pt(90_000), pt(110_000), pt(128_000)] }, { uuid: 'c', points: [pt(129_000)] }],
+  };
+  const m = mergeHistory(answer, fresh, from, 100_000);
+  assert.equal(m.since_ms, 30_000);
+  assert.equal(m.until_ms, 130_000);
+  assert.deepEqual(m.series.map((s) => [s.uuid, s.points.map((p) => p.t_ms)]), [
+    ['a', [50_000, 70_000, 90_000, 110_000, 128_000]],
+    ['c', [129_000]],
+  ]);
+  // Buckets: one that still overlaps the span stays; the step widens the margin.
+  const b = { resolution: '1m', step_ms: 60_000, until_ms: 600_000, series: [{ uuid: 'a', points: [pt(0), pt(60_000), pt(540_000)] }] };
+  assert.equal(refetchFrom(b), 540_000 - 120_000);
+  const mb = mergeHistory(b, { ...b, until_ms: 650_000, series: [] }, refetchFrom(b), 600_000);
+  assert.deepEqual(mb.series[0].points.map((p) => p.t_ms), [0, 60_000]);
 });

@@ -1,6 +1,8 @@
 // DOM helpers. Everything the UI shows is built from nodes and text nodes;
 // server data never goes through innerHTML.
 
+import morphdom from '../vendor/morphdom/morphdom-esm.js';
+
 const SVG_NS = 'http://www.w3.org/2000/svg';
 
 // Properties set as such rather than as attributes (live form state).
@@ -62,6 +64,25 @@ export function swap(container, ...children) {
   container.replaceChildren();
   append(container, children);
   if (key) container.querySelector(`[data-key="${CSS.escape(key)}"]`)?.focus();
+}
+
+/**
+ * Like `swap`, but turn the container's children into the new ones in place
+ * (morphdom, vendored: see vendor/morphdom/VERSION): elements that did not
+ * change are left alone, changed ones get only their new attributes and
+ * text. Live views redraw every second or two; replacing the whole tree made
+ * WebKit relayout and repaint all of it each time. Elements keep their
+ * identity by `data-id` where given. Only for views whose elements carry no
+ * listeners: a kept element keeps its old ones, and a new tree's are lost.
+ */
+export function patch(container, ...children) {
+  const next = container.cloneNode(false);
+  append(next, children);
+  morphdom(container, next, {
+    childrenOnly: true,
+    getNodeKey: (n) => (n.nodeType === 1 ? n.getAttribute('data-id') || n.id || undefined : undefined),
+    onBeforeElUpdated: (from, to) => !from.isEqualNode(to),
+  });
 }
 
 /** A small inline icon from the sprite-free set below. */

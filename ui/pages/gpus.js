@@ -7,16 +7,19 @@
 // 7 d of utilization and memory), when the daemon keeps one.
 
 import * as api from '../api.js';
-import { h, swap, loading, empty, failure, alertLine, icon, stat } from '../lib/dom.js';
+import { h, swap, patch, loading, empty, failure, alertLine, icon, stat } from '../lib/dom.js';
 import { duration, idleText, mib, timeEl, plural } from '../lib/format.js';
 import { Samples, sparkline } from '../lib/sparkline.js';
 import { timeChart } from '../lib/chart.js';
 import { cssVar } from '../lib/theme.js';
-import { HISTORY_RANGES, gpuColumns, gpuLabel } from '../lib/telemetry.js';
+import { HISTORY_RANGES, gpuColumns, gpuLabel, mergeHistory, refetchFrom } from '../lib/telemetry.js';
 
 // Samples per GPU uuid. Module-level, so going to another page and back
 // keeps the recent history.
 const samples = new Map();
+
+/** How often cards whose data did not change are redrawn anyway. */
+const QUIET_MS = 10_000;
 
 function record(gpu, t) {
   let s = samples.get(gpu.uuid);
@@ -39,12 +42,20 @@ export function mount(root, route, ctx) {
     stats, notice, body);
 
   let loaded = false;
+  // What the cards last showed, and when. Every repaint of the window costs
+  // WebKit ~25 ms of CPU (software rendering), so an unchanged answer (only
+  // the heartbeat's age moved) redraws just every QUIET_MS, to move the
+  // sparklines and "last seen" on: an idle GPUs page stays light.
+  let shown = { sig: null, at: 0 };
   async function refresh() {
     try {
       const agents = await api.agents({ signal: ctx.signal });
       const now = Date.now();
       for (const a of agents) if (a.alive) for (const g of a.report.gpus ?? []) record(g, now);
-      swap(notice);
+      if (notice.childNodes.length) swap(notice);
+      const sig = JSON.stringify(agents, (k, v) => (k === 'last_seen_ms' ? undefined : v));
+      if (loaded && sig === shown.sig && now - shown.at < QUIET_MS) return;
+      shown = { sig, at: now };
       draw(agents, now);
       loaded = true;
     } catch (e) {
@@ -62,7 +73,7 @@ export function mount(root, route, ctx) {
     const utils = all.map((g) => g.utilization_pct).filter((u) => u != null);
     const used = all.reduce((n, g) => n + g.memory_used_mib, 0);
     const total = all.reduce((n, g) => n + g.memory_total_mib, 0);
-    swap(stats,
+    patch(stats,
       stat('Hosts online', `${live.length}`, agents.length > live.length ? `of ${agents.length} known` : null),
       stat('GPUs', `${all.length}`, [...new Set(all.map((g) => g.name))].join(', ')),
       stat('Held by jobs', `${all.filter((g) => held.has(g.uuid)).length}`),
@@ -71,7 +82,7 @@ export function mount(root, route, ctx) {
         utils.length ? `over ${plural(utils.length, 'GPU')}` : null),
       stat('Memory in use', total ? `${Math.round((100 * used) / total)}%` : '—', total ? `${mib(used)} of ${mib(total)}` : null));
     if (agents.length === 0) {
-      swap(body, empty({
+      patch(body, empty({
         icon: 'gpu',
         title: 'No agents yet',
         body: [
@@ -81,7 +92,8 @@ export function mount(root, route, ctx) {
       }));
       return;
     }
-    swap(body, ...agents.map((a) => host(a, now)));
+    // In place: each heartbeat changes a few numbers and the sparklines.
+    patch(body, ...agents.map((a) => host(a, now)));
   }
 
   ctx.live(['agent', 'job', 'idle'], refresh, 1000);
@@ -170,14 +182,28 @@ function historyPanel(route, ctx) {
     grid.dataset.loaded = range;
   }
 
+  // Refetches ask only for what is new since the last answer (mergeHistory);
+  // the whole range again every few minutes, or on a change of range.
+  const FULL_EVERY = 300_000;
+  let fullAt = 0;
   let seq = 0;
   async function load() {
     const mine = ++seq;
     fetchedAt = Date.now();
+    const [, , spanMs] = HISTORY_RANGES.find(([k]) => k === range);
+    const full = !answer || answer.range !== range || fetchedAt - fullAt >= FULL_EVERY;
     try {
-      const t = await api.telemetry({ since: range }, { signal: ctx.signal });
+      let t;
+      if (full) {
+        t = await api.telemetry({ since: range }, { signal: ctx.signal });
+      } else {
+        const from = refetchFrom(answer);
+        const fresh = await api.telemetry({ since: String(from), resolution: answer.resolution }, { signal: ctx.signal });
+        t = mergeHistory(answer, fresh, from, spanMs);
+      }
       if (mine !== seq) return;
-      answer = t;
+      if (full) fullAt = fetchedAt;
+      answer = { ...t, range };
       draw();
     } catch (e) {
       if (e.name === 'AbortError' || mine !== seq) return;
@@ -209,7 +235,7 @@ function host(a, now) {
   }[r.gpu_source] ?? h('span', { class: 'chip' }, r.gpu_source);
   const mine = new Set(r.pids ?? []);
   const gpus = r.gpus ?? [];
-  return h('section', { class: ['host', a.alive ? null : 'dead'], 'aria-label': `Host ${a.name}` },
+  return h('section', { class: ['host', a.alive ? null : 'dead'], 'aria-label': `Host ${a.name}`, 'data-id': `host-${a.name}` },
     h('header', { class: 'host-head' },
       h('h2', null, h('span', { class: ['dot', a.alive ? 'dot-ok' : 'dot-off'], 'aria-hidden': 'true' }), a.name),
       a.alive ? null : h('span', { class: 'chip chip-bad', title: 'No heartbeat within the lease: not schedulable' }, 'Offline'),
@@ -252,6 +278,7 @@ function card(g, a, mine, now) {
   return h('article', {
     class: ['gpu', holders.length ? 'gpu-held' : 'gpu-free', foreign.length ? 'gpu-foreign' : null],
     'aria-label': `GPU ${g.index} ${g.name}`,
+    'data-id': `gpu-${g.uuid}`,
   },
   h('header', { class: 'gpu-head' },
     h('span', { class: 'gpu-idx' }, `${g.index}`),
