@@ -12,6 +12,7 @@ fn main() {
             "forget_lab",
             "set_close_to_tray",
             "set_autostart",
+            "lend_gpus",
         ]),
     ))
     .expect("tauri build step");

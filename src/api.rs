@@ -130,6 +130,11 @@ pub struct AgentReport {
     pub attempts: Vec<String>,
     /// PIDs of the processes it started (their GPU use is not foreign).
     pub pids: Vec<u32>,
+    /// The agent is stopping: place nothing more on it (the jobs it stops
+    /// come back to the queue). A later report without it makes it
+    /// schedulable again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub leaving: bool,
 }
 
 /// `POST /agents/{name}/samples`: the GPU samples an agent took since its
@@ -297,6 +302,11 @@ pub struct FinishRequest {
     pub exit_code: Option<i32>,
     /// What stopped it otherwise (spawn failure, timeout, bad git rev...).
     pub error: Option<String>,
+    /// The agent stopped it because the agent itself is stopping: the job
+    /// goes back to the queue, and the attempt does not count against its
+    /// attempts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requeue: bool,
 }
 
 /// An agent as the daemon sees it.

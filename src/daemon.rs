@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::agent::{self, AgentError, Setup, SetupError};
@@ -60,11 +60,9 @@ pub struct Daemon {
     url: String,
     addr: std::net::SocketAddr,
     token: Secret,
+    home: crate::Home,
     events: broadcast::WeakSender<Event>,
-    agent_name: Option<String>,
-    agent_failed: watch::Receiver<Option<Arc<AgentError>>>,
-    stop_agent: Option<oneshot::Sender<()>>,
-    agent_task: Option<JoinHandle<()>>,
+    agent: Option<agent::Handle>,
     stop_server: oneshot::Sender<()>,
     serving: JoinHandle<Result<(), ServerError>>,
     metrics: Option<(std::net::SocketAddr, JoinHandle<Result<(), ServerError>>)>,
@@ -110,45 +108,17 @@ impl Daemon {
         let serving = tokio::spawn(server.serve(async move {
             let _ = stop_server_rx.await;
         }));
-        let (failed_tx, agent_failed) = watch::channel(None);
-        let (agent_name, stop_agent, agent_task) = match ready {
-            None => (None, None, None),
-            Some(ready) => {
-                // The local agent reaches the daemon over loopback whatever the bind.
-                let client = Client::new(
-                    &format!("http://127.0.0.1:{}", addr.port()),
-                    Some(token.clone()),
-                );
-                let (tx, rx) = oneshot::channel::<()>();
-                let name = ready.config.name.clone();
-                let task = tokio::spawn(async move {
-                    let agent::Ready {
-                        config,
-                        gpus,
-                        identity,
-                    } = ready;
-                    let r = agent::run_agent(config, client, gpus, async move {
-                        let _ = rx.await;
-                    })
-                    .await;
-                    // The name is free again as soon as the agent is gone.
-                    drop(identity);
-                    if let Err(e) = r {
-                        let _ = failed_tx.send(Some(Arc::new(e)));
-                    }
-                });
-                (Some(name), Some(tx), Some(task))
-            }
-        };
+        let agent = ready.map(|ready| {
+            // The local agent reaches the daemon over loopback whatever the bind.
+            agent::Handle::spawn(ready, loopback_client(addr, &token))
+        });
         Ok(Daemon {
             url,
             addr,
             token,
+            home,
             events: events.downgrade(),
-            agent_name,
-            agent_failed,
-            stop_agent,
-            agent_task,
+            agent,
             stop_server,
             serving,
             metrics,
@@ -180,9 +150,40 @@ impl Daemon {
         Client::new(&self.url, Some(self.token.clone()))
     }
 
-    /// The local agent's name, if one was started.
+    /// The local agent's name, if one runs.
     pub fn agent_name(&self) -> Option<&str> {
-        self.agent_name.as_deref()
+        self.agent.as_ref().map(agent::Handle::name)
+    }
+
+    /// Stop the local agent, as [`Daemon::stop`] does, and go on serving
+    /// without it: for a workstation whose GPUs are lent to another daemon
+    /// (the desktop's "lend this computer's GPUs to the lab"). Its jobs are
+    /// stopped and reported ended, so this daemon can requeue them. Returns
+    /// whether one was running.
+    pub async fn stop_agent(&mut self) -> bool {
+        match self.agent.take() {
+            Some(a) => {
+                a.stop(AGENT_STOP_LIMIT).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Start a local agent from `setup` again (after [`Daemon::stop_agent`];
+    /// nothing happens while one runs). Fails like [`Daemon::start`] when
+    /// its identity is held or its GPUs cannot be read.
+    pub async fn start_agent(&mut self, setup: Setup) -> Result<(), DaemonError> {
+        if self.agent.is_some() {
+            return Ok(());
+        }
+        let home = self.home.clone();
+        let ready = tokio::task::spawn_blocking(move || setup.prepare(&home)).await??;
+        self.agent = Some(agent::Handle::spawn(
+            ready,
+            loopback_client(self.addr, &self.token),
+        ));
+        Ok(())
     }
 
     /// Every change the daemon announces from now on (the events of
@@ -199,16 +200,11 @@ impl Daemon {
     /// identity holds its name), with why; the daemon goes on serving
     /// without it. Never resolves while it runs, or when there is none.
     pub fn agent_failed(&self) -> impl Future<Output = Arc<AgentError>> + Send + 'static {
-        let mut rx = self.agent_failed.clone();
+        let failed = self.agent.as_ref().map(agent::Handle::failed);
         async move {
-            loop {
-                if let Some(e) = rx.borrow_and_update().clone() {
-                    return e;
-                }
-                if rx.changed().await.is_err() {
-                    // The agent ended without an error: nothing to report, ever.
-                    std::future::pending::<()>().await;
-                }
+            match failed {
+                Some(f) => f.await,
+                None => std::future::pending().await,
             }
         }
     }
@@ -218,11 +214,8 @@ impl Daemon {
     /// server (long-lived streams get two seconds). Returns the server's
     /// error if serving failed.
     pub async fn stop(self) -> Result<(), DaemonError> {
-        if let Some(tx) = self.stop_agent {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.agent_task {
-            let _ = tokio::time::timeout(AGENT_STOP_LIMIT, task).await;
+        if let Some(a) = self.agent {
+            a.stop(AGENT_STOP_LIMIT).await;
         }
         if let Some((_, m)) = self.metrics {
             m.abort();
@@ -231,4 +224,12 @@ impl Daemon {
         self.serving.await??;
         Ok(())
     }
+}
+
+/// A client of the daemon at `addr` over loopback, as its local agent uses.
+fn loopback_client(addr: std::net::SocketAddr, token: &Secret) -> Client {
+    Client::new(
+        &format!("http://127.0.0.1:{}", addr.port()),
+        Some(token.clone()),
+    )
 }

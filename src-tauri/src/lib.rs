@@ -11,6 +11,7 @@
 //! talking to the API.
 
 pub mod lab;
+mod lend;
 pub mod settings;
 pub mod tokens;
 
@@ -49,7 +50,9 @@ const ACCELERATED_ENV: &str = "TRAINYARD_DESKTOP_ACCELERATED";
 /// keeps WebKit's defaults.
 #[cfg(target_os = "linux")]
 fn light_webview(webview: tauri::webview::PlatformWebview) {
-    use webkit2gtk::{CacheModel, HardwareAccelerationPolicy, SettingsExt, WebContextExt, WebViewExt};
+    use webkit2gtk::{
+        CacheModel, HardwareAccelerationPolicy, SettingsExt, WebContextExt, WebViewExt,
+    };
     if std::env::var_os(ACCELERATED_ENV).is_some_and(|v| v != "0") {
         return;
     }
@@ -86,9 +89,6 @@ struct Target {
     token: Option<String>,
 }
 
-/// The daemon this app started, if it started one: stopped when the app exits.
-struct Embedded(Mutex<Option<Daemon>>);
-
 /// Start the in-process daemon and local agent, or use `TRAINYARD_URL`.
 fn start_daemon(app: &AppHandle) -> Result<Target, Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("TRAINYARD_URL") {
@@ -110,9 +110,14 @@ fn start_daemon(app: &AppHandle) -> Result<Target, Box<dyn std::error::Error>> {
             token: Some(secret.expose().to_string()),
         });
     }
+    let agent = trainyard::agent::Setup {
+        fake_gpus: std::env::var(trainyard::gpu::FAKE_GPUS_ENV).ok(),
+        fake_gpu_trace: std::env::var_os(trainyard::gpu::FAKE_GPU_TRACE_ENV).map(Into::into),
+        ..Default::default()
+    };
     let config = daemon::Config {
         server: Config {
-            home,
+            home: home.clone(),
             addr: "127.0.0.1:0".parse()?,
             lease: Duration::from_secs(30),
             allow_hosts: Vec::new(),
@@ -122,11 +127,7 @@ fn start_daemon(app: &AppHandle) -> Result<Target, Box<dyn std::error::Error>> {
             notify: Default::default(),
         },
         // The local agent: NVML, or a fake inventory only when asked for.
-        agent: Some(trainyard::agent::Setup {
-            fake_gpus: std::env::var(trainyard::gpu::FAKE_GPUS_ENV).ok(),
-            fake_gpu_trace: std::env::var_os(trainyard::gpu::FAKE_GPU_TRACE_ENV).map(Into::into),
-            ..Default::default()
-        }),
+        agent: Some(agent.clone()),
         metrics_bind: None,
     };
     let daemon = tauri::async_runtime::block_on(Daemon::start(config))?;
@@ -143,10 +144,14 @@ fn start_daemon(app: &AppHandle) -> Result<Target, Box<dyn std::error::Error>> {
         client.clone(),
         daemon.subscribe(),
     ));
-    *app.state::<Embedded>()
-        .0
-        .lock()
-        .unwrap_or_else(|p| p.into_inner()) = Some(daemon);
+    if daemon.agent_name().is_some() {
+        // It can be lent to a lab (lend.rs).
+        app.manage(lend::LocalAgent {
+            home: home.clone(),
+            setup: agent,
+        });
+    }
+    *app.state::<lend::Embedded>().0.blocking_lock() = Some(daemon);
     Ok(Target {
         url,
         client,
@@ -271,6 +276,9 @@ enum DesktopError {
         url: String,
         source: Box<tauri::Error>,
     },
+    /// Lending the GPUs to the lab, or taking them back, did not happen.
+    #[error("{0}")]
+    Lend(String),
 }
 
 impl From<settings::SettingsError> for DesktopError {
@@ -292,6 +300,7 @@ impl DesktopError {
             DesktopError::Settings(_) => "settings",
             DesktopError::Autostart { .. } => "autostart",
             DesktopError::Window { .. } => "window",
+            DesktopError::Lend(_) => "lend",
         }
     }
 }
@@ -324,6 +333,10 @@ struct ConnectionView {
     last_error: Option<String>,
     close_to_tray: bool,
     autostart: bool,
+    /// The lab daemon this computer's GPUs are lent to.
+    lent_to: Option<String>,
+    /// Whether they can be lent: the app started the local daemon and its agent.
+    can_lend: bool,
 }
 
 fn view(app: &AppHandle) -> ConnectionView {
@@ -341,7 +354,14 @@ fn view(app: &AppHandle) -> ConnectionView {
         last_error: st.last_error.clone(),
         close_to_tray: st.settings.close_to_tray,
         autostart: settings::autostart_path().is_some_and(|p| settings::autostart_on(&p)),
+        lent_to: lend::lent_to(app),
+        can_lend: app.try_state::<lend::LocalAgent>().is_some(),
     }
+}
+
+/// The lab daemon the app remembers.
+fn remembered_lab(app: &AppHandle) -> Option<String> {
+    app.state::<Desktop>().state().settings.lab.clone()
 }
 
 /// Blocking work (D-Bus, files) off the async threads.
@@ -361,6 +381,7 @@ const LOCAL_PERMISSIONS: &[&str] = &[
     "allow-forget-lab",
     "allow-set-close-to-tray",
     "allow-set-autostart",
+    "allow-lend-gpus",
 ];
 
 /// The commands a lab daemon's page may call: read the connection and
@@ -551,6 +572,8 @@ async fn connect_lab(
 /// daemon first if the lab is shown).
 #[tauri::command]
 async fn forget_lab(app: AppHandle) -> Result<ConnectionView, DesktopError> {
+    // GPUs lent to it come back first.
+    lend::take_back(&app).await?;
     if matches!(app.state::<Desktop>().state().showing, Showing::Lab(_)) {
         show_local(&app, None)?;
     }
@@ -565,7 +588,22 @@ async fn forget_lab(app: AppHandle) -> Result<ConnectionView, DesktopError> {
     save_settings(&app, |s| {
         s.lab = None;
         s.show_lab = false;
+        s.lend_gpus = false;
     })?;
+    refresh_tray(&app);
+    Ok(view(&app))
+}
+
+/// Lend this computer's GPUs to the remembered lab daemon (its agent joins
+/// the lab's pool), or take them back; kept across launches.
+#[tauri::command]
+async fn lend_gpus(app: AppHandle, on: bool) -> Result<ConnectionView, DesktopError> {
+    if on {
+        lend::lend(&app).await?;
+    } else {
+        lend::take_back(&app).await?;
+    }
+    save_settings(&app, |s| s.lend_gpus = on)?;
     refresh_tray(&app);
     Ok(view(&app))
 }
@@ -632,8 +670,11 @@ fn refresh_tray(app: &AppHandle) {
             st.settings.close_to_tray,
         )
     };
+    let lent = lend::lent_to(app)
+        .map(|u| format!(" · GPUs lent to {u}"))
+        .unwrap_or_default();
     let _ = items.status.set_text(format!(
-        "Showing: {}",
+        "Showing: {}{lent}",
         match &showing {
             Showing::Local => "this computer's daemon".to_string(),
             Showing::Lab(u) => format!("lab server {u}"),
@@ -655,7 +696,7 @@ fn refresh_tray(app: &AppHandle) {
         .autostart
         .set_checked(settings::autostart_path().is_some_and(|p| settings::autostart_on(&p)));
     if let Some(tray) = app.tray_by_id("main") {
-        let _ = tray.set_tooltip(Some(showing_label(&showing)));
+        let _ = tray.set_tooltip(Some(format!("{}{lent}", showing_label(&showing))));
     }
 }
 
@@ -867,7 +908,8 @@ pub fn run() {
         .init();
     let hidden = std::env::args().any(|a| a == settings::HIDDEN_ARG);
     tauri::Builder::default()
-        .manage(Embedded(Mutex::new(None)))
+        .manage(lend::Embedded(tokio::sync::Mutex::new(None)))
+        .manage(lend::Lent(tokio::sync::Mutex::new(None)))
         .plugin(tauri_plugin_dialog::init())
         .plugin(tauri_plugin_notification::init())
         .invoke_handler(tauri::generate_handler![
@@ -878,7 +920,8 @@ pub fn run() {
             connect_lab,
             forget_lab,
             set_close_to_tray,
-            set_autostart
+            set_autostart,
+            lend_gpus
         ])
         .setup(move |app| {
             let handle = app.handle().clone();
@@ -894,6 +937,7 @@ pub fn run() {
                 .origin()
                 .ascii_serialization();
             let reconnect = settings.lab.clone().filter(|_| settings.show_lab);
+            let lend_at_launch = settings.lend_gpus && settings.lab.is_some();
             let mut url: tauri::Url = local.url.parse()?;
             if let Some(t) = &local.token {
                 url.set_fragment(Some(&format!("token={t}")));
@@ -922,6 +966,18 @@ pub fn run() {
             if let Some(lab) = reconnect {
                 tauri::async_runtime::spawn(reconnect_lab(handle.clone(), lab));
             }
+            if lend_at_launch {
+                let a = handle.clone();
+                tauri::async_runtime::spawn(async move {
+                    if let Err(e) = lend::lend(&a).await {
+                        tracing::warn!(error = %e, "this computer's GPUs were not lent to the lab again");
+                        a.state::<Desktop>().state().last_error = Some(format!(
+                            "This computer's GPUs were not lent to the lab server again at launch: {e}"
+                        ));
+                    }
+                    refresh_tray(&a);
+                });
+            }
             tauri::async_runtime::spawn(tray_summary(handle));
             Ok(())
         })
@@ -941,19 +997,10 @@ pub fn run() {
         .expect("the Tauri application builds")
         .run(|app, event| {
             if let RunEvent::Exit = event {
-                // The daemon's order: the local agent stops and reports its
-                // jobs while the server still listens, then the server.
-                let daemon = app
-                    .state::<Embedded>()
-                    .0
-                    .lock()
-                    .ok()
-                    .and_then(|mut d| d.take());
-                if let Some(d) = daemon {
-                    if let Err(e) = tauri::async_runtime::block_on(d.stop()) {
-                        tracing::error!(error = %e, "the daemon did not stop cleanly");
-                    }
-                }
+                // The lent agent first, then the daemon's order: the local
+                // agent stops and reports its jobs while the server still
+                // listens, then the server.
+                tauri::async_runtime::block_on(lend::shut_down(app));
             }
         });
 }

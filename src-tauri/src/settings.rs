@@ -27,6 +27,10 @@ pub struct Settings {
     /// jobs keep running until Quit.
     #[serde(default)]
     pub close_to_tray: bool,
+    /// This computer's GPUs are lent to the remembered lab (its agent
+    /// serves the lab daemon); lent again at launch.
+    #[serde(default)]
+    pub lend_gpus: bool,
 }
 
 /// The settings file could not be read or written.

@@ -6,7 +6,8 @@
 //! restarted agent stop what its previous run left, `identity` its name and
 //! the id kept in its home, `setup` what an agent is started with, `git`
 //! the job sources, `telemetry` the GPU samples it buffers and ships to the
-//! daemon.
+//! daemon, `handle` an agent run as a task of this process (the daemon's
+//! local agent, the desktop's agent lent to a lab).
 //! The agent talks to the daemon only through the HTTP API, the agent
 //! embedded in `trainyard up` included.
 
@@ -14,6 +15,7 @@ pub mod activity;
 pub mod cgroup;
 pub mod env;
 pub mod git;
+mod handle;
 pub mod identity;
 mod record;
 mod run;
@@ -21,6 +23,7 @@ mod setup;
 pub mod telemetry;
 mod worker;
 
+pub use handle::Handle;
 pub use identity::{Identity, IdentityError};
 pub use run::{start, Outcome, RunError, RunSpec, Running, StopFlag};
 pub use setup::{Ready, Setup, SetupError};

@@ -137,6 +137,8 @@ struct Agent {
     retired: Mutex<HashSet<String>>,
     /// GPU samples waiting to be shipped.
     samples: Arc<SampleBuffer>,
+    /// The agent is stopping: what it stops now goes back to the queue.
+    shutting_down: AtomicBool,
 }
 
 impl Agent {
@@ -157,6 +159,7 @@ impl Agent {
             cpu_slots: self.cfg.cpu_slots,
             attempts: held.keys().cloned().collect(),
             pids: g.pids.clone(),
+            leaving: self.shutting_down.load(Ordering::SeqCst),
         }
     }
 
@@ -243,6 +246,7 @@ pub async fn run(
             pids: Vec::new(),
         }),
         lease_ms: AtomicU64::new(30_000),
+        shutting_down: AtomicBool::new(false),
         client,
         cfg,
     });
@@ -271,7 +275,16 @@ pub async fn run(
     hb.abort();
     watch.abort();
     ship.abort();
-    // Stop everything still running and let the attempt tasks report it.
+    // Stop everything still running and let the attempt tasks report it:
+    // the daemon queues those jobs again (the agent left, they did not fail).
+    // First tell the daemon it is leaving, so that it places nothing more
+    // here (a requeued job would come straight back); best effort.
+    agent.shutting_down.store(true, Ordering::SeqCst);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        agent.client.heartbeat(&agent.cfg.name, &agent.report()),
+    )
+    .await;
     let tokens: Vec<String> = agent.held().keys().cloned().collect();
     agent.stop(&tokens, &[]);
     for _ in 0..200 {
@@ -642,6 +655,7 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<StopFlag>) {
         start_recorded(&a, &mut spec, &mut rec)
     });
     let mut sent = 0u64;
+    let mut requeue = false;
     let (exit_code, error) = match started {
         Err(msg) => {
             tracing::warn!(job = job.0, attempt = n, "{msg}");
@@ -694,6 +708,15 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<StopFlag>) {
                             append_line(&log, &format!("trainyard: {reason}"));
                             (None, Some(reason))
                         }
+                        None if a.shutting_down.load(Ordering::SeqCst) => {
+                            let msg = format!(
+                                "attempt {n} was stopped: its agent {} shut down; the job is queued again",
+                                a.cfg.name
+                            );
+                            append_line(&log, &format!("trainyard: {msg}"));
+                            requeue = true;
+                            (None, Some(msg))
+                        }
                         None => (
                             None,
                             Some(format!("attempt {n} was stopped (cancelled or reassigned)")),
@@ -715,7 +738,7 @@ async fn attempt(a: Arc<Agent>, w: Work, cancel: Arc<StopFlag>) {
             tracing::warn!(job = job.0, attempt = n, error = %e, "cannot record the attempt's end");
         }
     }
-    report_end(&a, job, n, &token, &log, sent, exit_code, error).await;
+    report_end(&a, job, n, &token, &log, sent, (exit_code, error, requeue)).await;
     a.held().remove(&token);
     finish_local(&a, job, n, &dir, &log);
 }
@@ -774,8 +797,7 @@ async fn report_end(
     token: &str,
     log: &Path,
     mut sent: u64,
-    exit_code: Option<i32>,
-    error: Option<String>,
+    (exit_code, error, requeue): (Option<i32>, Option<String>, bool),
 ) {
     loop {
         let size = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
@@ -785,7 +807,11 @@ async fn report_end(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let finish = FinishRequest { exit_code, error };
+    let finish = FinishRequest {
+        exit_code,
+        error,
+        requeue,
+    };
     let mut backoff = Duration::from_millis(100);
     loop {
         match a.client.finish(job, n, token, &finish).await {
@@ -905,7 +931,7 @@ async fn recover(a: &Arc<Agent>) {
                 ),
             };
             // From offset 0: the daemon keeps only bytes beyond its copy.
-            report_end(&a, job, n, &r.token, &log, 0, exit_code, error).await;
+            report_end(&a, job, n, &r.token, &log, 0, (exit_code, error, false)).await;
             finish_local(&a, job, n, &root.join(format!("{job}-{n}")), &log);
         });
     }

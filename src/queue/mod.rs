@@ -1370,6 +1370,25 @@ impl Queue {
         exit_code: Option<i32>,
         error: Option<&str>,
     ) -> Result<JobState> {
+        self.finish_as(token, exit_code, error, false)
+    }
+
+    /// An attempt its agent stopped because the agent itself is stopping
+    /// (`trainyard up` or an agent shutting down, a desktop taking its
+    /// GPUs back from the lab): the attempt ends failed with `error`, but
+    /// the job goes back to the queue and the attempt does not count
+    /// against `max_attempts`, as a node drain requeues in SLURM.
+    pub fn finish_requeued(&self, token: &str, error: &str) -> Result<JobState> {
+        self.finish_as(token, None, Some(error), true)
+    }
+
+    fn finish_as(
+        &self,
+        token: &str,
+        exit_code: Option<i32>,
+        error: Option<&str>,
+        requeue: bool,
+    ) -> Result<JobState> {
         let mut conn = self.conn()?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -1407,9 +1426,16 @@ impl Queue {
             Some(c) => Some(format!("attempt {n} exited with code {c}")),
             None => Some(format!("attempt {n} was killed by a signal")),
         });
+        if requeue && !ok {
+            tx.execute(
+                "UPDATE jobs SET max_attempts = max_attempts + 1 WHERE id = ?1",
+                [job.0],
+            )
+            .map_err(self.sql())?;
+        }
         let new_state = if ok {
             JobState::Succeeded
-        } else if n < max {
+        } else if requeue || n < max {
             JobState::Queued
         } else {
             JobState::Failed

@@ -285,7 +285,9 @@ impl Coord {
                 wake: Arc::new(Notify::new()),
                 lost_notified: false,
             });
-        let changed = e.report.gpus != report.gpus || e.report.cpu_slots != report.cpu_slots;
+        let changed = e.report.gpus != report.gpus
+            || e.report.cpu_slots != report.cpu_slots
+            || e.report.leaving != report.leaving;
         e.report = report;
         e.last_seen = Instant::now();
         e.lost_notified = false;
@@ -392,7 +394,7 @@ impl Coord {
         let agents = self.agents();
         let mut views: Vec<HostView> = agents
             .iter()
-            .filter(|(_, e)| e.last_seen.elapsed() < self.lease)
+            .filter(|(_, e)| e.last_seen.elapsed() < self.lease && !e.report.leaving)
             .map(|(name, e)| {
                 let mine = active.iter().filter(|a| &a.agent == name);
                 let cpu_busy = mine.clone().filter(|a| a.gpus.is_empty()).count() as u32;

@@ -578,8 +578,14 @@ async fn finish(
     let req: FinishRequest = parse(&body)?;
     let job = blocking(&c, move |c| {
         let token = check_attempt(c, id, n, &headers)?;
-        c.queue
-            .finish(&token, req.exit_code, req.error.as_deref())?;
+        match (req.requeue, req.error.as_deref()) {
+            (true, Some(why)) if req.exit_code != Some(0) => {
+                c.queue.finish_requeued(&token, why)?
+            }
+            _ => c
+                .queue
+                .finish(&token, req.exit_code, req.error.as_deref())?,
+        };
         Ok(c.queue.get(id)?)
     })
     .await?;

@@ -350,3 +350,118 @@ fn the_daemon_runs_in_process_and_stops_in_order() {
     assert!(attempts[0].finished_ns.is_some(), "{attempts:?}");
     assert_ne!(q.get(id).unwrap().state, JobState::Running);
 }
+
+/// A workstation lends its GPUs to a lab daemon, as the desktop's "lend
+/// this computer's GPUs to the lab" does: its daemon stops its local agent
+/// (the local job it ran is reported ended, not lost), the same agent
+/// identity joins the lab daemon over HTTP with the lab's token and runs a
+/// lab job on the workstation's GPU; taking the GPUs back stops the lent
+/// agent and starts the local agent again. Jobs an agent stops because it
+/// is stopping go back to their queue, their attempt not counted.
+#[test]
+fn a_workstation_lends_its_gpus_to_a_lab_daemon_and_takes_them_back() {
+    use trainyard::agent::{Handle, Setup};
+    use trainyard::client::Client;
+    use trainyard::daemon::{Config, Daemon, AGENT_STOP_LIMIT};
+    use trainyard::queue::{JobSpec, JobState};
+    let desk = Env::new();
+    let lab = Env::new();
+    let (desk_home, lab_home) = (
+        trainyard::Home::at(&desk.home),
+        trainyard::Home::at(&lab.home),
+    );
+    desk_home.ensure().unwrap();
+    lab_home.ensure().unwrap();
+    let setup = Setup {
+        name: Some("workstation".into()),
+        fake_gpus: Some("1xRTX4090-24GB".into()),
+        grace: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let config = |home: &trainyard::Home, agent: Option<Setup>| Config {
+        server: trainyard::server::Config {
+            home: home.clone(),
+            addr: "127.0.0.1:0".parse().unwrap(),
+            lease: Duration::from_secs(30),
+            allow_hosts: Vec::new(),
+            token: None,
+            retention: Default::default(),
+            notify: Default::default(),
+        },
+        agent,
+        metrics_bind: None,
+    };
+    async fn until_state(c: &Client, id: trainyard::queue::JobId, want: &[JobState]) -> JobState {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = c.job(id).await.unwrap().job.state;
+            if want.contains(&s) {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job {id} stayed {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let gpu = || JobSpec::parse(r#"{"command": ["sleep", "60"], "gpus": {"count": 1}}"#).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut d = Daemon::start(config(&desk_home, Some(setup.clone())))
+            .await
+            .unwrap();
+        let l = Daemon::start(config(&lab_home, None)).await.unwrap();
+        let local = d.client();
+        let local_job = local.submit(vec![gpu()]).await.unwrap()[0];
+        until_state(&local, local_job, &[JobState::Running]).await;
+
+        // Lend: the local agent stops (its job is reported), then the same
+        // identity serves the lab, with the lab's token.
+        assert!(d.stop_agent().await);
+        assert_eq!(d.agent_name(), None);
+        // Not a failure: the agent left, the job is queued again.
+        until_state(&local, local_job, &[JobState::Queued]).await;
+        let detail = local.job(local_job).await.unwrap();
+        let why = detail.attempt_log[0].error.clone().unwrap_or_default();
+        assert!(why.contains("shut down"), "{why}");
+        let home = desk_home.clone();
+        let s = setup.clone();
+        let ready = tokio::task::spawn_blocking(move || s.prepare(&home))
+            .await
+            .unwrap()
+            .unwrap();
+        let lent = Handle::spawn(ready, Client::new(l.url(), Some(l.token().clone())));
+        assert_eq!(lent.server(), l.url());
+        let labc = l.client();
+        let lab_job = labc.submit(vec![gpu()]).await.unwrap()[0];
+        until_state(&labc, lab_job, &[JobState::Running]).await;
+        let agents = labc.agents().await.unwrap();
+        let a = agents
+            .iter()
+            .find(|a| a.name == "workstation")
+            .expect("the lent agent is in the lab's pool");
+        assert!(a.alive);
+        assert_eq!(a.report.gpus.len(), 1);
+        assert_eq!(a.held.len(), 1, "the lab job holds the workstation's GPU");
+        // Meanwhile the workstation's own queue waits: no local agent.
+        assert_ne!(
+            local.job(local_job).await.unwrap().job.state,
+            JobState::Running
+        );
+
+        // Take the GPUs back: the lab hears its job ended, the local agent
+        // returns and the local job runs again.
+        lent.stop(AGENT_STOP_LIMIT).await;
+        // The lab heard: its job waits for another agent.
+        assert_eq!(labc.job(lab_job).await.unwrap().job.state, JobState::Queued);
+        d.start_agent(setup.clone()).await.unwrap();
+        assert_eq!(d.agent_name(), Some("workstation"));
+        // Its second attempt runs, though the job allows one: the stopped
+        // one did not count.
+        until_state(&local, local_job, &[JobState::Running]).await;
+        assert_eq!(local.job(local_job).await.unwrap().job.attempts, 2);
+        l.stop().await.unwrap();
+        d.stop().await.unwrap();
+    });
+}

@@ -136,13 +136,30 @@ function onLocal(c, message, render) {
       }, 'Forget it and its token'))
     : null;
 
-  const toggle = (id, label, checked, command) => h('label', { class: 'check', style: { display: 'flex', gap: '8px', alignItems: 'center' } },
+  const toggle = (id, label, checked, command, then = null) => h('label', { class: 'check', style: { display: 'flex', gap: '8px', alignItems: 'center' } },
     h('input', {
       id, type: 'checkbox', checked,
       async onchange(e) {
-        try { await invoke()(command, { on: e.target.checked }); } catch (err) { e.target.checked = !e.target.checked; say('error', messageOf(err)); }
+        const box = e.target;
+        box.disabled = true;
+        try {
+          const next = await invoke()(command, { on: box.checked });
+          if (then) then(next);
+        } catch (err) { box.checked = !box.checked; say('error', messageOf(err)); } finally { box.disabled = false; }
       },
     }), label);
+  // The workstation's GPUs in the lab's pool: its agent serves the lab.
+  const lend = c.lab && c.can_lend
+    ? h('section', { class: 'panel', style: { padding: '14px', display: 'grid', gap: '8px' } },
+      h('h2', null, 'Share this computer\'s GPUs'),
+      toggle('lend-gpus', 'Lend this computer\'s GPUs to the lab server: its agent joins the lab\'s pool and runs the lab\'s jobs here', Boolean(c.lent_to), 'lend_gpus',
+        (next) => render(next, next.lent_to
+          ? { kind: 'ok', text: `This computer's GPUs are lent to ${next.lent_to}.` }
+          : { kind: 'ok', text: 'This computer\'s GPUs are back with its own daemon.' })),
+      h('p', { id: 'lend-status', class: 'hint' }, c.lent_to
+        ? ['Lent to ', h('code', null, c.lent_to), ': this computer\'s own queue waits until you take them back. Taking them back stops the lab\'s jobs running here; the lab runs them again elsewhere.']
+        : 'Not lent: only this computer\'s daemon runs jobs on them. Lending waits until no local job runs.'))
+    : null;
   const app = h('section', { class: 'panel', style: { padding: '14px', display: 'grid', gap: '8px' } },
     h('h2', null, 'Desktop app'),
     toggle('close-to-tray', 'Close to tray: closing the window keeps this computer\'s daemon and its jobs running', c.close_to_tray, 'set_close_to_tray'),
@@ -150,6 +167,6 @@ function onLocal(c, message, render) {
 
   return [
     h('p', { class: 'muted' }, icon('gpu'), ' This window shows this computer\'s daemon (', h('code', null, c.local_url), ').'),
-    form, remembered, app,
+    form, remembered, lend, app,
   ];
 }
