@@ -160,7 +160,9 @@ const bodyText = () => js('return document.body ? document.body.innerText : ""')
 
 // A second daemon with a home and token of its own: the lab server.
 async function startDaemon(env, gpus) {
-  const p = spawn(cli, ['up', '--port', '0', '--json', '--fake-gpus', gpus], {
+  // Its agent has a name of its own: on a real lab server it is the
+  // server's host name, here it would be this host's, as the app's agent is.
+  const p = spawn(cli, ['up', '--port', '0', '--json', '--fake-gpus', gpus, '--agent-name', 'lab-server'], {
     env, stdio: ['ignore', 'pipe', 'inherit'], detached: true,
   });
   const url = await new Promise((ok, fail) => {
@@ -276,10 +278,35 @@ async function labSteps(localOrigin) {
     await until('the Connect page\'s button did not bring the local daemon back', async () => (await pageUrl()).startsWith(localOrigin));
     console.log('PASS the remembered lab shows again with its kept token, and back');
 
+    // Lend this computer's GPUs to the lab: the app's agent joins the lab's
+    // pool (with the kept token), then comes back to the local daemon.
+    const labAgents = async () => (await fetch(`${lab.url}/api/v1/agents`, { headers: { authorization: `Bearer ${labToken}` } })).json();
+    const mine = (agents) => agents.find((a) => (a.report.gpus ?? []).some((g) => /A100/.test(g.name)));
+    await js(`location.hash = '#/connect'`);
+    await until('no lend toggle on the Connect page', () => js('return !!document.getElementById("lend-gpus")'));
+    await js(`document.getElementById('lend-gpus').click()`);
+    await until('the lab\'s pool did not get this computer\'s GPUs', async () => {
+      const a = mine(await labAgents());
+      return a && a.alive && !a.report.leaving;
+    });
+    const lentNow = await command('connection');
+    if (lentNow.ok?.lent_to !== lab.url) throw new Error(`connection while lent: ${JSON.stringify(lentNow)}`);
+    if (!/lend_gpus = true/.test(readFileSync(join(appConfig, 'desktop.toml'), 'utf8'))) throw new Error('desktop.toml does not keep the lending');
+    await until('the lend toggle is not on', () => js('return document.getElementById("lend-gpus")?.checked === true && !document.getElementById("lend-gpus").disabled'));
+    await js(`document.getElementById('lend-gpus').click()`);
+    await until('the GPUs did not come back', async () => !(await command('connection')).ok?.lent_to);
+    const left = mine(await labAgents());
+    if (!left?.report.leaving) throw new Error(`the lab was not told the agent left: ${JSON.stringify(left)}`);
+    await until('the local daemon has no agent again', async () => {
+      const r = await fetch(`${localOrigin}/api/v1/agents`, { headers: { authorization: `Bearer ${readFileSync(join(home, 'daemon.token'), 'utf8').trim()}` } });
+      return (await r.json()).some((a) => a.alive && !a.report.leaving && a.report.gpus.some((g) => /A100/.test(g.name)));
+    });
+    console.log('PASS this computer\'s GPUs are lent to the lab and taken back');
+
     // Disconnect: forget the lab and its token.
     await js(`location.hash = '#/connect'`);
     await until('no Forget button', () => js('return !!document.getElementById("lab-forget")'));
-    await js(`document.getElementById('lab-forget').click()`);
+    await js(`document.getElementById('lab-message').replaceChildren(); document.getElementById('lab-forget').click()`);
     m = await until('no message after Forget', () => js(`return document.getElementById('lab-message')?.innerText || null`));
     if (!/Forgot/.test(m)) throw new Error(`forget: ${m}`);
     if (existsSync(tokenFile)) throw new Error('the token file outlived Forget');
@@ -357,7 +384,9 @@ try {
   if (!attached.url.startsWith(upUrl.replace(/\/$/, ''))) {
     throw new Error(`the app opened ${attached.url}, not the running daemon ${upUrl}`);
   }
-  if (attached.body.includes('A100')) throw new Error('the app started its own daemon beside the running one');
+  // The GPU cards (the history below may show the first app's A100s: same home).
+  const cards = await js(`return [...document.querySelectorAll('.gpu-name')].map((e) => e.textContent).join(' ')`);
+  if (cards.includes('A100')) throw new Error(`the app started its own daemon beside the running one: ${cards}`);
   console.log(`PASS desktop app attaches to the daemon already running for its home (${upUrl})`);
 } catch (e) {
   failed = true;
