@@ -154,6 +154,7 @@ mod tests {
             lab: Some("http://lab:7171".into()),
             show_lab: true,
             close_to_tray: true,
+            lend_gpus: true,
         };
         s.save(&path).unwrap();
         assert_eq!(Settings::load(&path).unwrap(), s);
