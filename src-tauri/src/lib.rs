@@ -382,6 +382,9 @@ const LOCAL_PERMISSIONS: &[&str] = &[
     "allow-set-close-to-tray",
     "allow-set-autostart",
     "allow-lend-gpus",
+    // Closing its own window, as the title bar's button does (with close to
+    // tray on, that hides it): what the desktop test presses.
+    "core:window:allow-close",
 ];
 
 /// The commands a lab daemon's page may call: read the connection and

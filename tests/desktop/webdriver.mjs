@@ -359,8 +359,27 @@ try {
   console.log('PASS the CLI works against the desktop app\'s daemon');
 
   await labSteps(new URL(own.url).origin);
+
+  // Closing the window (as its title bar's button does): with close to tray
+  // on, the window hides and the app, its daemon and its jobs go on; with
+  // it off, the app quits and stops its daemon.
+  const closeWindow = () => js('window.__TAURI__.window.getCurrentWindow().close(); return true');
+  const ownHealth = async () => (await fetch(`${new URL(own.url).origin}/api/v1/health`).catch(() => null))?.ok === true;
+  const sleeper = JSON.parse(await runCli(['--json', 'submit', '--', 'sleep', '600']));
+  const sleeperId = sleeper.ids[0];
+  if ((await command('set_close_to_tray', { on: true })).err) throw new Error('close to tray did not turn on');
+  await closeWindow();
+  await until('the window did not hide', () => js('return document.visibilityState === "hidden"'), 10_000);
+  await sleep(1000);
+  if (!(await ownHealth())) throw new Error('closing to the tray stopped the daemon');
+  await until('the job did not run with the window in the tray', async () => JSON.parse(await runCli(['--json', 'show', String(sleeperId)])).state === 'running');
+  if ((await command('set_close_to_tray', { on: false })).err) throw new Error('close to tray did not turn off');
+  await closeWindow().catch(() => {});
+  await waitLockFree('closing the window with close to tray off did not quit the app');
+  if (await ownHealth()) throw new Error('the daemon outlived the app');
+  // The driver still counts the session of the app that quit.
   await closeApp();
-  await waitLockFree('the first app did not exit when its session closed');
+  console.log('PASS close to tray hides the window and keeps the daemon and its job; without it closing quits');
 
   // 2. A daemon already runs for the home (`trainyard up`, other fake GPUs):
   // the app attaches to it instead of starting a second one.
