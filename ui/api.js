@@ -271,9 +271,37 @@ export function stopEvents() {
   setConn('idle');
 }
 
-async function eventLoop(signal) {
+/**
+ * Close the stream while the page stays hidden (nothing redraws then, and
+ * every event would still wake the page and the daemon), and open it again
+ * when it shows, with a `refresh` so that pages refetch what they missed.
+ */
+let hiddenTimer = null;
+let paused = false;
+export function pauseEventsWhileHidden(afterMs = 30_000) {
+  const check = () => {
+    clearTimeout(hiddenTimer);
+    if (document.hidden) {
+      hiddenTimer = setTimeout(() => {
+        if (!document.hidden || !stream) return;
+        stream.abort();
+        stream = null;
+        paused = true;
+        setConn('idle');
+      }, afterMs);
+    } else if (paused) {
+      paused = false;
+      stream = new AbortController();
+      eventLoop(stream.signal, true);
+    }
+  };
+  document.addEventListener('visibilitychange', check);
+  check();
+}
+
+async function eventLoop(signal, resumed = false) {
   let delay = 500;
-  let connectedBefore = false;
+  let connectedBefore = resumed;
   while (!signal.aborted) {
     setConn(connectedBefore ? 'reconnecting' : 'connecting');
     try {

@@ -116,6 +116,7 @@ function render() {
 function start() {
   document.body.classList.remove('locked');
   api.startEvents();
+  api.pauseEventsWhileHidden();
   if (!started) {
     started = true;
     window.addEventListener('hashchange', () => {

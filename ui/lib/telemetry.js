@@ -3,7 +3,8 @@
 
 /** The history ranges of the GPUs page: key, label, span (ms), refetch every (ms). */
 export const HISTORY_RANGES = [
-  ['1h', '1 h', 3_600_000, 10_000],
+  // An hour is ~500 px wide: 30 s is 4 px.
+  ['1h', '1 h', 3_600_000, 30_000],
   ['24h', '24 h', 86_400_000, 60_000],
   ['7d', '7 d', 7 * 86_400_000, 300_000],
 ];

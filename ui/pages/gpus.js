@@ -18,8 +18,9 @@ import { HISTORY_RANGES, gpuColumns, gpuLabel, mergeHistory, refetchFrom } from 
 // keeps the recent history.
 const samples = new Map();
 
-/** How often cards whose data did not change are redrawn anyway. */
-const QUIET_MS = 10_000;
+/** How often cards whose data did not change are redrawn anyway (the
+ * sparklines' 5 minutes move on, "last seen" ages). */
+const QUIET_MS = 30_000;
 
 function record(gpu, t) {
   let s = samples.get(gpu.uuid);
@@ -44,8 +45,8 @@ export function mount(root, route, ctx) {
   let loaded = false;
   // What the cards last showed, and when. Every repaint of the window costs
   // WebKit ~25 ms of CPU (software rendering), so an unchanged answer (only
-  // the heartbeat's age moved) redraws just every QUIET_MS, to move the
-  // sparklines and "last seen" on: an idle GPUs page stays light.
+  // the heartbeat's age moved) redraws just every QUIET_MS: an idle GPUs
+  // page stays light.
   let shown = { sig: null, at: 0 };
   async function refresh() {
     try {
@@ -215,7 +216,7 @@ function historyPanel(route, ctx) {
   function onTheme() { if (answer) { clear(); swap(grid); draw(); } }
   window.addEventListener('themechange', onTheme);
   ctx.onCleanup(() => { window.removeEventListener('themechange', onTheme); clear(); });
-  // Shorter ranges change faster: 10 s for the hour, a minute for the day.
+  // Shorter ranges change faster: 30 s for the hour, a minute for the day.
   ctx.every(() => {
     const every = HISTORY_RANGES.find(([k]) => k === range)[3];
     if (Date.now() - fetchedAt >= every) load();
