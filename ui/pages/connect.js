@@ -141,7 +141,8 @@ function onLocal(c, message, render) {
       id, type: 'checkbox', checked,
       async onchange(e) {
         const box = e.target;
-        box.disabled = true;
+        // Lending takes a while (the agent stops its jobs): no second click meanwhile.
+        if (then) box.disabled = true;
         try {
           const next = await invoke()(command, { on: box.checked });
           if (then) then(next);
