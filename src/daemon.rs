@@ -178,7 +178,7 @@ impl Daemon {
             return Ok(());
         }
         let home = self.home.clone();
-        let ready = tokio::task::spawn_blocking(move || setup.prepare(&home)).await??;
+        let ready = tokio::task::spawn_blocking(move || setup.prepare_again(&home)).await??;
         self.agent = Some(agent::Handle::spawn(
             ready,
             loopback_client(self.addr, &self.token),

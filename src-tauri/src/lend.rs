@@ -88,7 +88,7 @@ pub(crate) async fn lend(app: &AppHandle) -> Result<(), DesktopError> {
     }
     d.stop_agent().await;
     let (home, setup) = (local.home.clone(), local.setup.clone());
-    let ready = tauri::async_runtime::spawn_blocking(move || setup.prepare(&home))
+    let ready = tauri::async_runtime::spawn_blocking(move || setup.prepare_again(&home))
         .await
         .expect("a blocking task does not panic");
     let ready = match ready {

@@ -103,4 +103,25 @@ impl Setup {
             identity,
         })
     }
+
+    /// [`Setup::prepare`] right after an agent of this process with the
+    /// same identity stopped (the desktop lending its GPUs and taking them
+    /// back): its identity lock can outlive it for a moment, as a child
+    /// forked by another thread holds a copy of the lock's descriptor until
+    /// it execs. Waits up to 5 s for a lock held by this process's pid;
+    /// another process's is refused at once.
+    pub fn prepare_again(&self, home: &Home) -> Result<Ready, SetupError> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.prepare(home) {
+                Err(SetupError::Identity(IdentityError::Running { pid, .. }))
+                    if pid == std::process::id().to_string()
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => return r,
+            }
+        }
+    }
 }

@@ -286,28 +286,21 @@ fn secret_env_reaches_the_job_and_nothing_else() {
 /// meanwhile is refused and takes no agent identity.
 #[test]
 fn the_daemon_runs_in_process_and_stops_in_order() {
-    use trainyard::daemon::{Config, Daemon};
+    use trainyard::daemon::Daemon;
     use trainyard::queue::{JobSpec, JobState, Queue};
     let env = Env::new();
     let home = trainyard::Home::at(&env.home);
     home.ensure().unwrap();
-    let config = |agent: bool| Config {
-        server: trainyard::server::Config {
-            home: home.clone(),
-            addr: "127.0.0.1:0".parse().unwrap(),
-            lease: Duration::from_secs(30),
-            allow_hosts: Vec::new(),
-            token: None,
-            retention: Default::default(),
-            notify: Default::default(),
-        },
-        agent: agent.then(|| trainyard::agent::Setup {
-            name: Some("inproc".into()),
-            fake_gpus: Some("1xA100-80GB".into()),
-            grace: Duration::from_secs(1),
-            ..Default::default()
-        }),
-        metrics_bind: None,
+    let config = |agent: bool| {
+        crate::support::inproc_daemon(
+            &home,
+            agent.then(|| trainyard::agent::Setup {
+                name: Some("inproc".into()),
+                fake_gpus: Some("1xA100-80GB".into()),
+                grace: Duration::from_secs(1),
+                ..Default::default()
+            }),
+        )
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let id = rt.block_on(async {
@@ -362,7 +355,7 @@ fn the_daemon_runs_in_process_and_stops_in_order() {
 fn a_workstation_lends_its_gpus_to_a_lab_daemon_and_takes_them_back() {
     use trainyard::agent::{Handle, Setup};
     use trainyard::client::Client;
-    use trainyard::daemon::{Config, Daemon, AGENT_STOP_LIMIT};
+    use trainyard::daemon::{Daemon, AGENT_STOP_LIMIT};
     use trainyard::queue::{JobSpec, JobState};
     let desk = Env::new();
     let lab = Env::new();
@@ -378,19 +371,7 @@ fn a_workstation_lends_its_gpus_to_a_lab_daemon_and_takes_them_back() {
         grace: Duration::from_secs(1),
         ..Default::default()
     };
-    let config = |home: &trainyard::Home, agent: Option<Setup>| Config {
-        server: trainyard::server::Config {
-            home: home.clone(),
-            addr: "127.0.0.1:0".parse().unwrap(),
-            lease: Duration::from_secs(30),
-            allow_hosts: Vec::new(),
-            token: None,
-            retention: Default::default(),
-            notify: Default::default(),
-        },
-        agent,
-        metrics_bind: None,
-    };
+    let config = crate::support::inproc_daemon;
     async fn until_state(c: &Client, id: trainyard::queue::JobId, want: &[JobState]) -> JobState {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -427,7 +408,7 @@ fn a_workstation_lends_its_gpus_to_a_lab_daemon_and_takes_them_back() {
         assert!(why.contains("shut down"), "{why}");
         let home = desk_home.clone();
         let s = setup.clone();
-        let ready = tokio::task::spawn_blocking(move || s.prepare(&home))
+        let ready = tokio::task::spawn_blocking(move || s.prepare_again(&home))
             .await
             .unwrap()
             .unwrap();
