@@ -74,7 +74,11 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+            // mmap: reads come straight from the OS page cache instead of a
+            // pread and a copy per page (a year's usage report spent 14 % of
+            // its CPU there); writes still go through the WAL.
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+             PRAGMA mmap_size = 268435456;",
         ) {
             Ok(()) => return Ok(conn),
             Err(rusqlite::Error::SqliteFailure(e, _))

@@ -1042,7 +1042,7 @@ impl RunIndex {
     pub fn list_filtered(&self, f: &ListFilter) -> Result<Vec<RunSummary>> {
         let conn = self.conn();
         let tags = serde_json::to_string(&f.tags).unwrap_or_else(|_| "[]".into());
-        let mut st = self.db(conn.prepare(&format!(
+        let mut st = self.db(conn.prepare_cached(&format!(
             "SELECT {SUMMARY_COLS} FROM runs
              WHERE (?1 IS NULL OR project = ?1) AND (?2 IS NULL OR state = ?2)
                AND NOT EXISTS (SELECT 1 FROM json_each(?3) w
