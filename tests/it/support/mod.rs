@@ -246,6 +246,26 @@ impl Drop for Proc {
 }
 
 /// A free loopback port (bound then released).
+/// A free port below the kernel's ephemeral range (32768–60999 by
+/// default), for daemons that connect out before they listen: slurmctld
+/// registers with slurmdbd first, and a port from `free_port` comes from
+/// the range outgoing connections take theirs from, so one of them can
+/// take it in between ("Address already in use"). Spread by pid, then
+/// walked, so parallel tests and processes rarely try the same ports.
+pub fn free_listen_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    loop {
+        let port = (LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{free_port, Env};
+use super::{free_listen_port, Env};
 
 /// One test cluster.
 pub struct Slurm {
@@ -139,10 +139,10 @@ impl Slurm {
                  {accounting}JobCompType=jobcomp/none\n\
                  NodeName={node} NodeAddr=127.0.0.1 CPUs=8 RealMemory=2000 Gres=gpu:a100:4 State=UNKNOWN\n\
                  PartitionName=debug Nodes={node} Default=YES MaxTime=INFINITE State=UP\n",
-                free_port(),
-                free_port(),
+                free_listen_port(),
+                free_listen_port(),
                 accounting = if accounting {
-                    let dbd_port = free_port();
+                    let dbd_port = free_listen_port();
                     format!(
                         "AccountingStorageType=accounting_storage/slurmdbd\n\
                          AccountingStorageHost=127.0.0.1\nAccountingStoragePort={dbd_port}\n\
@@ -204,7 +204,7 @@ impl Slurm {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let db_port = free_port();
+        let db_port = free_listen_port();
         let sock = d.join("mariadb.sock");
         self.mariadb = Some(
             Command::new(find("mariadbd").expect("installed"))
