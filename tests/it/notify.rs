@@ -739,7 +739,7 @@ fn accepted_at(rx: &Receiver, p: &str) -> Vec<Value> {
 fn digests_come_once_per_period_and_survive_restarts() {
     use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicI64, Ordering};
-    use trainyard::daemon::{Config, Daemon};
+    use trainyard::daemon::Daemon;
     use trainyard::notify::digest::{period_of, Every};
     use trainyard::queue::{JobId, JobSpec, JobState};
 
@@ -764,34 +764,25 @@ fn digests_come_once_per_period_and_survive_restarts() {
     let clock = Arc::new(AtomicI64::new(trainyard::db::now_ns()));
     let config = || {
         let c = clock.clone();
-        Config {
-            server: trainyard::server::Config {
-                home: home.clone(),
-                addr: "127.0.0.1:0".parse().unwrap(),
-                lease: Duration::from_secs(30),
-                allow_hosts: Vec::new(),
-                token: None,
-                retention: Default::default(),
-                notify: trainyard::notify::send::Settings {
-                    backoff: trainyard::notify::Backoff {
-                        first: Duration::from_millis(100),
-                        ..Default::default()
-                    },
-                    digest_every: Duration::from_millis(50),
-                    clock: trainyard::notify::send::Clock::from_fn(move || {
-                        c.load(Ordering::SeqCst)
-                    }),
-                    ..Default::default()
-                },
-            },
-            agent: Some(trainyard::agent::Setup {
+        let mut config = crate::support::inproc_daemon(
+            &home,
+            Some(trainyard::agent::Setup {
                 name: Some("digest1".into()),
                 fake_gpus: Some("1xA100-80GB".into()),
                 grace: Duration::from_secs(1),
                 ..Default::default()
             }),
-            metrics_bind: None,
-        }
+        );
+        config.server.notify = trainyard::notify::send::Settings {
+            backoff: trainyard::notify::Backoff {
+                first: Duration::from_millis(100),
+                ..Default::default()
+            },
+            digest_every: Duration::from_millis(50),
+            clock: trainyard::notify::send::Clock::from_fn(move || c.load(Ordering::SeqCst)),
+            ..Default::default()
+        };
+        config
     };
     let utc = jiff::tz::TimeZone::UTC;
     let today = period_of(Every::Daily, clock.load(Ordering::SeqCst), &utc).unwrap();
