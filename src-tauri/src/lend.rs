@@ -7,6 +7,8 @@
 //! The agent is the same identity and the same code as the local one
 //! (`trainyard::agent::Handle`); only the daemon it talks to changes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tauri::{AppHandle, Manager};
 use trainyard::agent::{Handle, Setup};
 use trainyard::client::Client;
@@ -137,6 +139,35 @@ pub(crate) async fn take_back(app: &AppHandle) -> Result<(), DesktopError> {
             .map_err(|e| refuse(format!("the local agent did not start again: {e}")))?;
     }
     Ok(())
+}
+
+/// Where quitting stands: [`quit`] runs [`shut_down`] once, on the runtime,
+/// and lets the app exit when it is done.
+#[derive(Default)]
+pub(crate) struct Quitting {
+    started: AtomicBool,
+    done: AtomicBool,
+}
+
+/// The app was asked to exit (its last window closed, or Quit): returns
+/// whether to hold the exit back. The first request starts [`shut_down`]
+/// on the runtime while the event loop goes on (tray, menu and window calls
+/// from other threads wait for that loop, so it must not be blocked on the
+/// shutdown), and exits with `code` once it is done.
+pub(crate) fn quit(app: &AppHandle, code: i32) -> bool {
+    let q = app.state::<Quitting>();
+    if q.done.load(Ordering::SeqCst) {
+        return false;
+    }
+    if !q.started.swap(true, Ordering::SeqCst) {
+        let a = app.clone();
+        tauri::async_runtime::spawn(async move {
+            shut_down(&a).await;
+            a.state::<Quitting>().done.store(true, Ordering::SeqCst);
+            a.exit(code);
+        });
+    }
+    true
 }
 
 /// Quitting: the lent agent first (the lab hears of its jobs), then the

@@ -659,8 +659,17 @@ fn showing_label(showing: &Showing) -> String {
     }
 }
 
-/// Bring the tray menu in line with the state.
+/// Bring the tray menu and tooltip in line with the state. Tray and menu calls run on
+/// the main (GTK) thread and a call from elsewhere waits for it; this posts
+/// the update there instead of waiting, so a tokio worker never blocks on
+/// the main thread (which itself blocks on the runtime while the app quits:
+/// a worker waiting for it would never be freed).
 fn refresh_tray(app: &AppHandle) {
+    let a = app.clone();
+    let _ = app.run_on_main_thread(move || refresh_tray_now(&a));
+}
+
+fn refresh_tray_now(app: &AppHandle) {
     let Some(items) = app.try_state::<TrayItems>() else {
         return;
     };
@@ -757,9 +766,13 @@ async fn tray_summary(app: AppHandle) {
             }
             (Err(e), _) | (_, Err(e)) => format!("{label} — daemon unreachable: {e}"),
         };
-        if let Some(tray) = app.tray_by_id("main") {
-            let _ = tray.set_tooltip(Some(&text));
-        }
+        // Posted, not waited for (see `refresh_tray`).
+        let a = app.clone();
+        let _ = app.run_on_main_thread(move || {
+            if let Some(tray) = a.tray_by_id("main") {
+                let _ = tray.set_tooltip(Some(&text));
+            }
+        });
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
@@ -913,6 +926,7 @@ pub fn run() {
     tauri::Builder::default()
         .manage(lend::Embedded(tokio::sync::Mutex::new(None)))
         .manage(lend::Lent(tokio::sync::Mutex::new(None)))
+        .manage(lend::Quitting::default())
         .plugin(tauri_plugin_dialog::init())
         .plugin(tauri_plugin_notification::init())
         .invoke_handler(tauri::generate_handler![
@@ -998,12 +1012,18 @@ pub fn run() {
         })
         .build(tauri::generate_context!())
         .expect("the Tauri application builds")
-        .run(|app, event| {
-            if let RunEvent::Exit = event {
-                // The lent agent first, then the daemon's order: the local
-                // agent stops and reports its jobs while the server still
-                // listens, then the server.
-                tauri::async_runtime::block_on(lend::shut_down(app));
+        .run(|app, event| match event {
+            // The lent agent first, then the daemon's order: the local agent
+            // stops and reports its jobs while the server still listens,
+            // then the server. The event loop runs on meanwhile.
+            RunEvent::ExitRequested { code, api, .. } => {
+                if lend::quit(app, code.unwrap_or(0)) {
+                    api.prevent_exit();
+                }
             }
+            // Nothing is left to stop after `quit`; an exit that skipped
+            // the request still stops the daemon.
+            RunEvent::Exit => tauri::async_runtime::block_on(lend::shut_down(app)),
+            _ => {}
         });
 }
