@@ -645,6 +645,10 @@ fn toggle_autostart(on: bool) -> Result<(), DesktopError> {
 /// The tray menu's items that change.
 struct TrayItems {
     status: MenuItem<Wry>,
+    /// Jobs and GPUs of the daemon shown (`tray_summary`).
+    summary: MenuItem<Wry>,
+    /// Wakes `tray_summary` when what the window shows changed.
+    summary_now: tokio::sync::Notify,
     local: MenuItem<Wry>,
     lab: MenuItem<Wry>,
     close_to_tray: CheckMenuItem<Wry>,
@@ -703,6 +707,7 @@ fn refresh_tray_now(app: &AppHandle) {
             let _ = items.lab.set_enabled(false);
         }
     }
+    items.summary_now.notify_one();
     let _ = items.close_to_tray.set_checked(close);
     let _ = items
         .autostart
@@ -738,9 +743,17 @@ async fn reconnect_lab(app: AppHandle, url: String) {
     }
 }
 
-/// The tray's one-line summary of the daemon shown, refreshed every few
-/// seconds.
-async fn tray_summary(app: AppHandle) {
+/// How long the tray's summary may go without a refresh.
+const SUMMARY_EVERY: Duration = Duration::from_secs(30);
+
+/// The tray's one-line summary of the daemon shown (jobs running and
+/// queued, GPUs in use), in the menu (Linux trays show no tooltip) and the
+/// tooltip. Refreshed when the local daemon announces a job change (a burst
+/// costs one refresh a second), when the window switches daemons, and
+/// otherwise every [`SUMMARY_EVERY`]: an idle app asks its daemon for
+/// nothing more often than that (polling every 5 s cost the hidden app
+/// ~0.3 % of a core).
+async fn tray_summary(app: AppHandle, mut events: Option<tokio::sync::broadcast::Receiver<Event>>) {
     loop {
         let (label, client) = {
             let d = app.state::<Desktop>();
@@ -762,18 +775,51 @@ async fn tray_summary(app: AppHandle) {
                 let queued = jobs.iter().filter(|j| j.state == JobState::Queued).count();
                 let gpus: usize = agents.iter().map(|a| a.report.gpus.len()).sum();
                 let held: usize = agents.iter().map(|a| a.held.len()).sum();
-                format!("{label} — {running} running, {queued} queued; {held}/{gpus} GPUs in use")
+                format!("{running} running, {queued} queued; {held}/{gpus} GPUs in use")
             }
-            (Err(e), _) | (_, Err(e)) => format!("{label} — daemon unreachable: {e}"),
+            (Err(e), _) | (_, Err(e)) => format!("daemon unreachable: {e}"),
         };
         // Posted, not waited for (see `refresh_tray`).
         let a = app.clone();
         let _ = app.run_on_main_thread(move || {
+            if let Some(items) = a.try_state::<TrayItems>() {
+                let _ = items.summary.set_text(&text);
+            }
             if let Some(tray) = a.tray_by_id("main") {
-                let _ = tray.set_tooltip(Some(&text));
+                let _ = tray.set_tooltip(Some(format!("{label} — {text}")));
             }
         });
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        next_summary(&app, &mut events).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Wait for the next reason to refresh the tray's summary.
+async fn next_summary(
+    app: &AppHandle,
+    events: &mut Option<tokio::sync::broadcast::Receiver<Event>>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(items) = app.try_state::<TrayItems>() else {
+        return tokio::time::sleep(SUMMARY_EVERY).await;
+    };
+    let timeout = tokio::time::sleep(SUMMARY_EVERY);
+    tokio::pin!(timeout);
+    loop {
+        tokio::select! {
+            () = &mut timeout => return,
+            () = items.summary_now.notified() => return,
+            e = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => match e {
+                Ok(Event::Job { .. }) | Err(RecvError::Lagged(_)) => return,
+                Ok(_) => {}
+                Err(RecvError::Closed) => *events = None,
+            },
+        }
     }
 }
 
@@ -838,6 +884,8 @@ fn build_tray(app: &tauri::App) -> tauri::Result<()> {
             false,
             None::<&str>,
         )?,
+        summary: MenuItem::with_id(app, "summary", "…", false, None::<&str>)?,
+        summary_now: tokio::sync::Notify::new(),
         local: MenuItem::with_id(
             app,
             "local",
@@ -888,6 +936,7 @@ fn build_tray(app: &tauri::App) -> tauri::Result<()> {
         app,
         &[
             &items.status,
+            &items.summary,
             &items.local,
             &items.lab,
             &connect,
@@ -995,7 +1044,13 @@ pub fn run() {
                     refresh_tray(&a);
                 });
             }
-            tauri::async_runtime::spawn(tray_summary(handle));
+            let events = handle
+                .state::<lend::Embedded>()
+                .0
+                .blocking_lock()
+                .as_ref()
+                .map(Daemon::subscribe);
+            tauri::async_runtime::spawn(tray_summary(handle, events));
             Ok(())
         })
         .on_window_event(|window, event| {

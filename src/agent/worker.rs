@@ -253,10 +253,10 @@ pub async fn run(
     tracing::info!(agent = %agent.cfg.name, server = %agent.client.url(), gpus = gpus.kind(), "agent starting");
     // What a previous run left behind is stopped before anything new runs.
     recover(&agent).await;
-    let stop_sampler = Arc::new(AtomicBool::new(false));
+    // Dropping the sender stops the sampler (at once, not at its next tick).
+    let (stop_sampler, stop) = std::sync::mpsc::channel::<()>();
     let sampler = {
         let a = agent.clone();
-        let stop = stop_sampler.clone();
         std::thread::spawn(move || sample_gpus(&a, gpus.as_mut(), &stop))
     };
     let ship = tokio::spawn(super::telemetry::ship_loop(
@@ -293,7 +293,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stop_sampler.store(true, Ordering::Relaxed);
+    drop(stop_sampler);
     let _ = tokio::task::spawn_blocking(move || sampler.join()).await;
     tracing::info!("agent stopped");
     result
@@ -322,7 +322,7 @@ pub fn hostname() -> String {
 /// block), find the processes in Trainyard's process groups and cgroups
 /// (their GPU use is ours, each attempt's its own), and buffer the sample
 /// for shipping.
-fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
+fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &std::sync::mpsc::Receiver<()>) {
     let every = a.cfg.sample_every.max(Duration::from_millis(50));
     let mut warned = false;
     let mut sampler = Sampler::default();
@@ -330,7 +330,7 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
     let mut users: HashMap<u32, String> = HashMap::new();
     let mut last: Option<Instant> = None;
     let mut next = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
+    loop {
         let taken = Instant::now();
         let t_ms = crate::db::now_ns() / 1_000_000;
         let gpus = match src.snapshot() {
@@ -383,11 +383,10 @@ fn sample_gpus(a: &Agent, src: &mut dyn GpuSource, stop: &AtomicBool) {
         if next < now {
             next = now + every;
         }
-        while Instant::now() < next {
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            std::thread::sleep((next - Instant::now()).min(Duration::from_millis(100)));
+        // Asleep until the next sample or the stop, whichever comes first.
+        match stop.recv_timeout(next.saturating_duration_since(Instant::now())) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -941,7 +940,10 @@ async fn recover(a: &Arc<Agent>) {
 /// the lease (the daemon is unreachable, or does not answer).
 async fn lease_watch(a: Arc<Agent>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A twentieth of the lease (50 ms to 1 s): precise enough for a
+        // stop at LEASE_STOP of it, without waking 20 times a second idle.
+        let tick = (a.lease() / 20).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::time::sleep(tick).await;
         let lease = a.lease();
         let limit = lease.mul_f64(LEASE_STOP);
         let grace = lease.mul_f64(LEASE_GRACE);

@@ -163,6 +163,15 @@ impl Outbox {
         let mut added = 0;
         loop {
             let mut conn = self.conn();
+            // Most passes find nothing to route: look before taking the
+            // write lock (the sender runs a pass every second).
+            let pending: bool = conn
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM notify_events WHERE routed = 0)")
+                .and_then(|mut st| st.query_row([], |r| r.get(0)))
+                .map_err(self.sql())?;
+            if !pending {
+                return Ok(added);
+            }
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(self.sql())?;

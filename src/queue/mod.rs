@@ -1063,6 +1063,16 @@ impl Queue {
         tx.commit().map_err(self.sql())
     }
 
+    /// Whether any LAN job waits in the queue (startable now or later).
+    pub fn any_queued(&self) -> Result<bool> {
+        let conn = self.conn()?;
+        conn.prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM jobs WHERE state = 'queued' AND cluster IS NULL)",
+        )
+        .and_then(|mut st| st.query_row([], |r| r.get(0)))
+        .map_err(self.sql())
+    }
+
     /// Every attempt in flight (assigned or running): what holds GPUs now.
     pub fn active(&self) -> Result<Vec<Active>> {
         let conn = self.conn()?;

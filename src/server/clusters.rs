@@ -182,7 +182,14 @@ pub(crate) async fn follow_loop(coord: Arc<Coord>) {
             let next = follow::next_interval(interval, changed);
             due.insert(name, (Instant::now() + next, next));
         }
-        let woken = tokio::time::timeout(Duration::from_secs(1), coord.wake_clusters.notified())
+        // Every second while clusters are followed; without any, only the
+        // overflow check is left (it names a cluster, so it waits too).
+        let tick = if due.is_empty() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1)
+        };
+        let woken = tokio::time::timeout(tick, coord.wake_clusters.notified())
             .await
             .is_ok();
         if woken {

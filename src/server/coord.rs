@@ -414,7 +414,11 @@ impl Coord {
     /// One scheduling pass: expire leases, then place queued jobs in order
     /// (priority, then submission) on live agents, reserving GPUs for a
     /// blocked job that would fit once Trainyard's own attempts end.
-    pub fn schedule(&self) -> Result<(), QueueError> {
+    ///
+    /// Returns whether the queue has work in it (LAN jobs queued, assigned
+    /// or running): the scheduling loop passes every second then, and only
+    /// every quarter lease otherwise (submissions and finishes wake it).
+    pub fn schedule(&self) -> Result<bool, QueueError> {
         let t0 = Instant::now();
         self.notice_lost_agents();
         let now = now_ns();
@@ -517,7 +521,7 @@ impl Coord {
             placed_us,
             "scheduling pass"
         );
-        Ok(())
+        Ok(!active.is_empty() || considered > 0 || self.queue.any_queued()?)
     }
 
     /// Apply the retention settings once: forget finished jobs beyond the

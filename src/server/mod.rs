@@ -422,13 +422,18 @@ pub fn running_daemon(home: &Home) -> Option<DaemonFile> {
 /// quarter lease (to expire leases). Passes are at least 2 ms apart, so a
 /// burst of submissions or ends is handled by one pass, not one each.
 async fn scheduler_loop(coord: Arc<coord::Coord>) {
-    let tick = (coord.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    // With work in the queue a pass every second at most (leases, start
+    // windows, delayed retries are time-based); with none, a quarter lease
+    // (lost agents): submissions, finishes and new agents wake it anyway.
+    let busy = (coord.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let idle = (coord.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut tick = busy;
     loop {
         let _ = tokio::time::timeout(tick, coord.wake_sched.notified()).await;
         tokio::time::sleep(Duration::from_millis(2)).await;
         let c = coord.clone();
         match tokio::task::spawn_blocking(move || c.schedule()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(work)) => tick = if work { busy } else { idle },
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "scheduling pass failed");
                 tokio::time::sleep(tick).await;
