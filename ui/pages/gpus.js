@@ -22,6 +22,9 @@ const samples = new Map();
  * sparklines' 5 minutes move on, "last seen" ages). */
 const QUIET_MS = 30_000;
 
+/** How often new readings from the agents' heartbeats are shown. */
+const LIVE_MS = 5_000;
+
 function record(gpu, t) {
   let s = samples.get(gpu.uuid);
   if (!s) samples.set(gpu.uuid, (s = new Samples()));
@@ -97,7 +100,10 @@ export function mount(root, route, ctx) {
     patch(body, ...agents.map((a) => host(a, now)));
   }
 
-  ctx.live(['agent', 'job', 'idle'], refresh, 1000);
+  // Jobs taking or leaving GPUs show within a second; heartbeats (every
+  // 2 s, new readings only) at most every LIVE_MS: each redraw is a repaint.
+  ctx.live(['job', 'idle'], refresh, 1000);
+  ctx.live(['agent'], refresh, LIVE_MS);
   refresh();
   if ((ctx.health?.features ?? []).includes('telemetry')) root.append(historyPanel(route, ctx));
 }
