@@ -1071,10 +1071,8 @@ pub fn run() {
             // The lent agent first, then the daemon's order: the local agent
             // stops and reports its jobs while the server still listens,
             // then the server. The event loop runs on meanwhile.
-            RunEvent::ExitRequested { code, api, .. } => {
-                if lend::quit(app, code.unwrap_or(0)) {
-                    api.prevent_exit();
-                }
+            RunEvent::ExitRequested { code, api, .. } if lend::quit(app, code.unwrap_or(0)) => {
+                api.prevent_exit();
             }
             // Nothing is left to stop after `quit`; an exit that skipped
             // the request still stops the daemon.
