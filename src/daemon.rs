@@ -38,6 +38,29 @@ pub struct Config {
     pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
+impl Config {
+    /// A daemon for `home` on loopback only, at `port` (0: any free port),
+    /// with the home's token, a 30 s lease, the default retention and
+    /// notification settings, no separate metrics listener, and `agent` as
+    /// its local agent: what the desktop app, `trainyard demo` and
+    /// in-process tests start (adjust the fields they need otherwise).
+    pub fn loopback(home: crate::Home, port: u16, agent: Option<Setup>) -> Config {
+        Config {
+            server: server::Config {
+                home,
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                lease: Duration::from_secs(30),
+                allow_hosts: Vec::new(),
+                token: None,
+                retention: Default::default(),
+                notify: Default::default(),
+            },
+            agent,
+            metrics_bind: None,
+        }
+    }
+}
+
 /// Why the daemon could not start or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {

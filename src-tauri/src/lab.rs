@@ -180,7 +180,6 @@ async fn probe_inner(url: &str, token: &Secret) -> Result<LabInfo, ConnectError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use trainyard::daemon::{self, Daemon};
 
@@ -217,19 +216,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let home = trainyard::Home::at(&dir.path().join("home"));
         home.ensure().unwrap();
-        let config = daemon::Config {
-            server: trainyard::server::Config {
-                home,
-                addr: "127.0.0.1:0".parse().unwrap(),
-                lease: Duration::from_secs(30),
-                allow_hosts: Vec::new(),
-                token: None,
-                retention: Default::default(),
-                notify: Default::default(),
-            },
-            agent: None,
-            metrics_bind: None,
-        };
+        let config = daemon::Config::loopback(home, 0, None);
         (Daemon::start(config).await.unwrap(), dir)
     }
 

@@ -31,7 +31,7 @@ use trainyard::api::Event;
 use trainyard::client::Client;
 use trainyard::daemon::{self, Daemon};
 use trainyard::queue::{JobId, JobState};
-use trainyard::server::{Config, Secret};
+use trainyard::server::Secret;
 use trainyard::Home;
 
 use crate::lab::{ConnectError, LabInfo};
@@ -115,21 +115,10 @@ fn start_daemon(app: &AppHandle) -> Result<Target, Box<dyn std::error::Error>> {
         fake_gpu_trace: std::env::var_os(trainyard::gpu::FAKE_GPU_TRACE_ENV).map(Into::into),
         ..Default::default()
     };
-    let config = daemon::Config {
-        server: Config {
-            home: home.clone(),
-            addr: "127.0.0.1:0".parse()?,
-            lease: Duration::from_secs(30),
-            allow_hosts: Vec::new(),
-            // The home's token, so the CLI works against this daemon too.
-            token: None,
-            retention: Default::default(),
-            notify: Default::default(),
-        },
-        // The local agent: NVML, or a fake inventory only when asked for.
-        agent: Some(agent.clone()),
-        metrics_bind: None,
-    };
+    // Any free loopback port; the home's token, so the CLI works against
+    // this daemon too. The local agent: NVML, or a fake inventory only when
+    // asked for.
+    let config = daemon::Config::loopback(home.clone(), 0, Some(agent.clone()));
     let daemon = tauri::async_runtime::block_on(Daemon::start(config))?;
     let url = daemon.url().to_string();
     let client = daemon.client();

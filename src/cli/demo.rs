@@ -3,14 +3,12 @@
 //! jobs in every state) and opens the UI; Ctrl-C stops it and deletes the
 //! home.
 
-use std::net::SocketAddr;
 use std::process::{ExitCode, Stdio};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use trainyard::daemon::{self, Daemon};
-use trainyard::server::{self, Config};
+use trainyard::server;
 use trainyard::Home;
 
 use super::Ctx;
@@ -58,24 +56,16 @@ pub fn demo(ctx: &Ctx, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let home = Home::at(dir.path());
     home.ensure()?;
     let seeded = trainyard::demo::prepare(&home)?;
-    let config = daemon::Config {
-        server: Config {
-            home: home.clone(),
-            addr: SocketAddr::from(([127, 0, 0, 1], args.port)),
-            lease: Duration::from_secs(30),
-            allow_hosts: Vec::new(),
-            token: None,
-            retention: Default::default(),
-            notify: Default::default(),
-        },
-        agent: Some(trainyard::agent::Setup {
+    let config = daemon::Config::loopback(
+        home.clone(),
+        args.port,
+        Some(trainyard::agent::Setup {
             name: Some("demo".into()),
             fake_gpus: Some(trainyard::demo::FAKE_GPUS.into()),
             fake_gpu_trace: Some(seeded.trace.clone()),
             ..Default::default()
         }),
-        metrics_bind: None,
-    };
+    );
     let rt = super::daemon::runtime()?;
     let code = rt.block_on(async {
         let stop = super::daemon::stop_signal();

@@ -418,8 +418,10 @@ pub fn running_daemon(home: &Home) -> Option<DaemonFile> {
     }
 }
 
-/// Run a scheduling pass whenever something changed, and at least every
-/// quarter lease (to expire leases). Passes are at least 2 ms apart, so a
+/// Run a scheduling pass whenever something changed, and besides every
+/// second while LAN jobs are queued, assigned or running (leases, start
+/// windows, delayed retries), every quarter lease up to 10 s otherwise
+/// (agents gone silent). Passes are at least 2 ms apart, so a
 /// burst of submissions or ends is handled by one pass, not one each.
 async fn scheduler_loop(coord: Arc<coord::Coord>) {
     // With work in the queue a pass every second at most (leases, start

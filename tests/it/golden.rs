@@ -155,24 +155,13 @@ fn queue_reads_back(name: &str, version: u32, secret: bool) {
     let db = env.home.join("queue.db");
     assert_eq!(user_version(&db), version);
     let home = trainyard::Home::at(&env.home);
-    let config = Config {
-        server: trainyard::server::Config {
-            home,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            lease: Duration::from_secs(30),
-            allow_hosts: Vec::new(),
-            token: None,
-            // The fixture's jobs ended long ago: keep them.
-            retention: trainyard::server::Retention {
-                keep_jobs: None,
-                keep_for: None,
-                max_log_bytes: None,
-                every: Duration::from_secs(3600),
-            },
-            notify: Default::default(),
-        },
-        agent: None,
-        metrics_bind: None,
+    let mut config = Config::loopback(home, 0, None);
+    // The fixture's jobs ended long ago: keep them.
+    config.server.retention = trainyard::server::Retention {
+        keep_jobs: None,
+        keep_for: None,
+        max_log_bytes: None,
+        every: Duration::from_secs(3600),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

@@ -451,24 +451,11 @@ pub fn get_json(url: &str, path: &str, token: Option<&str>) -> serde_json::Value
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
 }
 
-/// An in-process daemon on `home` (any free loopback port, the home's
-/// token, a 30 s lease, default retention and notifications), with `agent`
-/// as its local agent.
+/// An in-process daemon on `home` (any free loopback port: see
+/// `daemon::Config::loopback`), with `agent` as its local agent.
 pub fn inproc_daemon(
     home: &trainyard::Home,
     agent: Option<trainyard::agent::Setup>,
 ) -> trainyard::daemon::Config {
-    trainyard::daemon::Config {
-        server: trainyard::server::Config {
-            home: home.clone(),
-            addr: "127.0.0.1:0".parse().unwrap(),
-            lease: Duration::from_secs(30),
-            allow_hosts: Vec::new(),
-            token: None,
-            retention: Default::default(),
-            notify: Default::default(),
-        },
-        agent,
-        metrics_bind: None,
-    }
+    trainyard::daemon::Config::loopback(home.clone(), 0, agent)
 }
